@@ -1,0 +1,1078 @@
+"""PyTorch ALBEF (Li et al., "Align before Fuse: Vision and Language Representation Learning with Momentum
+Distillation", NeurIPS 2021).
+
+The model is a ViT image encoder, a BERT text encoder whose upper layers (the *fusion* encoder) cross-attend to the
+image tokens, and three alignment objectives: image-text contrast (ITC) against momentum-feature queues with momentum
+distillation, image-text matching (ITM) on mined hard negatives, and masked language modelling (MLM) with momentum
+distillation. `AlbefModel` holds the online encoders and heads used downstream; `AlbefForPreTraining` and
+`AlbefForImageTextRetrieval` add the momentum encoders and queues needed to train.
+
+This file imports only torch, transformers and its sibling configuration, so saved checkpoints load with
+`trust_remote_code=True` where vlalign is not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Turn a [batch, keys] 1/0 padding mask into the additive [batch, 1, 1, keys] mask the attention adds."""
+    if attention_mask is None:
+        return None
+    inverted = 1.0 - attention_mask[:, None, None, :].to(dtype)
+    return inverted * torch.finfo(dtype).min
+
+
+class AlbefAttention(nn.Module):
+    """Multi-head attention with separate query/key/value projections and an output projection. Keys and values come
+    from `key_value_states` when given (cross-attention to the image tokens), else from the input itself."""
+
+    def __init__(self, config, key_value_width: int | None = None, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.config = config
+        hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        if hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_attention_heads={self.num_heads}.")
+        self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = dropout
+        self.is_causal = False
+        key_value_width = key_value_width or hidden_size
+        self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.key = nn.Linear(key_value_width, hidden_size, bias=bias)
+        self.value = nn.Linear(key_value_width, hidden_size, bias=bias)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        key_value_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, query_length, _ = hidden_states.shape
+        source = hidden_states if key_value_states is None else key_value_states
+
+        def split_heads(states: torch.Tensor) -> torch.Tensor:
+            return states.view(batch_size, states.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            split_heads(self.query(hidden_states)),
+            split_heads(self.key(source)),
+            split_heads(self.value(source)),
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=False,
+        )
+        attn_output = attn_output.reshape(batch_size, query_length, -1)
+        return self.out_proj(attn_output), attn_weights
+
+
+class AlbefMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Vision encoder (pre-LN ViT, timm/DeiT layout)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Resize ViT position embeddings [1, 1 + g*g, D] to a new square grid of `num_patches` patches.
+
+    The CLS row is kept; the grid rows are resized with bicubic interpolation (align_corners=False), as the official
+    ALBEF code does when the resolution changes (pretraining at 256 px, fine-tuning at 384 px).
+    """
+    old_grid = int((pos_embed.shape[1] - 1) ** 0.5)
+    new_grid = int(num_patches**0.5)
+    if old_grid * old_grid != pos_embed.shape[1] - 1 or new_grid * new_grid != num_patches:
+        raise ValueError(
+            f"Position embeddings of {pos_embed.shape[1]} rows cannot be resized to {num_patches} patches: "
+            "both must be 1 CLS row plus a square grid."
+        )
+    if old_grid == new_grid:
+        return pos_embed
+    cls_row, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old_grid, old_grid, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, dim)
+    return torch.cat([cls_row, grid], dim=1)
+
+
+class AlbefVisionEmbeddings(nn.Module):
+    def __init__(self, config: AlbefVisionConfig):
+        super().__init__()
+        self.config = config
+        self.num_patches = (config.image_size // config.patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, config.hidden_size))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        position_embeddings = self.position_embeddings
+        if interpolate_pos_encoding and patches.shape[1] != self.num_patches:
+            position_embeddings = interpolate_pos_embed(position_embeddings, patches.shape[1])
+        cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
+        return torch.cat([cls_tokens, patches], dim=1) + position_embeddings
+
+
+def check_pixel_values(pixel_values: torch.Tensor, config: AlbefVisionConfig, any_size: bool = False) -> None:
+    """Raise a clear error for images the vision encoder cannot take."""
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            f"pixel_values must be a 4-D tensor [batch, channels, height, width], got shape {tuple(pixel_values.shape)}."
+            " Preprocess images with the model's processor (it returns batched pixel_values)."
+        )
+    channels, height, width = pixel_values.shape[1:]
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} channels but the model expects {config.num_channels}. Convert images to RGB "
+            "(the processor does this) or pass channels-first tensors [batch, channels, height, width]."
+        )
+    if any_size:
+        if height % config.patch_size or width % config.patch_size or height != width:
+            raise ValueError(
+                f"Images of {height}x{width} do not form a square grid of {config.patch_size}-pixel patches."
+            )
+    elif (height, width) != (config.image_size, config.image_size):
+        raise ValueError(
+            f"Images are {height}x{width} but the model expects {config.image_size}x{config.image_size}. Resize them "
+            "with the model's processor, or pass interpolate_pos_encoding=True to run at another square size."
+        )
+
+
+class AlbefVisionLayer(GradientCheckpointingLayer):
+    """Pre-LN transformer block: LN → self-attention → residual, LN → MLP → residual."""
+
+    def __init__(self, config: AlbefVisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = AlbefAttention(config, bias=config.qkv_bias, dropout=config.attention_dropout)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = AlbefMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        attn_output, _ = self.self_attn(self.layer_norm1(hidden_states))
+        hidden_states = hidden_states + self.dropout(attn_output)
+        return hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text and fusion encoders (post-LN BERT; the fusion layers add cross-attention to the image tokens)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class AlbefTextEmbeddings(nn.Module):
+    def __init__(self, config: AlbefTextConfig):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).unsqueeze(0), persistent=False
+        )
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        seq_length = input_ids.shape[1]
+        if seq_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Text of {seq_length} tokens is longer than the model's {self.config.max_position_embeddings} "
+                "positions. Tokenize with truncation=True and max_length (the processor does this)."
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(self.position_ids[:, :seq_length])
+        )
+        return self.dropout(self.layer_norm(embeddings))
+
+
+class AlbefTextLayer(GradientCheckpointingLayer):
+    """Post-LN BERT layer: self-attention, then (fusion layers only) cross-attention to the image, then the FFN;
+    each sub-block is dropout → residual → LayerNorm."""
+
+    def __init__(self, config: AlbefTextConfig, has_cross_attention: bool):
+        super().__init__()
+        attention_dropout = config.attention_probs_dropout_prob
+        eps = config.layer_norm_eps
+        self.self_attn = AlbefAttention(config, dropout=attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.has_cross_attention = has_cross_attention
+        if has_cross_attention:
+            self.cross_attn = AlbefAttention(config, key_value_width=config.encoder_width, dropout=attention_dropout)
+            self.cross_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.mlp = AlbefMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.output_layer_norm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(hidden_states, attention_mask)
+        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attn_output))
+        if self.has_cross_attention:
+            if encoder_hidden_states is None:
+                raise ValueError("Fusion layers need the image tokens: pass encoder_hidden_states.")
+            attn_output, _ = self.cross_attn(hidden_states, encoder_attention_mask, encoder_hidden_states)
+            hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
+        return self.output_layer_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
+
+
+class AlbefMLMHead(nn.Module):
+    """BERT's MLM prediction head. The decoder weight is the word-embedding matrix (tied by construction, so the
+    online/momentum EMA never updates it twice); only the transform and the output bias are parameters here."""
+
+    def __init__(self, config: AlbefTextConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.layer_norm(self.act(self.dense(hidden_states)))
+        return F.linear(hidden_states, word_embeddings, self.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlbefOutput(ModelOutput):
+    """
+    Output of [`AlbefModel`].
+
+    Args:
+        logits_per_image: `[images, texts]` ITC similarities scaled by 1/temperature.
+        logits_per_text: `[texts, images]`, the transpose.
+        image_embeds: `[images, embed_dim]` L2-normalised projected image features.
+        text_embeds: `[texts, embed_dim]` L2-normalised projected text features.
+        vision_model_output: the ViT output (full token sequence).
+        text_model_output: the text-encoder output (tokens before the fusion layers).
+    """
+
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    vision_model_output: BaseModelOutput | None = None
+    text_model_output: BaseModelOutput | None = None
+
+
+@dataclass
+class AlbefForPreTrainingOutput(ModelOutput):
+    """
+    Output of [`AlbefForPreTraining`] and [`AlbefForImageTextRetrieval`].
+
+    Args:
+        loss: sum of the objective losses.
+        loss_itc: image-text contrastive loss (with momentum distillation when alpha > 0).
+        loss_itm: image-text matching loss over the positives and the mined hard negatives.
+        loss_mlm: masked language modelling loss (pretraining only).
+        sim_i2t: `[batch, batch + queue]` online image features against the momentum text bank, / temperature.
+        sim_t2i: `[batch, batch + queue]` online text features against the momentum image bank, / temperature.
+        itm_logits: `[batch + negatives, 2]` ITM logits, positives first (index 1 means "match").
+        itm_labels: the ITM targets for `itm_logits`.
+        mlm_logits: `[batch, tokens, vocab]` MLM prediction scores (pretraining only).
+        image_feat_m: `[batch, embed_dim]` momentum image features, to enqueue after the step.
+        text_feat_m: `[batch, embed_dim]` momentum text features, to enqueue after the step.
+        idx: `[batch]` image indices of the pairs (the retrieval model enqueues them with the features).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    loss_mlm: torch.Tensor | None = None
+    sim_i2t: torch.Tensor | None = None
+    sim_t2i: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    itm_labels: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None
+    image_feat_m: torch.Tensor | None = None
+    text_feat_m: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretrained-model base and the encoders as standalone models
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: Auto classes a saved ALBEF folder answers to with `trust_remote_code=True`, whichever ALBEF class saved it
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_albef.AlbefConfig",
+    "AutoModel": "modeling_albef.AlbefModel",
+    "AutoModelForPreTraining": "modeling_albef.AlbefForPreTraining",
+    "AutoModelForZeroShotImageClassification": "modeling_albef.AlbefModel",
+}
+
+
+class AlbefPreTrainedModel(PreTrainedModel):
+    config_class = AlbefConfig
+    base_model_prefix = "albef"
+    input_modalities = ("image", "text")
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AlbefVisionLayer", "AlbefTextLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Save weights and config; when the family is registered for remote code (importing vlalign does it), also
+        ship this file with an `auto_map` covering every ALBEF Auto class, so any saved ALBEF folder loads without
+        vlalign through `AutoModel`, `AutoModelForPreTraining` or the zero-shot classification pipeline."""
+        remote_code = type(self.config)._auto_class is not None
+        if remote_code:
+            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if remote_code and self._auto_class is None:
+            custom_object_save(self, save_directory)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT-style normal init for the text side, truncated normal (timm) for the ViT, then model-level state:
+        the temperature, unit-norm random queues, and momentum encoders equal to the online ones."""
+        std = getattr(self.config, "initializer_range", 0.02) * getattr(self.config, "initializer_factor", 1.0)
+        if isinstance(module, AlbefVisionEmbeddings):
+            init.trunc_normal_(module.position_embeddings, std=0.02)
+            init.trunc_normal_(module.cls_token, std=0.02)
+        elif isinstance(module, AlbefVisionLayer):
+            for linear in (module.self_attn.query, module.self_attn.key, module.self_attn.value):
+                init.trunc_normal_(linear.weight, std=0.02)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, AlbefMLMHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, AlbefTextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[1]).unsqueeze(0))
+        if isinstance(module, AlbefModel):
+            init.constant_(module.temp, self.config.temp)
+        if isinstance(module, AlbefMomentumMixin):
+            module._init_queues()
+            for online, momentum in module.momentum_parameter_pairs():
+                init.copy_(momentum, online)
+
+
+class AlbefVisionModel(AlbefPreTrainedModel):
+    """The ViT image encoder: returns the full token sequence after the final LayerNorm (CLS first)."""
+
+    config_class = AlbefVisionConfig
+    input_modalities = ("image",)
+    base_model_prefix = "vision_model"
+
+    def __init__(self, config: AlbefVisionConfig):
+        super().__init__(config)
+        self.embeddings = AlbefVisionEmbeddings(config)
+        self.layers = nn.ModuleList([AlbefVisionLayer(config) for _ in range(config.num_hidden_layers)])
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> BaseModelOutput:
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states)
+        return BaseModelOutput(last_hidden_state=self.post_layernorm(hidden_states))
+
+
+class AlbefTextModel(AlbefPreTrainedModel):
+    """Embeddings and the text-only BERT layers `[0, fusion_layer)` (the official `mode='text'`)."""
+
+    config_class = AlbefTextConfig
+    input_modalities = ("text",)
+    main_input_name = "input_ids"
+    base_model_prefix = "text_model"
+
+    def __init__(self, config: AlbefTextConfig):
+        super().__init__(config)
+        self.embeddings = AlbefTextEmbeddings(config)
+        self.layers = nn.ModuleList(
+            [AlbefTextLayer(config, has_cross_attention=False) for _ in range(config.fusion_layer)]
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        hidden_states = self.embeddings(input_ids, token_type_ids)
+        mask = additive_attention_mask(attention_mask, hidden_states.dtype)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class AlbefFusionModel(AlbefPreTrainedModel):
+    """The multimodal BERT layers `[fusion_layer, num_hidden_layers)`: text tokens attend to themselves and, through
+    cross-attention, to the image tokens (the official `mode='fusion'`)."""
+
+    config_class = AlbefTextConfig
+    base_model_prefix = "fusion_model"
+
+    def __init__(self, config: AlbefTextConfig):
+        super().__init__(config)
+        num_fusion_layers = config.num_hidden_layers - config.fusion_layer
+        self.layers = nn.ModuleList(
+            [AlbefTextLayer(config, has_cross_attention=True) for _ in range(num_fusion_layers)]
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        text_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_hidden_states: torch.Tensor,
+        image_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        hidden_states = text_hidden_states
+        mask = additive_attention_mask(attention_mask, hidden_states.dtype)
+        image_mask = additive_attention_mask(image_attention_mask, hidden_states.dtype)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AlbefModel: the online model used downstream
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class AlbefModel(AlbefPreTrainedModel):
+    """ALBEF's online encoders and heads: ViT, text and fusion encoders, ITC projections and temperature, ITM head.
+
+    `forward` returns CLIP-style scaled similarities (so the zero-shot image classification pipeline works);
+    `itm_score` re-ranks image-text pairs with the fusion encoder, as retrieval evaluation does.
+    """
+
+    # Loading from a pretraining/retrieval checkpoint keeps the online weights and leaves the training-only state.
+    _keys_to_ignore_on_load_unexpected = [r"_m\.", r"^mlm_head\.", r"_queue$", r"^queue_ptr$"]
+
+    def __init__(self, config: AlbefConfig):
+        super().__init__(config)
+        self.vision_model = AlbefVisionModel._from_config(config.vision_config)
+        self.text_model = AlbefTextModel._from_config(config.text_config)
+        self.fusion_model = AlbefFusionModel._from_config(config.text_config)
+        self.vision_proj = nn.Linear(config.vision_config.hidden_size, config.embed_dim)
+        self.text_proj = nn.Linear(config.text_config.hidden_size, config.embed_dim)
+        self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(config.temp))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> torch.Tensor:
+        """Projected image CLS embedding `[batch, embed_dim]` (not normalised) used for ITC ranking."""
+        image_hidden = self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
+        return self.vision_proj(image_hidden[:, 0])
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        """Projected text CLS embedding `[batch, embed_dim]` (not normalised) used for ITC ranking."""
+        text_hidden = self.text_model(input_ids, attention_mask).last_hidden_state
+        return self.text_proj(text_hidden[:, 0])
+
+    def fuse(
+        self,
+        text_hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        image_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        """Fused multimodal tokens of paired texts (text-encoder outputs) and images (ViT outputs)."""
+        if text_hidden_states.shape[0] != image_hidden_states.shape[0]:
+            raise ValueError(
+                f"Got {text_hidden_states.shape[0]} texts but {image_hidden_states.shape[0]} images; fusion pairs "
+                "them one to one, so both batches must have the same size."
+            )
+        return self.fusion_model(text_hidden_states, text_attention_mask, image_hidden_states).last_hidden_state
+
+    def itm_logits(
+        self,
+        text_hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        image_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        """ITM logits `[pairs, 2]` (index 1 = "match") from the fused CLS token of each text-image pair."""
+        return self.itm_head(self.fuse(text_hidden_states, text_attention_mask, image_hidden_states)[:, 0])
+
+    def itm_score(
+        self,
+        text_hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        image_hidden_states: torch.Tensor,
+        itc_similarity: torch.Tensor | None = None,
+        score_mode: str | None = None,
+    ) -> torch.Tensor:
+        """Re-ranking score of each pair: the raw "match" logit (ALBEF), or plus the ITC cosine (BLIP/LAVIS)."""
+        score_mode = score_mode or self.config.itm_score_mode
+        if score_mode == "itc_only":
+            if itc_similarity is None:
+                raise ValueError("score_mode='itc_only' needs itc_similarity.")
+            return itc_similarity
+        score = self.itm_logits(text_hidden_states, text_attention_mask, image_hidden_states)[:, 1]
+        if score_mode == "itm_plus_itc":
+            if itc_similarity is None:
+                raise ValueError("score_mode='itm_plus_itc' needs itc_similarity.")
+            score = score + itc_similarity
+        return score
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> AlbefOutput:
+        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding)
+        text_outputs = self.text_model(input_ids, attention_mask, token_type_ids)
+        image_embeds = F.normalize(self.vision_proj(vision_outputs.last_hidden_state[:, 0]), dim=-1)
+        text_embeds = F.normalize(self.text_proj(text_outputs.last_hidden_state[:, 0]), dim=-1)
+        logits_per_image = image_embeds @ text_embeds.t() / self.temp
+        return AlbefOutput(
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Objectives
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -Σ targets · log_softmax(logits): cross-entropy against (possibly soft) target rows."""
+    return -(F.log_softmax(logits, dim=-1) * targets).sum(dim=-1).mean()
+
+
+def contrastive_targets(
+    idx: torch.Tensor, bank_idx: torch.Tensor, sim_momentum: torch.Tensor | None, alpha: float
+) -> torch.Tensor:
+    """ITC targets against a feature bank: uniform over the bank entries of the same image (`idx`), mixed with the
+    momentum model's softmax when distilling: α·softmax(sim_m) + (1-α)·positives."""
+    positives = (idx[:, None] == bank_idx[None, :]).to(torch.float32)
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    if sim_momentum is not None and alpha > 0:
+        targets = alpha * F.softmax(sim_momentum.float(), dim=1) + (1 - alpha) * targets
+    return targets
+
+
+def sample_hard_negatives(
+    similarity: torch.Tensor, positive_mask: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one in-batch negative per row with probability softmax(similarity) over the non-positive columns.
+
+    Positives get probability 0 before normalisation (computed in float32), so rows never sum to zero: this is what
+    the official code's `softmax(sim) + 1e-4` meant to achieve and does not (ALBEF#18, #93). Rows whose every
+    column is a positive (batch of 1, or a batch made of one image) have no negative; they are left out.
+
+    Returns the row indices that got a negative and the sampled column for each of them.
+    """
+    candidates = ~positive_mask
+    rows = candidates.any(dim=1).nonzero(as_tuple=True)[0]
+    if rows.numel() == 0:
+        return rows, rows
+    logits = similarity[rows].float().masked_fill(positive_mask[rows], float("-inf"))
+    weights = F.softmax(logits, dim=1)
+    # A non-finite similarity would poison the draw: fall back to uniform over the candidates of that row.
+    broken = ~torch.isfinite(weights).all(dim=1)
+    if broken.any():
+        weights[broken] = candidates[rows][broken].float()
+    return rows, torch.multinomial(weights, 1, generator=generator).squeeze(1)
+
+
+class AlbefMomentumMixin:
+    """Momentum (EMA) encoders, feature queues and the ITC/ITM objectives shared by the pretraining and retrieval
+    models. The EMA and the enqueue are explicit methods so a trainer runs them once per optimizer step."""
+
+    #: pairs of (online module path, momentum module name); momentum modules mirror the online ones exactly
+    _momentum_modules: tuple[tuple[str, str], ...] = (
+        ("albef.vision_model", "vision_model_m"),
+        ("albef.vision_proj", "vision_proj_m"),
+        ("albef.text_model", "text_model_m"),
+        ("albef.fusion_model", "fusion_model_m"),
+        ("albef.text_proj", "text_proj_m"),
+    )
+
+    def _build_momentum_encoders(self, config: AlbefConfig) -> None:
+        self.albef = AlbefModel(config)
+        self.vision_model_m = AlbefVisionModel._from_config(config.vision_config)
+        self.vision_proj_m = nn.Linear(config.vision_config.hidden_size, config.embed_dim)
+        self.text_model_m = AlbefTextModel._from_config(config.text_config)
+        self.fusion_model_m = AlbefFusionModel._from_config(config.text_config)
+        self.text_proj_m = nn.Linear(config.text_config.hidden_size, config.embed_dim)
+        self.register_buffer("image_queue", torch.zeros(config.embed_dim, config.queue_size))
+        self.register_buffer("text_queue", torch.zeros(config.embed_dim, config.queue_size))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def _init_queues(self) -> None:
+        """Queues start full of random unit vectors (one per column), as in the official code."""
+        for queue in (self.image_queue, self.text_queue):
+            if not getattr(queue, "_is_hf_initialized", False):
+                queue.copy_(F.normalize(torch.randn_like(queue), dim=0))
+        init.zeros_(self.queue_ptr)
+
+    def momentum_parameter_pairs(self) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:
+        for online_path, momentum_name in self._momentum_modules:
+            online = self.get_submodule(online_path)
+            momentum = self.get_submodule(momentum_name)
+            yield from zip(online.parameters(), momentum.parameters(), strict=True)
+
+    def momentum_modules(self) -> list[nn.Module]:
+        return [self.get_submodule(name) for _, name in self._momentum_modules]
+
+    @torch.no_grad()
+    def copy_params_to_momentum(self) -> None:
+        """Make the momentum encoders equal to the online ones (done at construction by the official code)."""
+        for online, momentum in self.momentum_parameter_pairs():
+            momentum.copy_(online)
+            momentum.requires_grad_(False)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """θ_m ← m·θ_m + (1-m)·θ for every momentum parameter. Call once per optimizer step."""
+        pairs = list(self.momentum_parameter_pairs())
+        momentum_params = [m for _, m in pairs]
+        torch._foreach_mul_(momentum_params, self.config.momentum)
+        torch._foreach_add_(momentum_params, [o.detach() for o, _ in pairs], alpha=1 - self.config.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, image_feats: torch.Tensor, text_feats: torch.Tensor, idx: torch.Tensor | None = None) -> None:
+        """Write (already globally gathered) momentum features into the queues at `queue_ptr`, wrapping around.
+
+        The official code requires `queue_size % global_batch == 0`; wrapping makes any batch size work and is
+        identical when the condition holds.
+        """
+        batch_size = image_feats.shape[0]
+        if batch_size > self.config.queue_size:
+            raise ValueError(f"Cannot enqueue {batch_size} features into a queue of {self.config.queue_size}.")
+        ptr = int(self.queue_ptr)
+        columns = (torch.arange(batch_size, device=self.queue_ptr.device) + ptr) % self.config.queue_size
+        self.image_queue[:, columns] = image_feats.t().to(self.image_queue.dtype)
+        self.text_queue[:, columns] = text_feats.t().to(self.text_queue.dtype)
+        if idx is not None and hasattr(self, "idx_queue"):
+            self.idx_queue[:, columns] = idx.to(self.idx_queue.dtype)
+        self.queue_ptr[0] = (ptr + batch_size) % self.config.queue_size
+
+    def queue_idx(self) -> torch.Tensor:
+        """Image indices of the queued features; -100 (never a positive) where the model keeps none."""
+        return torch.full((self.config.queue_size,), -100, dtype=torch.long, device=self.queue_ptr.device)
+
+    def _check_pair_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts. Alignment objectives take "
+                "image-text pairs: pass one caption per image (repeat images that have several captions)."
+            )
+
+    def _encode_momentum(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        interpolate_pos_encoding: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Momentum image tokens and normalised momentum image/text features (no gradients)."""
+        image_hidden_m = self.vision_model_m(pixel_values, interpolate_pos_encoding).last_hidden_state
+        image_feat_m = F.normalize(self.vision_proj_m(image_hidden_m[:, 0]), dim=-1)
+        text_hidden_m = self.text_model_m(input_ids, attention_mask).last_hidden_state
+        text_feat_m = F.normalize(self.text_proj_m(text_hidden_m[:, 0]), dim=-1)
+        return image_hidden_m, image_feat_m, text_feat_m
+
+    def _contrastive_and_matching(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        idx: torch.Tensor | None,
+        alpha: float,
+        generator: torch.Generator | None,
+        interpolate_pos_encoding: bool,
+    ) -> dict[str, torch.Tensor]:
+        """ITC against the momentum banks (batch + queue) and ITM with hard negatives, as one pretraining or
+        retrieval step computes them. Pairs sharing an `idx` are positives of each other."""
+        self._check_pair_batch(pixel_values, input_ids)
+        albef = self.albef
+        with torch.no_grad():
+            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
+        temp = albef.temp
+        batch_size = pixel_values.shape[0]
+        if idx is None:
+            idx = torch.arange(batch_size, device=pixel_values.device)
+        idx = idx.view(-1)
+
+        image_hidden = albef.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
+        image_feat = F.normalize(albef.vision_proj(image_hidden[:, 0]), dim=-1)
+        text_hidden = albef.text_model(input_ids, attention_mask).last_hidden_state
+        text_feat = F.normalize(albef.text_proj(text_hidden[:, 0]), dim=-1)
+
+        with torch.no_grad():
+            image_hidden_m, image_feat_m, text_feat_m = self._encode_momentum(
+                pixel_values, input_ids, attention_mask, interpolate_pos_encoding
+            )
+            image_bank = torch.cat([image_feat_m.t(), self.image_queue.clone().detach()], dim=1)
+            text_bank = torch.cat([text_feat_m.t(), self.text_queue.clone().detach()], dim=1)
+            bank_idx = torch.cat([idx, self.queue_idx().view(-1)])
+            distill = self.config.distill and alpha > 0
+            sim_i2t_m = image_feat_m @ text_bank / temp if distill else None
+            sim_t2i_m = text_feat_m @ image_bank / temp if distill else None
+            targets_i2t = contrastive_targets(idx, bank_idx, sim_i2t_m, alpha)
+            targets_t2i = contrastive_targets(idx, bank_idx, sim_t2i_m, alpha)
+
+        sim_i2t = image_feat @ text_bank / temp
+        sim_t2i = text_feat @ image_bank / temp
+        loss_itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
+
+        with torch.no_grad():
+            same_image = idx[:, None] == idx[None, :]
+            text_rows, negative_images = sample_hard_negatives(sim_t2i[:, :batch_size], same_image, generator)
+            image_rows, negative_texts = sample_hard_negatives(sim_i2t[:, :batch_size], same_image, generator)
+        # Pairs: positives, then (text, hard-negative image), then (hard-negative text, image).
+        texts = torch.cat([text_hidden, text_hidden[text_rows], text_hidden[negative_texts]])
+        masks = None
+        if attention_mask is not None:
+            masks = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
+        images = torch.cat([image_hidden, image_hidden[negative_images], image_hidden[image_rows]])
+        itm_logits = albef.itm_logits(texts, masks, images)
+        itm_labels = torch.zeros(itm_logits.shape[0], dtype=torch.long, device=itm_logits.device)
+        itm_labels[:batch_size] = 1
+        loss_itm = F.cross_entropy(itm_logits, itm_labels)
+
+        return {
+            "loss_itc": loss_itc,
+            "loss_itm": loss_itm,
+            "sim_i2t": sim_i2t,
+            "sim_t2i": sim_t2i,
+            "itm_logits": itm_logits,
+            "itm_labels": itm_labels,
+            "image_hidden": image_hidden,
+            "image_hidden_m": image_hidden_m,
+            "image_feat_m": image_feat_m,
+            "text_feat_m": text_feat_m,
+            "idx": idx,
+        }
+
+
+def check_loss_finite(losses: dict[str, torch.Tensor]) -> None:
+    """Fail fast on a diverged step instead of silently training on NaNs."""
+    for name, value in losses.items():
+        if value is not None and not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"{name} is not finite ({value.item()}). Lower the learning rate, check the inputs for NaN/inf "
+                "pixels, or train in float32 instead of float16."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretraining and retrieval models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
+    """ALBEF pretraining: ITC with momentum distillation against the queues, ITM on hard negatives, and MLM with
+    momentum distillation. Loss = loss_itc + loss_itm + loss_mlm, all weighted 1 as in the official code."""
+
+    _momentum_modules = AlbefMomentumMixin._momentum_modules + (("mlm_head", "mlm_head_m"),)
+
+    def __init__(self, config: AlbefConfig):
+        super().__init__(config)
+        self._build_momentum_encoders(config)
+        self.mlm_head = AlbefMLMHead(config.text_config)
+        self.mlm_head_m = AlbefMLMHead(config.text_config)
+        self.post_init()
+        for module in self.momentum_modules():
+            module.requires_grad_(False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.albef.get_input_embeddings()
+
+    def mask_tokens(
+        self, input_ids: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT masking as ALBEF does it: each token except [PAD]/[CLS] is selected with `mlm_probability`; of those,
+        80% become [MASK], 10% a uniformly random id, 10% stay. Returns (masked ids, labels with -100 elsewhere)."""
+        text_config = self.config.text_config
+        device = input_ids.device
+        selected = torch.rand(input_ids.shape, generator=generator, device=device) < self.config.mlm_probability
+        selected &= (input_ids != text_config.pad_token_id) & (input_ids != text_config.cls_token_id)
+        labels = input_ids.masked_fill(~selected, -100)
+        to_mask = selected & (torch.rand(input_ids.shape, generator=generator, device=device) < 0.8)
+        to_random = selected & ~to_mask & (torch.rand(input_ids.shape, generator=generator, device=device) < 0.5)
+        random_ids = torch.randint(
+            text_config.vocab_size, input_ids.shape, generator=generator, device=device, dtype=input_ids.dtype
+        )
+        masked = input_ids.masked_fill(to_mask, text_config.mask_token_id)
+        masked = torch.where(to_random, random_ids, masked)
+        return masked, labels
+
+    def mlm_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_hidden_states: torch.Tensor,
+        momentum: bool = False,
+    ) -> torch.Tensor:
+        """MLM scores `[batch, tokens, vocab]` from all BERT layers (text then fusion) with cross-attention to the
+        image tokens; `momentum=True` uses the momentum encoders (the distillation teacher)."""
+        if momentum:
+            text_model, fusion_model, head = self.text_model_m, self.fusion_model_m, self.mlm_head_m
+        else:
+            text_model, fusion_model, head = self.albef.text_model, self.albef.fusion_model, self.mlm_head
+        text_hidden = text_model(input_ids, attention_mask).last_hidden_state
+        fused = fusion_model(text_hidden, attention_mask, image_hidden_states).last_hidden_state
+        return head(fused, text_model.embeddings.word_embeddings.weight)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        alpha: float | None = None,
+        mlm_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> AlbefForPreTrainingOutput:
+        r"""
+        Args:
+            pixel_values: `[batch, 3, H, W]` images.
+            input_ids: `[batch, tokens]` captions, "[CLS] text" without [SEP] as the official tokenizer gives.
+            attention_mask: `[batch, tokens]` 1 for real tokens.
+            alpha: distillation weight; defaults to `config.alpha` (the Trainer passes the warm-up value).
+            mlm_input_ids, mlm_labels: pre-masked ids and their labels; drawn with `mask_tokens` when omitted.
+            generator: RNG for masking and hard-negative sampling (global RNG when None).
+        """
+        alpha = self.config.alpha if alpha is None else alpha
+        step = self._contrastive_and_matching(
+            pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding
+        )
+        if mlm_input_ids is None:
+            mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, generator)
+        elif mlm_labels is None:
+            raise ValueError("mlm_input_ids were given without mlm_labels; pass both or neither.")
+        mlm_logits = self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden"])
+        loss_mlm = self._mlm_loss(mlm_logits, mlm_labels, mlm_input_ids, attention_mask, step, alpha)
+
+        loss = step["loss_itc"] + step["loss_itm"] + loss_mlm
+        check_loss_finite({"loss_itc": step["loss_itc"], "loss_itm": step["loss_itm"], "loss_mlm": loss_mlm})
+        return AlbefForPreTrainingOutput(
+            loss=loss,
+            loss_itc=step["loss_itc"],
+            loss_itm=step["loss_itm"],
+            loss_mlm=loss_mlm,
+            sim_i2t=step["sim_i2t"],
+            sim_t2i=step["sim_t2i"],
+            itm_logits=step["itm_logits"],
+            itm_labels=step["itm_labels"],
+            mlm_logits=mlm_logits,
+            image_feat_m=step["image_feat_m"],
+            text_feat_m=step["text_feat_m"],
+            idx=step["idx"],
+        )
+
+    def _mlm_loss(
+        self,
+        mlm_logits: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        mlm_input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        step: dict[str, torch.Tensor],
+        alpha: float,
+    ) -> torch.Tensor:
+        """(1-α)·CE(labels) + α·soft CE against the momentum teacher's vocabulary softmax, over masked tokens.
+
+        The distillation term normalises over the vocabulary (the fixed version, ALBEF#58). A batch with no masked
+        token gives 0 rather than the official NaN.
+        """
+        selected = mlm_labels != -100
+        if not selected.any():
+            return mlm_logits.sum() * 0.0
+        logits = mlm_logits[selected].float()
+        loss = F.cross_entropy(logits, mlm_labels[selected])
+        if self.config.distill and alpha > 0:
+            with torch.no_grad():
+                teacher_logits = self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden_m"], momentum=True)
+                soft_labels = F.softmax(teacher_logits[selected].float(), dim=-1)
+            loss = (1 - alpha) * loss + alpha * soft_cross_entropy(logits, soft_labels)
+        return loss
+
+
+class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
+    """ALBEF retrieval fine-tuning (ITC + ITM): captions of the same image (same `idx`), in the batch or in the
+    queue, are all positives; hard negatives never share the anchor's image. Also serves re-ranking (`itm_score`)."""
+
+    # A pretraining checkpoint carries MLM heads this model has no use for (ALBEF#79); the idx queue starts empty.
+    _keys_to_ignore_on_load_unexpected = [r"mlm_head(_m)?\."]
+    _keys_to_ignore_on_load_missing = [r"^idx_queue$"]
+
+    def __init__(self, config: AlbefConfig):
+        super().__init__(config)
+        self._build_momentum_encoders(config)
+        self.register_buffer("idx_queue", torch.full((1, config.queue_size), -100, dtype=torch.long))
+        self.post_init()
+        for module in self.momentum_modules():
+            module.requires_grad_(False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.albef.get_input_embeddings()
+
+    def _init_queues(self) -> None:
+        super()._init_queues()
+        init.constant_(self.idx_queue, -100)
+
+    def queue_idx(self) -> torch.Tensor:
+        return self.idx_queue.clone().view(-1)
+
+    def itm_score(self, *args, **kwargs) -> torch.Tensor:
+        """See [`AlbefModel.itm_score`]."""
+        return self.albef.itm_score(*args, **kwargs)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        idx: torch.Tensor | None = None,
+        alpha: float | None = None,
+        generator: torch.Generator | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> AlbefForPreTrainingOutput:
+        r"""
+        Args:
+            idx: `[batch]` integer image index of each pair; pairs of the same image are positives. Without it every
+                pair is its own image (pretraining targets).
+            alpha, generator: as in [`AlbefForPreTraining.forward`].
+        """
+        alpha = self.config.alpha if alpha is None else alpha
+        step = self._contrastive_and_matching(
+            pixel_values, input_ids, attention_mask, idx, alpha, generator, interpolate_pos_encoding
+        )
+        loss = step["loss_itc"] + step["loss_itm"]
+        check_loss_finite({"loss_itc": step["loss_itc"], "loss_itm": step["loss_itm"]})
+        return AlbefForPreTrainingOutput(
+            loss=loss,
+            loss_itc=step["loss_itc"],
+            loss_itm=step["loss_itm"],
+            sim_i2t=step["sim_i2t"],
+            sim_t2i=step["sim_t2i"],
+            itm_logits=step["itm_logits"],
+            itm_labels=step["itm_labels"],
+            image_feat_m=step["image_feat_m"],
+            text_feat_m=step["text_feat_m"],
+            idx=step["idx"],
+        )
+
+
+__all__ = [
+    "AlbefForImageTextRetrieval",
+    "AlbefForPreTraining",
+    "AlbefFusionModel",
+    "AlbefModel",
+    "AlbefPreTrainedModel",
+    "AlbefTextModel",
+    "AlbefVisionModel",
+    "interpolate_pos_embed",
+]

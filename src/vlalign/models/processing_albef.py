@@ -1,0 +1,133 @@
+"""ALBEF preprocessing: the official evaluation image transform, caption cleaning and tokenization presets.
+
+Images: square bicubic resize (PIL, no crop), scale to [0, 1], normalise with CLIP's mean/std — numerically the
+official `Resize((s, s), BICUBIC) → ToTensor → Normalize` eval transform. The random train-time augmentations
+(RandomResizedCrop, flip, ALBEF's RandomAugment) live in `vlalign.data.transforms`.
+
+Text: the official `pre_caption` cleaning, then "[CLS] text" without [SEP] (see `AlbefTokenizer`), with the official
+lengths: 25 tokens when pretraining, 30 (padded to 30) when evaluating retrieval, untruncated when fine-tuning.
+"""
+
+import re
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.processing_utils import ProcessorMixin
+
+#: text settings of the official code, per stage
+TEXT_PRESETS: dict[str, dict] = {
+    "pretrain": {"max_length": 25, "padding": "longest", "truncation": True},
+    "train": {"padding": "longest", "truncation": False},
+    "eval": {"max_length": 30, "padding": "max_length", "truncation": True},
+}
+
+#: image resolution of the official configs, per stage
+IMAGE_PRESETS: dict[str, int] = {"pretrain": 256, "train": 384, "eval": 384}
+
+_DELETED_CHARACTERS = re.compile(r"[,.'!?\"()*#:;~]")
+_SPACED_CHARACTERS = re.compile(r"[-/]")
+_WHITESPACE_RUNS = re.compile(r"\s{2,}")
+
+
+def pre_caption(caption: str, max_words: int = 30) -> str:
+    """ALBEF's caption cleaning: lower-case; delete , . ' ! ? " ( ) * # : ; ~; turn - and / into spaces;
+    `<person>` → `person`; collapse whitespace; strip; keep the first `max_words` words."""
+    caption = _DELETED_CHARACTERS.sub("", caption.lower())
+    caption = _SPACED_CHARACTERS.sub(" ", caption).replace("<person>", "person")
+    caption = _WHITESPACE_RUNS.sub(" ", caption).rstrip("\n").strip(" ")
+    return " ".join(caption.split(" ")[:max_words])
+
+
+class AlbefImageProcessor(PilBackend):
+    """Square bicubic resize + CLIP normalisation, as ALBEF's evaluation transform (PIL backend for exact numerics).
+
+    `AlbefImageProcessor.from_preset("pretrain" | "train" | "eval")` gives the official resolutions (256/384/384).
+    """
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"height": 256, "width": 256}
+    default_to_square = True
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    model_input_names = ["pixel_values"]
+
+    @classmethod
+    def from_preset(cls, preset: str, **kwargs) -> "AlbefImageProcessor":
+        if preset not in IMAGE_PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(IMAGE_PRESETS)}.")
+        side = IMAGE_PRESETS[preset]
+        return cls(size={"height": side, "width": side}, **kwargs)
+
+
+class AlbefProcessor(ProcessorMixin):
+    """Image processor + `AlbefTokenizer` with ALBEF's caption cleaning and length presets.
+
+    Args:
+        image_processor: an [`AlbefImageProcessor`].
+        tokenizer: an [`AlbefTokenizer`] (or any BERT tokenizer; then [SEP] handling is the tokenizer's).
+        max_words: captions are cut to this many words by `pre_caption`.
+        clean_captions: apply `pre_caption` (the official cleaning) before tokenizing.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, max_words: int = 30, clean_captions: bool = True):
+        self.max_words = max_words
+        self.clean_captions = clean_captions
+        super().__init__(image_processor, tokenizer)
+
+    def clean(self, texts: list[str]) -> list[str]:
+        """Validate captions and apply the official cleaning; empty captions are an error, not a silent [CLS]."""
+        cleaned = []
+        for position, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Text {position} is a {type(text).__name__}, expected a string.")
+            result = pre_caption(text, self.max_words) if self.clean_captions else text.strip()
+            if not result:
+                raise ValueError(
+                    f"Text {position} ({text!r}) is empty after cleaning. Remove empty captions from the data "
+                    "(the data loaders report them) or pass a non-empty string."
+                )
+            cleaned.append(result)
+        return cleaned
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        preset: str = "eval",
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Preprocess images and/or captions.
+
+        Args:
+            images: PIL images, arrays or tensors (any mode is converted to RGB).
+            text: one caption or a list.
+            preset: `"pretrain"` (≤25 tokens), `"train"` (untruncated) or `"eval"` (padded/truncated to 30), the
+                official text settings; keyword arguments such as `max_length`/`padding` override them.
+        """
+        if images is None and text is None:
+            raise ValueError("Pass images, text, or both.")
+        if preset not in TEXT_PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(TEXT_PRESETS)}.")
+        data = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts:
+                raise ValueError("text is an empty list; pass at least one caption.")
+            text_kwargs = {**TEXT_PRESETS[preset], **kwargs}
+            data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
+        if images is not None:
+            data.update(self.image_processor(images, return_tensors=return_tensors))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["AlbefImageProcessor", "AlbefProcessor", "pre_caption"]
