@@ -1,0 +1,5 @@
+"""Evaluation protocols."""
+
+from .retrieval import evaluate_retrieval, recall_metrics, retrieval_ranks
+
+__all__ = ["evaluate_retrieval", "recall_metrics", "retrieval_ranks"]
