@@ -9,7 +9,7 @@ rootdir-based import mode, hence ``from hub_server import ...``):
   (``model.push_to_hub(...)``, ``Model.from_pretrained(repo_id)``, ``hf_hub_download``) talks to it too:
   ``huggingface_hub.constants.ENDPOINT`` / resolve-URL template / cache dir are monkeypatched, and
   ``transformers.utils.hub._hf_api`` (transformers' shared `HfApi`, built with the endpoint of its first use)
-  is reset. ``HF_ENDPOINT`` / ``HF_HUB_CACHE`` / ``HF_TOKEN`` are also set for subprocesses; a *fresh*
+  is reset. ``HF_ENDPOINT`` / ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_TOKEN`` are also set for subprocesses; a *fresh*
   process is the only place where the plain ``HF_ENDPOINT`` variable works, because `huggingface_hub` reads it
   at import time (see `test_from_pretrained_in_subprocess_via_hf_endpoint`).
 """
@@ -24,6 +24,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from hub_server import DEFAULT_TOKEN, LocalHub, client_env, git_blob_sha, patch_clients
@@ -47,7 +48,9 @@ def hub_clients(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
-def api(hub: LocalHub) -> HfApi:
+def api(hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> HfApi:
+    # conftest turns offline mode on for the whole suite; talking to the loopback stand-in is the exception
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return HfApi(endpoint=hub.endpoint, token=DEFAULT_TOKEN)
 
 
@@ -229,6 +232,10 @@ def test_push_to_hub_then_from_pretrained(hub_clients: LocalHub) -> None:
     assert commit.oid == hub.head("user/tiny-bert")
     assert [c.summary for c in hub.commits] == ["tiny bert"]
     assert hub.unhandled == []
+
+    # A second push finds the README (model card) on the hub and nothing changed: no new commit, like on the Hub.
+    assert model.push_to_hub("user/tiny-bert").oid == commit.oid
+    assert len(hub.commits) == 1
 
     reloaded = BertModel.from_pretrained("user/tiny-bert")
     _assert_same_weights(model.state_dict(), reloaded.state_dict())

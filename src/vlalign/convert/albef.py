@@ -83,7 +83,7 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}). Pass the "
             ".pth file released with ALBEF; checkpoints that pickle objects beyond tensors and plain containers "

@@ -1,0 +1,121 @@
+"""Shared test fixtures: paths to the golden data, tiny configs, and ALBEF folders converted through the CLI."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the test suite may reach the Hugging Face Hub; tests that talk to the local stand-in opt back in.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import subprocess  # noqa: E402
+import sys
+from pathlib import Path
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vlalign  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ALBEF_FIXTURES = FIXTURES / "albef"
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `vlalign ...` in a fresh interpreter, exactly as a user's shell would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vlalign", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"vlalign {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def tiny_albef_config(**overrides) -> vlalign.AlbefConfig:
+    """A 2+2-layer ALBEF small enough for unit tests (the fixture's shape, with dropout off)."""
+    settings = dict(
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32
+        ),
+        text_config=dict(
+            vocab_size=245,
+            hidden_size=32,
+            num_hidden_layers=4,
+            fusion_layer=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            cls_token_id=2,
+            mask_token_id=4,
+        ),
+        embed_dim=16,
+        queue_size=8,
+    )
+    settings.update(overrides)
+    return vlalign.AlbefConfig(**settings)
+
+
+@pytest.fixture
+def tiny_config() -> vlalign.AlbefConfig:
+    return tiny_albef_config()
+
+
+@pytest.fixture
+def tiny_batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 245, (4, 9), generator=generator)
+    input_ids[:, 0] = 2
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    input_ids[1, 6:] = 0
+    return {
+        "pixel_values": torch.randn(4, 3, 32, 32, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+    }
+
+
+@pytest.fixture(scope="session")
+def converted_pretrain_dir(tmp_path_factory) -> Path:
+    """The fixture's official pretraining checkpoint converted with `vlalign convert`."""
+    output = tmp_path_factory.mktemp("albef_pretrain")
+    original = ALBEF_FIXTURES / "original"
+    run_cli(
+        "convert",
+        "--method",
+        "albef",
+        "--checkpoint",
+        str(original / "checkpoint.pth"),
+        "--config",
+        str(original / "Pretrain.yaml"),
+        "--config",
+        str(original / "config_bert.json"),
+        "--tokenizer",
+        str(original),
+        "--output",
+        str(output),
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
+def converted_retrieval_dirs(tmp_path_factory) -> dict[int, Path]:
+    """The same checkpoint converted for retrieval at 32 px (native) and 48 px (position embeddings interpolated),
+    as the official Retrieval.py loads it."""
+    dirs = {}
+    for resolution in (32, 48):
+        output = tmp_path_factory.mktemp(f"albef_retrieval_{resolution}")
+        run_cli(
+            "convert",
+            "--method",
+            "albef",
+            "--checkpoint",
+            str(ALBEF_FIXTURES / "original" / "checkpoint.pth"),
+            "--config",
+            str(ALBEF_FIXTURES / "retrieval" / f"Retrieval_res{resolution}.yaml"),
+            "--output",
+            str(output),
+        )
+        dirs[resolution] = output
+    return dirs

@@ -1,0 +1,272 @@
+"""Behaviour of the ALBEF model family: sizes, attention backends, checkpointing, objectives' edge cases, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_albef_config
+from transformers import AutoModel, AutoModelForPreTraining
+
+import vlalign
+from vlalign.models.modeling_albef import contrastive_targets, sample_hard_negatives
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_base_size_parameter_counts():
+    """Spec §1.4: ViT-B/16@256 85,844,736; BERT + 6 cross-attention layers + MLM head 123,697,722; online model
+    209,937,725; momentum copies of everything but the ITM head and temperature."""
+    with torch.device("meta"):
+        model = vlalign.AlbefForPreTraining(vlalign.AlbefConfig())
+    albef = model.albef
+    assert count(albef.vision_model) == 85_844_736
+    assert count(albef.text_model) + count(albef.fusion_model) + count(model.mlm_head) == 123_697_722
+    assert count(albef.vision_proj) + count(albef.text_proj) == 393_728
+    assert count(albef.itm_head) == 1_538
+    assert count(albef) + count(model.mlm_head) == 209_937_725
+    assert count(model) == 2 * 209_937_725 - 1_538 - 1
+    assert tuple(model.image_queue.shape) == (256, 65_536)
+
+
+def make_model(implementation: str, seed: int = 0) -> vlalign.AlbefForPreTraining:
+    torch.manual_seed(seed)
+    config = tiny_albef_config()  # one config per model: _from_config sets the backend on the config it is given
+    return vlalign.AlbefForPreTraining._from_config(config, attn_implementation=implementation).train()
+
+
+def test_sdpa_matches_eager(tiny_batch):
+    eager = make_model("eager")
+    sdpa = make_model("sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    assert sdpa.albef.text_model.config._attn_implementation == "sdpa"
+    assert eager.fusion_model_m.config._attn_implementation == "eager"
+    masked, labels = eager.mask_tokens(tiny_batch["input_ids"], torch.Generator().manual_seed(1))
+    outputs = []
+    for model in (eager, sdpa):
+        with torch.no_grad():
+            outputs.append(
+                model(
+                    **tiny_batch, mlm_input_ids=masked, mlm_labels=labels, generator=torch.Generator().manual_seed(2)
+                )
+            )
+    for name in ("loss", "loss_itc", "loss_itm", "loss_mlm", "sim_i2t", "itm_logits", "mlm_logits"):
+        torch.testing.assert_close(outputs[0][name], outputs[1][name], atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_same_loss_and_gradients(tiny_batch):
+    plain = make_model("sdpa")
+    checkpointed = make_model("sdpa")
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.activation_checkpointing_enable({"use_reentrant": False})
+    assert checkpointed.albef.fusion_model.layers[0].gradient_checkpointing
+    masked, labels = plain.mask_tokens(tiny_batch["input_ids"], torch.Generator().manual_seed(1))
+    losses = []
+    for model in (plain, checkpointed):
+        out = model(**tiny_batch, mlm_input_ids=masked, mlm_labels=labels, generator=torch.Generator().manual_seed(3))
+        out.loss.backward()
+        losses.append(out.loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("model_class", [vlalign.AlbefForPreTraining, vlalign.AlbefForImageTextRetrieval])
+def test_every_trainable_parameter_gets_a_finite_gradient(model_class, tiny_config, tiny_batch):
+    torch.manual_seed(0)
+    model = model_class(tiny_config).train()
+    extra = {"idx": torch.tensor([0, 1, 1, 2])} if model_class is vlalign.AlbefForImageTextRetrieval else {}
+    model(**tiny_batch, **extra).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name.split(".")[0].endswith("_m"):
+            assert not parameter.requires_grad and parameter.grad is None, name
+        else:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+def test_momentum_update_is_ema_and_queue_wraps_around(tiny_config):
+    torch.manual_seed(0)
+    model = vlalign.AlbefForPreTraining(tiny_config)
+    online = model.albef.vision_proj.weight
+    with torch.no_grad():
+        online.add_(1.0)
+    before = model.vision_proj_m.weight.detach().clone()
+    model.momentum_update()
+    expected = 0.995 * before + 0.005 * online.detach()
+    torch.testing.assert_close(model.vision_proj_m.weight, expected)
+
+    feats = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    model.enqueue(feats, feats)
+    model.enqueue(feats, feats)  # 12 entries into a queue of 8: columns 6,7 then 0..3
+    assert int(model.queue_ptr) == 4
+    torch.testing.assert_close(model.image_queue[:, 6:8], feats[:2].t())
+    torch.testing.assert_close(model.image_queue[:, :4], feats[2:].t())
+
+
+def test_retrieval_targets_are_uniform_over_same_image_including_queue():
+    idx = torch.tensor([3, 3, 5])
+    bank_idx = torch.tensor([3, 3, 5, -100, 5, 3])
+    targets = contrastive_targets(idx, bank_idx, sim_momentum=None, alpha=0.0)
+    torch.testing.assert_close(targets.sum(1), torch.ones(3))
+    torch.testing.assert_close(targets[0], torch.tensor([1 / 3, 1 / 3, 0, 0, 0, 1 / 3]))
+    torch.testing.assert_close(targets[2], torch.tensor([0, 0, 0.5, 0, 0.5, 0]))
+
+
+def test_retrieval_model_enqueues_image_indices(tiny_config, tiny_batch):
+    torch.manual_seed(0)
+    model = vlalign.AlbefForImageTextRetrieval(tiny_config)
+    assert (model.idx_queue == -100).all()
+    out = model(**tiny_batch, idx=torch.tensor([7, 7, 8, 9]))
+    model.enqueue(out.image_feat_m, out.text_feat_m, out.idx)
+    assert model.idx_queue[0, :4].tolist() == [7, 7, 8, 9]
+    # the queued captions of image 7 are positives of image 7 in the next step
+    out = model(**tiny_batch, idx=torch.tensor([7, 1, 2, 3]), alpha=0.0)
+    assert torch.isfinite(out.loss)
+
+
+class TestHardNegatives:
+    def test_never_samples_a_positive(self):
+        generator = torch.Generator().manual_seed(0)
+        idx = torch.tensor([0, 0, 1, 2, 2])
+        same = idx[:, None] == idx[None, :]
+        similarity = torch.randn(5, 5, generator=generator) * 10
+        for _ in range(200):
+            rows, columns = sample_hard_negatives(similarity, same, generator)
+            assert rows.tolist() == [0, 1, 2, 3, 4]
+            assert not same[rows, columns].any()
+
+    def test_follows_softmax_weights(self):
+        generator = torch.Generator().manual_seed(0)
+        similarity = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        same = torch.eye(3, dtype=torch.bool)
+        picks = torch.stack([sample_hard_negatives(similarity, same, generator)[1][0] for _ in range(4000)])
+        expected = torch.softmax(torch.tensor([2.0, 0.0]), 0)[0].item()  # column 1 vs column 2
+        assert (picks == 1).float().mean().item() == pytest.approx(expected, abs=0.03)
+
+    @pytest.mark.parametrize(
+        "similarity, idx, expected_rows",
+        [
+            (torch.zeros(1, 1), [0], []),  # batch of one: no negative exists
+            (torch.zeros(2, 2), [0, 1], [0, 1]),  # batch of two: the other item
+            (torch.full((3, 3), 5.0), [0, 1, 2], [0, 1, 2]),  # all-equal similarities
+            (torch.randn(3, 3), [4, 4, 4], []),  # one image repeated: nothing to mine
+            (torch.tensor([[-1e4, -1e4], [-1e4, -1e4]]), [0, 1], [0, 1]),  # softmax underflow in the official code
+            (torch.tensor([[0.0, float("nan")], [0.0, 0.0]]), [0, 1], [0, 1]),  # a broken row falls back to uniform
+        ],
+    )
+    def test_degenerate_batches_do_not_crash(self, similarity, idx, expected_rows):
+        idx = torch.tensor(idx)
+        rows, columns = sample_hard_negatives(similarity, idx[:, None] == idx[None, :])
+        assert rows.tolist() == expected_rows
+        assert all(idx[r] != idx[c] for r, c in zip(rows.tolist(), columns.tolist(), strict=True))
+
+    @pytest.mark.parametrize("batch_size", [1, 2])
+    def test_pretraining_step_with_tiny_batches(self, tiny_config, tiny_batch, batch_size):
+        torch.manual_seed(0)
+        model = vlalign.AlbefForPreTraining(tiny_config)
+        batch = {k: v[:batch_size] for k, v in tiny_batch.items()}
+        out = model(**batch)
+        assert out.itm_logits.shape[0] == (3 * batch_size if batch_size > 1 else 1)  # a lone pair has no negative
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+
+    def test_duplicate_images_in_retrieval_batch(self, tiny_config, tiny_batch):
+        torch.manual_seed(0)
+        model = vlalign.AlbefForImageTextRetrieval(tiny_config)
+        out = model(**tiny_batch, idx=torch.tensor([1, 1, 1, 1]))
+        assert out.itm_logits.shape[0] == 4 and torch.isfinite(out.loss)
+
+    def test_generator_makes_sampling_reproducible(self, tiny_config, tiny_batch):
+        torch.manual_seed(0)
+        model = vlalign.AlbefForPreTraining(tiny_config)
+        first = model(**tiny_batch, generator=torch.Generator().manual_seed(5))
+        second = model(**tiny_batch, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(first.itm_logits, second.itm_logits)
+        torch.testing.assert_close(first.loss, second.loss)
+
+
+def test_mask_tokens_respects_special_tokens_and_ratios(tiny_config):
+    torch.manual_seed(0)
+    model = vlalign.AlbefForPreTraining(tiny_albef_config(mlm_probability=0.5))
+    ids = torch.randint(5, 245, (64, 40))
+    ids[:, 0] = 2
+    ids[:, 30:] = 0
+    masked, labels = model.mask_tokens(ids, torch.Generator().manual_seed(0))
+    selected = labels != -100
+    assert not selected[:, 0].any() and not selected[:, 30:].any()
+    assert selected[:, 1:30].float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.equal(labels[selected], ids[selected])
+    became_mask = (masked == 4) & selected
+    assert became_mask.sum().item() / selected.sum().item() == pytest.approx(0.8, abs=0.03)
+    assert torch.equal(masked[~selected], ids[~selected])
+
+
+def test_mlm_loss_without_masked_tokens_is_zero_not_nan(tiny_config, tiny_batch):
+    torch.manual_seed(0)
+    model = vlalign.AlbefForPreTraining(tiny_config)
+    labels = torch.full_like(tiny_batch["input_ids"], -100)
+    out = model(**tiny_batch, mlm_input_ids=tiny_batch["input_ids"], mlm_labels=labels)
+    assert out.loss_mlm.item() == 0.0
+    out.loss.backward()
+
+
+def test_save_and_reload_round_trip_with_auto_classes(tmp_path, tiny_config, tiny_batch):
+    torch.manual_seed(0)
+    model = vlalign.AlbefForPreTraining(tiny_config).eval()
+    model.enqueue(torch.ones(3, 16), torch.ones(3, 16))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, vlalign.AlbefModel)
+    with torch.no_grad():
+        expected = model.albef(**tiny_batch).logits_per_image
+        torch.testing.assert_close(base(**tiny_batch).logits_per_image, expected)
+
+
+class TestInputErrors:
+    @pytest.fixture
+    def model(self, tiny_config):
+        torch.manual_seed(0)
+        return vlalign.AlbefForPreTraining(tiny_config)
+
+    def test_wrong_rank(self, model, tiny_batch):
+        with pytest.raises(ValueError, match="4-D tensor"):
+            model.albef.get_image_features(tiny_batch["pixel_values"][0])
+
+    def test_wrong_channels(self, model, tiny_batch):
+        with pytest.raises(ValueError, match="1 channels but the model expects 3"):
+            model.albef.get_image_features(tiny_batch["pixel_values"][:, :1])
+
+    def test_wrong_size(self, model):
+        with pytest.raises(ValueError, match="expects 32x32"):
+            model.albef.get_image_features(torch.randn(1, 3, 48, 48))
+        assert model.albef.get_image_features(torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True).shape == (
+            1,
+            16,
+        )
+
+    def test_mismatched_batch_sizes(self, model, tiny_batch):
+        with pytest.raises(ValueError, match="Got 4 images and 3 texts"):
+            model(tiny_batch["pixel_values"], tiny_batch["input_ids"][:3], tiny_batch["attention_mask"][:3])
+
+    def test_text_longer_than_positions(self, model):
+        with pytest.raises(ValueError, match="longer than the model's 64 positions"):
+            model.albef.get_text_features(torch.full((1, 65), 7))
+
+    def test_non_finite_loss(self, model, tiny_batch):
+        pixels = tiny_batch["pixel_values"].clone()
+        pixels[0] = float("nan")
+        with pytest.raises(FloatingPointError, match="not finite"):
+            model(pixels, tiny_batch["input_ids"], tiny_batch["attention_mask"])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="fusion_layer"):
+        vlalign.AlbefTextConfig(num_hidden_layers=4, fusion_layer=6)
+    config = vlalign.AlbefConfig(vision_config={"hidden_size": 64}, text_config={"encoder_width": 999})
+    assert config.text_config.encoder_width == 64
+    assert vlalign.AlbefConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
