@@ -385,6 +385,8 @@ class AlbefPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Losses are per-batch means (not sums over tokens), so Trainer must scale them for gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """Save weights and config; when the family is registered for remote code (importing vlalign does it), also

@@ -1,0 +1,270 @@
+"""Batch collation for ALBEF training and evaluation with ``transformers.Trainer`` or a plain ``DataLoader``.
+
+:class:`AlbefCollator` turns a list of raw dataset rows (as ``datasets.Dataset.__getitem__`` returns them) into the
+tensors ALBEF's models take: ``pixel_values``, ``input_ids``, ``attention_mask`` and, for retrieval fine-tuning,
+``idx`` (the contiguous image index the loaders add). Use it with ``TrainingArguments(remove_unused_columns=False)``:
+otherwise the Trainer drops the ``image`` and ``caption`` columns before they reach the collator.
+
+Both dataset layouts work:
+
+* **train layout** (``image``, ``caption`` str, ``image_id``, ``idx``): the caption is used as is.
+* **eval layout** (``image``, ``captions`` list, ``image_id``; :func:`~vlalign.data.synthetic.make_synthetic_dataset`),
+  with ``text_column="captions"``: every call picks one caption per row uniformly at random, as the official
+  pretraining dataset does for its caption lists.
+
+Randomness (caption choice here, augmentations in the image transform) uses the global torch RNG unless a
+``torch.Generator`` is given, so Trainer seeding, resuming and DataLoader per-worker seeding reproduce it. An explicit
+generator is copied into every DataLoader worker with the *same* state, so all workers would make the same choices;
+prefer ``generator=None`` with ``num_workers > 0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import numbers
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..models.processing_albef import TEXT_PRESETS
+
+__all__ = ["AlbefCollator"]
+
+_LOADER_HINT = (
+    "Corrupt or missing images should be removed when the data is loaded: vlalign.data.loaders "
+    "(load_karpathy_json / load_image_text_dataset) check every image and count and report the bad ones."
+)
+
+
+def _row_label(position: int, row: Mapping[str, Any], capital: bool = False) -> str:
+    label = f"{'B' if capital else 'b'}atch row {position}"
+    if "image_id" in row:
+        label += f" (image_id={row['image_id']!r})"
+    return label
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    if hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(note)
+
+
+@dataclass
+class AlbefCollator:
+    """Collate raw image–caption rows into ALBEF model inputs.
+
+    Args:
+        processor: an :class:`~vlalign.AlbefProcessor` (its tokenizer, caption cleaning and, without
+            ``image_transform``, its deterministic image processor are used).
+        preset: text preset of the processor: ``"pretrain"`` (≤ 25 tokens), ``"train"`` (untruncated) or
+            ``"eval"`` (padded/truncated to 30).
+        image_transform: callable mapping one image to a ``[3, H, W]`` tensor, e.g.
+            :func:`~vlalign.data.transforms.albef_train_transform`; applied per image and stacked. When ``None``,
+            ``processor.image_processor`` (square bicubic resize + normalisation) processes the batch.
+        image_column: column holding the image: a PIL image (any mode; converted to RGB), a
+            ``{"bytes", "path"}`` dict (a ``datasets.Image(decode=False)`` column), a file path, or anything the
+            image processor / transform accepts.
+        text_column: column holding a caption string, or a list of captions of which one is drawn per call.
+        idx_column: column returned as ``idx`` (``torch.long``) — the image index of
+            ``AlbefForImageTextRetrieval``. Left out of the output when the rows do not have it (e.g. an eval split).
+        generator: ``torch.Generator`` for the caption choice. When ``None`` (the default), the caption choice and
+            the ``image_transform`` run on a private copy of the global RNG seeded from the global seed
+            (``torch.initial_seed()``, set by the Trainer's ``seed``) and the batch's rows: the draws are
+            reproducible, never shift the global RNG stream (which the model's masking and hard-negative sampling
+            use), and do not depend on when the batch is collated. That is what makes a Trainer resume exact:
+            Accelerate collates the next batch before the current step's checkpoint is written.
+
+    Returns (when called with a list of row dicts):
+        ``{"pixel_values": float32 [B, 3, H, W], "input_ids": long [B, L], "attention_mask": long [B, L]}`` plus
+        ``"idx": long [B]`` when configured and present. ``token_type_ids`` is never returned.
+    """
+
+    processor: Any
+    preset: str = "pretrain"
+    image_transform: Callable[[Any], torch.Tensor] | None = None
+    image_column: str = "image"
+    text_column: str = "caption"
+    idx_column: str | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in TEXT_PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {sorted(TEXT_PRESETS)}.")
+        if self.image_transform is not None and not callable(self.image_transform):
+            raise TypeError(f"image_transform must be callable or None, got {type(self.image_transform).__name__}.")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(self.generator).__name__}.")
+
+    # ------------------------------------------------------------------ public API
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = self._check_rows(features)
+        if self.generator is not None:
+            return self._collate(rows)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._batch_seed(rows))
+            return self._collate(rows)
+
+    def _batch_seed(self, rows: list[Mapping[str, Any]]) -> int:
+        """A seed from the global seed and the batch's identity (image ids, else captions)."""
+        key = repr([row.get("image_id", row[self.text_column]) for row in rows])
+        digest = hashlib.blake2b(f"{torch.initial_seed()}|{key}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    def _collate(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [self._pick_caption(position, row) for position, row in enumerate(rows)]
+        self._check_texts(texts, rows)
+        images = [self._load_image(position, row) for position, row in enumerate(rows)]
+
+        if self.image_transform is None:
+            encoded = self.processor(images=images, text=texts, preset=self.preset, return_tensors="pt")
+            pixel_values = encoded["pixel_values"]
+        else:
+            encoded = self.processor(text=texts, preset=self.preset, return_tensors="pt")
+            pixel_values = self._transform_images(images, rows)
+
+        batch = {
+            "pixel_values": pixel_values.to(torch.float32),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+        }
+        idx = self._collect_idx(rows)
+        if idx is not None:
+            batch["idx"] = idx
+        return batch
+
+    # ------------------------------------------------------------------ rows and columns
+    def _check_rows(self, features: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if isinstance(features, Mapping) or not isinstance(features, Sequence):
+            raise TypeError(
+                f"AlbefCollator expects a list of row dicts (one per sample), got {type(features).__name__}."
+            )
+        rows = list(features)
+        if not rows:
+            raise ValueError("AlbefCollator got an empty batch; it needs at least one row.")
+        for position, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise TypeError(f"Batch row {position} is a {type(row).__name__}, expected a dict of columns.")
+            for column, role in ((self.image_column, "image_column"), (self.text_column, "text_column")):
+                if column not in row:
+                    raise KeyError(self._missing_column_message(column, role, position, row))
+        return rows
+
+    def _missing_column_message(self, column: str, role: str, position: int, row: Mapping[str, Any]) -> str:
+        available = sorted(map(str, row))
+        message = f"Column {column!r} ({role}) is missing from batch row {position}; available columns: {available}."
+        alternatives = {"caption": "captions", "captions": "caption"}
+        if role == "text_column" and alternatives.get(column) in row:
+            message += f" Pass text_column={alternatives[column]!r} for this layout."
+        message += (
+            " With transformers.Trainer, set TrainingArguments(remove_unused_columns=False) so the raw columns "
+            "reach the collator."
+        )
+        return message
+
+    def _pick_caption(self, position: int, row: Mapping[str, Any]) -> Any:
+        text = row[self.text_column]
+        if isinstance(text, str):
+            return text
+        if isinstance(text, Sequence):
+            if len(text) == 0:
+                raise ValueError(
+                    f"{_row_label(position, row, capital=True)} has an empty caption list in column "
+                    f"{self.text_column!r}; remove such rows (the data loaders report them)."
+                )
+            choice = int(torch.randint(len(text), (1,), generator=self.generator).item())
+            return text[choice]
+        return text  # not a caption: processor.clean raises a TypeError naming it, with the row added below
+
+    def _check_texts(self, texts: list[Any], rows: list[Mapping[str, Any]]) -> None:
+        """Run the processor's caption validation first, so that its error can name the row and image."""
+        clean = getattr(self.processor, "clean", None)
+        if clean is None:
+            return
+        try:
+            clean(texts)
+        except (ValueError, TypeError) as err:
+            if type(err) not in (ValueError, TypeError):
+                raise
+            for position, text in enumerate(texts):
+                try:
+                    clean([text])
+                except (ValueError, TypeError):
+                    raise type(err)(
+                        f"{err} [caption of {_row_label(position, rows[position])}, column {self.text_column!r}]"
+                    ) from err
+            raise
+
+    # ------------------------------------------------------------------ images
+    def _load_image(self, position: int, row: Mapping[str, Any]) -> Any:
+        image = row[self.image_column]
+        where = f"{_row_label(position, row, capital=True)}, column {self.image_column!r}"
+        if image is None:
+            raise ValueError(f"{where}: the image is None (missing or unreadable). {_LOADER_HINT}")
+        try:
+            if isinstance(image, Mapping) and ("bytes" in image or "path" in image):
+                if image.get("bytes") is not None:
+                    image = Image.open(io.BytesIO(image["bytes"]))
+                elif image.get("path") is not None:
+                    image = Image.open(image["path"])
+                else:
+                    raise ValueError("the image entry has neither bytes nor a path")
+            elif isinstance(image, (str, os.PathLike)):
+                image = Image.open(image)
+            if isinstance(image, Image.Image):
+                image = image.convert("RGB") if image.mode != "RGB" else image
+                image.load()
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError for some malformed files
+            raise ValueError(f"{where}: the image could not be read ({err}). {_LOADER_HINT}") from err
+        return image
+
+    def _transform_images(self, images: list[Any], rows: list[Mapping[str, Any]]) -> torch.Tensor:
+        tensors = []
+        for position, image in enumerate(images):
+            try:
+                tensor = self.image_transform(image)
+            except Exception as err:
+                _add_note(
+                    err, f"AlbefCollator: while transforming the image of {_row_label(position, rows[position])}"
+                )
+                raise
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
+                found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise TypeError(
+                    f"image_transform must return a [C, H, W] tensor, got {found} for batch row {position}."
+                )
+            tensors.append(tensor)
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"image_transform returned images of different shapes {sorted(shapes)}; use a fixed size."
+            )
+        return torch.stack(tensors)
+
+    # ------------------------------------------------------------------ idx
+    def _collect_idx(self, rows: list[Mapping[str, Any]]) -> torch.Tensor | None:
+        if self.idx_column is None:
+            return None
+        present = [self.idx_column in row for row in rows]
+        if not any(present):
+            return None
+        if not all(present):
+            position = present.index(False)
+            raise KeyError(
+                self._missing_column_message(self.idx_column, "idx_column", position, rows[position])
+                + " Some rows of this batch have it and some do not."
+            )
+        values = []
+        for position, row in enumerate(rows):
+            value = row[self.idx_column]
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(
+                    f"Column {self.idx_column!r} of {_row_label(position, row)} is {value!r}; expected an int."
+                )
+            values.append(int(value))
+        return torch.tensor(values, dtype=torch.long)
