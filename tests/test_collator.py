@@ -99,7 +99,7 @@ def test_random_caption_choice_reproducible_and_covers_all(processor, eval_rows)
     assert draws(collator, 10) == third
 
 
-def test_train_transform_augments_reproducibly_without_touching_global_rng(processor, eval_rows):
+def test_train_transform_draws_are_per_row_per_epoch_and_leave_global_rng_alone(processor, eval_rows):
     transform = albef_train_transform("pretrain", image_size=IMAGE_SIZE)
     collator = AlbefCollator(processor, image_transform=transform, text_column="captions")
     plain = processor.image_processor([row["image"] for row in eval_rows], return_tensors="pt")["pixel_values"]
@@ -111,7 +111,11 @@ def test_train_transform_augments_reproducibly_without_touching_global_rng(proce
     assert first["pixel_values"].dtype == torch.float32
     assert not torch.equal(first["pixel_values"], plain)  # augmented
     assert torch.equal(collator(eval_rows)["pixel_values"], first["pixel_values"])  # same seed + batch: same draw
-    assert not torch.equal(collator(eval_rows[::-1])["pixel_values"], first["pixel_values"].flip(0))  # other batch
+    # draws are per row: the same rows in another batch order get the same augmentation (split-invariance)
+    assert torch.equal(collator(eval_rows[::-1])["pixel_values"], first["pixel_values"].flip(0))
+    collator.set_epoch(1)
+    assert not torch.equal(collator(eval_rows)["pixel_values"], first["pixel_values"])  # a new epoch redraws
+    collator.set_epoch(0)
     torch.manual_seed(1)
     assert not torch.equal(collator(eval_rows)["pixel_values"], first["pixel_values"])  # other seed
 

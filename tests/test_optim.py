@@ -363,6 +363,77 @@ def test_lambda_state_is_restored_from_the_checkpoint():
     assert _run(other, 3000) == _run(scheduler, 3000)
 
 
+class _Regression(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.temp = nn.Parameter(torch.tensor(0.07))
+        self.linear = nn.Linear(4, 1)
+
+    def forward(self, x, labels=None):
+        return {"loss": ((self.linear(x).squeeze(-1) * self.temp - labels) ** 2).mean()}
+
+
+class _Points(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict:
+        generator = torch.Generator().manual_seed(index)
+        return {"x": torch.randn(4, generator=generator), "labels": torch.tensor(float(index))}
+
+
+def test_trainer_checkpoint_and_resume(tmp_path):
+    """Through a real `Trainer`: lrs per step follow the schedule and resuming from a checkpoint reproduces them."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Recorder(TrainerCallback):
+        def __init__(self) -> None:
+            self.lrs: dict[int, list[float]] = {}
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.lrs[state.global_step] = [group["lr"] for group in optimizer.param_groups]
+
+    def make_trainer() -> tuple[Trainer, Recorder]:
+        torch.manual_seed(0)
+        model = _Regression()
+        optimizer = create_albef_optimizer(model, lr=1e-4, weight_decay=0.02)
+        scheduler = get_albef_schedule(
+            optimizer, steps_per_epoch=4, num_epochs=3, warmup_steps=3, warmup_lr=1e-5, min_lr=1e-5, warmup_stages=3
+        )
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            max_steps=12,
+            per_device_train_batch_size=2,
+            save_strategy="steps",
+            save_steps=5,
+            logging_steps=100,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+        )
+        recorder = Recorder()
+        trainer = Trainer(
+            model=model, args=args, train_dataset=_Points(), optimizers=(optimizer, scheduler), callbacks=[recorder]
+        )
+        return trainer, recorder
+
+    trainer, recorder = make_trainer()
+    trainer.train()
+    mid = 1e-5 + 0.5 * 9e-5 * (1 + math.cos(math.pi / 3))  # epoch 1 of 3
+    low = 1e-5 + 0.5 * 9e-5 * (1 + math.cos(2 * math.pi / 3))  # epoch 2 of 3
+    expected = [1e-5, 4e-5, 7e-5, 1e-4] + [mid] * 4 + [low] * 4
+    assert sorted(recorder.lrs) == list(range(12))
+    for step, value in enumerate(expected):
+        assert recorder.lrs[step] == pytest.approx([value, value], rel=1e-9), step
+    assert (tmp_path / "checkpoint-5" / "scheduler.pt").is_file()
+
+    resumed, resumed_recorder = make_trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    assert sorted(resumed_recorder.lrs) == list(range(5, 12))
+    assert resumed_recorder.lrs == {step: recorder.lrs[step] for step in range(5, 12)}
+
+
 def test_lr_lambda_pickles():
     lam = get_albef_schedule(_optimizer(), **PRETRAIN).lr_lambdas[0]
     clone = pickle.loads(pickle.dumps(lam))
@@ -385,6 +456,8 @@ def test_albef_alpha():
     assert albef_alpha(25, 100, warmup_epochs=0.5) == pytest.approx(0.2)
     assert albef_alpha(0, 0) == pytest.approx(0.4)
     assert albef_alpha(3, 100, warmup_epochs=0.0) == pytest.approx(0.4)
+    assert albef_alpha(3, -5) == pytest.approx(0.4)
+    assert albef_alpha(3, 100, warmup_epochs=-1.0) == pytest.approx(0.4)
     assert albef_alpha(0, 100, alpha=0.0) == 0.0
     with pytest.raises(ValueError):
         albef_alpha(-1, 100)

@@ -71,12 +71,15 @@ class AlbefCollator:
         text_column: column holding a caption string, or a list of captions of which one is drawn per call.
         idx_column: column returned as ``idx`` (``torch.long``) — the image index of
             ``AlbefForImageTextRetrieval``. Left out of the output when the rows do not have it (e.g. an eval split).
-        generator: ``torch.Generator`` for the caption choice. When ``None`` (the default), the caption choice and
-            the ``image_transform`` run on a private copy of the global RNG seeded from the global seed
-            (``torch.initial_seed()``, set by the Trainer's ``seed``) and the batch's rows: the draws are
-            reproducible, never shift the global RNG stream (which the model's masking and hard-negative sampling
-            use), and do not depend on when the batch is collated. That is what makes a Trainer resume exact:
-            Accelerate collates the next batch before the current step's checkpoint is written.
+        generator: ``torch.Generator`` for the caption choice (the transform then uses the global RNG). When
+            ``None`` (the default), each row's caption choice and augmentation are drawn from a seed made of the
+            global seed (``torch.initial_seed()``, set by the Trainer's ``seed``), ``epoch`` and the row's
+            identity. The draws are reproducible, new every epoch, never shift the global RNG stream (which the
+            model's masking and hard-negative sampling use), and do not depend on when or with which other rows a
+            sample is collated. That makes a Trainer resume exact (Accelerate collates the next batch before a
+            checkpoint is written) and a run split over N processes equal to one process with the same global
+            batch.
+        epoch: the current epoch; `AlbefTrainer` sets it through `set_epoch`.
 
     Returns (when called with a list of row dicts):
         ``{"pixel_values": float32 [B, 3, H, W], "input_ids": long [B, L], "attention_mask": long [B, L]}`` plus
@@ -90,6 +93,7 @@ class AlbefCollator:
     text_column: str = "caption"
     idx_column: str | None = None
     generator: torch.Generator | None = None
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.preset not in TEXT_PRESETS:
@@ -101,18 +105,16 @@ class AlbefCollator:
 
     # ------------------------------------------------------------------ public API
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = self._check_rows(features)
-        if self.generator is not None:
-            return self._collate(rows)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._batch_seed(rows))
-            return self._collate(rows)
+        return self._collate(self._check_rows(features))
 
-    def _batch_seed(self, rows: list[Mapping[str, Any]]) -> int:
-        """A seed from the global seed and the batch's identity (image ids, else captions)."""
-        key = repr([row.get("image_id", row[self.text_column]) for row in rows])
-        digest = hashlib.blake2b(f"{torch.initial_seed()}|{key}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") >> 1
+    def set_epoch(self, epoch: int) -> None:
+        """Called by `AlbefTrainer` at every epoch start, so each epoch draws new captions and augmentations."""
+        self.epoch = epoch
+
+    def _row_seed(self, row: Mapping[str, Any], purpose: str) -> int:
+        """A seed from the global seed, the epoch and the row's identity (its image id, else its captions)."""
+        key = f"{torch.initial_seed()}|{self.epoch}|{purpose}|{row.get('image_id', row[self.text_column])!r}"
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
     def _collate(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         texts = [self._pick_caption(position, row) for position, row in enumerate(rows)]
@@ -175,7 +177,8 @@ class AlbefCollator:
                     f"{_row_label(position, row, capital=True)} has an empty caption list in column "
                     f"{self.text_column!r}; remove such rows (the data loaders report them)."
                 )
-            choice = int(torch.randint(len(text), (1,), generator=self.generator).item())
+            generator = self.generator or torch.Generator().manual_seed(self._row_seed(row, "caption"))
+            choice = int(torch.randint(len(text), (1,), generator=generator).item())
             return text[choice]
         return text  # not a caption: processor.clean raises a TypeError naming it, with the row added below
 
@@ -225,7 +228,12 @@ class AlbefCollator:
         tensors = []
         for position, image in enumerate(images):
             try:
-                tensor = self.image_transform(image)
+                if self.generator is not None:
+                    tensor = self.image_transform(image)
+                else:
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(self._row_seed(rows[position], "image"))
+                        tensor = self.image_transform(image)
             except Exception as err:
                 _add_note(
                     err, f"AlbefCollator: while transforming the image of {_row_label(position, rows[position])}"

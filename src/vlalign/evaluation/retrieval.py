@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..models.modeling_albef import distributed_rank_and_world
+
 RECALL_KS = (1, 5, 10)
 
 
@@ -108,12 +110,6 @@ def encode_images(model, processor, dataset, batch_size: int, show_progress: boo
     return torch.cat(hidden), torch.cat(features)
 
 
-def _distributed_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _gather_shards(local: torch.Tensor, total: int, world_size: int) -> torch.Tensor:
     """Concatenate the equally sized (padded) score shards of every process, in rank order, trimmed to `total`."""
     if world_size == 1:
@@ -137,7 +133,7 @@ def rerank_pairs(
 ) -> torch.Tensor:
     """ITM scores of `pairs` [(image, text), ...], `batch_size` pairs per fusion forward, this process's shard only,
     then gathered so every process returns all scores."""
-    rank, world_size = _distributed_world()
+    rank, world_size = distributed_rank_and_world()
     shard_size = math.ceil(len(pairs) / world_size)
     local_pairs = pairs[rank * shard_size : (rank + 1) * shard_size]
     device = model.device

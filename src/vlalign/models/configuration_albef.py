@@ -128,6 +128,9 @@ class AlbefConfig(PreTrainedConfig):
         k_test: candidates re-ranked by ITM per query in retrieval evaluation (256 for COCO, 128 for Flickr30K).
         itm_score_mode: how re-ranked candidates are scored: `"itm_logit"` (ALBEF: the raw match logit),
             `"itm_plus_itc"` (BLIP/LAVIS: match logit plus ITC cosine) or `"itc_only"` (no re-rank).
+        itc_global_negatives: contrast each process's features with the momentum features of the whole global batch
+            (gathered from every process) instead of its local batch only (the official code). Makes ITC independent
+            of how the global batch is split across processes.
         add_sep_token: whether captions end with [SEP]; the released ALBEF checkpoints were trained without it.
         initializer_factor: scale applied to all initialisations (1.0 as in the paper).
     """
@@ -149,6 +152,7 @@ class AlbefConfig(PreTrainedConfig):
     mlm_probability: float = 0.15
     k_test: int = 256
     itm_score_mode: Literal["itm_logit", "itm_plus_itc", "itc_only"] = "itm_logit"
+    itc_global_negatives: bool = False
     add_sep_token: bool = False
     initializer_factor: float = 1.0
 

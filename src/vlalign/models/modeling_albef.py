@@ -800,8 +800,9 @@ class AlbefMomentumMixin:
             albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
         temp = albef.temp
         batch_size = pixel_values.shape[0]
-        if idx is None:
-            idx = torch.arange(batch_size, device=pixel_values.device)
+        rank, world_size = distributed_rank_and_world() if self.config.itc_global_negatives else (0, 1)
+        if idx is None:  # every pair is its own image; offset by rank so indices are unique across processes
+            idx = torch.arange(batch_size, device=pixel_values.device) + rank * batch_size
         idx = idx.view(-1)
 
         image_hidden = albef.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
@@ -813,9 +814,14 @@ class AlbefMomentumMixin:
             image_hidden_m, image_feat_m, text_feat_m = self._encode_momentum(
                 pixel_values, input_ids, attention_mask, interpolate_pos_encoding
             )
-            image_bank = torch.cat([image_feat_m.t(), self.image_queue.clone().detach()], dim=1)
-            text_bank = torch.cat([text_feat_m.t(), self.text_queue.clone().detach()], dim=1)
-            bank_idx = torch.cat([idx, self.queue_idx().view(-1)])
+            batch_image_m, batch_text_m, batch_idx = image_feat_m, text_feat_m, idx
+            if world_size > 1:
+                batch_image_m, batch_text_m, batch_idx = (
+                    torch.cat(all_gather_tensors(t)) for t in (image_feat_m, text_feat_m, idx)
+                )
+            image_bank = torch.cat([batch_image_m.t(), self.image_queue.clone().detach()], dim=1)
+            text_bank = torch.cat([batch_text_m.t(), self.text_queue.clone().detach()], dim=1)
+            bank_idx = torch.cat([batch_idx, self.queue_idx().view(-1)])
             distill = self.config.distill and alpha > 0
             sim_i2t_m = image_feat_m @ text_bank / temp if distill else None
             sim_t2i_m = text_feat_m @ image_bank / temp if distill else None
@@ -827,9 +833,11 @@ class AlbefMomentumMixin:
         loss_itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
 
         with torch.no_grad():
+            # ITM negatives come from the local batch (its columns in the bank), as in the official code
+            local = slice(rank * batch_size, (rank + 1) * batch_size)
             same_image = idx[:, None] == idx[None, :]
-            text_rows, negative_images = sample_hard_negatives(sim_t2i[:, :batch_size], same_image, generator)
-            image_rows, negative_texts = sample_hard_negatives(sim_i2t[:, :batch_size], same_image, generator)
+            text_rows, negative_images = sample_hard_negatives(sim_t2i[:, local], same_image, generator)
+            image_rows, negative_texts = sample_hard_negatives(sim_i2t[:, local], same_image, generator)
         # Pairs: positives, then (text, hard-negative image), then (hard-negative text, image).
         texts = torch.cat([text_hidden, text_hidden[text_rows], text_hidden[negative_texts]])
         masks = None
@@ -854,6 +862,19 @@ class AlbefMomentumMixin:
             "text_feat_m": text_feat_m,
             "idx": idx,
         }
+
+
+def distributed_rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's copy of `tensor` (same shape on all), in rank order, without gradient."""
+    gathered = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, tensor.contiguous())
+    return gathered
 
 
 def check_loss_finite(losses: dict[str, torch.Tensor]) -> None:

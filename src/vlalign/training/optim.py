@@ -100,7 +100,7 @@ def create_albef_optimizer(
 
 
 class AlbefLRLambda:
-    """Picklable learning-rate multiplier for :class:`~torch.optim.lr_scheduler.LambdaLR` (see :func:`get_albef_schedule`).
+    """Picklable lr multiplier for :class:`~torch.optim.lr_scheduler.LambdaLR` (see :func:`get_albef_schedule`).
 
     All state lives in plain ``int`` / ``float`` / ``None`` attributes, because ``LambdaLR.state_dict()`` stores
     ``self.__dict__`` of callable objects and the Trainer reloads it with ``torch.load(..., weights_only=True)``.

@@ -56,10 +56,16 @@ class AlbefTrainingArguments(TrainingArguments):
 
 
 class MomentumQueueCallback(TrainerCallback):
-    """Runs the momentum (EMA) update and the queue update once per optimizer step."""
+    """Runs the momentum (EMA) update and the queue update once per optimizer step, and tells the collator the
+    epoch (its random draws are keyed by epoch and row, see `AlbefCollator`)."""
 
     def __init__(self, trainer: AlbefTrainer):
         self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        collator = self.trainer.data_collator
+        if hasattr(collator, "set_epoch"):  # state.epoch is fractional when resuming mid-epoch
+            collator.set_epoch(int(state.epoch + 1e-6))
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         model = self.trainer.accelerator.unwrap_model(model)

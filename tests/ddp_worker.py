@@ -1,0 +1,75 @@
+"""Train a tiny ALBEF for a few steps with AlbefTrainer and save what the 2-process test compares.
+
+Run as `python ddp_worker.py OUT BATCH` (one process) or under `torchrun --nproc_per_node 2` (gloo on CPU), with
+BATCH the per-process batch size. The learning rate is 0, so the weights stay as initialised and every difference
+between the runs can only come from how batches are split, gathered and enqueued.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import vlalign
+from vlalign.data.collator import AlbefCollator
+from vlalign.data.synthetic import make_synthetic_dataset
+from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
+from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
+
+IMAGE_SIZE = 32
+
+
+def main(output: str, per_device_batch: int, global_negatives: bool) -> None:
+    dataset = make_synthetic_dataset(num_train=48, num_validation=4, num_test=4, image_size=IMAGE_SIZE, seed=5)
+    processor = albef_processor(build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
+    torch.manual_seed(0)
+    config = tiny_albef_config(
+        processor.tokenizer,
+        image_size=IMAGE_SIZE,
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=IMAGE_SIZE
+        ),
+        queue_size=32,
+        embed_dim=16,
+        itc_global_negatives=global_negatives,
+    )
+    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.0
+    args = AlbefTrainingArguments(
+        output_dir=output,
+        per_device_train_batch_size=per_device_batch,
+        max_steps=5,
+        learning_rate=0.0,
+        weight_decay=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=11,
+        dataloader_num_workers=0,
+    )
+    trainer = AlbefTrainer(
+        model=vlalign.AlbefForPreTraining(config),
+        args=args,
+        train_dataset=dataset["train"],
+        data_collator=AlbefCollator(processor, preset="pretrain", text_column="captions"),
+        processing_class=processor,
+    )
+    trainer.train()
+    if trainer.is_world_process_zero():
+        model = trainer.model
+        torch.save(
+            {
+                "world_size": args.world_size,
+                "image_queue": model.image_queue,
+                "text_queue": model.text_queue,
+                "queue_ptr": model.queue_ptr,
+                "loss_itc": torch.tensor([e["loss_itc"] for e in trainer.state.log_history if "loss_itc" in e]),
+            },
+            f"{output}/result.pt",
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "global")
