@@ -112,8 +112,9 @@ class AlbefCollator:
         self.epoch = epoch
 
     def _row_seed(self, row: Mapping[str, Any], purpose: str) -> int:
-        """A seed from the global seed, the epoch and the row's identity (its image id, else its captions)."""
-        key = f"{torch.initial_seed()}|{self.epoch}|{purpose}|{row.get('image_id', row[self.text_column])!r}"
+        """A seed from the global seed, the epoch and the row's identity (its image id and caption text)."""
+        identity = (row.get("image_id"), row[self.text_column])  # per caption: pair rows of one image differ
+        key = f"{torch.initial_seed()}|{self.epoch}|{purpose}|{identity!r}"
         return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
     def _collate(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

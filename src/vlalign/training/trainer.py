@@ -166,6 +166,8 @@ class AlbefTrainer(Trainer):
         """Image-text retrieval (R@1/5/10, r_mean) when the dataset has one row per image with `captions`;
         otherwise Trainer's loss evaluation."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(eval_dataset, str):  # Trainer evaluates a dict of eval datasets one name at a time
+            dataset = self.eval_dataset[eval_dataset]
         if dataset is None or "captions" not in getattr(dataset, "column_names", []):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         model = self.accelerator.unwrap_model(self.model)

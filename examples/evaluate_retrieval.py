@@ -1,0 +1,186 @@
+"""Evaluate image-text retrieval with ALBEF's protocol: ITC ranking, ITM re-rank of the top k_test, R@1/5/10.
+
+Loads the encoders (`AlbefModel`) and processor of any vlalign ALBEF folder or Hub id (pretraining or retrieval:
+converted official checkpoints, `examples/pretrain.py` or `examples/finetune_retrieval.py` outputs), prints the R@K
+table and writes it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions
+and the ITM re-rank, the expensive part, is split across the processes; only the first process prints and writes.
+
+Synthetic shapes test split (default; no download), e.g. on the output of `examples/pretrain.py --tiny`:
+
+    python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 examples/evaluate_retrieval.py \
+        --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
+
+COCO 5k test (Karpathy `coco_test.json` from ALBEF's data.tar.gz; k_test 256, Flickr30k 1k test: 128), 8 GPUs:
+
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/evaluate_retrieval.py \
+        --model_name_or_path out/albef-coco-retrieval --test_json data/coco_test.json --image_root /datasets/coco \
+        --k_test 256 --output_file out/albef-coco-retrieval/coco_test_retrieval.json
+
+A pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add `--image_size 384` (position
+embeddings are interpolated). `--itc_only` ranks by ITC alone (no fusion forwards; fast).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from accelerate import PartialState
+from transformers import HfArgumentParser
+
+import vlalign  # noqa: F401  (registers the ALBEF Auto classes)
+from vlalign.data.loaders import load_karpathy_json
+from vlalign.data.synthetic import make_synthetic_dataset
+from vlalign.evaluation import evaluate_retrieval
+from vlalign.models import AlbefModel, AlbefProcessor
+from vlalign.models.modeling_albef import AlbefVisionEmbeddings, interpolate_pos_embed
+from vlalign.recipes import albef_processor
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str = field(metadata={"help": "vlalign ALBEF folder or Hub id (any ALBEF head)."})
+    dataset: str = field(default="synthetic", metadata={"help": "'synthetic' or 'json' (implied by --test_json)."})
+    test_json: str | None = field(
+        default=None,
+        metadata={"help": "Karpathy eval json: [{image, caption: [str, ...]}, ...] (e.g. coco_test.json)."},
+    )
+    image_root: str = field(default="", metadata={"help": "Directory the json image paths are relative to."})
+    split: str = field(
+        default="test", metadata={"help": "Synthetic split to evaluate.", "choices": ["test", "validation"]}
+    )
+    num_test: int = field(default=200, metadata={"help": "Images of the synthetic split."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data."})
+    k_test: int | None = field(default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test)."})
+    itc_only: bool = field(default=False, metadata={"help": "Rank by ITC cosine only (no ITM re-rank)."})
+    score_mode: str | None = field(
+        default=None,
+        metadata={"help": "Re-rank score (default: config.itm_score_mode).", "choices": ["itm_logit", "itm_plus_itc"]},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Evaluation resolution (default: the model's); interpolates position embeddings."},
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images / captions per encoder forward."})
+    rerank_batch_size: int = field(default=256, metadata={"help": "Image-text pairs per fusion (ITM) forward."})
+    dtype: str = field(default="float32", metadata={"help": "Weights dtype.", "choices": list(DTYPES)})
+    use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even when an accelerator is present."})
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "Unreadable images / empty captions: 'raise' or 'skip'.", "choices": ["raise", "skip"]},
+    )
+    check_images: bool = field(default=True, metadata={"help": "Open and decode every image once when loading."})
+    output_file: str = field(
+        default="retrieval_results.json", metadata={"help": "Where the first process writes JSON."}
+    )
+
+    def __post_init__(self):
+        if self.test_json:
+            self.dataset = "json"
+        if self.dataset not in ("synthetic", "json"):
+            raise ValueError(f"--dataset must be 'synthetic' or 'json', got {self.dataset!r}")
+        if self.dataset == "json" and not self.test_json:
+            raise ValueError("--dataset json needs --test_json")
+
+
+def resize_position_embeddings(model: torch.nn.Module, image_size: int) -> None:
+    """Interpolate the ViT position table(s) to `image_size`, as the official code does."""
+    num_patches = (image_size // model.config.vision_config.patch_size) ** 2
+    for module in model.modules():
+        if isinstance(module, AlbefVisionEmbeddings) and module.position_embeddings.shape[1] != num_patches + 1:
+            old = module.position_embeddings
+            module.position_embeddings = torch.nn.Parameter(
+                interpolate_pos_embed(old.data, num_patches), requires_grad=old.requires_grad
+            )
+            module.num_patches = num_patches
+            module.config.image_size = image_size
+    model.config.vision_config.image_size = image_size
+
+
+def format_table(metrics: dict) -> str:
+    rows = [f"{'':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'mean':>8}"]
+    for label, key in (("text  (i2t)", "txt"), ("image (t2i)", "img")):
+        values = [metrics[f"{key}_r{k}"] for k in (1, 5, 10)] + [metrics[f"{key}_r_mean"]]
+        rows.append(f"{label:<16}" + "".join(f"{value:>8.2f}" for value in values))
+    rows.append(f"{'r_mean':<16}{metrics['r_mean']:>32.2f}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
+    # Initialises torch.distributed under torchrun / accelerate launch, so evaluate_retrieval shards the re-rank.
+    # Without an accelerator (or with --use_cpu) it must be told: then processes talk over gloo.
+    state = PartialState(cpu=args.use_cpu or not torch.accelerator.is_available())
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    logger.setLevel(logging.INFO if state.is_main_process else logging.WARNING)
+    logger.info("%d process(es), %s, device %s", state.num_processes, state.distributed_type, state.device)
+
+    if args.dataset == "synthetic":
+        sizes = {"num_train": 0, "num_validation": 0, "num_test": 0, f"num_{args.split}": args.num_test}
+        dataset = make_synthetic_dataset(**sizes, seed=args.synthetic_seed)[args.split]
+        source = f"synthetic {args.split} split (seed {args.synthetic_seed})"
+    else:
+        dataset = load_karpathy_json(
+            args.test_json, args.image_root, "eval", on_error=args.on_error, check_images=args.check_images
+        )
+        source = args.test_json
+
+    processor = AlbefProcessor.from_pretrained(args.model_name_or_path)
+    model = AlbefModel.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
+    image_size = args.image_size or model.config.vision_config.image_size
+    if image_size != model.config.vision_config.image_size:
+        resize_position_embeddings(model, image_size)
+    if processor.image_processor.size.get("height") != image_size:
+        processor = albef_processor(processor.tokenizer, image_size)
+    model.to(state.device).eval()
+
+    start = time.perf_counter()
+    metrics = evaluate_retrieval(
+        model,
+        processor,
+        dataset,
+        k_test=args.k_test,
+        itc_only=args.itc_only,
+        score_mode=args.score_mode,
+        batch_size=args.batch_size,
+        rerank_batch_size=args.rerank_batch_size,
+        show_progress=state.is_main_process,
+    )
+    seconds = time.perf_counter() - start
+
+    if state.is_main_process:
+        ranking = "ITC only" if args.itc_only else f"ITM re-rank of the top {args.k_test or model.config.k_test}"
+        print(
+            f"\n{source}: {metrics['num_images']} images, {metrics['num_texts']} captions, {ranking}, "
+            f"{state.num_processes} process(es), {seconds:.1f} s"
+        )
+        print(format_table(metrics))
+        result = {
+            "metrics": metrics,
+            "model": args.model_name_or_path,
+            "data": source,
+            "image_size": image_size,
+            "num_processes": state.num_processes,
+            "seconds": round(seconds, 2),
+            "arguments": asdict(args),
+        }
+        with open(args.output_file, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.output_file}")
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

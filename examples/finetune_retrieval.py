@@ -1,0 +1,284 @@
+"""Fine-tune ALBEF for image-text retrieval (ITC + ITM with same-image positives) with `AlbefTrainer`.
+
+Defaults follow the official `Retrieval_coco.yaml`: lr 1e-5, weight decay 0.02, 5 epochs, batch 32 per GPU (eval
+64), per-epoch cosine to min_lr 1e-6 without warm-up (`--albef_lr_schedule`), 384 px with the official augmentation
+(RandomResizedCrop 0.5-1, flip, RandomAugment), retrieval on the val and test splits after every epoch and the
+best epoch chosen by val r_mean (`--metric_for_best_model val_r_mean`), as ALBEF selects its checkpoint.
+Flickr30k: `--num_train_epochs 10 --k_test 128`. COCO uses `--k_test 256` (the converted config's default).
+
+Synthetic shapes (default; no download). Without --model_name_or_path a tiny random model is used (a smoke run);
+fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
+
+    python examples/finetune_retrieval.py --output_dir /tmp/ex_ft --use_cpu --num_train 32 --num_validation 16 \
+        --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
+
+    python examples/finetune_retrieval.py --model_name_or_path out/albef-synthetic --output_dir out/ret-synthetic \
+        --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
+
+Real data: COCO Karpathy splits from ALBEF's `data.tar.gz` (coco_train.json: one entry per caption with
+`image_id`; coco_val.json / coco_test.json: one entry per image with a caption list), images under --image_root,
+bert-base-uncased, ViT-B/16 at 384 px, starting from the official pretraining checkpoint converted with the
+retrieval config, as the official Retrieval.py loads it (`vlalign convert --method albef --checkpoint ALBEF_4M.pth
+--config configs/Retrieval_coco.yaml --config configs/config_bert.json --tokenizer bert-base-uncased
+--output albef-4m-coco`: an AlbefForImageTextRetrieval at 384 px with k_test 256), or from an
+`examples/pretrain.py` output (256 px, interpolated to 384 px here), 8 GPUs:
+
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py \
+        --model_name_or_path albef-4m-coco --train_json data/coco_train.json --val_json data/coco_val.json \
+        --test_json data/coco_test.json --image_root /datasets/coco --output_dir out/albef-coco-retrieval \
+        --dataloader_num_workers 8
+
+(add `--bf16` for bf16 autocast; the official runs are fp32). Without best-model selection: `--eval_strategy no
+--load_best_model_at_end false` (and `--save_strategy no` for no checkpoints).
+
+The output folder holds the best (val r_mean) model with its 384 px processor; `eval_results.json` has its val and
+test R@1/5/10 and r_mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+import transformers
+from transformers import HfArgumentParser, set_seed
+
+import vlalign  # noqa: F401  (registers the ALBEF Auto classes)
+from vlalign.data.collator import AlbefCollator
+from vlalign.data.loaders import load_karpathy_json
+from vlalign.data.synthetic import make_synthetic_dataset, to_pair_dataset
+from vlalign.data.transforms import albef_train_transform
+from vlalign.models import AlbefForImageTextRetrieval, AlbefProcessor
+from vlalign.models.modeling_albef import AlbefVisionEmbeddings, interpolate_pos_embed
+from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
+from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+#: official Retrieval_coco.yaml settings, as parser defaults (command-line flags override them)
+RETRIEVAL_DEFAULTS = dict(
+    learning_rate=1e-5,
+    weight_decay=0.02,
+    num_train_epochs=5,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    albef_lr_schedule=True,
+    min_lr=1e-6,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=2,
+    metric_for_best_model="val_r_mean",
+    load_best_model_at_end=True,
+    logging_steps=50,
+    ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient at every step
+)
+
+SYNTHETIC_IMAGE_SIZE = 64
+
+
+@dataclass
+class ScriptArguments:
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "'synthetic' (built-in shapes, no download) or 'json' (implied by --train_json)."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Converted or pretrained vlalign folder / Hub id (weights and processor). Required for real "
+            "data; with synthetic data a tiny random model is used when omitted."
+        },
+    )
+    train_json: str | None = field(
+        default=None, metadata={"help": "Karpathy train json: [{image, caption (str), image_id}, ...]."}
+    )
+    val_json: str | None = field(default=None, metadata={"help": "Karpathy val json: [{image, caption: [str]}, ...]."})
+    test_json: str | None = field(
+        default=None, metadata={"help": "Karpathy test json: [{image, caption: [str]}, ...]."}
+    )
+    image_root: str = field(default="", metadata={"help": "Directory the json image paths are relative to."})
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tuning resolution (default: 384 for real data, the model's own for synthetic data). "
+            "Position embeddings are interpolated when it differs from the model's."
+        },
+    )
+    augment: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Official train-time augmentation (`--augment true/false`). Default: on for real data, off for "
+            "synthetic data (its captions name positions, which crops and flips would falsify)."
+        },
+    )
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "Unreadable images / empty captions: 'raise' or 'skip'.", "choices": ["raise", "skip"]},
+    )
+    check_images: bool = field(default=True, metadata={"help": "Open and decode every image once when loading."})
+    num_train: int = field(default=3000, metadata={"help": "Synthetic training images (2 captions each)."})
+    num_validation: int = field(default=100, metadata={"help": "Synthetic validation images."})
+    num_test: int = field(default=100, metadata={"help": "Synthetic test images."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data (as used for pretraining)."})
+
+    def __post_init__(self):
+        if self.train_json:
+            self.dataset = "json"
+        if self.dataset not in ("synthetic", "json"):
+            raise ValueError(f"--dataset must be 'synthetic' or 'json', got {self.dataset!r}")
+        if self.dataset == "json" and not (self.train_json and self.model_name_or_path):
+            raise ValueError("real data needs --train_json and --model_name_or_path (a converted/pretrained folder)")
+
+
+class RetrievalTrainer(AlbefTrainer):
+    """`AlbefTrainer` whose `evaluate()` also accepts the *name* of one of several eval datasets.
+
+    With `eval_dataset={"val": ..., "test": ...}`, `Trainer.evaluate` calls `self.evaluate("val", ...)` by name;
+    resolving the name here lets `AlbefTrainer.evaluate` see the `captions` column and run retrieval (instead of
+    falling back to a loss evaluation).
+    """
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+
+def add_idx(pairs: datasets.Dataset) -> datasets.Dataset:
+    """`idx`: a contiguous int per distinct `image_id`, in order of first appearance (what the loaders add)."""
+    index: dict = {}
+    idx = [index.setdefault(image_id, len(index)) for image_id in pairs["image_id"]]
+    return pairs.add_column("idx", idx, feature=datasets.Value("int64"))
+
+
+def with_row_keys(pairs: datasets.Dataset) -> datasets.Dataset:
+    """Replace `image_id` (no longer needed once `idx` exists) by the row number: the collator keys each row's
+    augmentation on `image_id`, and the captions of one image should get independent crops, as in the official code."""
+    return pairs.remove_columns("image_id").add_column(
+        "image_id", list(range(len(pairs))), feature=datasets.Value("int64")
+    )
+
+
+def resize_position_embeddings(model: torch.nn.Module, image_size: int) -> None:
+    """Interpolate every ViT position table (online and momentum) to `image_size`, as the official code does."""
+    num_patches = (image_size // model.config.vision_config.patch_size) ** 2
+    for module in model.modules():  # the online and the momentum ViT (their configs may be one object)
+        if isinstance(module, AlbefVisionEmbeddings) and module.position_embeddings.shape[1] != num_patches + 1:
+            old = module.position_embeddings
+            module.position_embeddings = torch.nn.Parameter(
+                interpolate_pos_embed(old.data, num_patches), requires_grad=old.requires_grad
+            )
+            module.num_patches = num_patches
+            module.config.image_size = image_size
+    model.config.vision_config.image_size = image_size
+
+
+def main() -> None:
+    parser = HfArgumentParser((ScriptArguments, AlbefTrainingArguments))
+    parser.set_defaults(**RETRIEVAL_DEFAULTS)
+    script_args, training_args = parser.parse_args_into_dataclasses()
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    set_seed(training_args.seed)
+
+    # ------------------------------------------------------------------------------------------------------ data
+    synthetic = script_args.dataset == "synthetic"
+    eval_splits = {}
+    if synthetic:
+        splits = make_synthetic_dataset(
+            num_train=script_args.num_train,
+            num_validation=script_args.num_validation,
+            num_test=script_args.num_test,
+            image_size=SYNTHETIC_IMAGE_SIZE,
+            seed=script_args.synthetic_seed,
+        )
+        train_dataset = add_idx(to_pair_dataset(splits["train"]))
+        for name, split in (("val", "validation"), ("test", "test")):
+            if len(splits[split]):
+                eval_splits[name] = splits[split].select_columns(["image", "captions", "image_id"])
+    else:
+        load = dict(on_error=script_args.on_error, check_images=script_args.check_images)
+        train_dataset = load_karpathy_json(script_args.train_json, script_args.image_root, "train", **load)
+        for name, file in (("val", script_args.val_json), ("test", script_args.test_json)):
+            if file:
+                eval_splits[name] = load_karpathy_json(file, script_args.image_root, "eval", **load)
+    train_dataset = with_row_keys(train_dataset)
+    logger.info(
+        "train: %d pairs of %d images; eval: %s",
+        len(train_dataset),
+        len(set(train_dataset["idx"])),
+        {name: len(split) for name, split in eval_splits.items()},
+    )
+    if not eval_splits:
+        training_args.eval_strategy = "no"
+        training_args.load_best_model_at_end = False
+        logger.warning("No val/test data: no evaluation and no best-model selection.")
+    elif "val" not in eval_splits and training_args.metric_for_best_model == "val_r_mean":
+        training_args.metric_for_best_model = f"{next(iter(eval_splits))}_r_mean"
+
+    # ------------------------------------------------------------------------------------------ model, processor
+    if script_args.model_name_or_path:
+        processor = AlbefProcessor.from_pretrained(script_args.model_name_or_path)
+        model = AlbefForImageTextRetrieval.from_pretrained(script_args.model_name_or_path)
+    else:
+        logger.warning("No --model_name_or_path: fine-tuning a tiny *randomly initialised* model (smoke run).")
+        tokenizer = build_tokenizer(dataset_captions(splits))
+        processor = albef_processor(tokenizer, SYNTHETIC_IMAGE_SIZE)
+        model = AlbefForImageTextRetrieval(tiny_albef_config(tokenizer, SYNTHETIC_IMAGE_SIZE))
+    model_size = model.config.vision_config.image_size
+    image_size = script_args.image_size or (model_size if synthetic else 384)
+    if image_size != model_size:
+        logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
+        resize_position_embeddings(model, image_size)
+    if processor.image_processor.size.get("height") != image_size:
+        processor = albef_processor(processor.tokenizer, image_size)
+    logger.info(
+        "AlbefForImageTextRetrieval at %d px: %.1fM trainable parameters",
+        image_size,
+        model.num_parameters(only_trainable=True) / 1e6,
+    )
+
+    augment = (not synthetic) if script_args.augment is None else script_args.augment
+    collator = AlbefCollator(
+        processor,
+        preset="train",
+        image_transform=albef_train_transform("train", image_size) if augment else None,
+        text_column="caption",
+        idx_column="idx",
+    )
+    trainer = RetrievalTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_splits or None,
+        data_collator=collator,
+        processing_class=processor,
+    )
+
+    # ------------------------------------------------------------------------------------------------- training
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and resume.lower() in ("true", "last"):
+        resume = True  # the last checkpoint in output_dir
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()  # the best model when load_best_model_at_end, with its processor
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+    if eval_splits:
+        metrics = trainer.evaluate()  # every eval split, with the saved model
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+
+if __name__ == "__main__":
+    main()
