@@ -22,6 +22,16 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import QuickstartSettings, run_quickstart
+
+    settings = QuickstartSettings(seed=args.seed)
+    if args.max_steps is not None:
+        settings.max_steps = args.max_steps
+    run_quickstart(args.output_dir, settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlalign", description="Vision-language alignment pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--task", default="auto", choices=["auto", "pretraining", "retrieval"])
     convert.add_argument("--image-size", type=int, help="target resolution (default: the YAML's image_res)")
     convert.set_defaults(handler=_convert)
+
+    quickstart = commands.add_parser(
+        "quickstart", help="train, evaluate, save, reload and query a tiny model on the built-in synthetic data"
+    )
+    quickstart.add_argument("--method", default="albef", choices=["albef"])
+    quickstart.add_argument("--output-dir", default="quickstart_output")
+    quickstart.add_argument("--max-steps", type=int, help="optimizer steps (default: the tuned recipe)")
+    quickstart.add_argument("--seed", type=int, default=0)
+    quickstart.set_defaults(handler=_quickstart)
     return parser
 
 

@@ -1,0 +1,100 @@
+"""Plots people would rather see than read: loss curves, a recall chart, and query → top-k image grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+LOSS_STYLES = {"loss": "-", "loss_itc": "--", "loss_itm": ":", "loss_mlm": "-."}
+
+
+def plot_losses(log_history: list[dict], path: str | Path) -> Path:
+    """Training loss and each objective's loss against the optimizer step (from `trainer.state.log_history`)."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, style in LOSS_STYLES.items():
+        points = [(entry["step"], entry[name]) for entry in log_history if name in entry and "step" in entry]
+        if points:
+            axis.plot(*zip(*points, strict=True), style, label=name)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss")
+    axis.set_title("Pretraining losses")
+    if axis.lines:
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, "no losses logged (run shorter than logging_steps)", ha="center", transform=axis.transAxes)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_recalls(metrics: dict, chance: dict[str, float], path: str | Path) -> Path:
+    """Grouped bars of R@1/5/10 for text and image retrieval, with the R@1 chance level marked."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    ks = (1, 5, 10)
+    width = 0.38
+    for offset, (prefix, label) in enumerate((("txt", "text retrieval (image → text)"),
+                                              ("img", "image retrieval (text → image)"))):  # fmt: skip
+        values = [metrics[f"{prefix}_r{k}"] for k in ks]
+        positions = [index + (offset - 0.5) * width for index in range(len(ks))]
+        bars = axis.bar(positions, values, width, label=label)
+        axis.bar_label(bars, fmt="%.1f", fontsize=8)
+        axis.hlines(chance[f"{prefix}_r1"], positions[0] - width / 2, positions[0] + width / 2, colors="black")
+    axis.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
+    axis.set_ylabel("recall (%)")
+    axis.set_ylim(0, 105)
+    axis.set_title("Test retrieval (ITC top-k + ITM re-rank); black ticks: R@1 chance")
+    axis.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def plot_text_to_image_results(
+    queries: Sequence[str], results: Sequence[Sequence[dict]], images, path, ground_truth=None
+):
+    """One row per text query: its top-k retrieved images, the ground-truth image framed in green."""
+    top_k = max(len(row) for row in results)
+    figure, axes = plt.subplots(len(queries), top_k, figsize=(1.9 * top_k, 2.1 * len(queries)), squeeze=False)
+    for row, (query, ranked) in enumerate(zip(queries, results, strict=True)):
+        for column in range(top_k):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column >= len(ranked):
+                axis.axis("off")
+                continue
+            hit = ranked[column]
+            axis.imshow(images[hit["image_index"]])
+            axis.set_xlabel(f"#{column + 1}  {hit['score']:.2f}", fontsize=8)
+            if ground_truth is not None and hit["image_index"] == ground_truth[row]:
+                for spine in axis.spines.values():
+                    spine.set_edgecolor("limegreen")
+                    spine.set_linewidth(4)
+        axes[row][0].set_ylabel("\n".join(_wrap(query, 22)), fontsize=8, rotation=0, ha="right", va="center")
+    figure.suptitle("Text → image retrieval (green: the query's own image)")
+    return _save(figure, path)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, current = [], ""
+    for word in text.split():
+        if current and len(current) + len(word) + 1 > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    return [*lines, current]
+
+
+def _save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["plot_losses", "plot_recalls", "plot_text_to_image_results"]

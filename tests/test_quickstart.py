@@ -1,0 +1,39 @@
+"""The main job's wiring on a few steps (its learning targets are measured by `vlalign quickstart` itself, see the
+README): every artefact is written, the card carries the measured recalls, the saved model reloads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from vlalign.quickstart import QuickstartSettings, chance_recall_at_1, run_quickstart
+
+
+def test_quickstart_writes_every_artefact(tmp_path, capsys):
+    settings = QuickstartSettings(num_train=64, num_test=12, batch_size=8, max_steps=4, warmup_steps=1, k_test=4)
+    summary = run_quickstart(tmp_path, settings)
+    printed = capsys.readouterr().out
+    assert "text retrieval" in printed and "x chance" in printed and "->" in printed
+    for name in ("losses.png", "recalls.png", "text_to_image_top5.png", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == pytest.approx(summary["metrics"])
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    recalls = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert recalls["TR@1"] == pytest.approx(summary["metrics"]["txt_r1"])
+    assert recalls["IR@1"] == pytest.approx(summary["metrics"]["img_r1"])
+    assert {"model.safetensors", "config.json", "processor_config.json", "modeling_albef.py"} <= {
+        p.name for p in (tmp_path / "model").iterdir()
+    }
+
+
+def test_chance_level():
+    dataset = {"captions": [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]}
+
+    class Rows(dict):
+        def __len__(self):
+            return 4
+
+    chance = chance_recall_at_1(Rows(dataset))
+    assert chance == {"txt_r1": 25.0, "img_r1": 25.0}
