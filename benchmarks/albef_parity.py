@@ -97,7 +97,7 @@ def retrieval_rows(folder: Path, resolution: int) -> list[tuple[str, float]]:
     model = vlalign.AlbefForImageTextRetrieval.from_pretrained(folder)
     processor = AutoProcessor.from_pretrained(folder)
     dataset = load_karpathy_json(FIXTURES / "retrieval" / "test.json", FIXTURES / "retrieval")
-    batch = processor(images=dataset["image"], text=[c for cs in dataset["captions"] for c in cs])
+    batch = processor(images=list(dataset["image"]), text=[c for cs in dataset["captions"] for c in cs])
     result = evaluate_retrieval(model, processor, dataset, k_test=4, return_scores=True, show_progress=False)
     rows = [
         (f"[{resolution}px] pixel_values", max_diff(batch["pixel_values"], expected["retrieval_pixel_values"])),

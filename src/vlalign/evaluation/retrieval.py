@@ -59,9 +59,9 @@ def recall_metrics(
     image_ranks = retrieval_ranks(score_t2i, [[image] for image in txt2img])
     metrics = {}
     for k in ks:
-        metrics[f"txt_r{k}"] = 100.0 * (text_ranks < k).float().mean().item()
+        metrics[f"txt_r{k}"] = 100.0 * (text_ranks < k).double().mean().item()
     for k in ks:
-        metrics[f"img_r{k}"] = 100.0 * (image_ranks < k).float().mean().item()
+        metrics[f"img_r{k}"] = 100.0 * (image_ranks < k).double().mean().item()
     metrics["txt_r_mean"] = sum(metrics[f"txt_r{k}"] for k in ks) / len(ks)
     metrics["img_r_mean"] = sum(metrics[f"img_r{k}"] for k in ks) / len(ks)
     metrics["r_mean"] = (metrics["txt_r_mean"] + metrics["img_r_mean"]) / 2
