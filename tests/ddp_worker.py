@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 
 import torch
+from conftest import micro_albef_config
 
 import vlalign
 from vlalign.data.collator import AlbefCollator
 from vlalign.data.synthetic import make_synthetic_dataset
-from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
+from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions
 from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
 
 IMAGE_SIZE = 32
@@ -24,17 +25,7 @@ def main(output: str, per_device_batch: int, global_negatives: bool) -> None:
     dataset = make_synthetic_dataset(num_train=48, num_validation=4, num_test=4, image_size=IMAGE_SIZE, seed=5)
     processor = albef_processor(build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
     torch.manual_seed(0)
-    config = tiny_albef_config(
-        processor.tokenizer,
-        image_size=IMAGE_SIZE,
-        vision_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=IMAGE_SIZE
-        ),
-        queue_size=32,
-        embed_dim=16,
-        itc_global_negatives=global_negatives,
-    )
-    config.text_config.hidden_dropout_prob = config.text_config.attention_probs_dropout_prob = 0.0
+    config = micro_albef_config(processor.tokenizer, IMAGE_SIZE, queue_size=32, itc_global_negatives=global_negatives)
     args = AlbefTrainingArguments(
         output_dir=output,
         per_device_train_batch_size=per_device_batch,

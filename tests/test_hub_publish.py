@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import micro_albef_config
 from hub_server import DEFAULT_TOKEN, LocalHub, client_env
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
@@ -33,7 +34,7 @@ from vlalign.hub import (
     save_model_card,
     template_path,
 )
-from vlalign.recipes import albef_processor, build_tokenizer, tiny_albef_config
+from vlalign.recipes import albef_processor, build_tokenizer
 from vlalign.training.trainer import AlbefTrainingArguments
 
 REPO_ID = "user/tiny-albef"
@@ -92,28 +93,7 @@ EXPECTED_RESULTS = [
 def tiny() -> tuple[AlbefForPreTraining, AlbefProcessor]:
     """A tiny pretraining model (ViT 32×1 at 32 px, BERT 32 with 1 text + 1 fusion layer, embed 16, queue 8)."""
     tokenizer = build_tokenizer(["a red circle above a blue square", "two green triangles", "a white background"])
-    config = tiny_albef_config(
-        tokenizer,
-        image_size=32,
-        vision_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32
-        ),
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            fusion_layer=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=tokenizer.pad_token_id,
-            cls_token_id=tokenizer.cls_token_id,
-            mask_token_id=tokenizer.mask_token_id,
-        ),
-        embed_dim=16,
-        queue_size=8,
-        k_test=4,
-    )
+    config = micro_albef_config(tokenizer, k_test=4)
     torch.manual_seed(0)
     model = AlbefForPreTraining(config).eval()
     with torch.no_grad():  # a trained-looking temperature, so the card shows the learned value

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import micro_albef_config
 from transformers import AutoImageProcessor, AutoTokenizer, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 import vlalign
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.pipelines.retrieval import TASK, ImageTextRetrievalPipeline, register_pipelines
-from vlalign.recipes import albef_processor, build_tokenizer, tiny_albef_config
+from vlalign.recipes import albef_processor, build_tokenizer
 
 ATOL = 1e-5
 
@@ -28,27 +29,7 @@ def data():
 def model_dir(tmp_path_factory, data):
     _, captions = data
     tokenizer = build_tokenizer([*captions, "This is a photo of"])
-    config = tiny_albef_config(
-        tokenizer,
-        32,
-        vision_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32
-        ),
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            fusion_layer=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=32,
-            pad_token_id=tokenizer.pad_token_id,
-            cls_token_id=tokenizer.cls_token_id,
-            mask_token_id=tokenizer.mask_token_id,
-        ),
-        embed_dim=16,
-        queue_size=8,
-    )
+    config = micro_albef_config(tokenizer)
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_albef")
     vlalign.AlbefModel(config).save_pretrained(folder)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import micro_albef_config
 from safetensors.torch import load_file
 
 import vlalign
 from vlalign.data.collator import AlbefCollator
 from vlalign.data.synthetic import make_synthetic_dataset
-from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
+from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions
 from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
 
 IMAGE_SIZE = 32
@@ -24,18 +25,7 @@ def data():
 
 def tiny_model(processor) -> vlalign.AlbefForPreTraining:
     torch.manual_seed(0)
-    config = tiny_albef_config(
-        processor.tokenizer,
-        image_size=IMAGE_SIZE,
-        vision_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=IMAGE_SIZE
-        ),
-        queue_size=24,
-        embed_dim=16,
-    )
-    config.text_config.hidden_size = 32
-    config.text_config.intermediate_size = 64
-    config.text_config.num_attention_heads = 2
+    config = micro_albef_config(processor.tokenizer, IMAGE_SIZE, queue_size=24)
     return vlalign.AlbefForPreTraining(config)
 
 

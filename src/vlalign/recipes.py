@@ -25,24 +25,39 @@ def dataset_captions(dataset_dict) -> list[str]:
     return [caption for split in dataset_dict.values() for captions in split["captions"] for caption in captions]
 
 
-def tiny_albef_config(tokenizer: AlbefTokenizer, image_size: int = 64, **overrides) -> AlbefConfig:
-    """A ~1.6M-parameter ALBEF (ViT 128×4 at 64 px / patch 16, BERT 128×4 with fusion from layer 2, embed 64,
-    queue 256): small enough to pretrain on 2 CPU cores in minutes, with every official objective.
+def tiny_albef_config(
+    tokenizer: AlbefTokenizer,
+    image_size: int = 64,
+    width: int = 128,
+    vision_layers: int = 4,
+    text_layers: int = 4,
+    fusion_layer: int = 2,
+    num_heads: int | None = None,
+    **overrides,
+) -> AlbefConfig:
+    """A ~1.6M-parameter ALBEF by default (ViT 128×4 at 64 px / patch 16, BERT 128×4 with fusion from layer 2,
+    embed 64, queue 256): small enough to pretrain on 2 CPU cores in minutes, with every official objective.
+    `width`, the layer counts and `num_heads` (default: 32-dim heads) shrink it further for tests; MLPs are 4× wide.
 
     Dropout is off: on CPU it costs ~30% of a step (attention dropout also forces SDPA's slow path), and a run of a
     few hundred steps over a closed vocabulary does not need it. Real-scale configs keep BERT's 0.1.
     """
+    heads = num_heads or max(1, width // 32)
     settings = dict(
         vision_config=dict(
-            hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, image_size=image_size
+            hidden_size=width,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            image_size=image_size,
         ),
         text_config=dict(
             vocab_size=len(tokenizer),
-            hidden_size=128,
-            num_hidden_layers=4,
-            fusion_layer=2,
-            num_attention_heads=4,
-            intermediate_size=512,
+            hidden_size=width,
+            num_hidden_layers=text_layers,
+            fusion_layer=fusion_layer,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
             max_position_embeddings=64,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
