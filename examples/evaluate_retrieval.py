@@ -38,7 +38,6 @@ from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.evaluation import evaluate_retrieval
 from vlalign.models import AlbefModel, AlbefProcessor
-from vlalign.models.modeling_albef import AlbefVisionEmbeddings, interpolate_pos_embed
 from vlalign.recipes import albef_processor
 
 logger = logging.getLogger(__name__)
@@ -92,20 +91,6 @@ class EvalArguments:
             raise ValueError("--dataset json needs --test_json")
 
 
-def resize_position_embeddings(model: torch.nn.Module, image_size: int) -> None:
-    """Interpolate the ViT position table(s) to `image_size`, as the official code does."""
-    num_patches = (image_size // model.config.vision_config.patch_size) ** 2
-    for module in model.modules():
-        if isinstance(module, AlbefVisionEmbeddings) and module.position_embeddings.shape[1] != num_patches + 1:
-            old = module.position_embeddings
-            module.position_embeddings = torch.nn.Parameter(
-                interpolate_pos_embed(old.data, num_patches), requires_grad=old.requires_grad
-            )
-            module.num_patches = num_patches
-            module.config.image_size = image_size
-    model.config.vision_config.image_size = image_size
-
-
 def format_table(metrics: dict) -> str:
     rows = [f"{'':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'mean':>8}"]
     for label, key in (("text  (i2t)", "txt"), ("image (t2i)", "img")):
@@ -140,7 +125,7 @@ def main() -> None:
     model = AlbefModel.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
     image_size = args.image_size or model.config.vision_config.image_size
     if image_size != model.config.vision_config.image_size:
-        resize_position_embeddings(model, image_size)
+        model.set_image_size(image_size)
     if processor.image_processor.size.get("height") != image_size:
         processor = albef_processor(processor.tokenizer, image_size)
     model.to(state.device).eval()

@@ -42,7 +42,6 @@ import sys
 from dataclasses import dataclass, field
 
 import datasets
-import torch
 import transformers
 from transformers import HfArgumentParser, set_seed
 
@@ -52,7 +51,6 @@ from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset, to_pair_dataset
 from vlalign.data.transforms import albef_train_transform
 from vlalign.models import AlbefForImageTextRetrieval, AlbefProcessor
-from vlalign.models.modeling_albef import AlbefVisionEmbeddings, interpolate_pos_embed
 from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
 from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
 
@@ -162,20 +160,6 @@ def with_row_keys(pairs: datasets.Dataset) -> datasets.Dataset:
     )
 
 
-def resize_position_embeddings(model: torch.nn.Module, image_size: int) -> None:
-    """Interpolate every ViT position table (online and momentum) to `image_size`, as the official code does."""
-    num_patches = (image_size // model.config.vision_config.patch_size) ** 2
-    for module in model.modules():  # the online and the momentum ViT (their configs may be one object)
-        if isinstance(module, AlbefVisionEmbeddings) and module.position_embeddings.shape[1] != num_patches + 1:
-            old = module.position_embeddings
-            module.position_embeddings = torch.nn.Parameter(
-                interpolate_pos_embed(old.data, num_patches), requires_grad=old.requires_grad
-            )
-            module.num_patches = num_patches
-            module.config.image_size = image_size
-    model.config.vision_config.image_size = image_size
-
-
 def main() -> None:
     parser = HfArgumentParser((ScriptArguments, AlbefTrainingArguments))
     parser.set_defaults(**RETRIEVAL_DEFAULTS)
@@ -238,7 +222,7 @@ def main() -> None:
     image_size = script_args.image_size or (model_size if synthetic else 384)
     if image_size != model_size:
         logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
-        resize_position_embeddings(model, image_size)
+        model.set_image_size(image_size)
     if processor.image_processor.size.get("height") != image_size:
         processor = albef_processor(processor.tokenizer, image_size)
     logger.info(

@@ -50,7 +50,6 @@ import sys
 from dataclasses import dataclass, field
 
 import datasets
-import torch
 import transformers
 from transformers import HfArgumentParser, set_seed
 
@@ -60,7 +59,6 @@ from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.data.transforms import albef_train_transform
 from vlalign.models import AlbefConfig, AlbefForPreTraining, AlbefProcessor, AlbefTokenizer
-from vlalign.models.modeling_albef import AlbefVisionEmbeddings, interpolate_pos_embed
 from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
 from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
 
@@ -180,20 +178,6 @@ def load_pretraining_json(files: list[str], image_root: str, on_error: str, chec
     return dataset.add_column("image_id", list(range(len(dataset))), feature=datasets.Value("int64"))
 
 
-def resize_position_embeddings(model: torch.nn.Module, image_size: int) -> None:
-    """Interpolate every ViT position table (online and momentum) to `image_size`, as the official code does."""
-    for module in model.modules():  # the online and the momentum ViT (their configs may be one object)
-        num_patches = (image_size // model.config.vision_config.patch_size) ** 2
-        if isinstance(module, AlbefVisionEmbeddings) and module.position_embeddings.shape[1] != num_patches + 1:
-            old = module.position_embeddings
-            module.position_embeddings = torch.nn.Parameter(
-                interpolate_pos_embed(old.data, num_patches), requires_grad=old.requires_grad
-            )
-            module.num_patches = num_patches
-            module.config.image_size = image_size
-    model.config.vision_config.image_size = image_size
-
-
 def fit_text_config(config: AlbefConfig, tokenizer: AlbefTokenizer) -> None:
     """Vocabulary size and special-token ids of a new model follow the tokenizer."""
     text = config.text_config
@@ -261,7 +245,7 @@ def main() -> None:
         model = AlbefForPreTraining.from_pretrained(script_args.model_name_or_path)
         image_size = script_args.image_size or model.config.vision_config.image_size
         if image_size != model.config.vision_config.image_size:
-            resize_position_embeddings(model, image_size)
+            model.set_image_size(image_size)
             processor = albef_processor(processor.tokenizer, image_size)
     else:
         if synthetic:

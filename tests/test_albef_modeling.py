@@ -270,3 +270,15 @@ def test_config_validation():
     config = vlalign.AlbefConfig(vision_config={"hidden_size": 64}, text_config={"encoder_width": 999})
     assert config.text_config.encoder_width == 64
     assert vlalign.AlbefConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def test_set_image_size_interpolates_online_and_momentum_position_tables(tiny_config, tiny_batch):
+    torch.manual_seed(0)
+    model = vlalign.AlbefForPreTraining(tiny_config)
+    original = model.albef.vision_model.embeddings.position_embeddings.detach().clone()
+    model.set_image_size(48)
+    expected = vlalign.models.modeling_albef.interpolate_pos_embed(original, 9)
+    for vision in (model.albef.vision_model, model.vision_model_m):
+        torch.testing.assert_close(vision.embeddings.position_embeddings.detach(), expected)
+    assert model.config.vision_config.image_size == 48
+    assert model.albef.get_image_features(torch.randn(2, 3, 48, 48)).shape == (2, 16)

@@ -399,6 +399,20 @@ class AlbefPreTrainedModel(PreTrainedModel):
         if remote_code and self._auto_class is None:
             custom_object_save(self, save_directory)
 
+    def set_image_size(self, image_size: int) -> None:
+        """Run at another square resolution: interpolate every ViT position table (online and momentum) as the
+        official code does when fine-tuning at 384 px from a 256 px checkpoint, and record the size in the config."""
+        num_patches = (image_size // self.config.vision_config.patch_size) ** 2
+        for module in self.modules():
+            if isinstance(module, AlbefVisionEmbeddings) and module.num_patches != num_patches:
+                old = module.position_embeddings
+                module.position_embeddings = nn.Parameter(
+                    interpolate_pos_embed(old.data, num_patches), requires_grad=old.requires_grad
+                )
+                module.num_patches = num_patches
+                module.config.image_size = image_size
+        self.config.vision_config.image_size = image_size
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """BERT-style normal init for the text side, truncated normal (timm) for the ViT, then model-level state:
