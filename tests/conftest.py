@@ -59,7 +59,16 @@ def tiny_albef_config(**overrides) -> vlalign.AlbefConfig:
 
 def micro_albef_config(tokenizer, image_size: int = 32, **overrides) -> vlalign.AlbefConfig:
     """The recipes' tiny ALBEF shrunk to 32 wide (2 heads), 1 ViT layer and 1+1 BERT layers, for unit tests."""
-    settings = dict(width=32, num_heads=2, vision_layers=1, text_layers=2, fusion_layer=1, embed_dim=16, queue_size=8)
+    settings = dict(
+        width=32,
+        num_heads=2,
+        vision_layers=1,
+        text_layers=2,
+        fusion_layer=1,
+        patch_size=16,
+        embed_dim=16,
+        queue_size=8,
+    )
     return tiny_albef_recipe(tokenizer, image_size, **{**settings, **overrides})
 
 

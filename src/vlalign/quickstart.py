@@ -27,15 +27,16 @@ DATASET_NAME = "vlalign synthetic shapes"
 
 @dataclass
 class QuickstartSettings:
-    """Sizes and recipe of the quick start (DESIGN §7: lr 1e-3 with warm-up and cosine decay learns in ~2 min)."""
+    """Sizes and recipe of the quick start: AdamW at 2e-3 with a 100-step warm-up and cosine decay, 800 steps of 32
+    (≈ 2¼ min on 2 CPU cores); `tiny_albef_config` explains the model's choices."""
 
     num_train: int = 3000
     num_test: int = 100
     image_size: int = 64
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_steps: int = 100
-    max_steps: int = 700
+    max_steps: int = 800
     k_test: int = 16
     seed: int = 0
 

@@ -28,19 +28,29 @@ def dataset_captions(dataset_dict) -> list[str]:
 def tiny_albef_config(
     tokenizer: AlbefTokenizer,
     image_size: int = 64,
-    width: int = 128,
+    width: int = 96,
     vision_layers: int = 4,
-    text_layers: int = 4,
+    text_layers: int = 3,
     fusion_layer: int = 2,
     num_heads: int | None = None,
+    patch_size: int = 8,
     **overrides,
 ) -> AlbefConfig:
-    """A ~1.6M-parameter ALBEF by default (ViT 128×4 at 64 px / patch 16, BERT 128×4 with fusion from layer 2,
-    embed 64, queue 256): small enough to pretrain on 2 CPU cores in minutes, with every official objective.
-    `width`, the layer counts and `num_heads` (default: 32-dim heads) shrink it further for tests; MLPs are 4× wide.
+    """A small ALBEF by default (ViT 96×4 at 64 px / patch 8, BERT 96×3 with fusion from layer 2, embed 64,
+    queue 256): small enough to pretrain on 2 CPU cores in minutes, with every official objective. `width`, the
+    layer counts and `num_heads` (default: 32-dim heads) shrink it further for tests; MLPs are 4× wide.
 
-    Dropout is off: on CPU it costs ~30% of a step (attention dropout also forces SDPA's slow path), and a run of a
-    few hundred steps over a closed vocabulary does not need it. Real-scale configs keep BERT's 0.1.
+    Choices that make a from-scratch run learn within a few hundred steps (quick-start R@1 text/image after 700
+    steps at lr 1e-3, seed 0: 31.0/31.5 % with this config):
+
+    * Text-side init std 0.1 instead of BERT's 0.02 (with 0.02: 3.0/2.0 %). A randomly initialised post-LayerNorm
+      BERT returns almost the same [CLS] vector for every caption at std 0.02 (mean pairwise cosine 0.9999), so
+      ITC and ITM, which read [CLS], get no signal until MLM has slowly reshaped the encoder; at 0.1 the captions
+      are apart from step 0. Pretrained BERT, which real ALBEF starts from, has no such collapse.
+    * 8-px patches: the synthetic captions name shapes and 3×3 grid positions that 16-px patches at 64 px blur
+      (16-px patches, width 128, 4 text layers, std 0.1: 7.0/22.5 %).
+    * Dropout off: on CPU it costs ~30% of a step (attention dropout also forces SDPA's slow path), and a run of a
+      few hundred steps over a closed vocabulary does not need it. Real-scale configs keep BERT's 0.1.
     """
     heads = num_heads or max(1, width // 32)
     settings = dict(
@@ -50,6 +60,7 @@ def tiny_albef_config(
             num_attention_heads=heads,
             intermediate_size=4 * width,
             image_size=image_size,
+            patch_size=patch_size,
         ),
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -61,6 +72,7 @@ def tiny_albef_config(
             max_position_embeddings=64,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
+            initializer_range=0.1,
             pad_token_id=tokenizer.pad_token_id,
             cls_token_id=tokenizer.cls_token_id,
             mask_token_id=tokenizer.mask_token_id,
