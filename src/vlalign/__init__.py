@@ -1,14 +1,15 @@
 """vlalign: Hugging Face-native vision-language alignment pretraining (ALBEF, SIMLA, CODIS, FDT).
 
-Importing vlalign registers every model family with the transformers Auto classes.
+Importing vlalign registers every method of the registry (`vlalign.methods`) with the transformers Auto classes and
+adds the `zero-shot-image-text-retrieval` pipeline.
 """
 
+from . import methods
 from .models import *  # noqa: F403
 from .models import __all__ as _models_all
-from .models import register_auto_classes
 from .pipelines.retrieval import register_pipelines
 
-register_auto_classes()
+methods.register_auto_classes()
 register_pipelines()
 
 __version__ = "0.1.0"

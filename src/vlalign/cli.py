@@ -1,16 +1,20 @@
-"""The `vlalign` command line."""
+"""The `vlalign` command line. Every verb takes any registered method (`vlalign.methods`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
-from .convert import CONVERTERS, CheckpointError
+from .convert import CheckpointError
+from .methods import get_method, method_names
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _convert(args: argparse.Namespace) -> int:
-    converter = CONVERTERS[args.method]
-    converter(
+    get_method(args.method).converter(
         checkpoint=args.checkpoint,
         config_files=args.config,
         output_dir=args.output,
@@ -25,47 +29,140 @@ def _convert(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import QuickstartSettings, run_quickstart
 
-    settings = QuickstartSettings(seed=args.seed)
-    if args.max_steps is not None:
-        settings.max_steps = args.max_steps
-    run_quickstart(args.output_dir, settings)
+    run_quickstart(args.output_dir, QuickstartSettings(method=args.method, seed=args.seed, max_steps=args.max_steps))
+    return 0
+
+
+def _load_model_and_processor(model_dir: str):
+    """The downstream model and processor of a saved folder (any vlalign method; registered by importing vlalign)."""
+    from transformers import AutoModel, AutoProcessor
+
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"--model {model_dir} is not a folder; pass a folder written by save_pretrained.")
+    return AutoModel.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
+
+
+def _evaluation_dataset(args: argparse.Namespace):
+    from .data.loaders import load_karpathy_json
+    from .data.synthetic import make_synthetic_dataset
+
+    if args.karpathy_json:
+        if not args.image_root:
+            raise ValueError("--karpathy-json needs --image-root, the folder its image paths are relative to.")
+        return load_karpathy_json(args.karpathy_json, args.image_root, split_layout="eval", on_error=args.on_error)
+    if args.dataset_dir:
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(args.dataset_dir)
+        return dataset[args.split] if hasattr(dataset, "keys") else dataset
+    return make_synthetic_dataset(num_train=0, num_validation=0, num_test=args.synthetic_size, seed=args.seed)["test"]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_retrieval
+
+    model, processor = _load_model_and_processor(args.model)
+    metrics = evaluate_retrieval(
+        model, processor, _evaluation_dataset(args), k_test=args.k_test, itc_only=args.itc_only,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    text = json.dumps(metrics, indent=1)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+        print(f"Wrote {args.output}")
+    print(text)
+    return 0
+
+
+def _image_files(folder: str) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images {folder} is not a folder of images.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"--images {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from transformers import pipeline
+
+    from .pipelines.retrieval import TASK
+
+    model, processor = _load_model_and_processor(args.model)
+    files = _image_files(args.images)
+    retriever = pipeline(TASK, model=model, processor=processor)
+    rerank = args.rerank and hasattr(model, "itm_score")
+    if args.rerank and not rerank:
+        print(f"note: {type(model).__name__} has no ITM head; ranking by embedding cosine only.", file=sys.stderr)
+    ranked = retriever(args.query, candidate_images=[str(f) for f in files], top_k=args.top_k, rerank=rerank)
+    results = [{**hit, "path": str(files[hit["image_index"]])} for hit in ranked]
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for hit in results:
+            print(f"{hit['rank']:>3}  {hit['score']:8.4f}  {hit['path']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlalign", description="Vision-language alignment pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
+    methods = method_names()
 
     convert = commands.add_parser("convert", help="convert an official checkpoint into a Hugging Face folder")
-    convert.add_argument("--method", required=True, help=f"one of: {', '.join(sorted(CONVERTERS))}")
+    convert.add_argument("--method", required=True, choices=methods)
     convert.add_argument("--checkpoint", required=True, help="the official .pth file")
     convert.add_argument(
-        "--config", action="append", required=True, help="official YAML and BERT json configs (repeat the flag)"
+        "--config", action="append", required=True, help="the official config files, e.g. YAML and BERT json (repeat)"
     )
-    convert.add_argument("--tokenizer", help="folder with vocab.txt / tokenizer files, or a Hub id")
+    convert.add_argument("--tokenizer", help="folder with vocabulary / tokenizer files, or a Hub id")
     convert.add_argument("--output", required=True, help="output folder")
     convert.add_argument("--task", default="auto", choices=["auto", "pretraining", "retrieval"])
-    convert.add_argument("--image-size", type=int, help="target resolution (default: the YAML's image_res)")
+    convert.add_argument("--image-size", type=int, help="target resolution (default: the config's)")
     convert.set_defaults(handler=_convert)
 
     quickstart = commands.add_parser(
         "quickstart", help="train, evaluate, save, reload and query a tiny model on the built-in synthetic data"
     )
-    quickstart.add_argument("--method", default="albef", choices=["albef"])
+    quickstart.add_argument("--method", default="albef", choices=methods)
     quickstart.add_argument("--output-dir", default="quickstart_output")
-    quickstart.add_argument("--max-steps", type=int, help="optimizer steps (default: the tuned recipe)")
+    quickstart.add_argument("--max-steps", type=int, help="optimizer steps (default: the method's tuned recipe)")
     quickstart.add_argument("--seed", type=int, default=0)
     quickstart.set_defaults(handler=_quickstart)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="image-text retrieval recalls (R@1/5/10) of a saved model on a dataset, as JSON"
+    )
+    evaluate.add_argument("--model", required=True, help="a saved model folder (any method)")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--karpathy-json", help="an evaluation annotation file (Karpathy split, captions per image)")
+    source.add_argument("--dataset-dir", help="a `datasets` folder (save_to_disk) with `image` and `captions`")
+    evaluate.add_argument("--image-root", help="folder the --karpathy-json image paths are relative to")
+    evaluate.add_argument("--split", default="test", help="split of a --dataset-dir DatasetDict")
+    evaluate.add_argument("--synthetic-size", type=int, default=100, help="test images of the built-in data")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the built-in data")
+    evaluate.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="corrupt images")
+    evaluate.add_argument("--k-test", type=int, help="ITM re-rank candidates (default: the config's)")
+    evaluate.add_argument("--itc-only", action="store_true", help="rank by embedding cosine only (no ITM re-rank)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--output", help="write the metrics JSON here too")
+    evaluate.set_defaults(handler=_evaluate)
+
+    retrieve = commands.add_parser("retrieve", help="rank a folder of images for a text query with a saved model")
+    retrieve.add_argument("--model", required=True, help="a saved model folder (any method)")
+    retrieve.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    retrieve.add_argument("--query", required=True, help="the text query")
+    retrieve.add_argument("--top-k", type=int, default=5)
+    retrieve.add_argument("--rerank", action="store_true", help="re-rank with the ITM head where the model has one")
+    retrieve.add_argument("--json", action="store_true", help="print the ranked list as JSON")
+    retrieve.set_defaults(handler=_retrieve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "convert" and args.method not in CONVERTERS:
-        print(
-            f"vlalign convert: unknown --method {args.method!r}; choose one of {sorted(CONVERTERS)}.", file=sys.stderr
-        )
-        return 2
     try:
         return args.handler(args)
     except (CheckpointError, FileNotFoundError, ValueError) as error:

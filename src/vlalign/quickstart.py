@@ -1,51 +1,71 @@
-"""The main job on the embedded default: generate the synthetic dataset, pretrain a tiny ALBEF with `AlbefTrainer`,
-evaluate it with the standard retrieval protocol, save it with a model card, reload it with the Auto classes, query
-it through the retrieval pipeline, and plot the results. Uses exactly the classes a real COCO run uses."""
+"""The main job on the embedded default, for any registered method: generate the synthetic dataset, pretrain a tiny
+model with `AlignmentTrainer`, evaluate it with the standard retrieval protocol, save it with a model card, reload it
+with the Auto classes, query it through the retrieval pipeline, and plot the results. Uses exactly the classes a real
+COCO run uses; the method registry supplies the model, processor, tiny config and tuned recipe."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import DatasetDict
 from transformers import AutoModel, AutoProcessor, pipeline
 
-from .data.collator import AlbefCollator
+from .data.collator import AlignmentCollator
 from .data.synthetic import make_synthetic_dataset
 from .evaluation import evaluate_retrieval
 from .hub import save_for_hub
-from .models import AlbefForPreTraining, AlbefProcessor
-from .recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
-from .training.trainer import AlbefTrainer, AlbefTrainingArguments
+from .methods import Method, get_method
+from .recipes import dataset_captions
+from .training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 from .visualization import plot_losses, plot_recalls, plot_text_to_image_results
 
 DATASET_NAME = "vlalign synthetic shapes"
+SYNTHETIC_DATA_NOTE = (
+    "The built-in procedurally generated image-caption data of vlalign (`vlalign.data.synthetic`): {num_train} "
+    "{image_size}-px images of one or two coloured shapes on a plain background, with two template captions each naming "
+    "colours, shapes, sizes and positions. It is a smoke-test dataset: the model learns nothing about real images."
+)
 
 
 @dataclass
 class QuickstartSettings:
-    """Sizes and recipe of the quick start: AdamW at 2e-3 with a 100-step warm-up and cosine decay, 800 steps of 32
-    (≈ 2¼ min on 2 CPU cores); `tiny_albef_config` explains the model's choices."""
+    """Sizes and recipe of the quick start. Unset recipe fields (None) take the method's tuned values
+    (`Method.quickstart`: for ALBEF AdamW at 2e-3, 100-step warm-up, cosine decay, 800 steps of 32, ≈ 2¼ min on
+    2 CPU cores); `config_overrides` go to the method's tiny config."""
 
+    method: str = "albef"
     num_train: int = 3000
     num_test: int = 100
-    image_size: int = 64
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    max_steps: int = 800
-    k_test: int = 16
+    image_size: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float | None = None
+    max_steps: int | None = None
+    k_test: int | None = None
     seed: int = 0
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        recipe = get_method(self.method).quickstart
+        for name in ("image_size", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "max_steps"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(recipe, name))
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be a positive number of optimizer steps, got {self.max_steps}.")
 
 
 @dataclass
 class QuickstartRun:
+    method: Method
     dataset: DatasetDict
-    processor: AlbefProcessor
-    trainer: AlbefTrainer
+    processor: Any
+    trainer: AlignmentTrainer
     metrics: dict
     train_seconds: float
     eval_seconds: float
@@ -59,23 +79,27 @@ def chance_recall_at_1(dataset) -> dict[str, float]:
 
 
 def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | None = None) -> QuickstartRun:
-    """Pretrain a tiny ALBEF on the synthetic train split with every official objective, then evaluate retrieval
-    (ITC top-k + ITM re-rank) on the test split."""
+    """Pretrain the method's tiny model on the synthetic train split with every official objective, then evaluate
+    retrieval on the test split (ITC ranking, ITM re-rank where the model has ITM)."""
     settings = settings or QuickstartSettings()
+    method = get_method(settings.method)
     dataset = make_synthetic_dataset(
         num_train=settings.num_train, num_validation=50, num_test=settings.num_test,
         image_size=settings.image_size, seed=settings.seed,
     )  # fmt: skip
-    processor = albef_processor(build_tokenizer(dataset_captions(dataset)), settings.image_size)
+    processor = method.build_processor(method.build_tokenizer(dataset_captions(dataset)), settings.image_size)
     torch.manual_seed(settings.seed)
-    model = AlbefForPreTraining(tiny_albef_config(processor.tokenizer, settings.image_size, k_test=settings.k_test))
-    args = AlbefTrainingArguments(
+    overrides = dict(settings.config_overrides)
+    if settings.k_test is not None:
+        overrides["k_test"] = settings.k_test
+    model = method.pretraining_class(method.tiny_config(processor.tokenizer, settings.image_size, **overrides))
+    args = AlignmentTrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=64,
         max_steps=settings.max_steps,
         learning_rate=settings.learning_rate,
-        weight_decay=0.02,
+        weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_steps,
         lr_scheduler_type="cosine",
         logging_steps=25,
@@ -86,8 +110,8 @@ def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | No
         dataloader_num_workers=0,
     )
     # No random crops or flips: synthetic captions name positions ("on the left"), which those would falsify.
-    collator = AlbefCollator(processor, preset="pretrain", text_column="captions")
-    trainer = AlbefTrainer(
+    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    trainer = AlignmentTrainer(
         model=model,
         args=args,
         train_dataset=dataset["train"],
@@ -100,7 +124,7 @@ def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | No
     start = time.perf_counter()
     metrics = evaluate_retrieval(model, processor, dataset["test"], k_test=settings.k_test)
     eval_seconds = time.perf_counter() - start
-    return QuickstartRun(dataset, processor, trainer, metrics, train_seconds, eval_seconds)
+    return QuickstartRun(method, dataset, processor, trainer, metrics, train_seconds, eval_seconds)
 
 
 def run_quickstart(output_dir: str | Path = "quickstart_output", settings: QuickstartSettings | None = None) -> dict:
@@ -108,7 +132,8 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
     output_dir = Path(output_dir)
     settings = settings or QuickstartSettings()
     start = time.perf_counter()
-    print(f"[1/5] Generating the synthetic dataset and pretraining a tiny ALBEF ({settings.max_steps} steps)")
+    method = get_method(settings.method)
+    print(f"[1/5] Generating the synthetic dataset and pretraining a tiny {method.name} ({settings.max_steps} steps)")
     run = pretrain_synthetic(output_dir / "checkpoints", settings)
     test = run.dataset["test"]
     chance = chance_recall_at_1(test)
@@ -122,7 +147,8 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
         metrics=metrics,
         dataset_name=DATASET_NAME,
         training_args=run.trainer.args,
-        model_id="vlalign/albef-tiny-synthetic",
+        model_id=f"vlalign/{method.name}-tiny-synthetic",
+        training_data=SYNTHETIC_DATA_NOTE.format(num_train=settings.num_train, image_size=settings.image_size),
         exist_ok=True,
     )
 
@@ -131,7 +157,8 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
     processor = AutoProcessor.from_pretrained(model_dir)
     retriever = pipeline("zero-shot-image-text-retrieval", model=reloaded, processor=processor)
     queries = [captions[0] for captions in test.select(range(5))["captions"]]
-    results = retriever(queries, candidate_images=list(test["image"]), top_k=5, rerank=True)
+    rerank = method.supports_itm
+    results = retriever(queries, candidate_images=list(test["image"]), top_k=5, rerank=rerank)
     for query, ranked in zip(queries, results, strict=True):
         hits = ", ".join(f"#{hit['image_index']} ({hit['score']:.2f})" for hit in ranked)
         print(f"  {query!r} -> {hits}  [own image: #{queries.index(query)}]")
@@ -158,7 +185,8 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
         "settings": asdict(settings),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    print("[5/5] Results on the synthetic test split (ALBEF protocol: ITC top-k, ITM re-rank)")
+    protocol = "ITC top-k, ITM re-rank" if rerank else "embedding cosine ranking"
+    print(f"[5/5] Results on the synthetic test split ({protocol})")
     for prefix, name in (("txt", "text retrieval  (image -> text)"), ("img", "image retrieval (text -> image)")):
         recalls = "  ".join(f"R@{k} {metrics[f'{prefix}_r{k}']:5.1f}" for k in (1, 5, 10))
         ratio = metrics[f"{prefix}_r1"] / chance[f"{prefix}_r1"]

@@ -10,13 +10,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-LOSS_STYLES = {"loss": "-", "loss_itc": "--", "loss_itm": ":", "loss_mlm": "-."}
+LOSS_STYLES = ("-", "--", ":", "-.")
 
 
 def plot_losses(log_history: list[dict], path: str | Path) -> Path:
-    """Training loss and each objective's loss against the optimizer step (from `trainer.state.log_history`)."""
+    """Training loss and each named objective's loss (`loss_*`) against the optimizer step (from
+    `trainer.state.log_history`)."""
     figure, axis = plt.subplots(figsize=(7, 4))
-    for name, style in LOSS_STYLES.items():
+    names = ["loss", *sorted({key for entry in log_history for key in entry if key.startswith("loss_")})]
+    for index, name in enumerate(names):
+        style = LOSS_STYLES[index % len(LOSS_STYLES)]
         points = [(entry["step"], entry[name]) for entry in log_history if name in entry and "step" in entry]
         if points:
             axis.plot(*zip(*points, strict=True), style, label=name)

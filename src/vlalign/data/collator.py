@@ -1,7 +1,8 @@
-"""Batch collation for ALBEF training and evaluation with ``transformers.Trainer`` or a plain ``DataLoader``.
+"""Batch collation for training and evaluation of every vlalign method with ``transformers.Trainer`` or a plain
+``DataLoader``.
 
-:class:`AlbefCollator` turns a list of raw dataset rows (as ``datasets.Dataset.__getitem__`` returns them) into the
-tensors ALBEF's models take: ``pixel_values``, ``input_ids``, ``attention_mask`` and, for retrieval fine-tuning,
+:class:`AlignmentCollator` turns a list of raw dataset rows (as ``datasets.Dataset.__getitem__`` returns them) into
+the tensors vlalign's models take: ``pixel_values``, ``input_ids``, ``attention_mask`` and, for retrieval fine-tuning,
 ``idx`` (the contiguous image index the loaders add). Use it with ``TrainingArguments(remove_unused_columns=False)``:
 otherwise the Trainer drops the ``image`` and ``caption`` columns before they reach the collator.
 
@@ -31,9 +32,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..models.processing_albef import TEXT_PRESETS
-
-__all__ = ["AlbefCollator"]
+__all__ = ["AlbefCollator", "AlignmentCollator"]
 
 _LOADER_HINT = (
     "Corrupt or missing images should be removed when the data is loaded: vlalign.data.loaders "
@@ -54,14 +53,14 @@ def _add_note(err: BaseException, note: str) -> None:
 
 
 @dataclass
-class AlbefCollator:
-    """Collate raw image–caption rows into ALBEF model inputs.
+class AlignmentCollator:
+    """Collate raw image–caption rows into model inputs, for any method's processor.
 
     Args:
-        processor: an :class:`~vlalign.AlbefProcessor` (its tokenizer, caption cleaning and, without
-            ``image_transform``, its deterministic image processor are used).
-        preset: text preset of the processor: ``"pretrain"`` (≤ 25 tokens), ``"train"`` (untruncated) or
-            ``"eval"`` (padded/truncated to 30).
+        processor: the method's processor, e.g. :class:`~vlalign.AlbefProcessor` (its tokenizer, caption cleaning
+            and, without ``image_transform``, its deterministic image processor are used).
+        preset: text preset of the processor (``processor.text_presets``): ``"pretrain"``, ``"train"`` or
+            ``"eval"``; for ALBEF ≤ 25 tokens, untruncated, and padded/truncated to 30.
         image_transform: callable mapping one image to a ``[3, H, W]`` tensor, e.g.
             :func:`~vlalign.data.transforms.albef_train_transform`; applied per image and stacked. When ``None``,
             ``processor.image_processor`` (square bicubic resize + normalisation) processes the batch.
@@ -79,7 +78,7 @@ class AlbefCollator:
             sample is collated. That makes a Trainer resume exact (Accelerate collates the next batch before a
             checkpoint is written) and a run split over N processes equal to one process with the same global
             batch.
-        epoch: the current epoch; `AlbefTrainer` sets it through `set_epoch`.
+        epoch: the current epoch; `AlignmentTrainer` sets it through `set_epoch`.
 
     Returns (when called with a list of row dicts):
         ``{"pixel_values": float32 [B, 3, H, W], "input_ids": long [B, L], "attention_mask": long [B, L]}`` plus
@@ -96,8 +95,9 @@ class AlbefCollator:
     epoch: int = 0
 
     def __post_init__(self) -> None:
-        if self.preset not in TEXT_PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {sorted(TEXT_PRESETS)}.")
+        presets = getattr(self.processor, "text_presets", None)
+        if presets is not None and self.preset not in presets:
+            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {sorted(presets)}.")
         if self.image_transform is not None and not callable(self.image_transform):
             raise TypeError(f"image_transform must be callable or None, got {type(self.image_transform).__name__}.")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
@@ -108,7 +108,7 @@ class AlbefCollator:
         return self._collate(self._check_rows(features))
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by `AlbefTrainer` at every epoch start, so each epoch draws new captions and augmentations."""
+        """Called by `AlignmentTrainer` at every epoch start, so each epoch draws new captions and augmentations."""
         self.epoch = epoch
 
     def _row_seed(self, row: Mapping[str, Any], purpose: str) -> int:
@@ -143,11 +143,11 @@ class AlbefCollator:
     def _check_rows(self, features: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         if isinstance(features, Mapping) or not isinstance(features, Sequence):
             raise TypeError(
-                f"AlbefCollator expects a list of row dicts (one per sample), got {type(features).__name__}."
+                f"AlignmentCollator expects a list of row dicts (one per sample), got {type(features).__name__}."
             )
         rows = list(features)
         if not rows:
-            raise ValueError("AlbefCollator got an empty batch; it needs at least one row.")
+            raise ValueError("AlignmentCollator got an empty batch; it needs at least one row.")
         for position, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise TypeError(f"Batch row {position} is a {type(row).__name__}, expected a dict of columns.")
@@ -237,7 +237,7 @@ class AlbefCollator:
                         tensor = self.image_transform(image)
             except Exception as err:
                 _add_note(
-                    err, f"AlbefCollator: while transforming the image of {_row_label(position, rows[position])}"
+                    err, f"AlignmentCollator: while transforming the image of {_row_label(position, rows[position])}"
                 )
                 raise
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
@@ -277,3 +277,7 @@ class AlbefCollator:
                 )
             values.append(int(value))
         return torch.tensor(values, dtype=torch.long)
+
+
+#: the collator's name before it served every method
+AlbefCollator = AlignmentCollator

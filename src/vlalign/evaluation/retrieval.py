@@ -1,7 +1,9 @@
-"""Image-text retrieval evaluation with ALBEF's protocol: ITC ranking, ITM re-ranking of the top-k, R@1/5/10.
+"""Image-text retrieval evaluation, the standard protocol for every vlalign method: rank all candidates by the cosine
+of the projected embeddings (`get_image_features` / `get_text_features`), re-rank each query's top-k with the
+image-text matching head where the model has one (ALBEF's `evaluation()` + `itm_eval()`), report R@1/5/10.
 
-Follows the official `evaluation()` + `itm_eval()` of salesforce/ALBEF, with three changes that leave the scores
-unchanged and make it fast and reproducible:
+Dual encoders (FDT) stop after the ranking, as their official evaluators do. For ITM models three changes against
+the official code leave the scores unchanged and make it fast and reproducible:
 
 * the ITM re-rank is batched (many image-text pairs per fusion forward) and a pair that is in both an image's
   top-k texts and a text's top-k images is scored once;
@@ -20,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models.modeling_albef import distributed_rank_and_world
+from ..methods import method_of
+from ..models.losses import distributed_rank_and_world
 
 RECALL_KS = (1, 5, 10)
 
@@ -82,32 +85,44 @@ def _flatten_captions(dataset) -> tuple[list[str], list[list[int]], list[int]]:
     return texts, img2txt, txt2img
 
 
+def _embedding_and_states(output) -> tuple[torch.Tensor, torch.Tensor]:
+    """(projected embedding, tower token states) of a `get_image_features` / `get_text_features` output."""
+    return output.pooler_output, output.last_hidden_state
+
+
 @torch.no_grad()
-def encode_texts(model, processor, texts: list[str], batch_size: int, show_progress: bool):
-    """Text-encoder outputs, attention masks and normalised ITC features of all captions (official eval preset)."""
+def encode_texts(model, processor, texts: list[str], batch_size: int, keep_states: bool, show_progress: bool):
+    """Normalised ranking features of all captions (official eval preset) and, for re-ranking, the text tower's
+    token states and attention masks (None otherwise)."""
     device = model.device
-    hidden, masks, features = [], [], []
+    states, masks, features = [], [], []
     for start in tqdm(range(0, len(texts), batch_size), desc="encoding texts", disable=not show_progress):
         batch = processor(text=texts[start : start + batch_size], preset="eval").to(device)
-        states = model.text_model(batch["input_ids"], batch["attention_mask"]).last_hidden_state
-        hidden.append(states)
-        masks.append(batch["attention_mask"])
-        features.append(F.normalize(model.text_proj(states[:, 0]), dim=-1))
-    return torch.cat(hidden), torch.cat(masks), torch.cat(features)
+        output = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        embedding, hidden = _embedding_and_states(output)
+        features.append(F.normalize(embedding, dim=-1))
+        if keep_states:
+            states.append(hidden)
+            masks.append(batch["attention_mask"])
+    if not keep_states:
+        return None, None, torch.cat(features)
+    return torch.cat(states), torch.cat(masks), torch.cat(features)
 
 
 @torch.no_grad()
-def encode_images(model, processor, dataset, batch_size: int, show_progress: bool):
-    """ViT outputs (kept on the CPU: for COCO they are ~9 GB) and normalised ITC features of all images."""
+def encode_images(model, processor, dataset, batch_size: int, keep_states: bool, show_progress: bool):
+    """Normalised ranking features of all images and, for re-ranking, the image tower's token states (kept on the
+    CPU: for COCO they are ~9 GB; None otherwise)."""
     device = model.device
-    hidden, features = [], []
+    states, features = [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="encoding images", disable=not show_progress):
         images = dataset[start : start + batch_size]["image"]
         pixel_values = processor(images=images)["pixel_values"].to(device)
-        states = model.vision_model(pixel_values).last_hidden_state
-        hidden.append(states.cpu())
-        features.append(F.normalize(model.vision_proj(states[:, 0]), dim=-1))
-    return torch.cat(hidden), torch.cat(features)
+        embedding, hidden = _embedding_and_states(model.get_image_features(pixel_values=pixel_values))
+        features.append(F.normalize(embedding, dim=-1))
+        if keep_states:
+            states.append(hidden.cpu())
+    return (torch.cat(states) if keep_states else None), torch.cat(features)
 
 
 def _gather_shards(local: torch.Tensor, total: int, world_size: int) -> torch.Tensor:
@@ -177,14 +192,14 @@ def evaluate_retrieval(
     return_scores: bool = False,
     show_progress: bool = True,
 ) -> dict:
-    """Evaluate image-text retrieval with ALBEF's protocol.
+    """Evaluate image-text retrieval: ITC ranking, then ITM re-ranking of the top-k where the model has ITM.
 
     Args:
-        model: an ALBEF model (`AlbefModel` or a model holding one, e.g. `AlbefForImageTextRetrieval`).
-        processor: its `AlbefProcessor`.
+        model: any vlalign model (`<Method>Model` or a training model holding one).
+        processor: its processor.
         dataset: a `datasets.Dataset` with one row per image: `image` and `captions` (list of strings).
         k_test: candidates re-ranked per query (default `config.k_test`; capped at the candidate count).
-        itc_only: rank by ITC cosine alone (fast; no fusion pass).
+        itc_only: rank by the embedding cosine alone (no fusion pass); always the case for dual encoders.
         score_mode: re-rank score, default `config.itm_score_mode` (`itm_logit` is ALBEF's).
         batch_size: images/captions per encoder forward; `rerank_batch_size`: pairs per fusion forward.
         return_scores: also return `score_matrix_i2t` [images, texts] and `score_matrix_t2i` [texts, images]
@@ -194,29 +209,33 @@ def evaluate_retrieval(
         `txt_r1/5/10`, `img_r1/5/10`, `txt_r_mean`, `img_r_mean`, `r_mean` (percent), `num_images`, `num_texts`,
         `num_itm_pairs` (fusion forwards actually run), and the score matrices when asked.
     """
-    albef = model.base_model
-    was_training = albef.training
-    albef.eval()
+    if len(dataset) == 0:
+        raise ValueError("The evaluation dataset is empty; pass at least one image with its captions.")
+    encoder = model.base_model
+    was_training = encoder.training
+    encoder.eval()
     texts, img2txt, txt2img = _flatten_captions(dataset)
-    text_hidden, text_masks, text_features = encode_texts(albef, processor, texts, batch_size, show_progress)
-    image_hidden, image_features = encode_images(albef, processor, dataset, batch_size, show_progress)
+    rerank = method_of(encoder).supports_itm and not itc_only
+    score_mode = (score_mode or encoder.config.itm_score_mode) if rerank else "itc_only"
+    rerank = score_mode != "itc_only"
+    text_hidden, text_masks, text_features = encode_texts(encoder, processor, texts, batch_size, rerank, show_progress)
+    image_hidden, image_features = encode_images(encoder, processor, dataset, batch_size, rerank, show_progress)
     similarities = (image_features @ text_features.t()).cpu()
 
-    score_mode = "itc_only" if itc_only else (score_mode or albef.config.itm_score_mode)
     num_pairs = 0
-    if score_mode == "itc_only":
+    if not rerank:
         score_i2t, score_t2i = similarities.clone(), similarities.t().clone()
     else:
-        k = k_test or albef.config.k_test
+        k = k_test or encoder.config.k_test
         pairs, top_texts, top_images = _top_k_pairs(similarities, min(k, len(texts)), min(k, len(dataset)))
         num_pairs = len(pairs)
         pair_scores = rerank_pairs(
-            albef,
+            encoder,
             pairs,
             text_hidden,
             text_masks,
             image_hidden,
-            similarities.to(albef.device),
+            similarities.to(encoder.device),
             score_mode,
             rerank_batch_size,
             show_progress,
@@ -229,7 +248,7 @@ def evaluate_retrieval(
         score_t2i = torch.full(similarities.t().shape, fill)
         score_t2i.scatter_(1, top_images, lookup.t().gather(1, top_images))
 
-    albef.train(was_training)
+    encoder.train(was_training)
     metrics = recall_metrics(score_i2t, score_t2i, img2txt, txt2img)
     metrics.update(num_images=len(dataset), num_texts=len(texts), num_itm_pairs=num_pairs)
     if return_scores:

@@ -6,9 +6,9 @@ The template ships inside the package (`vlalign/hub/templates/<model_type>.md`) 
 list it as package data; see `template_path`).
 
 Pipeline tag: the Hub has no image-text retrieval pipeline tag (vlalign's `zero-shot-image-text-retrieval` pipeline
-is a custom task that needs vlalign, so no Hub widget or remote-code user can run it). `AlbefModel` is registered for
-`AutoModelForZeroShotImageClassification` and returns CLIP-style `logits_per_image`, so
-`zero-shot-image-classification` is the tag whose stock pipeline (and Hub widget) actually runs a published ALBEF
+is a custom task, shipped with the model as remote code, that no Hub widget runs). Every `<Method>Model` is registered
+for `AutoModelForZeroShotImageClassification` and returns CLIP-style `logits_per_image`, so
+`zero-shot-image-classification` is the tag whose stock pipeline (and Hub widget) actually runs a published vlalign
 repo, with or without vlalign: it ranks candidate texts for an image, the text-retrieval half of the task. The
 retrieval task itself is recorded in the `model-index` (`task.type: image-text-retrieval`; huggingface_hub does not
 restrict task types) and in the tags.
@@ -26,11 +26,13 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..methods import method_of
+
 TASK_TYPE = "image-text-retrieval"
 TASK_NAME = "Image-Text Retrieval"
 PIPELINE_TAG = "zero-shot-image-classification"
 LIBRARY_NAME = "transformers"
-DEFAULT_TAGS = ("vlalign", "albef", "image-text-retrieval", "vision-language")
+DEFAULT_TAGS = ("vlalign", "image-text-retrieval", "vision-language")
 
 #: the main `TrainingArguments` shown in the card, in this order (those absent or unset are skipped)
 MAIN_TRAINING_ARGUMENTS = (
@@ -51,7 +53,7 @@ MAIN_TRAINING_ARGUMENTS = (
     "bf16",
     "fp16",
     "seed",
-    "albef_optimizer",
+    "official_optimizer",
     "albef_lr_schedule",
     "warmup_lr",
     "min_lr",
@@ -169,8 +171,8 @@ def build_model_card(
     """Render the model card of a vlalign checkpoint.
 
     Args:
-        model: the model whose weights are published (`AlbefModel`, or a training model when its training state is
-            published too). The configuration summary and parameter count describe it.
+        model: the model whose weights are published (`<Method>Model`, or a training model when its training state
+            is published too). The configuration summary and parameter count describe it.
         metrics: retrieval results as `evaluate_retrieval` returns them (`txt_r1`, ..., `img_r10`, `txt_r_mean`,
             `img_r_mean`, `r_mean`, in percent; optional `num_images`, `num_texts`, `num_itm_pairs`), or with the
             Trainer's `eval_`/`test_` prefix. The measured values go into the card unchanged. `None`: no
@@ -188,15 +190,15 @@ def build_model_card(
             dataset; without `training_data`, the "Training data" section links them.
         license: license identifier for the metadata (e.g. "apache-2.0"); left out when None.
         language: language(s) of the text side.
-        tags: extra tags, added to vlalign / albef / image-text-retrieval / vision-language.
+        tags: extra tags, added to vlalign / image-text-retrieval / vision-language and the method's tags.
         template: a template file to use instead of the packaged one.
     """
     config = model.config
-    model_type = getattr(config, "model_type", "albef")
+    method = method_of(model)
     train_datasets = [train_datasets] if isinstance(train_datasets, str) else list(train_datasets)
     tags = [tags] if isinstance(tags, str) else list(tags)
     dataset_type = dataset_id or _slug(dataset_name)
-    model_name = (model_id or model_type).rstrip("/").split("/")[-1]
+    model_name = (model_id or method.name).rstrip("/").split("/")[-1]
 
     eval_results = None
     results = None
@@ -215,7 +217,7 @@ def build_model_card(
         pipeline_tag=PIPELINE_TAG,
         license=license,
         language=language,
-        tags=[*DEFAULT_TAGS, *tags],
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *method.tags, *tags])),
         datasets=list(dict.fromkeys([*train_datasets, dataset_type])),
         base_model=base_model,
         model_name=model_name,
@@ -224,7 +226,7 @@ def build_model_card(
     if template is not None:
         template_text = Path(template).read_text(encoding="utf-8")
     else:
-        template_text = _template_resource(model_type).read_text(encoding="utf-8")
+        template_text = _template_resource(method.name).read_text(encoding="utf-8")
     return ModelCard.from_template(
         card_data,
         template_str=template_text,
@@ -232,7 +234,9 @@ def build_model_card(
         repo_id=model_id or "<namespace>/<model-name>",
         model_name=model_name,
         published_class=type(model).__name__,
-        includes_training_state=hasattr(model, "momentum_parameter_pairs"),
+        includes_training_state=isinstance(model, method.training_classes()),
+        method_title=method.title,
+        paper=method.paper,
         results=results,
         dataset_name=dataset_name,
         dataset_split=dataset_split,
@@ -256,42 +260,8 @@ def save_model_card(card: ModelCard, folder: str | Path) -> Path:
 
 
 def config_summary(model) -> list[tuple[str, str]]:
-    """(setting, value) rows describing an ALBEF model's architecture and alignment settings."""
-    config = model.config
-    vision, text = config.vision_config, config.text_config
-    base = getattr(model, "base_model", model)
-    temp = getattr(base, "temp", None)
-    if temp is not None:
-        temp_text = f"{temp.detach().float().item():.4g} (learned; initial {config.temp:g})"
-    else:
-        temp_text = f"{config.temp:g}"
-    rows = [
-        (
-            "Image encoder",
-            f"ViT: {_count(vision.num_hidden_layers, 'layer')}, width {vision.hidden_size}, "
-            f"{_count(vision.num_attention_heads, 'head')}, patch {vision.patch_size}, "
-            f"{vision.image_size}×{vision.image_size} px",
-        ),
-        (
-            "Text encoder",
-            f"BERT {_layer_range(1, text.fusion_layer)}: width {text.hidden_size}, "
-            f"{_count(text.num_attention_heads, 'head')}, vocabulary {text.vocab_size}",
-        ),
-        (
-            "Fusion encoder",
-            f"BERT {_layer_range(text.fusion_layer + 1, text.num_hidden_layers)}, cross-attending to the image tokens",
-        ),
-        ("Contrastive (ITC) embedding", f"{config.embed_dim}-d, temperature {temp_text}"),
-        ("ITM re-ranking", f"top {config.k_test} candidates per query, score `{config.itm_score_mode}`"),
-        (
-            "Momentum distillation (training)",
-            f"queue {config.queue_size}, momentum {config.momentum:g}, α {config.alpha:g}"
-            + ("" if config.distill else " (distillation off)"),
-        ),
-        ("Caption format", "[CLS] text [SEP]" if config.add_sep_token else "[CLS] text (no [SEP], as ALBEF)"),
-        ("Parameters in this repository", f"{sum(p.numel() for p in model.parameters()):,}"),
-    ]
-    return [(name, _cell(value)) for name, value in rows]
+    """(setting, value) rows describing the model's architecture and alignment settings (the method's own)."""
+    return [(name, _cell(value)) for name, value in method_of(model).card_config_rows(model)]
 
 
 def training_args_summary(training_args: Mapping[str, Any] | Any | None) -> list[tuple[str, str]] | None:
@@ -374,9 +344,9 @@ def _results_table(
             rows.append({"label": label, "short": short, "values": row_values, "mean": by_name.get(f"{short}@mean")})
     counts = {name: _extra(metrics, name) for name in ("num_images", "num_texts", "num_itm_pairs")}
     if counts["num_itm_pairs"] is None:
-        protocol = "Candidates are ranked with ALBEF's protocol (contrastive ranking, optionally ITM re-ranking)."
+        protocol = "Candidates are ranked by contrastive similarity (with ITM re-ranking where the model has it)."
     elif counts["num_itm_pairs"] == 0:
-        protocol = "Candidates are ranked by contrastive (ITC) similarity only, without ITM re-ranking."
+        protocol = "Candidates are ranked by contrastive similarity of the embeddings only, without re-ranking."
     else:
         protocol = (
             "Candidates are ranked by contrastive (ITC) similarity, then each query's top candidates are re-scored "
@@ -400,17 +370,6 @@ def _extra(metrics: Mapping[str, Any], name: str) -> int | None:
             value = metrics[prefix + name]
             return int(value.item() if hasattr(value, "item") else value)
     return None
-
-
-def _layer_range(first: int, last: int) -> str:
-    """ "layers 1–6", "layer 3" or "(no layers)" for 1-based inclusive layer numbers."""
-    if last < first:
-        return "(no layers)"
-    return f"layer {first}" if first == last else f"layers {first}–{last}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _unset(name: str, value: Any) -> bool:

@@ -3,16 +3,16 @@
 What goes in the folder (`save_for_hub`)::
 
     model.safetensors, config.json            weights and config (config.json carries the `auto_map`)
-    configuration_albef.py, modeling_albef.py  remote code: the model loads with `trust_remote_code=True`
-    processor_config.json, processing_albef.py image processor + caption cleaning presets, and their code
-    tokenizer.json, tokenizer_config.json, tokenization_albef.py
+    configuration_<m>.py, modeling_<m>.py, ... remote code: the model loads with `trust_remote_code=True`
+    processor_config.json, processing_<m>.py  image processor + caption presets, and their code
+    tokenizer.json, tokenizer_config.json, tokenization_<m>.py
     README.md                                  the model card (`build_model_card`) with the measured results
 
-Which weights are published: by default the *inference* model, `AlbefModel` (`model.albef` of an
-`AlbefForPreTraining` / `AlbefForImageTextRetrieval`): the online encoders, ITC projections and temperature and the
-ITM head. That is what `AutoModel` and the zero-shot pipeline load, and it is about half the size of the training
-model, whose momentum encoders, feature queues and MLM head only matter to continue training (and would make
-`AutoModel` users download weights it then drops). `include_training_state=True` publishes the training model as it
+Which weights are published: by default the *inference* model, `<Method>Model` (`model.base_model` of a training
+model; for ALBEF, `AlbefModel`: the online encoders, ITC projections and temperature and the ITM head). That is
+what `AutoModel` and the zero-shot pipeline load; for ALBEF it is about half the size of the training model, whose
+momentum encoders, feature queues and MLM head only matter to continue training (and would make `AutoModel` users
+download weights it then drops). `include_training_state=True` publishes the training model as it
 is instead, for resuming pretraining / fine-tuning from the Hub (`AutoModelForPreTraining`); `AutoModel` still loads
 its online part.
 
@@ -36,6 +36,7 @@ login. `endpoint=` (or the `HF_ENDPOINT` environment variable) targets another H
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,22 +44,15 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, HfApi
 
+from ..methods import get_method
 from .card import build_model_card, save_model_card
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_COMMIT_MESSAGE = "Upload ALBEF model, processor and model card (vlalign)"
-#: files a published ALBEF folder must contain (weights may be sharded instead of `model.safetensors`)
-REQUIRED_FILES = (
-    "config.json",
-    "configuration_albef.py",
-    "modeling_albef.py",
-    "processor_config.json",
-    "processing_albef.py",
-    "tokenizer_config.json",
-    "tokenization_albef.py",
-    "README.md",
-)
+DEFAULT_COMMIT_MESSAGE = "Upload model, processor and model card (vlalign)"
+#: files every published folder must contain besides its method's code files (weights may be sharded instead of
+#: `model.safetensors`)
+REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "README.md")
 _IGNORE_PATTERNS = ["*.pyc", "*__pycache__*"]
 
 
@@ -91,8 +85,8 @@ def save_for_hub(
     """Save model weights + config + remote code, the processor, and the model card into `folder`.
 
     Args:
-        model: an ALBEF model (`AlbefModel`, `AlbefForPreTraining`, `AlbefForImageTextRetrieval`).
-        processor: its `AlbefProcessor`.
+        model: a vlalign model (`<Method>Model`, `<Method>ForPreTraining`, `<Method>ForImageTextRetrieval`).
+        processor: its processor.
         folder: output folder; created. It must be empty unless `exist_ok=True` (stale files there would be
             uploaded along with the new ones).
         metrics: measured retrieval metrics (see `build_model_card`), or None.
@@ -184,17 +178,33 @@ def push_folder_to_hub(
     )
 
 
+def required_files(folder: Path) -> tuple[str, ...]:
+    """The files a publishable folder needs: the common ones and its method's remote code (from `config.json`)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return REQUIRED_FILES
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    return (*REQUIRED_FILES, *get_method(model_type).remote_code_files)
+
+
 def _check_folder(folder: Path) -> None:
     """Fail before uploading a folder that downstream users could not load."""
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    missing = [name for name in required_files(folder) if not (folder / name).is_file()]
     has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if not has_weights:
         missing.insert(0, "model.safetensors")
     if missing:
         raise FileNotFoundError(
             f"{folder} lacks {missing}. Write it with vlalign.hub.save_for_hub (with vlalign imported, so that the "
-            "ALBEF classes are registered for remote code and their files are saved)."
+            "model classes are registered for remote code and their files are saved)."
         )
 
 
-__all__ = ["DEFAULT_COMMIT_MESSAGE", "REQUIRED_FILES", "published_model", "push_folder_to_hub", "save_for_hub"]
+__all__ = [
+    "DEFAULT_COMMIT_MESSAGE",
+    "REQUIRED_FILES",
+    "published_model",
+    "push_folder_to_hub",
+    "required_files",
+    "save_for_hub",
+]

@@ -74,6 +74,9 @@ class AlbefProcessor(ProcessorMixin):
         clean_captions: apply `pre_caption` (the official cleaning) before tokenizing.
     """
 
+    #: the official text settings per stage, selected with `preset=` (collators validate against it)
+    text_presets = TEXT_PRESETS
+
     def __init__(self, image_processor=None, tokenizer=None, max_words: int = 30, clean_captions: bool = True):
         self.max_words = max_words
         self.clean_captions = clean_captions

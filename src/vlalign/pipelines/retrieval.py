@@ -1,6 +1,7 @@
 """The `zero-shot-image-text-retrieval` pipeline: rank a gallery of captions for each query image, or a gallery of
-images for each query caption, with ALBEF's retrieval protocol (ITC cosine ranking, optional ITM re-ranking of the
-top candidates).
+images for each query caption, with the standard retrieval protocol: rank by the cosine of the projected embeddings
+(`get_image_features` / `get_text_features`), optionally re-rank the top candidates with the model's image-text matching
+head (`itm_score`, fusion models such as ALBEF; dual encoders such as FDT rank only).
 
 ```python
 >>> import vlalign
@@ -40,8 +41,8 @@ SCORE_MODES = ("itm_logit", "itm_plus_itc", "itc_only")
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_RERANK_BATCH_SIZE = 128
-#: what the pipeline needs from the model (an `AlbefModel`, or a model whose `base_model` is one)
-REQUIRED_MODEL_ATTRIBUTES = ("vision_model", "text_model", "vision_proj", "text_proj", "itm_score")
+#: what the pipeline needs from the model (a vlalign `<Method>Model`, or a model whose `base_model` is one)
+REQUIRED_MODEL_ATTRIBUTES = ("get_image_features", "get_text_features")
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -69,7 +70,7 @@ def _as_list(candidates, name: str) -> list:
 
 
 class ImageTextRetrievalPipeline(Pipeline):
-    """Zero-shot image-text retrieval with an ALBEF model ([`AlbefModel`] or a model holding one as `base_model`).
+    """Zero-shot image-text retrieval with any vlalign model (`<Method>Model`, or a model holding one as `base_model`).
 
     Call it with the query or queries first and exactly one gallery:
 
@@ -114,16 +115,20 @@ class ImageTextRetrievalPipeline(Pipeline):
         requires_backends(self, "vision")
         if self.processor is None or self.image_processor is None or self.tokenizer is None:
             raise ValueError(
-                f"The {TASK} pipeline needs a processor with an image processor and a tokenizer (an AlbefProcessor); "
-                "save one next to the model (`processor.save_pretrained(folder)`) or pass `processor=`."
+                f"The {TASK} pipeline needs a processor with an image processor and a tokenizer (the method's "
+                "processor); save one next to the model (`processor.save_pretrained(folder)`) or pass `processor=`."
             )
-        albef = self.model.base_model
-        missing = [name for name in REQUIRED_MODEL_ATTRIBUTES if not hasattr(albef, name)]
+        missing = [name for name in REQUIRED_MODEL_ATTRIBUTES if not hasattr(self.model.base_model, name)]
         if missing:
             raise TypeError(
-                f"The {TASK} pipeline needs an ALBEF-style model (vision/text encoders, ITC projections and "
-                f"`itm_score`); {type(self.model).__name__} lacks {', '.join(missing)}."
+                f"The {TASK} pipeline needs a model with `get_image_features` and `get_text_features`; "
+                f"{type(self.model).__name__} lacks {', '.join(missing)}."
             )
+
+    @property
+    def can_rerank(self) -> bool:
+        """Whether the model has an image-text matching head to re-rank with."""
+        return hasattr(self.model.base_model, "itm_score")
 
     def __call__(self, inputs=None, *, candidate_texts=None, candidate_images=None, **kwargs):
         """Rank `candidate_texts` for each query image, or `candidate_images` for each query text.
@@ -268,24 +273,24 @@ class ImageTextRetrievalPipeline(Pipeline):
     # -----------------------------------------------------------------------------------------------------------------
 
     def _encode_images(self, pixel_values: torch.Tensor, batch_size: int, keep_hidden: bool):
-        albef = self.model.base_model
+        encoder = self.model.base_model
         hidden, features = [], []
         for start in range(0, len(pixel_values), batch_size):
-            states = albef.vision_model(pixel_values[start : start + batch_size]).last_hidden_state
-            features.append(F.normalize(albef.vision_proj(states[:, 0]), dim=-1))
+            output = encoder.get_image_features(pixel_values=pixel_values[start : start + batch_size])
+            features.append(F.normalize(output.pooler_output, dim=-1))
             if keep_hidden:
-                hidden.append(states)
+                hidden.append(output.last_hidden_state)
         return (torch.cat(hidden) if keep_hidden else None), torch.cat(features)
 
     def _encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int, keep_hidden: bool):
-        albef = self.model.base_model
+        encoder = self.model.base_model
         hidden, features = [], []
         for start in range(0, len(input_ids), batch_size):
             batch = slice(start, start + batch_size)
-            states = albef.text_model(input_ids[batch], attention_mask[batch]).last_hidden_state
-            features.append(F.normalize(albef.text_proj(states[:, 0]), dim=-1))
+            output = encoder.get_text_features(input_ids=input_ids[batch], attention_mask=attention_mask[batch])
+            features.append(F.normalize(output.pooler_output, dim=-1))
             if keep_hidden:
-                hidden.append(states)
+                hidden.append(output.last_hidden_state)
         return (torch.cat(hidden) if keep_hidden else None), torch.cat(features)
 
     def _forward(
@@ -298,7 +303,12 @@ class ImageTextRetrievalPipeline(Pipeline):
         batch_size: int = DEFAULT_BATCH_SIZE,
         rerank_batch_size: int = DEFAULT_RERANK_BATCH_SIZE,
     ) -> dict:
-        albef = self.model.base_model
+        encoder = self.model.base_model
+        if rerank and not self.can_rerank:
+            raise ValueError(
+                f"rerank=True needs an image-text matching head; {type(encoder).__name__} is a dual encoder that "
+                "ranks by embedding cosine only. Call the pipeline without rerank."
+            )
         direction = model_inputs["direction"]
         image_hidden, image_features = self._encode_images(model_inputs["pixel_values"], batch_size, rerank)
         text_mask = model_inputs["attention_mask"]
@@ -322,7 +332,7 @@ class ImageTextRetrievalPipeline(Pipeline):
                 "itc_scores": itc_scores,
             }
 
-        num_rerank = max(albef.config.k_test, top_k) if k_rerank is None else k_rerank
+        num_rerank = max(encoder.config.k_test, top_k) if k_rerank is None else k_rerank
         num_rerank = min(num_rerank, num_candidates)
         if num_rerank < top_k:
             raise ValueError(
@@ -340,7 +350,7 @@ class ImageTextRetrievalPipeline(Pipeline):
         pair_scores = torch.empty_like(pair_itc)
         for start in range(0, len(pair_itc), rerank_batch_size):
             batch = slice(start, start + rerank_batch_size)
-            pair_scores[batch] = albef.itm_score(
+            pair_scores[batch] = encoder.itm_score(
                 text_hidden[text_index[batch]],
                 text_mask[text_index[batch]],
                 image_hidden[image_index[batch]],

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .models import AlbefConfig, AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
-from .models.processing_albef import pre_caption
+from ..models import AlbefConfig, AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
+from ..models.processing_albef import pre_caption
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 

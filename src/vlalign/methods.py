@@ -1,0 +1,201 @@
+"""The method registry: one declaration per alignment method, read by everything above the models.
+
+Auto-class registration, the CLI (`--method`), the quick start, the Trainer's optimizer groups, evaluation (ITM
+re-rank or not), the retrieval pipeline, model cards and the registry-parametrised tests all look a method up here,
+by name or by a config's `model_type`. Adding a method means writing its model files and one `Method` entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+)
+
+
+@dataclass(frozen=True)
+class QuickstartRecipe:
+    """Settings of the quick start's from-scratch run on the built-in synthetic data (tuned per method)."""
+
+    max_steps: int
+    learning_rate: float
+    batch_size: int = 32
+    warmup_steps: int = 100
+    weight_decay: float = 0.02
+    image_size: int = 64
+
+
+@dataclass(frozen=True)
+class Method:
+    """Everything vlalign needs to know about one alignment method.
+
+    Args:
+        name: the method's name and its configs' `model_type`.
+        title: human-readable name with its paper, for cards and help texts.
+        config_class, model_class, pretraining_class: the `PretrainedConfig`, the downstream `AutoModel` (encoders
+            and projections; what gets published) and the `AutoModelForPreTraining` training model.
+        retrieval_class: the retrieval fine-tuning model (`AutoModelForImageTextRetrieval`-like), None for dual
+            encoders whose `model_class` is the retrieval model.
+        processor_class, image_processor_class, tokenizer_class: preprocessing, registered with the Auto classes.
+        build_tokenizer: closed-vocabulary tokenizer over a list of captions (built offline, for synthetic data).
+        build_processor: `(tokenizer, image_size) -> processor` with the official preprocessing at that size.
+        tiny_config: `(tokenizer, image_size, **overrides) -> config`, a model that learns on a CPU in minutes.
+        quickstart: the tuned settings of `vlalign quickstart --method NAME`.
+        converter: `(checkpoint, config_files, output_dir, tokenizer, task, image_size) -> folder` for official
+            checkpoints (`vlalign convert --method NAME`).
+        parameter_groups: `(model, weight_decay) -> [param groups]`, the official optimizer grouping.
+        card_config_rows: `model -> [(setting, value)]`, the "Model configuration" table of model cards.
+        loss_names: named losses the training output carries (logged separately, listed in cards).
+        supports_itm: whether retrieval can re-rank candidates with an image-text matching head.
+        paper: citation line for model cards.
+        tags: extra Hub tags for model cards.
+    """
+
+    name: str
+    title: str
+    config_class: type
+    model_class: type
+    pretraining_class: type
+    retrieval_class: type | None
+    processor_class: type
+    image_processor_class: type
+    tokenizer_class: type
+    build_tokenizer: Callable[[Iterable[str]], Any]
+    build_processor: Callable[[Any, int], Any]
+    tiny_config: Callable[..., Any]
+    quickstart: QuickstartRecipe
+    converter: Callable[..., Any]
+    parameter_groups: Callable[[Any, float], list[dict]]
+    card_config_rows: Callable[[Any], list[tuple[str, str]]]
+    loss_names: tuple[str, ...]
+    supports_itm: bool
+    paper: str
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def card_template(self) -> Path:
+        """The method's model-card template (`model_cards/<name>.md` in the repository, shipped in the package)."""
+        return Path(__file__).parent / "hub" / "templates" / f"{self.name}.md"
+
+    @property
+    def remote_code_files(self) -> tuple[str, ...]:
+        """The code files a saved folder of this method carries for `trust_remote_code=True`."""
+        return tuple(f"{kind}_{self.name}.py" for kind in ("configuration", "modeling", "processing", "tokenization"))
+
+    def training_classes(self) -> tuple[type, ...]:
+        return tuple(c for c in (self.pretraining_class, self.retrieval_class) if c is not None)
+
+
+def _albef() -> Method:
+    from .convert.albef import convert_albef_checkpoint
+    from .hub.summaries import albef_config_rows
+    from .models import (
+        AlbefConfig,
+        AlbefForImageTextRetrieval,
+        AlbefForPreTraining,
+        AlbefImageProcessor,
+        AlbefModel,
+        AlbefProcessor,
+        AlbefTokenizer,
+    )
+    from .recipes.albef import albef_processor, build_tokenizer, tiny_albef_config
+    from .training.optim import albef_parameter_groups
+
+    return Method(
+        name="albef",
+        title="ALBEF (Li et al., NeurIPS 2021): Align before Fuse",
+        config_class=AlbefConfig,
+        model_class=AlbefModel,
+        pretraining_class=AlbefForPreTraining,
+        retrieval_class=AlbefForImageTextRetrieval,
+        processor_class=AlbefProcessor,
+        image_processor_class=AlbefImageProcessor,
+        tokenizer_class=AlbefTokenizer,
+        build_tokenizer=build_tokenizer,
+        build_processor=albef_processor,
+        tiny_config=tiny_albef_config,
+        quickstart=QuickstartRecipe(max_steps=800, learning_rate=2e-3),
+        converter=convert_albef_checkpoint,
+        parameter_groups=albef_parameter_groups,
+        card_config_rows=albef_config_rows,
+        loss_names=("loss_itc", "loss_itm", "loss_mlm"),
+        supports_itm=True,
+        paper="Li et al., Align before Fuse: Vision and Language Representation Learning with Momentum "
+        "Distillation, NeurIPS 2021 (arXiv:2107.07651)",
+        tags=("albef",),
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef}
+_METHODS: dict[str, Method] = {}
+
+
+def method_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_method(name: str) -> Method:
+    """The registered method called `name` (a `model_type`); a clear error naming the choices otherwise."""
+    if name not in _FACTORIES:
+        raise ValueError(f"Unknown method {name!r}; vlalign has {', '.join(method_names())}.")
+    if name not in _METHODS:
+        _METHODS[name] = _FACTORIES[name]()
+    return _METHODS[name]
+
+
+def all_methods() -> list[Method]:
+    return [get_method(name) for name in method_names()]
+
+
+def method_of(model_or_config: Any) -> Method:
+    """The method of a model, config, or anything with a `.config` (by `model_type`)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _FACTORIES:
+        raise ValueError(
+            f"{type(model_or_config).__name__} (model_type {model_type!r}) is not a vlalign model; vlalign has "
+            f"{', '.join(method_names())}."
+        )
+    return get_method(model_type)
+
+
+def register_auto_classes(methods: Sequence[Method] | None = None) -> None:
+    """Register every method with the Auto classes, and for remote code so saved folders ship their code."""
+    for method in methods or all_methods():
+        config_class = method.config_class
+        AutoConfig.register(method.name, config_class, exist_ok=True)
+        AutoModel.register(config_class, method.model_class, exist_ok=True)
+        AutoModelForPreTraining.register(config_class, method.pretraining_class, exist_ok=True)
+        AutoModelForZeroShotImageClassification.register(config_class, method.model_class, exist_ok=True)
+        AutoImageProcessor.register(config_class, image_processor_classes={"pil": method.image_processor_class},
+                                    exist_ok=True)  # fmt: skip
+        AutoTokenizer.register(config_class, tokenizer_class=method.tokenizer_class, exist_ok=True)
+        AutoProcessor.register(config_class, method.processor_class, exist_ok=True)
+
+        config_class.register_for_auto_class()
+        method.model_class.register_for_auto_class("AutoModel")
+        method.pretraining_class.register_for_auto_class("AutoModelForPreTraining")
+        method.image_processor_class.register_for_auto_class("AutoImageProcessor")
+        method.tokenizer_class.register_for_auto_class("AutoTokenizer")
+        method.processor_class.register_for_auto_class()
+
+
+__all__ = [
+    "Method",
+    "QuickstartRecipe",
+    "all_methods",
+    "get_method",
+    "method_names",
+    "method_of",
+    "register_auto_classes",
+]
