@@ -58,7 +58,7 @@ def test_unknown_method_is_rejected(tmp_path):
     args[args.index("albef")] = "blip"
     result = run_cli(*args, check=False)
     assert result.returncode == 2
-    assert "unknown --method 'blip'" in result.stderr and "albef" in result.stderr
+    assert "invalid choice: 'blip'" in result.stderr and "albef" in result.stderr
 
 
 def test_corrupt_file_is_rejected(tmp_path):

@@ -191,7 +191,7 @@ def test_card_round_trips_the_measured_metrics(tiny, tmp_path: Path) -> None:
     assert "temperature 0.05 (learned; initial 0.07)" in text
     assert f"| Parameters in this repository | {sum(p.numel() for p in model.albef.parameters()):,} |" in text
     assert "| `learning_rate` | 0.0001 |" in text and "| `per_device_train_batch_size` | 32 |" in text
-    assert "| `seed` | 7 |" in text and "| `albef_optimizer` | True |" in text
+    assert "| `seed` | 7 |" in text and "| `official_optimizer` | True |" in text
     assert "| `max_steps` |" not in text  # unset (-1): not shown
     assert 'AutoModel.from_pretrained("user/tiny-albef", trust_remote_code=True)' in text
     assert 'pipeline("zero-shot-image-classification", model="user/tiny-albef", trust_remote_code=True)' in text

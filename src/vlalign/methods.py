@@ -50,6 +50,7 @@ class Method:
         build_tokenizer: closed-vocabulary tokenizer over a list of captions (built offline, for synthetic data).
         build_processor: `(tokenizer, image_size) -> processor` with the official preprocessing at that size.
         tiny_config: `(tokenizer, image_size, **overrides) -> config`, a model that learns on a CPU in minutes.
+        test_overrides: `tiny_config` overrides that shrink it further for unit tests (size caps that keep CI cheap).
         quickstart: the tuned settings of `vlalign quickstart --method NAME`.
         converter: `(checkpoint, config_files, output_dir, tokenizer, task, image_size) -> folder` for official
             checkpoints (`vlalign convert --method NAME`).
@@ -73,6 +74,7 @@ class Method:
     build_tokenizer: Callable[[Iterable[str]], Any]
     build_processor: Callable[[Any, int], Any]
     tiny_config: Callable[..., Any]
+    test_overrides: dict[str, Any]
     quickstart: QuickstartRecipe
     converter: Callable[..., Any]
     parameter_groups: Callable[[Any, float], list[dict]]
@@ -124,6 +126,16 @@ def _albef() -> Method:
         build_tokenizer=build_tokenizer,
         build_processor=albef_processor,
         tiny_config=tiny_albef_config,
+        test_overrides=dict(
+            width=32,
+            num_heads=2,
+            vision_layers=1,
+            text_layers=2,
+            fusion_layer=1,
+            patch_size=16,
+            embed_dim=16,
+            queue_size=8,
+        ),
         quickstart=QuickstartRecipe(max_steps=800, learning_rate=2e-3),
         converter=convert_albef_checkpoint,
         parameter_groups=albef_parameter_groups,

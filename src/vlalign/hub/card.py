@@ -217,7 +217,7 @@ def build_model_card(
         pipeline_tag=PIPELINE_TAG,
         license=license,
         language=language,
-        tags=list(dict.fromkeys([*DEFAULT_TAGS, *method.tags, *tags])),
+        tags=list(dict.fromkeys([DEFAULT_TAGS[0], *method.tags, *DEFAULT_TAGS[1:], *tags])),
         datasets=list(dict.fromkeys([*train_datasets, dataset_type])),
         base_model=base_model,
         model_name=model_name,

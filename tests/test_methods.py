@@ -1,0 +1,231 @@
+"""Every registered method, through the same checks (as timm tests every registered model): forward and backward with
+a finite gradient for every trainable parameter, the per-step duties guard, save/load round trips through the Auto
+classes, loading with `trust_remote_code` where vlalign is not importable, both pipelines, retrieval evaluation and an
+exact Trainer resume. A new method joins by registering in `vlalign.methods`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    pipeline,
+)
+
+from vlalign.data.collator import AlignmentCollator
+from vlalign.data.synthetic import make_synthetic_dataset
+from vlalign.evaluation import evaluate_retrieval
+from vlalign.methods import all_methods, get_method, method_names, method_of
+from vlalign.recipes import dataset_captions
+from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
+
+IMAGE_SIZE = 32
+METHODS = method_names()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_synthetic_dataset(num_train=24, num_validation=0, num_test=6, image_size=IMAGE_SIZE, seed=5)
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def setup(request, dataset):
+    """(method, processor, a function building a fresh micro training model) for each registered method."""
+    method = get_method(request.param)
+    processor = method.build_processor(method.build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
+
+    def build(seed: int = 0):
+        torch.manual_seed(seed)
+        return method.pretraining_class(method.tiny_config(processor.tokenizer, IMAGE_SIZE, **method.test_overrides))
+
+    return method, processor, build
+
+
+def batch_of(processor, dataset, size: int = 4) -> dict[str, torch.Tensor]:
+    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    return collator([dataset["train"][i] for i in range(size)])
+
+
+def test_registry_lookups():
+    assert METHODS == sorted(m.name for m in all_methods())
+    for method in all_methods():
+        assert method.config_class.model_type == method.name
+        assert method_of(method.config_class()) is method
+        assert method.card_template.is_file()
+        assert method.loss_names and all(name.startswith("loss_") for name in method.loss_names)
+    with pytest.raises(ValueError, match="Unknown method 'blip'"):
+        get_method("blip")
+
+
+def test_forward_backward_every_parameter_gets_a_finite_gradient(setup, dataset):
+    method, processor, build = setup
+    model = build().train()
+    outputs = model(**batch_of(processor, dataset))
+    assert torch.isfinite(outputs.loss)
+    for name in method.loss_names:
+        assert torch.isfinite(outputs[name]), name
+    outputs.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient: {missing}"
+    broken = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not broken, f"non-finite gradient: {broken}"
+
+
+def test_training_without_duties_is_refused(setup, dataset):
+    method, processor, build = setup
+    model = build().train()
+    batch = batch_of(processor, dataset)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model(**batch).loss.backward()
+    optimizer.step()
+    with pytest.raises(RuntimeError, match="training_callback"):
+        model(**batch)
+    model.after_optimizer_step(1)  # the duties ran: training goes on
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_save_and_load_through_the_auto_classes(setup, dataset, tmp_path):
+    method, processor, build = setup
+    model = build().eval()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), method.config_class)
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is method.pretraining_class
+    for (name, tensor), (other_name, other) in zip(
+        model.state_dict().items(), reloaded.state_dict().items(), strict=True
+    ):
+        assert name == other_name and torch.equal(tensor, other), name
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is method.model_class
+    assert type(AutoModelForZeroShotImageClassification.from_pretrained(tmp_path)) is method.model_class
+    reloaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(reloaded_processor) is method.processor_class
+    batch = batch_of(reloaded_processor, dataset)
+    with torch.no_grad():
+        expected = model.base_model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+        got = base.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["vlalign"] = None  # make `import vlalign` fail in this process
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    folder, inputs_file, output_file = sys.argv[1:]
+    inputs = load_file(inputs_file)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    with torch.no_grad():
+        features = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+    image = torch.zeros(3, 32, 32).permute(1, 2, 0).numpy().astype("uint8")
+    from PIL import Image
+    labels = classifier(Image.fromarray(image), candidate_labels=["a red circle", "two blue squares"])
+    torch.save({"module": type(model).__module__, "features": features.pooler_output,
+                "processor": type(processor).__name__, "labels": [x["label"] for x in labels]}, output_file)
+    """
+)
+
+
+def test_remote_code_loads_without_vlalign(setup, dataset, tmp_path):
+    method, processor, build = setup
+    folder = tmp_path / "model"
+    model = build().base_model.eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    batch = batch_of(processor, dataset)
+    from safetensors.torch import save_file
+
+    save_file({k: batch[k].contiguous() for k in ("input_ids", "attention_mask")}, tmp_path / "inputs.safetensors")
+    script = tmp_path / "load.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert loaded["module"].startswith("transformers_modules.")
+    assert loaded["processor"] == method.processor_class.__name__
+    assert sorted(loaded["labels"]) == ["a red circle", "two blue squares"]
+    with torch.no_grad():
+        expected = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(loaded["features"], expected.pooler_output, atol=0, rtol=0)
+
+
+def test_pipelines(setup, dataset):
+    method, processor, build = setup
+    model = build().base_model.eval()
+    test = dataset["test"]
+    captions = [c for cs in test["captions"] for c in cs]
+    retriever = pipeline("zero-shot-image-text-retrieval", model=model, processor=processor)
+    ranked = retriever(test[0]["image"], candidate_texts=captions, top_k=3)
+    assert [hit["rank"] for hit in ranked] == [1, 2, 3]
+    assert ranked[0]["score"] >= ranked[1]["score"] >= ranked[2]["score"]
+    images = retriever(captions[:2], candidate_images=list(test["image"]), top_k=2, rerank=method.supports_itm)
+    assert len(images) == 2 and all(len(hits) == 2 for hits in images)
+    if not method.supports_itm:
+        with pytest.raises(ValueError, match="dual encoder"):
+            retriever(captions[0], candidate_images=list(test["image"]), rerank=True)
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=model,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+    )
+    scores = classifier(test[0]["image"], candidate_labels=["circle", "square", "star"], hypothesis_template="a {}")
+    assert sum(item["score"] for item in scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_retrieval_evaluation(setup, dataset):
+    method, processor, build = setup
+    metrics = evaluate_retrieval(build(), processor, dataset["test"], k_test=3, show_progress=False)
+    assert 0.0 <= metrics["r_mean"] <= 100.0
+    assert metrics["num_images"] == 6 and metrics["num_texts"] == 12
+    assert (metrics["num_itm_pairs"] > 0) == method.supports_itm
+
+
+def test_trainer_resume_is_exact(setup, dataset, tmp_path):
+    method, processor, build = setup
+
+    def trainer(output_dir, max_steps):
+        args = AlignmentTrainingArguments(
+            output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=max_steps, learning_rate=1e-3,
+            warmup_steps=1, save_strategy="steps", save_steps=3, report_to="none", use_cpu=True, disable_tqdm=True,
+            seed=3, dataloader_num_workers=0, logging_steps=2,
+        )  # fmt: skip
+        return AlignmentTrainer(
+            model=build(),
+            args=args,
+            train_dataset=dataset["train"],
+            data_collator=AlignmentCollator(processor, preset="pretrain", text_column="captions"),
+            processing_class=processor,
+        )
+
+    straight = trainer(tmp_path / "straight", 6)
+    straight.train()
+    logged = {key for entry in straight.state.log_history for key in entry}
+    assert set(method.loss_names) <= logged
+    resumed = trainer(tmp_path / "resumed", 6)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-3"))
+    expected = load_file(tmp_path / "straight" / "checkpoint-6" / "model.safetensors")
+    got = load_file(tmp_path / "resumed" / "checkpoint-6" / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
