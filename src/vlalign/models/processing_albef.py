@@ -8,12 +8,12 @@ Text: the official `pre_caption` cleaning, then "[CLS] text" without [SEP] (see 
 lengths: 25 tokens when pretraining, 30 (padded to 30) when evaluating retrieval, untruncated when fine-tuning.
 """
 
-import re
-
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 from transformers.processing_utils import ProcessorMixin
+
+from .tokenization_albef import pre_caption
 
 #: text settings of the official code, per stage
 TEXT_PRESETS: dict[str, dict] = {
@@ -24,19 +24,6 @@ TEXT_PRESETS: dict[str, dict] = {
 
 #: image resolution of the official configs, per stage
 IMAGE_PRESETS: dict[str, int] = {"pretrain": 256, "train": 384, "eval": 384}
-
-_DELETED_CHARACTERS = re.compile(r"[,.'!?\"()*#:;~]")
-_SPACED_CHARACTERS = re.compile(r"[-/]")
-_WHITESPACE_RUNS = re.compile(r"\s{2,}")
-
-
-def pre_caption(caption: str, max_words: int = 30) -> str:
-    """ALBEF's caption cleaning: lower-case; delete , . ' ! ? " ( ) * # : ; ~; turn - and / into spaces;
-    `<person>` → `person`; collapse whitespace; strip; keep the first `max_words` words."""
-    caption = _DELETED_CHARACTERS.sub("", caption.lower())
-    caption = _SPACED_CHARACTERS.sub(" ", caption).replace("<person>", "person")
-    caption = _WHITESPACE_RUNS.sub(" ", caption).rstrip("\n").strip(" ")
-    return " ".join(caption.split(" ")[:max_words])
 
 
 class AlbefImageProcessor(PilBackend):
