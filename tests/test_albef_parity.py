@@ -45,9 +45,11 @@ def test_encoders_and_features(pretrain_model, golden):
     with torch.no_grad():
         image_hidden = albef.vision_model(inputs["pixel_values"]).last_hidden_state
         text_hidden = albef.text_model(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state
-        image_feat = torch.nn.functional.normalize(albef.get_image_features(inputs["pixel_values"]), dim=-1)
+        image_feat = torch.nn.functional.normalize(
+            albef.get_image_features(inputs["pixel_values"]).pooler_output, dim=-1
+        )
         text_feat = torch.nn.functional.normalize(
-            albef.get_text_features(inputs["input_ids"], inputs["attention_mask"]), dim=-1
+            albef.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output, dim=-1
         )
     assert_close(image_hidden, outputs["image_embeds"])
     assert_close(text_hidden, outputs["text_embeds"])

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     batch = processor(text=["A dog is playing with a red ball in the park."], preset="pretrain")
     with torch.no_grad():
-        image_feat = base.get_image_features(inputs["pixel_values"])
+        image_feat = base.get_image_features(inputs["pixel_values"]).pooler_output
         itm = model.albef.itm_logits(
             model.albef.text_model(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state,
             inputs["attention_mask"],
@@ -79,7 +79,7 @@ def test_trust_remote_code_without_vlalign(converted_pretrain_dir, tmp_path):
     local = AutoModelForPreTraining.from_pretrained(converted_pretrain_dir).eval()
     inputs = load_file(ALBEF_FIXTURES / "inputs.safetensors")
     with torch.no_grad():
-        expected_feat = local.albef.get_image_features(inputs["pixel_values"])
+        expected_feat = local.albef.get_image_features(inputs["pixel_values"]).pooler_output
     torch.testing.assert_close(loaded["image_feat"], expected_feat, atol=0, rtol=0)
     expected = load_file(ALBEF_FIXTURES / "outputs.safetensors")
     torch.testing.assert_close(loaded["itm"], expected["itm_logits_pos"], atol=1e-5, rtol=0)

@@ -23,11 +23,18 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
+from .losses import (
+    check_loss_finite,
+    distilled_mlm_loss,
+    distributed_rank_and_world,
+    hard_negative_matching_loss,
+    queue_contrastive_loss,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Attention
@@ -468,7 +475,7 @@ class AlbefVisionModel(AlbefPreTrainedModel):
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         for layer in self.layers:
             hidden_states = layer(hidden_states)
-        return BaseModelOutput(last_hidden_state=self.post_layernorm(hidden_states))
+        return BaseModelOutputWithPooling(last_hidden_state=self.post_layernorm(hidden_states))
 
 
 class AlbefTextModel(AlbefPreTrainedModel):
@@ -504,7 +511,7 @@ class AlbefTextModel(AlbefPreTrainedModel):
         mask = additive_attention_mask(attention_mask, hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)
-        return BaseModelOutput(last_hidden_state=hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states)
 
 
 class AlbefFusionModel(AlbefPreTrainedModel):
@@ -571,18 +578,26 @@ class AlbefModel(AlbefPreTrainedModel):
         self.text_model.set_input_embeddings(value)
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs
-    ) -> torch.Tensor:
-        """Projected image CLS embedding `[batch, embed_dim]` (not normalised) used for ITC ranking."""
-        image_hidden = self.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
-        return self.vision_proj(image_hidden[:, 0])
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> BaseModelOutputWithPooling:
+        """The ViT output with `pooler_output` = the projected CLS embedding `[batch, embed_dim]` (not normalised)
+        that ITC ranks with, as transformers 5.x CLIP/SigLIP return it; `last_hidden_state` holds the image tokens
+        that ITM re-ranking fuses, so retrieval encodes each image once."""
+        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding)
+        vision_outputs.pooler_output = self.vision_proj(vision_outputs.last_hidden_state[:, 0])
+        return vision_outputs
 
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        """Projected text CLS embedding `[batch, embed_dim]` (not normalised) used for ITC ranking."""
-        text_hidden = self.text_model(input_ids, attention_mask).last_hidden_state
-        return self.text_proj(text_hidden[:, 0])
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """The text-encoder output with `pooler_output` = the projected CLS embedding `[batch, embed_dim]` (not
+        normalised) that ITC ranks with; `last_hidden_state` holds the text tokens the fusion encoder reads."""
+        text_outputs = self.text_model(input_ids, attention_mask, token_type_ids)
+        text_outputs.pooler_output = self.text_proj(text_outputs.last_hidden_state[:, 0])
+        return text_outputs
 
     def fuse(
         self,
@@ -655,47 +670,6 @@ class AlbefModel(AlbefPreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------------------
 # Objectives
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of -Σ targets · log_softmax(logits): cross-entropy against (possibly soft) target rows."""
-    return -(F.log_softmax(logits, dim=-1) * targets).sum(dim=-1).mean()
-
-
-def contrastive_targets(
-    idx: torch.Tensor, bank_idx: torch.Tensor, sim_momentum: torch.Tensor | None, alpha: float
-) -> torch.Tensor:
-    """ITC targets against a feature bank: uniform over the bank entries of the same image (`idx`), mixed with the
-    momentum model's softmax when distilling: α·softmax(sim_m) + (1-α)·positives."""
-    positives = (idx[:, None] == bank_idx[None, :]).to(torch.float32)
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    if sim_momentum is not None and alpha > 0:
-        targets = alpha * F.softmax(sim_momentum.float(), dim=1) + (1 - alpha) * targets
-    return targets
-
-
-def sample_hard_negatives(
-    similarity: torch.Tensor, positive_mask: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one in-batch negative per row with probability softmax(similarity) over the non-positive columns.
-
-    Positives get probability 0 before normalisation (computed in float32), so rows never sum to zero: this is what
-    the official code's `softmax(sim) + 1e-4` meant to achieve and does not (ALBEF#18, #93). Rows whose every
-    column is a positive (batch of 1, or a batch made of one image) have no negative; they are left out.
-
-    Returns the row indices that got a negative and the sampled column for each of them.
-    """
-    candidates = ~positive_mask
-    rows = candidates.any(dim=1).nonzero(as_tuple=True)[0]
-    if rows.numel() == 0:
-        return rows, rows
-    logits = similarity[rows].float().masked_fill(positive_mask[rows], float("-inf"))
-    weights = F.softmax(logits, dim=1)
-    # A non-finite similarity would poison the draw: fall back to uniform over the candidates of that row.
-    broken = ~torch.isfinite(weights).all(dim=1)
-    if broken.any():
-        weights[broken] = candidates[rows][broken].float()
-    return rows, torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
 class AlbefMomentumMixin:
@@ -775,6 +749,12 @@ class AlbefMomentumMixin:
         """Image indices of the queued features; -100 (never a positive) where the model keeps none."""
         return torch.full((self.config.queue_size,), -100, dtype=torch.long, device=self.queue_ptr.device)
 
+    def _distillation_weight(self, alpha: float | None) -> float:
+        """α for this forward: the argument, else `config.alpha`; 0 when `config.distill` is off."""
+        if not self.config.distill:
+            return 0.0
+        return self.config.alpha if alpha is None else alpha
+
     def _check_pair_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
@@ -812,93 +792,59 @@ class AlbefMomentumMixin:
         albef = self.albef
         with torch.no_grad():
             albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
-        temp = albef.temp
-        batch_size = pixel_values.shape[0]
-        rank, world_size = distributed_rank_and_world() if self.config.itc_global_negatives else (0, 1)
+        global_negatives = self.config.itc_global_negatives
         if idx is None:  # every pair is its own image; offset by rank so indices are unique across processes
-            idx = torch.arange(batch_size, device=pixel_values.device) + rank * batch_size
+            rank = distributed_rank_and_world()[0] if global_negatives else 0
+            idx = torch.arange(pixel_values.shape[0], device=pixel_values.device) + rank * pixel_values.shape[0]
         idx = idx.view(-1)
 
         image_hidden = albef.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
         image_feat = F.normalize(albef.vision_proj(image_hidden[:, 0]), dim=-1)
         text_hidden = albef.text_model(input_ids, attention_mask).last_hidden_state
         text_feat = F.normalize(albef.text_proj(text_hidden[:, 0]), dim=-1)
-
         with torch.no_grad():
             image_hidden_m, image_feat_m, text_feat_m = self._encode_momentum(
                 pixel_values, input_ids, attention_mask, interpolate_pos_encoding
             )
-            batch_image_m, batch_text_m, batch_idx = image_feat_m, text_feat_m, idx
-            if world_size > 1:
-                batch_image_m, batch_text_m, batch_idx = (
-                    torch.cat(all_gather_tensors(t)) for t in (image_feat_m, text_feat_m, idx)
-                )
-            image_bank = torch.cat([batch_image_m.t(), self.image_queue.clone().detach()], dim=1)
-            text_bank = torch.cat([batch_text_m.t(), self.text_queue.clone().detach()], dim=1)
-            bank_idx = torch.cat([batch_idx, self.queue_idx().view(-1)])
-            distill = self.config.distill and alpha > 0
-            sim_i2t_m = image_feat_m @ text_bank / temp if distill else None
-            sim_t2i_m = text_feat_m @ image_bank / temp if distill else None
-            targets_i2t = contrastive_targets(idx, bank_idx, sim_i2t_m, alpha)
-            targets_t2i = contrastive_targets(idx, bank_idx, sim_t2i_m, alpha)
 
-        sim_i2t = image_feat @ text_bank / temp
-        sim_t2i = text_feat @ image_bank / temp
-        loss_itc = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
-
-        with torch.no_grad():
-            # ITM negatives come from the local batch (its columns in the bank), as in the official code
-            local = slice(rank * batch_size, (rank + 1) * batch_size)
-            same_image = idx[:, None] == idx[None, :]
-            text_rows, negative_images = sample_hard_negatives(sim_t2i[:, local], same_image, generator)
-            image_rows, negative_texts = sample_hard_negatives(sim_i2t[:, local], same_image, generator)
-        # Pairs: positives, then (text, hard-negative image), then (hard-negative text, image).
-        texts = torch.cat([text_hidden, text_hidden[text_rows], text_hidden[negative_texts]])
-        masks = None
-        if attention_mask is not None:
-            masks = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
-        images = torch.cat([image_hidden, image_hidden[negative_images], image_hidden[image_rows]])
-        itm_logits = albef.itm_logits(texts, masks, images)
-        itm_labels = torch.zeros(itm_logits.shape[0], dtype=torch.long, device=itm_logits.device)
-        itm_labels[:batch_size] = 1
-        loss_itm = F.cross_entropy(itm_logits, itm_labels)
-
+        itc = queue_contrastive_loss(
+            image_feat,
+            text_feat,
+            image_feat_m,
+            text_feat_m,
+            image_queue=self.image_queue,
+            text_queue=self.text_queue,
+            idx=idx,
+            queue_idx=self.queue_idx(),
+            temp=albef.temp,
+            alpha=alpha,
+            global_negatives=global_negatives,
+        )
+        # ITM negatives come from the local batch (its columns in the bank), as in the official code
+        local = itc.batch_columns
+        itm = hard_negative_matching_loss(
+            albef.itm_logits,
+            text_hidden,
+            attention_mask,
+            image_hidden,
+            sim_i2t=itc.sim_i2t[:, local],
+            sim_t2i=itc.sim_t2i[:, local],
+            idx=idx,
+            generator=generator,
+        )
         return {
-            "loss_itc": loss_itc,
-            "loss_itm": loss_itm,
-            "sim_i2t": sim_i2t,
-            "sim_t2i": sim_t2i,
-            "itm_logits": itm_logits,
-            "itm_labels": itm_labels,
+            "loss_itc": itc.loss,
+            "loss_itm": itm.loss,
+            "sim_i2t": itc.sim_i2t,
+            "sim_t2i": itc.sim_t2i,
+            "itm_logits": itm.logits,
+            "itm_labels": itm.labels,
             "image_hidden": image_hidden,
             "image_hidden_m": image_hidden_m,
             "image_feat_m": image_feat_m,
             "text_feat_m": text_feat_m,
             "idx": idx,
         }
-
-
-def distributed_rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """Every process's copy of `tensor` (same shape on all), in rank order, without gradient."""
-    gathered = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, tensor.contiguous())
-    return gathered
-
-
-def check_loss_finite(losses: dict[str, torch.Tensor]) -> None:
-    """Fail fast on a diverged step instead of silently training on NaNs."""
-    for name, value in losses.items():
-        if value is not None and not torch.isfinite(value).all():
-            raise FloatingPointError(
-                f"{name} is not finite ({value.item()}). Lower the learning rate, check the inputs for NaN/inf "
-                "pixels, or train in float32 instead of float16."
-            )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -981,7 +927,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             mlm_input_ids, mlm_labels: pre-masked ids and their labels; drawn with `mask_tokens` when omitted.
             generator: RNG for masking and hard-negative sampling (global RNG when None).
         """
-        alpha = self.config.alpha if alpha is None else alpha
+        alpha = self._distillation_weight(alpha)
         step = self._contrastive_and_matching(
             pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding
         )
@@ -990,7 +936,12 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
         elif mlm_labels is None:
             raise ValueError("mlm_input_ids were given without mlm_labels; pass both or neither.")
         mlm_logits = self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden"])
-        loss_mlm = self._mlm_loss(mlm_logits, mlm_labels, mlm_input_ids, attention_mask, step, alpha)
+        loss_mlm = distilled_mlm_loss(
+            mlm_logits,
+            mlm_labels,
+            lambda: self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden_m"], momentum=True),
+            alpha,
+        )
 
         loss = step["loss_itc"] + step["loss_itm"] + loss_mlm
         check_loss_finite({"loss_itc": step["loss_itc"], "loss_itm": step["loss_itm"], "loss_mlm": loss_mlm})
@@ -1008,32 +959,6 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             text_feat_m=step["text_feat_m"],
             idx=step["idx"],
         )
-
-    def _mlm_loss(
-        self,
-        mlm_logits: torch.Tensor,
-        mlm_labels: torch.Tensor,
-        mlm_input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        step: dict[str, torch.Tensor],
-        alpha: float,
-    ) -> torch.Tensor:
-        """(1-α)·CE(labels) + α·soft CE against the momentum teacher's vocabulary softmax, over masked tokens.
-
-        The distillation term normalises over the vocabulary (the fixed version, ALBEF#58). A batch with no masked
-        token gives 0 rather than the official NaN.
-        """
-        selected = mlm_labels != -100
-        if not selected.any():
-            return mlm_logits.sum() * 0.0
-        logits = mlm_logits[selected].float()
-        loss = F.cross_entropy(logits, mlm_labels[selected])
-        if self.config.distill and alpha > 0:
-            with torch.no_grad():
-                teacher_logits = self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden_m"], momentum=True)
-                soft_labels = F.softmax(teacher_logits[selected].float(), dim=-1)
-            loss = (1 - alpha) * loss + alpha * soft_cross_entropy(logits, soft_labels)
-        return loss
 
 
 class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
@@ -1083,7 +1008,7 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
                 pair is its own image (pretraining targets).
             alpha, generator: as in [`AlbefForPreTraining.forward`].
         """
-        alpha = self.config.alpha if alpha is None else alpha
+        alpha = self._distillation_weight(alpha)
         step = self._contrastive_and_matching(
             pixel_values, input_ids, attention_mask, idx, alpha, generator, interpolate_pos_encoding
         )
