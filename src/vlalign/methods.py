@@ -58,6 +58,8 @@ class Method:
         card_config_rows: `model -> [(setting, value)]`, the "Model configuration" table of model cards.
         loss_names: named losses the training output carries (logged separately, listed in cards).
         supports_itm: whether retrieval can re-rank candidates with an image-text matching head.
+        example_plots: `(model, processor, eval dataset, folder) -> [png paths]`, method-specific pictures the quick
+            start draws for a trained model (e.g. FDT's activated codebook tokens), or None.
         paper: citation line for model cards.
         tags: extra Hub tags for model cards.
     """
@@ -83,6 +85,7 @@ class Method:
     supports_itm: bool
     paper: str
     tags: tuple[str, ...] = field(default_factory=tuple)
+    example_plots: Callable[..., list[Path]] | None = None
 
     @property
     def card_template(self) -> Path:

@@ -158,6 +158,7 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
     retriever = pipeline("zero-shot-image-text-retrieval", model=reloaded, processor=processor)
     queries = [captions[0] for captions in test.select(range(5))["captions"]]
     rerank = method.supports_itm
+    protocol = "ITC top-k, ITM re-rank" if rerank else "embedding cosine ranking"
     results = retriever(queries, candidate_images=list(test["image"]), top_k=5, rerank=rerank)
     for query, ranked in zip(queries, results, strict=True):
         hits = ", ".join(f"#{hit['image_index']} ({hit['score']:.2f})" for hit in ranked)
@@ -168,10 +169,12 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
     print("[4/5] Plotting")
     plots = [
         plot_losses(run.trainer.state.log_history, output_dir / "losses.png"),
-        plot_recalls(metrics, chance, output_dir / "recalls.png"),
+        plot_recalls(metrics, chance, output_dir / "recalls.png", protocol),
         plot_text_to_image_results(queries, results, test["image"], output_dir / "text_to_image_top5.png",
                                    ground_truth=list(range(len(queries)))),
     ]  # fmt: skip
+    if method.example_plots is not None:
+        plots += method.example_plots(reloaded, processor, test, output_dir)
 
     total = time.perf_counter() - start
     summary = {
@@ -185,7 +188,6 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
         "settings": asdict(settings),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    protocol = "ITC top-k, ITM re-rank" if rerank else "embedding cosine ranking"
     print(f"[5/5] Results on the synthetic test split ({protocol})")
     for prefix, name in (("txt", "text retrieval  (image -> text)"), ("img", "image retrieval (text -> image)")):
         recalls = "  ".join(f"R@{k} {metrics[f'{prefix}_r{k}']:5.1f}" for k in (1, 5, 10))

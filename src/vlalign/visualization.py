@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,7 +35,7 @@ def plot_losses(log_history: list[dict], path: str | Path) -> Path:
     return _save(figure, path)
 
 
-def plot_recalls(metrics: dict, chance: dict[str, float], path: str | Path) -> Path:
+def plot_recalls(metrics: dict, chance: dict[str, float], path: str | Path, protocol: str = "ITC ranking") -> Path:
     """Grouped bars of R@1/5/10 for text and image retrieval, with the R@1 chance level marked."""
     figure, axis = plt.subplots(figsize=(7, 4))
     ks = (1, 5, 10)
@@ -49,7 +50,7 @@ def plot_recalls(metrics: dict, chance: dict[str, float], path: str | Path) -> P
     axis.set_xticks(range(len(ks)), [f"R@{k}" for k in ks])
     axis.set_ylabel("recall (%)")
     axis.set_ylim(0, 105)
-    axis.set_title("Test retrieval (ITC top-k + ITM re-rank); black ticks: R@1 chance")
+    axis.set_title(f"Test retrieval ({protocol}); black ticks: R@1 chance")
     axis.legend(loc="upper left")
     return _save(figure, path)
 
@@ -80,6 +81,71 @@ def plot_text_to_image_results(
     return _save(figure, path)
 
 
+def fdt_token_overlap(image_weights, text_weights, top_k: int = 10) -> dict:
+    """The top-`top_k` activated FDT tokens of an image and of a caption (`[K]` sparsemax weights each), and how they
+    overlap: shared top tokens, Jaccard index of the two supports (non-zero weights), and the cosine of the weights."""
+    image_weights, text_weights = image_weights.detach().float().cpu(), text_weights.detach().float().cpu()
+    image_top = image_weights.topk(min(top_k, image_weights.numel()))
+    text_top = text_weights.topk(min(top_k, text_weights.numel()))
+    image_support, text_support = image_weights > 0, text_weights > 0
+    union = (image_support | text_support).sum().item()
+    return {
+        "image_tokens": image_top.indices.tolist(),
+        "image_weights": image_top.values.tolist(),
+        "text_tokens": text_top.indices.tolist(),
+        "text_weights": text_top.values.tolist(),
+        "shared_top_tokens": sorted(set(image_top.indices.tolist()) & set(text_top.indices.tolist())),
+        "image_support": int(image_support.sum()),
+        "text_support": int(text_support.sum()),
+        "support_jaccard": (image_support & text_support).sum().item() / union if union else 0.0,
+        "weight_cosine": torch.nn.functional.cosine_similarity(image_weights, text_weights, dim=0).item(),
+    }
+
+
+def plot_fdt_token_overlap(image, caption: str, image_weights, text_weights, path, top_k: int = 10) -> Path:
+    """For an image and its caption: the image, and the top activated FDT codebook tokens of each side as bars
+    (tokens both sides share in orange), with their overlap in the title (see `fdt_token_overlap`)."""
+    overlap = fdt_token_overlap(image_weights, text_weights, top_k)
+    shared = set(overlap["shared_top_tokens"])
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 1.5, 1.5]})
+    axes[0].imshow(image)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    axes[0].set_xlabel("\n".join(_wrap(caption, 30)), fontsize=8)
+    for axis, side, title in ((axes[1], "image", "image"), (axes[2], "text", "caption")):
+        tokens, weights = overlap[f"{side}_tokens"], overlap[f"{side}_weights"]
+        colors = ["tab:orange" if token in shared else "tab:blue" for token in tokens]
+        axis.barh(range(len(tokens)), weights, color=colors)
+        axis.set_yticks(range(len(tokens)), [f"#{token}" for token in tokens], fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xlabel("sparsemax weight")
+        axis.set_title(f"top FDT tokens of the {title} ({overlap[f'{side}_support']} active)", fontsize=9)
+    figure.suptitle(
+        f"Shared top-{top_k} tokens (orange): {len(shared)}; support Jaccard {overlap['support_jaccard']:.2f}; "
+        f"weight cosine {overlap['weight_cosine']:.2f}",
+        fontsize=10,
+    )
+    return _save(figure, path)
+
+
+def fdt_example_plots(model, processor, dataset, output_dir: str | Path, examples: int = 2) -> list[Path]:
+    """`plot_fdt_token_overlap` for the first `examples` images of `dataset` and their first captions."""
+    model.eval()
+    paths = []
+    for index in range(min(examples, len(dataset))):
+        row = dataset[index]
+        inputs = processor(images=[row["image"]], text=[row["captions"][0]]).to(model.device)
+        with torch.no_grad():
+            outputs = model(**inputs)
+        paths.append(
+            plot_fdt_token_overlap(
+                row["image"], row["captions"][0], outputs.image_fdt_weights[0], outputs.text_fdt_weights[0],
+                Path(output_dir) / f"fdt_tokens_{index}.png",
+            )
+        )  # fmt: skip
+    return paths
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, current = [], ""
     for word in text.split():
@@ -100,4 +166,11 @@ def _save(figure, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["plot_losses", "plot_recalls", "plot_text_to_image_results"]
+__all__ = [
+    "fdt_example_plots",
+    "fdt_token_overlap",
+    "plot_fdt_token_overlap",
+    "plot_losses",
+    "plot_recalls",
+    "plot_text_to_image_results",
+]
