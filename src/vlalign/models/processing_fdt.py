@@ -1,0 +1,177 @@
+"""FDT preprocessing: the official evaluation image transform and fixed-length caption tokenization.
+
+Images: `Resize(256)` of the shorter side (PIL bilinear) → `CenterCrop(224)` → scale to [0, 1] → ImageNet
+mean/std, numerically torchvision's `Resize`/`CenterCrop`/`ToTensor`/`Normalize` on PIL images (FDT does not use CLIP's
+statistics). Sizes are configurable: `FdtImageProcessor.from_image_size(64)` keeps the 256/224 resize-to-crop ratio.
+The random training augmentation (MoCo-v2) lives in `vlalign.data.transforms_fdt`.
+
+Text: captions are `strip()`-ed, then cleaned and tokenized by [`FdtTokenizer`]; every preset pads and truncates to the
+tokenizer's context length (`model_max_length`, 77 in the release), as the official code does.
+"""
+
+from __future__ import annotations
+
+import PIL.Image
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_backends import PilBackend
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.processing_utils import ProcessorMixin
+
+#: text settings per stage; FDT always pads/truncates to the context length (the tokenizer's `model_max_length`)
+TEXT_PRESETS: dict[str, dict] = {
+    "pretrain": {"padding": "max_length", "truncation": True},
+    "train": {"padding": "max_length", "truncation": True},
+    "eval": {"padding": "max_length", "truncation": True},
+}
+
+#: the official evaluation transform: resize the shorter side to 256, center-crop 224
+RESIZE_TO_CROP = 256 / 224
+
+
+class FdtImageProcessor(PilBackend):
+    """Shorter-side bilinear resize, center crop, ImageNet normalisation: FDT's evaluation transform (PIL backend).
+
+    `FdtImageProcessor()` is the released 256 → 224 setting; `FdtImageProcessor(size={"shortest_edge": s},
+    crop_size={"height": c, "width": c})` (or plain integers) changes it, and `from_image_size(c)` picks
+    `s = round(c · 256 / 224)`.
+    """
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": 256}
+    crop_size = {"height": 224, "width": 224}
+    default_to_square = False
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, **kwargs):
+        if isinstance(kwargs.get("size"), int):
+            kwargs["size"] = {"shortest_edge": kwargs["size"]}
+        if isinstance(kwargs.get("crop_size"), int):
+            kwargs["crop_size"] = {"height": kwargs["crop_size"], "width": kwargs["crop_size"]}
+        super().__init__(**kwargs)
+
+    def process_image(self, image, *args, **kwargs):
+        """PIL images are converted with `image.convert("RGB")` like the official loaders (alpha dropped, not
+        composited on white as transformers does); arrays and tensors go through the usual path."""
+        if isinstance(image, PIL.Image.Image) and kwargs.get("do_convert_rgb", self.do_convert_rgb):
+            image = image.convert("RGB")
+        return super().process_image(image, *args, **kwargs)
+
+    def center_crop(self, image, size, **kwargs):
+        """torchvision's `CenterCrop` offsets, `round((H - h) / 2)` with round-half-to-even (HF floors instead)."""
+        height, width = image.shape[-2:]
+        if size.height is None or size.width is None or height < size.height or width < size.width:
+            return super().center_crop(image, size, **kwargs)  # validation, or torchvision-like zero padding
+        top, left = int(round((height - size.height) / 2.0)), int(round((width - size.width) / 2.0))
+        return image[..., top : top + size.height, left : left + size.width]
+
+    @classmethod
+    def from_image_size(cls, image_size: int, **kwargs) -> FdtImageProcessor:
+        """The official transform scaled to `image_size`: resize the shorter side to `round(image_size·256/224)`."""
+        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
+        shortest = round(image_size * RESIZE_TO_CROP)
+        return cls(size={"shortest_edge": shortest}, crop_size={"height": image_size, "width": image_size}, **kwargs)
+
+
+def _check_images(images) -> None:
+    """Reject inputs the image processor would misread, with a message naming the fix."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images is an empty list; pass at least one image.")
+    for position, image in enumerate(items):
+        shape = getattr(image, "shape", None)
+        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image: any mode is converted to RGB
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise ValueError(f"Image {position} is empty ({width}×{height}); remove it from the data.")
+            continue
+        if shape is None:
+            raise TypeError(
+                f"Image {position} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors."
+            )
+        dims = tuple(shape)
+        batched = len(dims) == 4 and not isinstance(images, (list, tuple))
+        channel_dims = dims[1:] if batched else dims
+        if len(channel_dims) == 2:
+            continue
+        if len(channel_dims) != 3 or not ({channel_dims[0], channel_dims[-1]} & {1, 3, 4}):
+            raise ValueError(
+                f"Image {position} has shape {dims}; expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) "
+                "(or a batch [B, C, H, W]). Convert it, e.g. `PIL.Image.fromarray(array).convert('RGB')`."
+            )
+
+
+class FdtProcessor(ProcessorMixin):
+    """[`FdtImageProcessor`] + [`FdtTokenizer`] with FDT's caption handling (`strip()`, then the tokenizer's cleaning).
+
+    `processor(images=..., text=..., preset=..., return_tensors="pt")`: every preset in `text_presets`
+    (`"pretrain"`, `"train"`, `"eval"`) pads and truncates captions to the tokenizer's context length; keyword
+    arguments such as `max_length` override the preset.
+    """
+
+    #: the official text settings per stage, selected with `preset=` (collators validate against it)
+    text_presets = TEXT_PRESETS
+
+    def __init__(self, image_processor=None, tokenizer=None):
+        super().__init__(image_processor, tokenizer)
+
+    def clean(self, texts: list[str]) -> list[str]:
+        """Validate captions and `strip()` them (the official dataset step); empty captions are an error."""
+        cleaned = []
+        for position, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Text {position} is a {type(text).__name__}, expected a string.")
+            result = text.strip()
+            if not result:
+                raise ValueError(
+                    f"Text {position} ({text!r}) is empty after stripping. Remove empty captions from the data "
+                    "(the data loaders report them) or pass a non-empty string."
+                )
+            cleaned.append(result)
+        return cleaned
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        preset: str = "eval",
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Preprocess images and/or captions.
+
+        Args:
+            images: PIL images (any mode; converted to RGB), arrays or tensors.
+            text: one caption or a list.
+            preset: one of `text_presets`; all pad/truncate to the context length.
+            return_tensors: `"pt"` (default), `"np"` or `None`.
+        """
+        if images is None and text is None:
+            raise ValueError("Pass images, text, or both.")
+        if preset not in TEXT_PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(TEXT_PRESETS)}.")
+        data = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts:
+                raise ValueError("text is an empty list; pass at least one caption.")
+            text_kwargs = {**TEXT_PRESETS[preset], **kwargs}
+            data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
+        if images is not None:
+            _check_images(images)
+            data.update(self.image_processor(images, return_tensors=return_tensors))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["FdtImageProcessor", "FdtProcessor", "TEXT_PRESETS"]
