@@ -113,7 +113,7 @@ def convert_state_dict(
         new = _convert_key(key, tensor, with_global_heads)
         if new is None:
             unknown.append(key)
-        converted.update(new)
+        converted.update(new or {})
     return converted, unknown
 
 

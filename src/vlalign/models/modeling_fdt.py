@@ -280,6 +280,29 @@ class FdtPreTrainedModel(PreTrainedModel):
         if remote_code and self._auto_class is None:
             custom_object_save(self, save_directory)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Load as usual, then re-apply the frozen parameters (loading replaces parameters, which resets
+        `requires_grad`): the patch embedding with `freeze_patch_embedding`, and the optional global heads."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.apply_freezing()
+        return model
+
+    def apply_freezing(self) -> None:
+        """Set `requires_grad=False` on the parameters FDT keeps frozen (see `from_pretrained`)."""
+        for module in self.modules():
+            if isinstance(module, FdtVisionModel) and module.config.freeze_patch_embedding:
+                module.embeddings.patch_embedding.requires_grad_(False)
+            elif isinstance(module, FdtModel) and module.config.with_global_heads:
+                for head in (module.vision_post_layernorm, module.visual_projection, module.text_projection):
+                    head.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, re-freezing the frozen parameters (the official `VisualTransformer.train()` does)."""
+        super().train(mode)
+        self.apply_freezing()
+        return self
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """OpenAI-CLIP initialisation, as the official FDT code uses it: class embedding and projections
@@ -354,8 +377,7 @@ class FdtVisionModel(FdtPreTrainedModel):
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
         self.post_init()
-        if config.freeze_patch_embedding:
-            self.embeddings.patch_embedding.requires_grad_(False)
+        self.apply_freezing()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embedding
@@ -460,9 +482,7 @@ class FdtModel(FdtPreTrainedModel):
             self.text_projection = nn.Linear(width_t, config.projection_dim, bias=True)
         self.contrastive_loss = GatheredContrastiveLoss()
         self.post_init()
-        if config.with_global_heads:  # never trained by FDT: kept frozen for checkpoint completeness
-            for module in (self.vision_post_layernorm, self.visual_projection, self.text_projection):
-                module.requires_grad_(False)
+        self.apply_freezing()  # the global heads are never trained by FDT: kept frozen for checkpoint completeness
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_model.get_input_embeddings()
