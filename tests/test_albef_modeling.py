@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import tiny_albef_config
 from transformers import AutoModel, AutoModelForPreTraining
 
 import vlalign
+from vlalign.models.modeling_albef import albef_alpha
+from vlalign.models.training_duties import TrainingDutiesMixin
 
 
 def count(module: torch.nn.Module) -> int:
@@ -235,3 +239,132 @@ def test_set_image_size_interpolates_online_and_momentum_position_tables(tiny_co
         torch.testing.assert_close(vision.embeddings.position_embeddings.detach(), expected)
     assert model.config.vision_config.image_size == 48
     assert model.albef.get_image_features(torch.randn(2, 3, 48, 48)).pooler_output.shape == (2, 16)
+
+
+class TestTrainingDuties:
+    """ALBEF's per-step duties (EMA + queue update) run from the model's `after_optimizer_step`."""
+
+    @pytest.fixture
+    def model(self, tiny_config):
+        torch.manual_seed(0)
+        return vlalign.AlbefForPreTraining(tiny_config).train()
+
+    def test_declares_its_losses_and_duties(self, model, tiny_config):
+        assert model.loss_names == ("loss_itc", "loss_itm", "loss_mlm")
+        assert vlalign.AlbefForImageTextRetrieval(tiny_config).loss_names == ("loss_itc", "loss_itm")
+        assert isinstance(model, TrainingDutiesMixin)
+        assert model.training_duties_description() == "momentum EMA and queue update"
+
+    def test_only_training_forwards_with_gradients_stash_features(self, model, tiny_batch):
+        with torch.no_grad():
+            model(**tiny_batch)
+        model.eval()
+        model(**tiny_batch)
+        assert model._momentum_feature_stash == []
+        model.train()
+        out = model(**tiny_batch)
+        (image_m, text_m, idx), *rest = model._momentum_feature_stash
+        assert rest == [] and torch.equal(image_m, out.image_feat_m) and torch.equal(text_m, out.text_feat_m)
+        assert idx.tolist() == [0, 1, 2, 3] and not image_m.requires_grad
+
+    def test_after_optimizer_step_is_ema_then_enqueue_of_every_micro_batch(self, model, tiny_batch):
+        reference = copy.deepcopy(model)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        outputs = []
+        for half in (slice(0, 2), slice(2, 4)):  # two micro-batches of one optimizer step
+            out = model(**{k: v[half] for k, v in tiny_batch.items()})
+            out.loss.backward()
+            outputs.append(out)
+        optimizer.step()
+        model.after_optimizer_step(0)
+
+        for p, q in zip(reference.parameters(), model.parameters(), strict=True):
+            if p.requires_grad:
+                p.data.copy_(q.data)  # the reference gets the optimizer's update, then the old protocol by hand
+        reference.momentum_update()
+        reference.enqueue(
+            torch.cat([o.image_feat_m for o in outputs]).detach(), torch.cat([o.text_feat_m for o in outputs]).detach()
+        )
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value, atol=0, rtol=0, msg=key)
+        assert int(model.queue_ptr) == 4 and model._momentum_feature_stash == []
+
+    def test_an_optimizer_step_without_the_duties_is_refused(self, model, tiny_batch):
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        model(**tiny_batch).loss.backward()
+        optimizer.step()
+        with pytest.raises(RuntimeError, match="momentum EMA and queue update"):
+            model(**tiny_batch)
+        model.after_optimizer_step(0)
+        model(**tiny_batch)  # the duties ran: training goes on
+
+    def test_out_of_range_temperature_is_clamped_without_tripping_the_duty_check(self, model, tiny_batch):
+        with torch.no_grad():
+            model.albef.temp.fill_(1.0)
+        model(**tiny_batch)
+        assert model.albef.temp.item() == pytest.approx(0.5)
+        model(**tiny_batch)
+
+    def test_retrieval_duties_enqueue_image_indices(self, tiny_config, tiny_batch):
+        torch.manual_seed(0)
+        model = vlalign.AlbefForImageTextRetrieval(tiny_config).train()
+        model(**tiny_batch, idx=torch.tensor([7, 7, 8, 9]))
+        model.after_optimizer_step(0)
+        assert model.idx_queue[0, :4].tolist() == [7, 7, 8, 9]
+
+    def test_alpha_follows_the_warm_up_when_a_trainer_sets_the_step(self, model, tiny_batch):
+        assert model.training_log_values()["alpha"] == pytest.approx(0.4)
+        model.set_training_progress(5, 10)
+        with torch.no_grad():
+            model(**tiny_batch)
+        logged = model.training_log_values()
+        assert logged["alpha"] == pytest.approx(0.2) and logged["temp"] == pytest.approx(0.07)
+        with torch.no_grad():
+            model(**tiny_batch, alpha=0.3)  # an explicit α wins
+        assert model.training_log_values()["alpha"] == pytest.approx(0.3)
+        model.config.distill = False
+        with torch.no_grad():
+            model(**tiny_batch)
+        assert model.training_log_values()["alpha"] == 0.0
+
+    def test_default_alpha_without_a_trainer_is_the_config_value(self, model, tiny_batch):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            implicit = model(**tiny_batch, generator=torch.Generator().manual_seed(0))
+            explicit = model(**tiny_batch, alpha=0.4, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(implicit.loss, explicit.loss)
+
+    def test_albef_alpha_ramp(self):
+        assert albef_alpha(0, 10) == 0.0
+        assert albef_alpha(5, 10) == pytest.approx(0.2)
+        assert albef_alpha(25, 10) == pytest.approx(0.4)
+        assert albef_alpha(3, 0) == pytest.approx(0.4)
+        with pytest.raises(ValueError):
+            albef_alpha(-1, 10)
+
+
+def _enqueue_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = vlalign.AlbefForImageTextRetrieval(tiny_albef_config(queue_size=16)).train()
+        generator = torch.Generator().manual_seed(10 + rank)
+        for micro_batch in range(2):
+            ids = torch.randint(5, 245, (2, 6), generator=generator)
+            ids[:, 0] = 2
+            idx = torch.tensor([100 * micro_batch + 10 * rank, 100 * micro_batch + 10 * rank + 1])
+            model(torch.randn(2, 3, 32, 32, generator=generator), ids, idx=idx).loss.backward()
+        model.after_optimizer_step(0)
+        if rank == 0:
+            torch.save({"idx_queue": model.idx_queue.clone(), "ptr": model.queue_ptr.clone()}, result_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_duties_enqueue_every_process_features_in_rank_order(tmp_path):
+    """Two gloo processes, two micro-batches each: the queue holds micro-batch 0 of ranks 0, 1, then micro-batch 1."""
+    result = tmp_path / "result.pt"
+    torch.multiprocessing.spawn(_enqueue_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2)
+    state = torch.load(result, weights_only=True)
+    assert state["idx_queue"][0, :8].tolist() == [0, 1, 10, 11, 100, 101, 110, 111]
+    assert int(state["ptr"]) == 8

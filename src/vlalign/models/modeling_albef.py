@@ -32,9 +32,11 @@ from .losses import (
     check_loss_finite,
     distilled_mlm_loss,
     distributed_rank_and_world,
+    gather_without_grad,
     hard_negative_matching_loss,
     queue_contrastive_loss,
 )
+from .training_duties import TrainingDutiesMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Attention
@@ -672,9 +674,27 @@ class AlbefModel(AlbefPreTrainedModel):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class AlbefMomentumMixin:
+def albef_alpha(step: int, steps_per_epoch: int, alpha: float = 0.4, warmup_epochs: float = 1.0) -> float:
+    """Momentum-distillation weight: ``alpha * min(1, step / (warmup_epochs * steps_per_epoch))``.
+
+    The official loop uses ``alpha * min(1, i / len(data_loader))`` in epoch 0 (``i`` = iteration within the epoch,
+    0 at the first one) and ``alpha`` from epoch 1 on; with a global 0-based ``step`` (``trainer.state.global_step``
+    during the forward pass) and ``warmup_epochs=1`` this is the same. A degenerate ramp (``steps_per_epoch <= 0`` or
+    ``warmup_epochs <= 0``) returns ``alpha``.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    ramp = warmup_epochs * steps_per_epoch
+    if steps_per_epoch <= 0 or warmup_epochs <= 0 or ramp <= 0:
+        return float(alpha)
+    return float(alpha) * min(1.0, step / ramp)
+
+
+class AlbefMomentumMixin(TrainingDutiesMixin):
     """Momentum (EMA) encoders, feature queues and the ITC/ITM objectives shared by the pretraining and retrieval
-    models. The EMA and the enqueue are explicit methods so a trainer runs them once per optimizer step."""
+    models, with their per-step training duties: after every optimizer step (`after_optimizer_step`, run by
+    `TrainingDutiesCallback` or a hand-written loop) the momentum encoders take one EMA step and the momentum features
+    of that step's training forwards enter the queues."""
 
     #: pairs of (online module path, momentum module name); momentum modules mirror the online ones exactly
     _momentum_modules: tuple[tuple[str, str], ...] = (
@@ -695,6 +715,9 @@ class AlbefMomentumMixin:
         self.register_buffer("image_queue", torch.zeros(config.embed_dim, config.queue_size))
         self.register_buffer("text_queue", torch.zeros(config.embed_dim, config.queue_size))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        #: (image_feat_m, text_feat_m, idx) of each training forward since the last optimizer step, to enqueue
+        self._momentum_feature_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._last_alpha = config.alpha if config.distill else 0.0
 
     def _init_queues(self) -> None:
         """Queues start full of random unit vectors (one per column), as in the official code."""
@@ -750,10 +773,57 @@ class AlbefMomentumMixin:
         return torch.full((self.config.queue_size,), -100, dtype=torch.long, device=self.queue_ptr.device)
 
     def _distillation_weight(self, alpha: float | None) -> float:
-        """α for this forward: the argument, else `config.alpha`; 0 when `config.distill` is off."""
+        """α for this forward: the argument; else the official warm-up at the step a trainer set (see
+        `set_training_progress`); else `config.alpha`. Always 0 when `config.distill` is off."""
+        progress = self.training_progress()
         if not self.config.distill:
-            return 0.0
-        return self.config.alpha if alpha is None else alpha
+            alpha = 0.0
+        elif alpha is None and progress is not None:
+            alpha = albef_alpha(*progress, self.config.alpha, self.config.alpha_warmup_epochs)
+        elif alpha is None:
+            alpha = self.config.alpha
+        self._last_alpha = float(alpha)
+        return alpha
+
+    def _stash_momentum_features(self, image_feat_m: torch.Tensor, text_feat_m: torch.Tensor, idx: torch.Tensor):
+        """Keep a training forward's momentum features for the queue update after the optimizer step."""
+        if self.training and torch.is_grad_enabled():
+            self._momentum_feature_stash.append((image_feat_m.detach(), text_feat_m.detach(), idx.detach()))
+
+    @torch.no_grad()
+    def _enqueue_stashed_features(self) -> None:
+        """Enqueue the stashed features of every micro-batch since the last step, each gathered from every process
+        in rank order (micro-batch by micro-batch), as the official `concat_all_gather` + `_dequeue_and_enqueue`."""
+        if not self._momentum_feature_stash:
+            return
+        image_feats, text_feats, idx = (
+            torch.cat([gather_without_grad(t) for t in tensors])
+            for tensors in zip(*self._momentum_feature_stash, strict=True)
+        )
+        self._momentum_feature_stash.clear()
+        self.enqueue(image_feats, text_feats, idx)
+
+    @torch.no_grad()
+    def _clamp_temperature(self) -> None:
+        """Keep the ITC temperature in [temp_min, temp_max], as the official forward does. Only an out-of-range value
+        is written, so the clamp never looks like an optimizer update to `check_training_duties`."""
+        temp = self.albef.temp
+        if not self.config.temp_min <= temp.item() <= self.config.temp_max:
+            temp.clamp_(self.config.temp_min, self.config.temp_max)
+
+    def after_optimizer_step(self, step: int) -> None:
+        """ALBEF's per-step duties: one EMA step of the momentum encoders, the temperature clamp, then the step's
+        momentum features into the queues."""
+        self.momentum_update()
+        self._clamp_temperature()
+        self._enqueue_stashed_features()
+        super().after_optimizer_step(step)
+
+    def training_log_values(self) -> dict[str, float]:
+        return {"alpha": self._last_alpha, "temp": self.albef.temp.item()}
+
+    def training_duties_description(self) -> str:
+        return "momentum EMA and queue update"
 
     def _check_pair_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
         if pixel_values.shape[0] != input_ids.shape[0]:
@@ -789,9 +859,9 @@ class AlbefMomentumMixin:
         """ITC against the momentum banks (batch + queue) and ITM with hard negatives, as one pretraining or
         retrieval step computes them. Pairs sharing an `idx` are positives of each other."""
         self._check_pair_batch(pixel_values, input_ids)
+        self._clamp_temperature()
+        self.check_training_duties()
         albef = self.albef
-        with torch.no_grad():
-            albef.temp.clamp_(self.config.temp_min, self.config.temp_max)
         global_negatives = self.config.itc_global_negatives
         if idx is None:  # every pair is its own image; offset by rank so indices are unique across processes
             rank = distributed_rank_and_world()[0] if global_negatives else 0
@@ -807,6 +877,7 @@ class AlbefMomentumMixin:
                 pixel_values, input_ids, attention_mask, interpolate_pos_encoding
             )
 
+        self._stash_momentum_features(image_feat_m, text_feat_m, idx)
         itc = queue_contrastive_loss(
             image_feat,
             text_feat,
@@ -857,6 +928,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
     momentum distillation. Loss = loss_itc + loss_itm + loss_mlm, all weighted 1 as in the official code."""
 
     _momentum_modules = AlbefMomentumMixin._momentum_modules + (("mlm_head", "mlm_head_m"),)
+    loss_names = ("loss_itc", "loss_itm", "loss_mlm")
 
     def __init__(self, config: AlbefConfig):
         super().__init__(config)
@@ -923,7 +995,8 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             pixel_values: `[batch, 3, H, W]` images.
             input_ids: `[batch, tokens]` captions, "[CLS] text" without [SEP] as the official tokenizer gives.
             attention_mask: `[batch, tokens]` 1 for real tokens.
-            alpha: distillation weight; defaults to `config.alpha` (the Trainer passes the warm-up value).
+            alpha: distillation weight; by default the official warm-up at the step a trainer set through
+                `set_training_progress`, else `config.alpha`.
             mlm_input_ids, mlm_labels: pre-masked ids and their labels; drawn with `mask_tokens` when omitted.
             generator: RNG for masking and hard-negative sampling (global RNG when None).
         """
@@ -968,6 +1041,7 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
     # A pretraining checkpoint carries MLM heads this model has no use for (ALBEF#79); the idx queue starts empty.
     _keys_to_ignore_on_load_unexpected = [r"mlm_head(_m)?\."]
     _keys_to_ignore_on_load_missing = [r"^idx_queue$"]
+    loss_names = ("loss_itc", "loss_itm")
 
     def __init__(self, config: AlbefConfig):
         super().__init__(config)
