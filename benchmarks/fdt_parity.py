@@ -265,7 +265,10 @@ def evaluator_rows(folder: Path) -> list[tuple[str, float]]:
         ("zero-shot preds (1 = differ)", preds_equal),
         ("zero-shot attention-view preds (1 = differ)", att_preds_equal),
         ("retrieval similarity matrix", max_diff(sim, expected["retrieval_sim_matrix"])),
-        ("retrieval recalls R@1/5/10 both ways (points)", max(abs(a - b) for a, b in zip(ours, official, strict=True))),
+        (
+            "retrieval recalls R@1/5/10 both ways (points)",
+            max(abs(a - b) for a, b in zip(ours, official, strict=True)),
+        ),
         ("retrieval rsum (points)", abs(sum(ours) - retrieval["rsum"])),
     ]
 

@@ -247,13 +247,7 @@ def _save_processor(tokenizer, config: FdtConfig, output_dir: Path) -> None:
     except ImportError:
         tokenizer.save_pretrained(output_dir)
         return
-    size = config.vision_config.image_size
-    try:
-        image_processor = FdtImageProcessor(
-            size={"shortest_edge": round(size * 256 / 224)}, crop_size={"height": size, "width": size}
-        )
-    except TypeError:
-        image_processor = FdtImageProcessor()
+    image_processor = FdtImageProcessor.from_image_size(config.vision_config.image_size)
     FdtProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
 
 
