@@ -151,7 +151,44 @@ def _albef() -> Method:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef}
+def _fdt() -> Method:
+    from .convert.fdt import convert_fdt_checkpoint
+    from .hub.summaries import fdt_config_rows
+    from .models import FdtConfig, FdtForPreTraining, FdtImageProcessor, FdtModel, FdtProcessor, FdtTokenizer
+    from .models.modeling_fdt import fdt_parameter_groups
+    from .recipes.fdt import build_fdt_tokenizer, fdt_processor, tiny_fdt_config
+    from .visualization import fdt_example_plots
+
+    return Method(
+        name="fdt",
+        title="FDT (Chen et al., CVPR 2023): CLIP with Finite Discrete Tokens",
+        config_class=FdtConfig,
+        model_class=FdtModel,
+        pretraining_class=FdtForPreTraining,
+        retrieval_class=None,
+        processor_class=FdtProcessor,
+        image_processor_class=FdtImageProcessor,
+        tokenizer_class=FdtTokenizer,
+        build_tokenizer=build_fdt_tokenizer,
+        build_processor=fdt_processor,
+        tiny_config=tiny_fdt_config,
+        test_overrides=dict(
+            width=32, num_heads=2, vision_layers=1, text_layers=1, patch_size=16, fdt_num_tokens=64, fdt_dim=16
+        ),  # fmt: skip
+        quickstart=QuickstartRecipe(max_steps=800, learning_rate=2e-3),
+        converter=convert_fdt_checkpoint,
+        parameter_groups=fdt_parameter_groups,
+        card_config_rows=fdt_config_rows,
+        loss_names=("loss_itc",),
+        supports_itm=False,
+        paper="Chen et al., Revisiting Multimodal Representation in Contrastive Learning: From Patch and Token "
+        "Embeddings to Finite Discrete Tokens, CVPR 2023 (arXiv:2303.14865)",
+        tags=("fdt", "clip"),
+        example_plots=fdt_example_plots,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef, "fdt": _fdt}
 _METHODS: dict[str, Method] = {}
 
 

@@ -60,4 +60,39 @@ def albef_config_rows(model) -> list[tuple[str, str]]:
     ]
 
 
-__all__ = ["albef_config_rows"]
+def fdt_config_rows(model) -> list[tuple[str, str]]:
+    """FDT: ViT and causal text transformer, the FDT codebook and its grounding, the contrastive logit scale."""
+    config = model.config
+    vision, text = config.vision_config, config.text_config
+    base = getattr(model, "base_model", model)
+    scale = getattr(base, "logit_scale", None)
+    scale_text = f"{scale.detach().float().exp().item():.4g}" if scale is not None else "–"
+    decay = config.fdt_temperature_decay_weight
+    schedule = (
+        "constant"
+        if decay == 1
+        else f"× {decay:g} every {config.fdt_temperature_decay_every} steps, floor {config.fdt_temperature_min:g}"
+    )
+    image_row, image_text = _vit_row(vision)
+    if vision.freeze_patch_embedding:
+        image_text += ", frozen random patch embedding (as released)"
+    return [
+        (image_row, image_text),
+        (
+            "Text encoder",
+            f"causal transformer: {_count(text.num_hidden_layers, 'layer')}, width {text.hidden_size}, "
+            f"{_count(text.num_attention_heads, 'head')}, context {text.max_position_embeddings}, "
+            f"vocabulary {text.vocab_size}",
+        ),
+        (
+            "Finite discrete tokens",
+            f"{config.fdt_num_tokens} tokens of size {config.fdt_dim}; {config.fdt_pooling} pooling over patches / "
+            f"tokens, then {config.fdt_attention}; temperature {config.fdt_temperature:g} ({schedule}); padded text "
+            f"positions {'scored 0 (official)' if config.fdt_pad_fill == 'zero' else 'left out'}",
+        ),
+        ("Contrastive logit scale", f"{scale_text} (learned; parameter clamped to {config.logit_scale_param_range})"),
+        _parameter_row(model),
+    ]
+
+
+__all__ = ["albef_config_rows", "fdt_config_rows"]

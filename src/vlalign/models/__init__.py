@@ -1,17 +1,9 @@
 """Model families. Each lives in flat `configuration_*`/`modeling_*`/`processing_*` files, laid out like a Hub model
-repository, so a saved checkpoint carries its own code and loads with `trust_remote_code=True`."""
-
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForPreTraining,
-    AutoModelForZeroShotImageClassification,
-    AutoProcessor,
-    AutoTokenizer,
-)
+repository, so a saved checkpoint carries its own code and loads with `trust_remote_code=True`. The method registry
+(`vlalign.methods`) registers them with the Auto classes."""
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
+from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
 from .modeling_albef import (
     AlbefForImageTextRetrieval,
     AlbefForPreTraining,
@@ -20,27 +12,11 @@ from .modeling_albef import (
     AlbefTextModel,
     AlbefVisionModel,
 )
+from .modeling_fdt import FdtForPreTraining, FdtModel, FdtPreTrainedModel, FdtTextModel, FdtVisionModel
 from .processing_albef import AlbefImageProcessor, AlbefProcessor
+from .processing_fdt import FdtImageProcessor, FdtProcessor
 from .tokenization_albef import AlbefTokenizer
-
-
-def register_auto_classes() -> None:
-    """Register every family with the Auto classes, and for remote code so saved folders ship their code."""
-    AutoConfig.register("albef", AlbefConfig, exist_ok=True)
-    AutoModel.register(AlbefConfig, AlbefModel, exist_ok=True)
-    AutoModelForPreTraining.register(AlbefConfig, AlbefForPreTraining, exist_ok=True)
-    AutoModelForZeroShotImageClassification.register(AlbefConfig, AlbefModel, exist_ok=True)
-    AutoImageProcessor.register(AlbefConfig, image_processor_classes={"pil": AlbefImageProcessor}, exist_ok=True)
-    AutoTokenizer.register(AlbefConfig, tokenizer_class=AlbefTokenizer, exist_ok=True)
-    AutoProcessor.register(AlbefConfig, AlbefProcessor, exist_ok=True)
-
-    AlbefConfig.register_for_auto_class()
-    AlbefModel.register_for_auto_class("AutoModel")
-    AlbefForPreTraining.register_for_auto_class("AutoModelForPreTraining")
-    AlbefImageProcessor.register_for_auto_class("AutoImageProcessor")
-    AlbefTokenizer.register_for_auto_class("AutoTokenizer")
-    AlbefProcessor.register_for_auto_class()
-
+from .tokenization_fdt import FdtTokenizer
 
 __all__ = [
     "AlbefConfig",
@@ -55,5 +31,15 @@ __all__ = [
     "AlbefTokenizer",
     "AlbefVisionConfig",
     "AlbefVisionModel",
-    "register_auto_classes",
+    "FdtConfig",
+    "FdtForPreTraining",
+    "FdtImageProcessor",
+    "FdtModel",
+    "FdtPreTrainedModel",
+    "FdtProcessor",
+    "FdtTextConfig",
+    "FdtTextModel",
+    "FdtTokenizer",
+    "FdtVisionConfig",
+    "FdtVisionModel",
 ]
