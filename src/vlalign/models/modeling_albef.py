@@ -5,27 +5,38 @@ The model is a ViT image encoder, a BERT text encoder whose upper layers (the *f
 image tokens, and three alignment objectives: image-text contrast (ITC) against momentum-feature queues with momentum
 distillation, image-text matching (ITM) on mined hard negatives, and masked language modelling (MLM) with momentum
 distillation. `AlbefModel` holds the online encoders and heads used downstream; `AlbefForPreTraining` and
-`AlbefForImageTextRetrieval` add the momentum encoders and queues needed to train.
+`AlbefForImageTextRetrieval` add the momentum encoders and queues needed to train, compose the objectives from the
+named units of `losses.py`, and run their per-step duties (EMA, queue update) after each optimizer step
+(`training_duties.py`).
 
-This file imports only torch, transformers and its sibling configuration, so saved checkpoints load with
+This file imports only torch, transformers and its sibling files, so saved checkpoints load with
 `trust_remote_code=True` where vlalign is not installed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
 from .losses import (
@@ -37,6 +48,8 @@ from .losses import (
     queue_contrastive_loss,
 )
 from .training_duties import TrainingDutiesMixin
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Attention
@@ -62,12 +75,18 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-def additive_attention_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Turn a [batch, keys] 1/0 padding mask into the additive [batch, 1, 1, keys] mask the attention adds."""
-    if attention_mask is None:
-        return None
-    inverted = 1.0 - attention_mask[:, None, None, :].to(dtype)
-    return inverted * torch.finfo(dtype).min
+def padding_attention_mask(
+    config: PreTrainedConfig,
+    queries: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    keys: torch.Tensor | None = None,
+) -> torch.Tensor | BlockMask | None:
+    """A `[batch, keys]` 1/0 padding mask in the form `config`'s attention backend takes: an additive float mask
+    (eager), a boolean mask or None when nothing is padded (SDPA), a `BlockMask` (flex attention). `keys` are the
+    states attended to when they are not the queries themselves (cross-attention to the image tokens)."""
+    return create_bidirectional_mask(
+        config=config, inputs_embeds=queries, attention_mask=attention_mask, encoder_hidden_states=keys
+    )
 
 
 class AlbefAttention(nn.Module):
@@ -332,8 +351,8 @@ class AlbefOutput(ModelOutput):
     logits_per_text: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
-    vision_model_output: BaseModelOutput | None = None
-    text_model_output: BaseModelOutput | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
@@ -354,6 +373,9 @@ class AlbefForPreTrainingOutput(ModelOutput):
         image_feat_m: `[batch, embed_dim]` momentum image features, to enqueue after the step.
         text_feat_m: `[batch, embed_dim]` momentum text features, to enqueue after the step.
         idx: `[batch]` image indices of the pairs (the retrieval model enqueues them with the features).
+        vision_model_output, text_model_output: the online towers' outputs for the batch (with attention maps and
+            states when requested).
+        fusion_model_output: the fusion encoder's output for the ITM pairs, in `itm_logits` order.
     """
 
     loss: torch.Tensor | None = None
@@ -368,6 +390,9 @@ class AlbefForPreTrainingOutput(ModelOutput):
     image_feat_m: torch.Tensor | None = None
     text_feat_m: torch.Tensor | None = None
     idx: torch.Tensor | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    fusion_model_output: BaseModelOutputWithCrossAttentions | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -383,15 +408,30 @@ REMOTE_CODE_AUTO_MAP = {
 }
 
 
+def resized_embedding(old: nn.Embedding, reference: nn.Embedding) -> nn.Embedding:
+    """`old` resized to `reference`'s vocabulary: its own rows where both have them, `reference`'s new rows after."""
+    weight = reference.weight.detach().clone()
+    kept = min(old.num_embeddings, reference.num_embeddings)
+    weight[:kept] = old.weight.detach()[:kept]
+    return nn.Embedding.from_pretrained(weight, freeze=not old.weight.requires_grad, padding_idx=old.padding_idx)
+
+
+def resized_bias(old: nn.Parameter, size: int) -> nn.Parameter:
+    """A vocabulary bias cut or zero-padded to `size` entries."""
+    bias = old.detach().new_zeros(size)
+    kept = min(old.shape[0], size)
+    bias[:kept] = old.detach()[:kept]
+    return nn.Parameter(bias, requires_grad=old.requires_grad)
+
+
 class AlbefPreTrainedModel(PreTrainedModel):
     config_class = AlbefConfig
     base_model_prefix = "albef"
     input_modalities = ("image", "text")
-    main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
     _no_split_modules = ["AlbefVisionLayer", "AlbefTextLayer"]
     _supports_sdpa = True
-    _supports_flash_attn = True
+    # Flash attention is not declared: its padding path was never run here (no GPU) against eager.
     _supports_flex_attn = True
     _supports_attention_backend = True
     # Losses are per-batch means (not sums over tokens), so Trainer must scale them for gradient accumulation itself.
@@ -407,6 +447,29 @@ class AlbefPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if remote_code and self._auto_class is None:
             custom_object_save(self, save_directory)
+
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> dict[str, bool]:
+        """`output_attentions` / `output_hidden_states` resolved against the config, to pass to the towers."""
+        return {
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+            "output_hidden_states": (
+                self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            ),
+        }
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """transformers' resize of the word embeddings, extended to the vocabulary-sized state it does not know
+        about: the momentum text encoder's embeddings (new rows copied from the online ones, as momentum encoders
+        start equal) and the MLM heads' output biases (new entries 0)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        for module in self.modules():
+            if isinstance(module, AlbefTextEmbeddings) and module.word_embeddings is not embeddings:
+                module.word_embeddings = resized_embedding(module.word_embeddings, embeddings)
+            elif isinstance(module, AlbefMLMHead):
+                module.bias = resized_bias(module.bias, embeddings.num_embeddings)
+        return embeddings
 
     def set_image_size(self, image_size: int) -> None:
         """Run at another square resolution: interpolate every ViT position table (online and momentum) as the
@@ -424,8 +487,10 @@ class AlbefPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """BERT-style normal init for the text side, truncated normal (timm) for the ViT, then model-level state:
-        the temperature, unit-norm random queues, and momentum encoders equal to the online ones."""
+        """Every parameter and buffer, so weights a checkpoint lacks (or a model built on the meta device) start from
+        the same distribution as a fresh model: BERT-style normal init for the text side, truncated normal (timm) for
+        the ViT, then model-level state: the temperature, unit-norm random queues, and momentum encoders equal to
+        the online ones."""
         std = getattr(self.config, "initializer_range", 0.02) * getattr(self.config, "initializer_factor", 1.0)
         if isinstance(module, AlbefVisionEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=0.02)
@@ -433,6 +498,10 @@ class AlbefPreTrainedModel(PreTrainedModel):
         elif isinstance(module, AlbefVisionLayer):
             for linear in (module.self_attn.query, module.self_attn.key, module.self_attn.value):
                 init.trunc_normal_(linear.weight, std=0.02)
+        elif isinstance(module, nn.Conv2d):  # the patch embedding keeps PyTorch's default init, as timm's ViT does
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.weight[0].numel())
+            init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -461,7 +530,9 @@ class AlbefVisionModel(AlbefPreTrainedModel):
 
     config_class = AlbefVisionConfig
     input_modalities = ("image",)
+    main_input_name = "pixel_values"
     base_model_prefix = "vision_model"
+    _can_record_outputs = {"hidden_states": AlbefVisionLayer, "attentions": AlbefAttention}
 
     def __init__(self, config: AlbefVisionConfig):
         super().__init__(config)
@@ -473,7 +544,22 @@ class AlbefVisionModel(AlbefPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embedding
 
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> BaseModelOutput:
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            pixel_values: `[batch, 3, H, W]` images.
+            interpolate_pos_encoding: run at another square size by interpolating the position table.
+            output_attentions, output_hidden_states: also return each layer's attention maps (eager attention) /
+                input states (read by `@capture_outputs`; `hidden_states[-1]` is before the final LayerNorm).
+        """
+        warn_if_attentions_unavailable(self.config, output_attentions)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         for layer in self.layers:
             hidden_states = layer(hidden_states)
@@ -487,6 +573,7 @@ class AlbefTextModel(AlbefPreTrainedModel):
     input_modalities = ("text",)
     main_input_name = "input_ids"
     base_model_prefix = "text_model"
+    _can_record_outputs = {"hidden_states": AlbefTextLayer, "attentions": AlbefAttention}
 
     def __init__(self, config: AlbefTextConfig):
         super().__init__(config)
@@ -502,15 +589,25 @@ class AlbefTextModel(AlbefPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            input_ids: `[batch, tokens]` captions; attention_mask: `[batch, tokens]` 1 for real tokens.
+            token_type_ids: BERT segment ids (ALBEF uses 0 throughout; accepted because tokenizers return them).
+            output_attentions, output_hidden_states: also return each layer's attention maps (eager attention) /
+                states (read by `@capture_outputs`).
+        """
+        warn_if_attentions_unavailable(self.config, output_attentions)
         hidden_states = self.embeddings(input_ids, token_type_ids)
-        mask = additive_attention_mask(attention_mask, hidden_states.dtype)
+        mask = padding_attention_mask(self.config, hidden_states, attention_mask)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states)
@@ -521,7 +618,14 @@ class AlbefFusionModel(AlbefPreTrainedModel):
     cross-attention, to the image tokens (the official `mode='fusion'`)."""
 
     config_class = AlbefTextConfig
+    input_modalities = ("image", "text")
+    main_input_name = "text_hidden_states"
     base_model_prefix = "fusion_model"
+    _can_record_outputs = {
+        "hidden_states": AlbefTextLayer,
+        "attentions": OutputRecorder(AlbefAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(AlbefAttention, index=1, layer_name="cross_attn"),
+    }
 
     def __init__(self, config: AlbefTextConfig):
         super().__init__(config)
@@ -531,20 +635,40 @@ class AlbefFusionModel(AlbefPreTrainedModel):
         )
         self.post_init()
 
+    @capture_outputs
     def forward(
         self,
         text_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         image_hidden_states: torch.Tensor,
         image_attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> BaseModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithCrossAttentions:
+        r"""
+        Args:
+            text_hidden_states: `[batch, tokens, width]` text-encoder outputs; attention_mask: their padding mask.
+            image_hidden_states: `[batch, patches, vision width]` ViT outputs of the paired images.
+            image_attention_mask: `[batch, patches]` padding mask of the image tokens (None: all real).
+            output_attentions, output_hidden_states: also return each layer's self- and cross-attention maps (eager
+                attention) / states (read by `@capture_outputs`).
+        """
+        warn_if_attentions_unavailable(self.config, output_attentions)
         hidden_states = text_hidden_states
-        mask = additive_attention_mask(attention_mask, hidden_states.dtype)
-        image_mask = additive_attention_mask(image_attention_mask, hidden_states.dtype)
+        mask = padding_attention_mask(self.config, hidden_states, attention_mask)
+        image_mask = padding_attention_mask(self.config, hidden_states, image_attention_mask, image_hidden_states)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask)
-        return BaseModelOutput(last_hidden_state=hidden_states)
+        return BaseModelOutputWithCrossAttentions(last_hidden_state=hidden_states)
+
+
+def warn_if_attentions_unavailable(config: PreTrainedConfig, output_attentions: bool | None) -> None:
+    """Attention maps are only materialised by eager attention; say so instead of returning empty tuples."""
+    if output_attentions and config._attn_implementation != "eager":
+        logger.warning_once(
+            f"output_attentions=True needs attn_implementation='eager' to return attention maps; with "
+            f"{config._attn_implementation!r} they are left out. Load the model with attn_implementation='eager'."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -579,25 +703,37 @@ class AlbefModel(AlbefPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.text_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         """The ViT output with `pooler_output` = the projected CLS embedding `[batch, embed_dim]` (not normalised)
         that ITC ranks with, as transformers 5.x CLIP/SigLIP return it; `last_hidden_state` holds the image tokens
         that ITM re-ranking fuses, so retrieval encodes each image once."""
-        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding)
+        vision_outputs = self.vision_model(
+            pixel_values, interpolate_pos_encoding, **self._output_flags(output_attentions, output_hidden_states)
+        )
         vision_outputs.pooler_output = self.vision_proj(vision_outputs.last_hidden_state[:, 0])
         return vision_outputs
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
         """The text-encoder output with `pooler_output` = the projected CLS embedding `[batch, embed_dim]` (not
         normalised) that ITC ranks with; `last_hidden_state` holds the text tokens the fusion encoder reads."""
-        text_outputs = self.text_model(input_ids, attention_mask, token_type_ids)
+        text_outputs = self.text_model(
+            input_ids, attention_mask, token_type_ids, **self._output_flags(output_attentions, output_hidden_states)
+        )
         text_outputs.pooler_output = self.text_proj(text_outputs.last_hidden_state[:, 0])
         return text_outputs
 
@@ -645,6 +781,7 @@ class AlbefModel(AlbefPreTrainedModel):
             score = score + itc_similarity
         return score
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -652,12 +789,22 @@ class AlbefModel(AlbefPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> AlbefOutput:
-        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding)
-        text_outputs = self.text_model(input_ids, attention_mask, token_type_ids)
-        image_embeds = F.normalize(self.vision_proj(vision_outputs.last_hidden_state[:, 0]), dim=-1)
-        text_embeds = F.normalize(self.text_proj(text_outputs.last_hidden_state[:, 0]), dim=-1)
+        r"""
+        Args:
+            input_ids, attention_mask, token_type_ids: tokenized texts (what the tokenizer returns).
+            pixel_values: `[batch, 3, H, W]` images.
+            interpolate_pos_encoding: run the ViT at another square size.
+            output_attentions, output_hidden_states: return the towers' attention maps / states in
+                `vision_model_output` and `text_model_output`.
+        """
+        flags = self._output_flags(output_attentions, output_hidden_states)
+        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **flags)
+        text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids, **flags)
+        image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logits_per_image = image_embeds @ text_embeds.t() / self.temp
         return AlbefOutput(
             logits_per_image=logits_per_image,
@@ -688,6 +835,23 @@ def albef_alpha(step: int, steps_per_epoch: int, alpha: float = 0.4, warmup_epoc
     if steps_per_epoch <= 0 or warmup_epochs <= 0 or ramp <= 0:
         return float(alpha)
     return float(alpha) * min(1.0, step / ramp)
+
+
+#: fields of `_contrastive_and_matching`'s result that the training outputs carry
+STEP_OUTPUT_FIELDS = (
+    "loss_itc",
+    "loss_itm",
+    "sim_i2t",
+    "sim_t2i",
+    "itm_logits",
+    "itm_labels",
+    "image_feat_m",
+    "text_feat_m",
+    "idx",
+    "vision_model_output",
+    "text_model_output",
+    "fusion_model_output",
+)
 
 
 class AlbefMomentumMixin(TrainingDutiesMixin):
@@ -825,6 +989,14 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     def training_duties_description(self) -> str:
         return "momentum EMA and queue update"
 
+    def _training_output(self, step: dict, **extra: torch.Tensor) -> AlbefForPreTrainingOutput:
+        """The forward's output: `loss` = the sum of `loss_names` (each weighted 1, as the official code), checked
+        finite, with the step's fields and the model-specific `extra` ones."""
+        fields = {name: step[name] for name in STEP_OUTPUT_FIELDS} | extra
+        losses = {name: fields[name] for name in self.loss_names}
+        check_loss_finite(losses)
+        return AlbefForPreTrainingOutput(loss=sum(losses.values()), **fields)
+
     def _check_pair_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
@@ -855,9 +1027,11 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         alpha: float,
         generator: torch.Generator | None,
         interpolate_pos_encoding: bool,
-    ) -> dict[str, torch.Tensor]:
+        output_flags: dict[str, bool],
+    ) -> dict[str, torch.Tensor | ModelOutput]:
         """ITC against the momentum banks (batch + queue) and ITM with hard negatives, as one pretraining or
-        retrieval step computes them. Pairs sharing an `idx` are positives of each other."""
+        retrieval step computes them. Pairs sharing an `idx` are positives of each other. `output_flags` (attention
+        maps, states) apply to the online towers and the ITM fusion pass."""
         self._check_pair_batch(pixel_values, input_ids)
         self._clamp_temperature()
         self.check_training_duties()
@@ -868,10 +1042,11 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
             idx = torch.arange(pixel_values.shape[0], device=pixel_values.device) + rank * pixel_values.shape[0]
         idx = idx.view(-1)
 
-        image_hidden = albef.vision_model(pixel_values, interpolate_pos_encoding).last_hidden_state
-        image_feat = F.normalize(albef.vision_proj(image_hidden[:, 0]), dim=-1)
-        text_hidden = albef.text_model(input_ids, attention_mask).last_hidden_state
-        text_feat = F.normalize(albef.text_proj(text_hidden[:, 0]), dim=-1)
+        vision_outputs = albef.get_image_features(pixel_values, interpolate_pos_encoding, **output_flags)
+        text_outputs = albef.get_text_features(input_ids, attention_mask, **output_flags)
+        image_hidden, text_hidden = vision_outputs.last_hidden_state, text_outputs.last_hidden_state
+        image_feat = F.normalize(vision_outputs.pooler_output, dim=-1)
+        text_feat = F.normalize(text_outputs.pooler_output, dim=-1)
         with torch.no_grad():
             image_hidden_m, image_feat_m, text_feat_m = self._encode_momentum(
                 pixel_values, input_ids, attention_mask, interpolate_pos_encoding
@@ -893,8 +1068,14 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         )
         # ITM negatives come from the local batch (its columns in the bank), as in the official code
         local = itc.batch_columns
+        fusion_outputs = []
+
+        def score_pairs(texts: torch.Tensor, masks: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+            fusion_outputs.append(albef.fusion_model(texts, masks, images, **output_flags))
+            return albef.itm_head(fusion_outputs[-1].last_hidden_state[:, 0])
+
         itm = hard_negative_matching_loss(
-            albef.itm_logits,
+            score_pairs,
             text_hidden,
             attention_mask,
             image_hidden,
@@ -915,6 +1096,9 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
             "image_feat_m": image_feat_m,
             "text_feat_m": text_feat_m,
             "idx": idx,
+            "vision_model_output": vision_outputs,
+            "text_model_output": text_outputs,
+            "fusion_model_output": fusion_outputs[0],
         }
 
 
@@ -927,6 +1111,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
     """ALBEF pretraining: ITC with momentum distillation against the queues, ITM on hard negatives, and MLM with
     momentum distillation. Loss = loss_itc + loss_itm + loss_mlm, all weighted 1 as in the official code."""
 
+    main_input_name = "pixel_values"
     _momentum_modules = AlbefMomentumMixin._momentum_modules + (("mlm_head", "mlm_head_m"),)
     loss_names = ("loss_itc", "loss_itm", "loss_mlm")
 
@@ -978,6 +1163,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
         fused = fusion_model(text_hidden, attention_mask, image_hidden_states).last_hidden_state
         return head(fused, text_model.embeddings.word_embeddings.weight)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -988,7 +1174,8 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
         mlm_labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> AlbefForPreTrainingOutput:
         r"""
         Args:
@@ -999,10 +1186,14 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
                 `set_training_progress`, else `config.alpha`.
             mlm_input_ids, mlm_labels: pre-masked ids and their labels; drawn with `mask_tokens` when omitted.
             generator: RNG for masking and hard-negative sampling (global RNG when None).
+            interpolate_pos_encoding: run the ViT at another square size.
+            output_attentions, output_hidden_states: attention maps / states of the online towers and the ITM fusion
+                pass, in `vision_model_output`, `text_model_output` and `fusion_model_output`.
         """
         alpha = self._distillation_weight(alpha)
+        flags = self._output_flags(output_attentions, output_hidden_states)
         step = self._contrastive_and_matching(
-            pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding
+            pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding, flags
         )
         if mlm_input_ids is None:
             mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, generator)
@@ -1015,23 +1206,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             lambda: self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden_m"], momentum=True),
             alpha,
         )
-
-        loss = step["loss_itc"] + step["loss_itm"] + loss_mlm
-        check_loss_finite({"loss_itc": step["loss_itc"], "loss_itm": step["loss_itm"], "loss_mlm": loss_mlm})
-        return AlbefForPreTrainingOutput(
-            loss=loss,
-            loss_itc=step["loss_itc"],
-            loss_itm=step["loss_itm"],
-            loss_mlm=loss_mlm,
-            sim_i2t=step["sim_i2t"],
-            sim_t2i=step["sim_t2i"],
-            itm_logits=step["itm_logits"],
-            itm_labels=step["itm_labels"],
-            mlm_logits=mlm_logits,
-            image_feat_m=step["image_feat_m"],
-            text_feat_m=step["text_feat_m"],
-            idx=step["idx"],
-        )
+        return self._training_output(step, loss_mlm=loss_mlm, mlm_logits=mlm_logits)
 
 
 class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
@@ -1040,6 +1215,7 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
 
     # A pretraining checkpoint carries MLM heads this model has no use for (ALBEF#79); the idx queue starts empty.
     _keys_to_ignore_on_load_unexpected = [r"mlm_head(_m)?\."]
+    main_input_name = "pixel_values"
     _keys_to_ignore_on_load_missing = [r"^idx_queue$"]
     loss_names = ("loss_itc", "loss_itm")
 
@@ -1065,6 +1241,7 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
         """See [`AlbefModel.itm_score`]."""
         return self.albef.itm_score(*args, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1074,32 +1251,21 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
         alpha: float | None = None,
         generator: torch.Generator | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> AlbefForPreTrainingOutput:
         r"""
         Args:
             idx: `[batch]` integer image index of each pair; pairs of the same image are positives. Without it every
                 pair is its own image (pretraining targets).
-            alpha, generator: as in [`AlbefForPreTraining.forward`].
+            other arguments: as in [`AlbefForPreTraining.forward`].
         """
         alpha = self._distillation_weight(alpha)
+        flags = self._output_flags(output_attentions, output_hidden_states)
         step = self._contrastive_and_matching(
-            pixel_values, input_ids, attention_mask, idx, alpha, generator, interpolate_pos_encoding
+            pixel_values, input_ids, attention_mask, idx, alpha, generator, interpolate_pos_encoding, flags
         )
-        loss = step["loss_itc"] + step["loss_itm"]
-        check_loss_finite({"loss_itc": step["loss_itc"], "loss_itm": step["loss_itm"]})
-        return AlbefForPreTrainingOutput(
-            loss=loss,
-            loss_itc=step["loss_itc"],
-            loss_itm=step["loss_itm"],
-            sim_i2t=step["sim_i2t"],
-            sim_t2i=step["sim_t2i"],
-            itm_logits=step["itm_logits"],
-            itm_labels=step["itm_labels"],
-            image_feat_m=step["image_feat_m"],
-            text_feat_m=step["text_feat_m"],
-            idx=step["idx"],
-        )
+        return self._training_output(step)
 
 
 __all__ = [
