@@ -428,12 +428,13 @@ def test_return_dict_false_returns_the_output_as_a_tuple(model_class, tiny_confi
     torch.manual_seed(0)
     model = model_class(config_for(model_class, tiny_config)).eval()
     inputs = inputs_for(model_class, tiny_batch)
-    # training models draw random negatives: compare two calls with the same generator
-    extra = {"generator": torch.Generator().manual_seed(0)} if hasattr(model, "loss_names") else {}
-    with torch.no_grad():
-        as_dict = model(**inputs, **extra)
-        extra = {"generator": torch.Generator().manual_seed(0)} if extra else {}
-        as_tuple = model(**inputs, **extra, return_dict=False)
+
+    def call(**kwargs):  # training models draw masks and negatives: give both calls the same generator
+        seeded = {"generator": torch.Generator().manual_seed(0)} if hasattr(model, "loss_names") else {}
+        with torch.no_grad():
+            return model(**inputs, **seeded, **kwargs)
+
+    as_dict, as_tuple = call(), call(return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
     for expected, actual in zip(as_dict.to_tuple(), as_tuple, strict=True):
         if isinstance(expected, torch.Tensor):
