@@ -107,8 +107,8 @@ def forward_rows(folder: Path) -> list[tuple[str, float]]:
         out = model(
             input_ids=ids, pixel_values=pixels, attention_mask=mask, return_loss=True, fdt_temperature=temperature
         )
-        image_raw = model.get_image_features(pixels, fdt_temperature=temperature)
-        text_raw = model.get_text_features(ids, mask, fdt_temperature=temperature)
+        image_raw = model.get_image_features(pixels, fdt_temperature=temperature).pooler_output
+        text_raw = model.get_text_features(ids, mask, fdt_temperature=temperature).pooler_output
         rows += [
             (f"{tag} image pooled logits", max_diff(out.image_fdt_pooled_logits, expected[f"{prefix}image_fdt_pooled_logits"])),
             (f"{tag} text pooled logits", max_diff(out.text_fdt_pooled_logits, expected[f"{prefix}text_fdt_pooled_logits"])),
@@ -246,7 +246,7 @@ def evaluator_rows(folder: Path) -> list[tuple[str, float]]:
     att_preds_equal = float(not torch.equal(att_probs.argmax(-1), expected["zeroshot_att_preds"]))
     # Retrieval: the COCO evaluator normalises without eps
     captions = tokenizer(retrieval["captions"], return_tensors="pt")
-    text_embeds = model.get_text_features(captions["input_ids"], captions["attention_mask"])
+    text_embeds = model.get_text_features(captions["input_ids"], captions["attention_mask"]).pooler_output
     image_raw = image.embeds
     sim = (image_raw / image_raw.norm(dim=-1, keepdim=True)) @ (
         text_embeds / text_embeds.norm(dim=-1, keepdim=True)

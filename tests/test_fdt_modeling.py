@@ -63,9 +63,9 @@ def test_output_shapes(model):
     assert out.loss.ndim == 0
     torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(out.image_fdt_weights.sum(-1), torch.ones(3))
-    assert model.get_image_features(inputs["pixel_values"]).shape == (3, 16)
-    assert model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).shape == (3, 16)
-    torch.testing.assert_close(l2_normalize(model.get_image_features(inputs["pixel_values"])), out.image_embeds)
+    assert model.get_image_features(inputs["pixel_values"]).pooler_output.shape == (3, 16)
+    assert model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output.shape == (3, 16)
+    torch.testing.assert_close(l2_normalize(model.get_image_features(inputs["pixel_values"]).pooler_output), out.image_embeds)
     # zero-shot pipeline layout: 1 image against n texts
     one = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:1])
     assert one.logits_per_image.shape == (1, 3)
@@ -283,7 +283,7 @@ def test_zero_shot_class_embeddings_average_templates(model):
     weights = zero_shot_class_embeddings(
         model, {"input_ids": ids, "attention_mask": mask}, ["a", "b", "c"], ["{}", "x {}"]
     )
-    per_prompt = l2_normalize(model.get_text_features(ids, mask)).view(3, 2, -1).mean(1)
+    per_prompt = l2_normalize(model.get_text_features(ids, mask).pooler_output).view(3, 2, -1).mean(1)
     torch.testing.assert_close(weights, per_prompt / per_prompt.norm(dim=-1, keepdim=True))
     with pytest.raises(ValueError, match="6 prompts"):
         zero_shot_class_embeddings(model, ids[:4], ["a", "b", "c"], ["{}", "x {}"])

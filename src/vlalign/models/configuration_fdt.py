@@ -11,6 +11,8 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from .pipeline_retrieval import drop_remote_pipeline_when_registered
+
 FDT_ATTENTIONS = ("sparsemax", "softmax", "sigmoid")
 FDT_POOLINGS = ("max", "mean", "sum")
 FDT_PAD_FILLS = ("zero", "neg_inf")
@@ -173,6 +175,7 @@ class FdtConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        drop_remote_pipeline_when_registered(self)
         for name, value, allowed in (
             ("fdt_attention", self.fdt_attention, FDT_ATTENTIONS),
             ("fdt_pooling", self.fdt_pooling, FDT_POOLINGS),

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import initialization as init
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
@@ -38,6 +37,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
 from .losses import GatheredContrastiveLoss
+from .remote_code import RemoteCodeSaveMixin
 from .sparsemax import sparsemax
 from .training_duties import TrainingDutiesMixin
 
@@ -107,6 +107,22 @@ class FdtForPreTrainingOutput(ModelOutput):
     text_fdt_weights: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None
     fdt_temperature: torch.Tensor | None = None
+
+
+@dataclass
+class FdtFeaturesOutput(BaseModelOutputWithPooling):
+    """
+    Output of [`FdtModel.get_image_features`] / [`FdtModel.get_text_features`] (the transformers 5.x convention of
+    CLIP/SigLIP: `pooler_output` is the embedding used for ranking).
+
+    Args:
+        pooler_output: `[batch, fdt_dim]` FDT embedding (FDT weights @ codebook), not normalised.
+        last_hidden_state: the tower's token states the grounding read.
+        fdt_weights: `[batch, fdt_num_tokens]` sparse weights over the codebook.
+        hidden_states, attentions: the tower's, when asked for.
+    """
+
+    fdt_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -255,7 +271,7 @@ REMOTE_CODE_AUTO_MAP = {
 }
 
 
-class FdtPreTrainedModel(PreTrainedModel):
+class FdtPreTrainedModel(RemoteCodeSaveMixin, PreTrainedModel):
     config_class = FdtConfig
     base_model_prefix = "fdt"
     input_modalities = ("image", "text")
@@ -267,18 +283,9 @@ class FdtPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": CLIPEncoderLayer, "attentions": CLIPAttention}
+    remote_code_auto_map = REMOTE_CODE_AUTO_MAP
     # The loss is a per-batch mean, so Trainer must scale it for gradient accumulation itself.
     accepts_loss_kwargs = False
-
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Save weights and config; when the family is registered for remote code (importing vlalign does it), also
-        ship this file and its siblings with an `auto_map` covering every FDT Auto class."""
-        remote_code = type(self.config)._auto_class is not None
-        if remote_code:
-            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if remote_code and self._auto_class is None:
-            custom_object_save(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -461,7 +468,8 @@ class FdtModel(FdtPreTrainedModel):
     """FDT dual encoder: the two towers, the FDT grounding and the logit scale.
 
     `get_image_features` / `get_text_features` return the (unnormalised) FDT embeddings `[batch, fdt_dim]` that the
-    contrastive loss, retrieval and zero-shot classification use; `forward` returns CLIP-style scaled similarities
+    contrastive loss, retrieval and zero-shot classification use, as the `pooler_output` of an `FdtFeaturesOutput`
+    (transformers 5.x convention); `forward` returns CLIP-style scaled similarities
     of the normalised embeddings, so the zero-shot image classification pipeline works.
 
     The FDT temperature is a buffer (`fdt_temperature`), saved with the weights: the training schedule and the
@@ -525,25 +533,39 @@ class FdtModel(FdtPreTrainedModel):
         grounded = self.grounding(text_outputs.last_hidden_state, "text", self._temperature(fdt_temperature), validity)
         return grounded, text_outputs
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         interpolate_pos_encoding: bool = False,
         fdt_temperature: float | None = None,
         **kwargs,
-    ) -> torch.Tensor:
-        """FDT image embedding `[batch, fdt_dim]` (FDT weights @ codebook, not normalised)."""
-        return self.ground_image(pixel_values, fdt_temperature, interpolate_pos_encoding)[0].embeds
+    ) -> FdtFeaturesOutput:
+        """FDT image embedding (`pooler_output`, not normalised), its codebook weights and the ViT states."""
+        grounded, vision_outputs = self.ground_image(pixel_values, fdt_temperature, interpolate_pos_encoding, **kwargs)
+        return self._features_output(grounded, vision_outputs)
 
+    @can_return_tuple
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         fdt_temperature: float | None = None,
         **kwargs,
-    ) -> torch.Tensor:
-        """FDT text embedding `[batch, fdt_dim]` (FDT weights @ codebook, not normalised)."""
-        return self.ground_text(input_ids, attention_mask, fdt_temperature)[0].embeds
+    ) -> FdtFeaturesOutput:
+        """FDT text embedding (`pooler_output`, not normalised), its codebook weights and the text states."""
+        grounded, text_outputs = self.ground_text(input_ids, attention_mask, fdt_temperature, **kwargs)
+        return self._features_output(grounded, text_outputs)
+
+    @staticmethod
+    def _features_output(grounded: FdtGroundingOutput, tower_outputs: BaseModelOutput) -> FdtFeaturesOutput:
+        return FdtFeaturesOutput(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=grounded.embeds,
+            hidden_states=tower_outputs.hidden_states,
+            attentions=tower_outputs.attentions,
+            fdt_weights=grounded.weights,
+        )
 
     def get_global_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The untrained CLIP image head `ln_post(CLS) @ proj` (only with `with_global_heads`; not for use)."""
@@ -834,6 +856,7 @@ def zero_shot_class_embeddings(
 
 __all__ = [
     "FdtForPreTraining",
+    "FdtFeaturesOutput",
     "FdtForPreTrainingOutput",
     "FdtGrounding",
     "FdtGroundingOutput",

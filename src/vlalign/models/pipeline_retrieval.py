@@ -409,7 +409,7 @@ def drop_remote_pipeline_when_registered(config) -> None:
     """Called by the configs after loading: where the task is registered in this process (vlalign is imported), the
     in-process pipeline serves it, so the config must not make `transformers.pipeline` ask for remote code."""
     if getattr(config, "custom_pipelines", None) and task_registered_in_process():
-        config.custom_pipelines = {}
+        del config.custom_pipelines
 
 
 def register_pipelines() -> None:
