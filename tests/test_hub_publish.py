@@ -45,9 +45,14 @@ PUBLISHED_FILES = {
     "README.md",
     "config.json",
     "configuration_albef.py",
+    "frozen.py",
+    "losses.py",
     "model.safetensors",
     "modeling_albef.py",
+    "pipeline_retrieval.py",
     "processing_albef.py",
+    "remote_code.py",
+    "training_duties.py",
     "processor_config.json",
     "tokenization_albef.py",
     "tokenizer.json",
@@ -195,7 +200,7 @@ def test_card_round_trips_the_measured_metrics(tiny, tmp_path: Path) -> None:
     assert "| `max_steps` |" not in text  # unset (-1): not shown
     assert 'AutoModel.from_pretrained("user/tiny-albef", trust_remote_code=True)' in text
     assert 'pipeline("zero-shot-image-classification", model="user/tiny-albef", trust_remote_code=True)' in text
-    assert 'pipeline("zero-shot-image-text-retrieval", model="user/tiny-albef")' in text
+    assert 'pipeline("zero-shot-image-text-retrieval", model="user/tiny-albef", trust_remote_code=True)' in text
     assert "@inproceedings{li2021albef," in text and "Align before Fuse" in text
     assert "## Limitations and risks" in text
 

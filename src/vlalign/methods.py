@@ -175,7 +175,7 @@ def _fdt() -> Method:
         test_overrides=dict(
             width=32, num_heads=2, vision_layers=1, text_layers=1, patch_size=16, fdt_num_tokens=64, fdt_dim=16
         ),  # fmt: skip
-        quickstart=QuickstartRecipe(max_steps=800, learning_rate=2e-3),
+        quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
         converter=convert_fdt_checkpoint,
         parameter_groups=fdt_parameter_groups,
         card_config_rows=fdt_config_rows,

@@ -8,6 +8,8 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from .pipeline_retrieval import drop_remote_pipeline_when_registered
+
 ITM_SCORE_MODES = ("itm_logit", "itm_plus_itc", "itc_only")
 
 
@@ -158,6 +160,7 @@ class AlbefConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        drop_remote_pipeline_when_registered(self)
         if self.itm_score_mode not in ITM_SCORE_MODES:
             raise ValueError(f"itm_score_mode={self.itm_score_mode!r} is not one of {ITM_SCORE_MODES}.")
         if self.queue_size < 1:

@@ -26,7 +26,6 @@ from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
-from transformers.dynamic_module_utils import custom_object_save
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions, BaseModelOutputWithPooling
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
+from .frozen import FrozenParametersMixin
 from .losses import (
     check_loss_finite,
     distilled_mlm_loss,
@@ -47,6 +47,7 @@ from .losses import (
     hard_negative_matching_loss,
     queue_contrastive_loss,
 )
+from .remote_code import RemoteCodeSaveMixin
 from .training_duties import TrainingDutiesMixin
 
 logger = logging.get_logger(__name__)
@@ -424,7 +425,7 @@ def resized_bias(old: nn.Parameter, size: int) -> nn.Parameter:
     return nn.Parameter(bias, requires_grad=old.requires_grad)
 
 
-class AlbefPreTrainedModel(PreTrainedModel):
+class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
     config_class = AlbefConfig
     base_model_prefix = "albef"
     input_modalities = ("image", "text")
@@ -436,17 +437,7 @@ class AlbefPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # Losses are per-batch means (not sums over tokens), so Trainer must scale them for gradient accumulation itself.
     accepts_loss_kwargs = False
-
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Save weights and config; when the family is registered for remote code (importing vlalign does it), also
-        ship this file with an `auto_map` covering every ALBEF Auto class, so any saved ALBEF folder loads without
-        vlalign through `AutoModel`, `AutoModelForPreTraining` or the zero-shot classification pipeline."""
-        remote_code = type(self.config)._auto_class is not None
-        if remote_code:
-            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if remote_code and self._auto_class is None:
-            custom_object_save(self, save_directory)
+    remote_code_auto_map = REMOTE_CODE_AUTO_MAP
 
     def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> dict[str, bool]:
         """`output_attentions` / `output_hidden_states` resolved against the config, to pass to the towers."""
@@ -899,6 +890,10 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     def momentum_modules(self) -> list[nn.Module]:
         return [self.get_submodule(name) for _, name in self._momentum_modules]
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The momentum encoders: updated by the EMA, never by the optimizer."""
+        return self.momentum_modules()
+
     @torch.no_grad()
     def copy_params_to_momentum(self) -> None:
         """Make the momentum encoders equal to the online ones (done at construction by the official code)."""
@@ -1121,8 +1116,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
         self.mlm_head = AlbefMLMHead(config.text_config)
         self.mlm_head_m = AlbefMLMHead(config.text_config)
         self.post_init()
-        for module in self.momentum_modules():
-            module.requires_grad_(False)
+        self.apply_freezing()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.albef.get_input_embeddings()
@@ -1224,8 +1218,7 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
         self._build_momentum_encoders(config)
         self.register_buffer("idx_queue", torch.full((1, config.queue_size), -100, dtype=torch.long))
         self.post_init()
-        for module in self.momentum_modules():
-            module.requires_grad_(False)
+        self.apply_freezing()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.albef.get_input_embeddings()

@@ -36,6 +36,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
+from .frozen import FrozenParametersMixin
 from .losses import GatheredContrastiveLoss
 from .remote_code import RemoteCodeSaveMixin
 from .sparsemax import sparsemax
@@ -271,7 +272,7 @@ REMOTE_CODE_AUTO_MAP = {
 }
 
 
-class FdtPreTrainedModel(RemoteCodeSaveMixin, PreTrainedModel):
+class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
     config_class = FdtConfig
     base_model_prefix = "fdt"
     input_modalities = ("image", "text")
@@ -287,28 +288,16 @@ class FdtPreTrainedModel(RemoteCodeSaveMixin, PreTrainedModel):
     # The loss is a per-batch mean, so Trainer must scale it for gradient accumulation itself.
     accepts_loss_kwargs = False
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Load as usual, then re-apply the frozen parameters (loading replaces parameters, which resets
-        `requires_grad`): the patch embedding with `freeze_patch_embedding`, and the optional global heads."""
-        model = super().from_pretrained(*args, **kwargs)
-        model.apply_freezing()
-        return model
-
-    def apply_freezing(self) -> None:
-        """Set `requires_grad=False` on the parameters FDT keeps frozen (see `from_pretrained`)."""
+    def frozen_modules(self) -> list[nn.Module]:
+        """What FDT keeps frozen (the official `VisualTransformer.train()` re-freezes the patch embedding): the patch
+        embedding with `freeze_patch_embedding`, and the optional (never trained) global heads."""
+        frozen = []
         for module in self.modules():
             if isinstance(module, FdtVisionModel) and module.config.freeze_patch_embedding:
-                module.embeddings.patch_embedding.requires_grad_(False)
+                frozen.append(module.embeddings.patch_embedding)
             elif isinstance(module, FdtModel) and module.config.with_global_heads:
-                for head in (module.vision_post_layernorm, module.visual_projection, module.text_projection):
-                    head.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        """As `nn.Module.train`, re-freezing the frozen parameters (the official `VisualTransformer.train()` does)."""
-        super().train(mode)
-        self.apply_freezing()
-        return self
+                frozen += [module.vision_post_layernorm, module.visual_projection, module.text_projection]
+        return frozen
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

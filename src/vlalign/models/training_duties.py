@@ -56,7 +56,9 @@ class TrainingDutiesMixin:
         return TrainingDutiesCallback()
 
     def _duty_reference_version(self) -> tuple[int, int]:
-        parameter = next(p for p in self.parameters() if p.requires_grad)
+        """(identity, version counter) of the largest trainable parameter: a weight matrix that only the optimizer
+        writes (small parameters such as a temperature may be clamped in place by the forward pass)."""
+        parameter = max((p for p in self.parameters() if p.requires_grad), key=lambda p: p.numel())
         return id(parameter), parameter._version
 
     def check_training_duties(self) -> None:

@@ -45,11 +45,14 @@ def tiny_fdt_config(
     shrink it further for tests; MLPs are 4× wide; everything else is FDT's released design (sparsemax over the
     codebook, max pooling, frozen patch embedding, the zero-filled text padding, the logit-scale clamp).
 
-    One change from the release makes a from-scratch run learn within minutes: FDT temperature 1 instead of 1000.
-    At T = 1000 the pooled scores are ~1e-3 apart, so sparsemax spreads the weight almost evenly over the whole
-    codebook and every embedding starts as nearly the same vector (the fixture README measures it: all weights
-    ≈ 1/K, logits ≈ uniform); the query networks must first grow their outputs a thousandfold before the codebook
-    can tell samples apart, which the released schedule affords over 86k steps and a quick start does not.
+    One change from the release makes a from-scratch run learn within minutes: FDT temperature 30 instead of 1000.
+    The temperature sets how many codebook tokens sparsemax activates, and with it whether gradients reach the query
+    networks (sparsemax's Jacobian is zero on a support of one token). Measured on the quick start (400 steps at lr
+    2e-3, batch 32, synthetic test R@1 text/image): T = 1000 leaves every sample on nearly uniform weights over the
+    whole codebook (the fixture README: all weights ≈ 1/K), which the released run outgrows over 86k steps but a
+    quick start does not; T = 1 starts at ~7 of 512 tokens and collapses to a single one within 100 steps (loss stuck
+    at ln 32, R@1 at chance); T = 10 keeps ~11 tokens (35 / 37 %); T = 30 ~40 tokens (56 / 45 %); T = 100 ~130
+    tokens (53 / 44.5 %).
 
     `tokenizer` may also be a vocabulary size (FDT's id layout: SOT and EOT are the last two ids); the context
     length is then `context_length` or `TINY_CONTEXT_LENGTH`. `vision_config`/`text_config` overrides are merged
@@ -81,7 +84,7 @@ def tiny_fdt_config(
         ),
         fdt_num_tokens=fdt_num_tokens,
         fdt_dim=fdt_dim,
-        fdt_temperature=1.0,
+        fdt_temperature=30.0,
         projection_dim=fdt_dim,
     )
     for key in ("vision_config", "text_config"):

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from ..models.modeling_albef import albef_alpha
+
 __all__ = [
     "AlbefLRLambda",
     "albef_alpha",
@@ -221,19 +223,3 @@ def get_albef_schedule(
         warmup_stages=warmup_stages,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-
-
-def albef_alpha(step: int, steps_per_epoch: int, alpha: float = 0.4, warmup_epochs: float = 1.0) -> float:
-    """Momentum-distillation weight: ``alpha * min(1, step / (warmup_epochs * steps_per_epoch))``.
-
-    The official loop uses ``alpha * min(1, i / len(data_loader))`` in epoch 0 (``i`` = iteration within the epoch,
-    0 at the first one) and ``alpha`` from epoch 1 on; with a global 0-based ``step`` (``trainer.state.global_step``
-    during the forward pass) and ``warmup_epochs=1`` this is the same. A degenerate ramp (``steps_per_epoch <= 0`` or
-    ``warmup_epochs <= 0``) returns ``alpha``.
-    """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    ramp = warmup_epochs * steps_per_epoch
-    if steps_per_epoch <= 0 or warmup_epochs <= 0 or ramp <= 0:
-        return float(alpha)
-    return float(alpha) * min(1.0, step / ramp)
