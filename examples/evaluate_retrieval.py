@@ -1,13 +1,16 @@
-"""Evaluate image-text retrieval with ALBEF's protocol: ITC ranking, ITM re-rank of the top k_test, R@1/5/10.
+"""Evaluate image-text retrieval of any vlalign model (ALBEF, FDT, ...): R@1/5/10 in both directions.
 
-Loads the encoders (`AlbefModel`) and processor of any vlalign ALBEF folder or Hub id (pretraining or retrieval:
-converted official checkpoints, `examples/pretrain.py` or `examples/finetune_retrieval.py` outputs), prints the R@K
-table and writes it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions
-and the ITM re-rank, the expensive part, is split across the processes; only the first process prints and writes.
+Loads the encoders (`AutoModel`) and processor (`AutoProcessor`) of any vlalign folder or Hub id, whatever the
+method and head (pretraining or retrieval: converted official checkpoints, `examples/pretrain.py` or
+`examples/finetune_retrieval.py` outputs), ranks by the embedding cosine (ITC) and, where the model has an ITM head
+(ALBEF), re-ranks each query's top k_test with it, as the official evaluation does. Prints the R@K table and writes
+it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions and the ITM re-rank,
+the expensive part, is split across the processes; only the first process prints and writes.
 
 Synthetic shapes test split (default; no download), e.g. on the output of `examples/pretrain.py --tiny`:
 
     python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
+    python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre_fdt --num_test 100
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 examples/evaluate_retrieval.py \
         --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
 
@@ -17,8 +20,14 @@ COCO 5k test (Karpathy `coco_test.json` from ALBEF's data.tar.gz; k_test 256, Fl
         --model_name_or_path out/albef-coco-retrieval --test_json data/coco_test.json --image_root /datasets/coco \
         --k_test 256 --output_file out/albef-coco-retrieval/coco_test_retrieval.json
 
-A pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add `--image_size 384` (position
-embeddings are interpolated). `--itc_only` ranks by ITC alone (no fusion forwards; fast).
+FDT (a dual encoder: cosine ranking only; its official zero-shot protocol on the same Karpathy json):
+
+    python examples/evaluate_retrieval.py --model_name_or_path out/fdt-cc3m --test_json data/coco_test.json \
+        --image_root /datasets/coco --output_file out/fdt-cc3m/coco_test_retrieval.json
+
+An ALBEF pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add `--image_size 384`
+(position embeddings are interpolated; methods without `set_image_size`, such as FDT, are evaluated at their own
+resolution only). `--itc_only` ranks by ITC alone (no fusion forwards; fast); dual encoders always do.
 """
 
 from __future__ import annotations
@@ -31,14 +40,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import PartialState
-from transformers import HfArgumentParser
+from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
-import vlalign  # noqa: F401  (registers the ALBEF Auto classes)
+import vlalign  # noqa: F401  (registers every method with the Auto classes)
 from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.evaluation import evaluate_retrieval
-from vlalign.models import AlbefModel, AlbefProcessor
-from vlalign.recipes import albef_processor
+from vlalign.methods import method_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class EvalArguments:
-    model_name_or_path: str = field(metadata={"help": "vlalign ALBEF folder or Hub id (any ALBEF head)."})
+    model_name_or_path: str = field(metadata={"help": "vlalign folder or Hub id (any method, any head)."})
     dataset: str = field(default="synthetic", metadata={"help": "'synthetic' or 'json' (implied by --test_json)."})
     test_json: str | None = field(
         default=None,
@@ -59,15 +67,23 @@ class EvalArguments:
     )
     num_test: int = field(default=200, metadata={"help": "Images of the synthetic split."})
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data."})
-    k_test: int | None = field(default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test)."})
+    k_test: int | None = field(
+        default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test; models with ITM only)."}
+    )
     itc_only: bool = field(default=False, metadata={"help": "Rank by ITC cosine only (no ITM re-rank)."})
     score_mode: str | None = field(
         default=None,
-        metadata={"help": "Re-rank score (default: config.itm_score_mode).", "choices": ["itm_logit", "itm_plus_itc"]},
+        metadata={
+            "help": "Re-rank score (default: config.itm_score_mode; models with ITM only).",
+            "choices": ["itm_logit", "itm_plus_itc"],
+        },
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Evaluation resolution (default: the model's); interpolates position embeddings."},
+        metadata={
+            "help": "Evaluation resolution (default: the model's); interpolates position embeddings, for methods "
+            "that support it (ALBEF)."
+        },
     )
     batch_size: int = field(default=64, metadata={"help": "Images / captions per encoder forward."})
     rerank_batch_size: int = field(default=256, metadata={"help": "Image-text pairs per fusion (ITM) forward."})
@@ -121,13 +137,21 @@ def main() -> None:
         )
         source = args.test_json
 
-    processor = AlbefProcessor.from_pretrained(args.model_name_or_path)
-    model = AlbefModel.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
+    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    model = AutoModel.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
+    method = method_of(model)
     image_size = args.image_size or model.config.vision_config.image_size
     if image_size != model.config.vision_config.image_size:
+        if not hasattr(model, "set_image_size"):
+            raise ValueError(
+                f"--image_size {image_size} is unsupported for {method.name} (no position-embedding interpolation); "
+                f"it evaluates at its own {model.config.vision_config.image_size} px"
+            )
         model.set_image_size(image_size)
-    if processor.image_processor.size.get("height") != image_size:
-        processor = albef_processor(processor.tokenizer, image_size)
+        processor = method.build_processor(processor.tokenizer, image_size)
+    rerank = method.supports_itm and not args.itc_only
+    if not method.supports_itm and (args.k_test is not None or args.score_mode is not None):
+        logger.warning("%s has no ITM head: --k_test and --score_mode are ignored (cosine ranking)", method.name)
     model.to(state.device).eval()
 
     start = time.perf_counter()
@@ -145,7 +169,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     if state.is_main_process:
-        ranking = "ITC only" if args.itc_only else f"ITM re-rank of the top {args.k_test or model.config.k_test}"
+        ranking = f"ITM re-rank of the top {args.k_test or model.config.k_test}" if rerank else "ITC (cosine) only"
         print(
             f"\n{source}: {metrics['num_images']} images, {metrics['num_texts']} captions, {ranking}, "
             f"{state.num_processes} process(es), {seconds:.1f} s"
@@ -154,6 +178,7 @@ def main() -> None:
         result = {
             "metrics": metrics,
             "model": args.model_name_or_path,
+            "method": method.name,
             "data": source,
             "image_size": image_size,
             "num_processes": state.num_processes,

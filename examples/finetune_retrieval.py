@@ -1,23 +1,36 @@
-"""Fine-tune ALBEF for image-text retrieval (ITC + ITM with same-image positives) with `AlbefTrainer`.
+"""Fine-tune any vlalign method (`--method albef|fdt`) for image-text retrieval with `AlignmentTrainer`.
 
-Defaults follow the official `Retrieval_coco.yaml`: lr 1e-5, weight decay 0.02, 5 epochs, batch 32 per GPU (eval
-64), per-epoch cosine to min_lr 1e-6 without warm-up (`--albef_lr_schedule`), 384 px with the official augmentation
-(RandomResizedCrop 0.5-1, flip, RandomAugment), retrieval on the val and test splits after every epoch and the
-best epoch chosen by val r_mean (`--metric_for_best_model val_r_mean`), as ALBEF selects its checkpoint.
-Flickr30k: `--num_train_epochs 10 --k_test 128`. COCO uses `--k_test 256` (the converted config's default).
+The training model is the method's retrieval class where it has one (ALBEF: `AlbefForImageTextRetrieval`, ITC + ITM
+with same-image positives, rows carry an image index `idx`) and otherwise its contrastive pretraining model (FDT:
+`FdtForPreTraining`; a dual encoder fine-tunes with the objective it was pretrained with, ITC over the batch, in
+which two captions of one image in a batch count as negatives of each other, as in CLIP fine-tuning).
+
+ALBEF defaults follow the official `Retrieval_coco.yaml`: lr 1e-5, weight decay 0.02, 5 epochs, batch 32 per GPU
+(eval 64), per-epoch cosine to min_lr 1e-6 without warm-up (`--albef_lr_schedule`), 384 px with the official
+augmentation (RandomResizedCrop 0.5-1, flip, RandomAugment). Flickr30k: `--num_train_epochs 10 --k_test 128`. COCO
+uses `--k_test 256` (the converted config's default). FDT released no fine-tuning recipe; its defaults here are its
+pretraining optimizer (AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU) with ALBEF's
+fine-tuning length and lr (5 epochs, lr 1e-5, cosine to 0 without warm-up), at the model's own resolution with
+FDT's MoCo-v2 augmentation; treat them as a starting point. Both methods evaluate retrieval on the val and test
+splits after every epoch and keep the best epoch by val r_mean (`--metric_for_best_model val_r_mean`), as ALBEF
+selects its checkpoint. `--method fdt --help` shows that method's defaults.
 
 Synthetic shapes (default; no download). Without --model_name_or_path a tiny random model is used (a smoke run);
 fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
 
     python examples/finetune_retrieval.py --output_dir /tmp/ex_ft --use_cpu --num_train 32 --num_validation 16 \
         --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
+    python examples/finetune_retrieval.py --method fdt --output_dir /tmp/ex_ft_fdt --use_cpu --num_train 32 \
+        --num_validation 16 --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
 
     python examples/finetune_retrieval.py --model_name_or_path out/albef-synthetic --output_dir out/ret-synthetic \
         --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
+    python examples/finetune_retrieval.py --method fdt --model_name_or_path out/fdt-synthetic \
+        --output_dir out/fdt-ret-synthetic --use_cpu --learning_rate 1e-4 --num_train_epochs 3
 
 Real data: COCO Karpathy splits from ALBEF's `data.tar.gz` (coco_train.json: one entry per caption with
-`image_id`; coco_val.json / coco_test.json: one entry per image with a caption list), images under --image_root,
-bert-base-uncased, ViT-B/16 at 384 px, starting from the official pretraining checkpoint converted with the
+`image_id`; coco_val.json / coco_test.json: one entry per image with a caption list), images under --image_root.
+ALBEF: bert-base-uncased, ViT-B/16 at 384 px, starting from the official pretraining checkpoint converted with the
 retrieval config, as the official Retrieval.py loads it (`vlalign convert --method albef --checkpoint ALBEF_4M.pth
 --config configs/Retrieval_coco.yaml --config configs/config_bert.json --tokenizer bert-base-uncased
 --output albef-4m-coco`: an AlbefForImageTextRetrieval at 384 px with k_test 256), or from an
@@ -28,43 +41,49 @@ retrieval config, as the official Retrieval.py loads it (`vlalign convert --meth
         --test_json data/coco_test.json --image_root /datasets/coco --output_dir out/albef-coco-retrieval \
         --dataloader_num_workers 8
 
+FDT: from an `examples/pretrain.py --method fdt` output or a converted release (`vlalign convert --method fdt`),
+at its own 224 px (FDT models cannot change resolution):
+
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py --method fdt \
+        --model_name_or_path out/fdt-cc3m --train_json data/coco_train.json --val_json data/coco_val.json \
+        --test_json data/coco_test.json --image_root /datasets/coco --output_dir out/fdt-coco-retrieval \
+        --dataloader_num_workers 8
+
 (add `--bf16` for bf16 autocast; the official runs are fp32). Without best-model selection: `--eval_strategy no
 --load_best_model_at_end false` (and `--save_strategy no` for no checkpoints).
 
-The output folder holds the best (val r_mean) model with its 384 px processor; `eval_results.json` has its val and
-test R@1/5/10 and r_mean.
+The output folder holds the best (val r_mean) model with its processor; `eval_results.json` has its val and test
+R@1/5/10 and r_mean.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import transformers
-from transformers import HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
 
-import vlalign  # noqa: F401  (registers the ALBEF Auto classes)
-from vlalign.data.collator import AlbefCollator
+import vlalign  # noqa: F401  (registers every method with the Auto classes)
+from vlalign.data.collator import AlignmentCollator
 from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset, to_pair_dataset
 from vlalign.data.transforms import albef_train_transform
-from vlalign.models import AlbefForImageTextRetrieval, AlbefProcessor
-from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
-from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
+from vlalign.data.transforms_fdt import fdt_train_transform
+from vlalign.methods import Method, get_method, method_names, method_of
+from vlalign.recipes import dataset_captions
+from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
 
-#: official Retrieval_coco.yaml settings, as parser defaults (command-line flags override them)
-RETRIEVAL_DEFAULTS = dict(
-    learning_rate=1e-5,
-    weight_decay=0.02,
-    num_train_epochs=5,
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=64,
-    albef_lr_schedule=True,
-    min_lr=1e-6,
+#: evaluation and best-model selection shared by every method
+SELECTION = dict(
     eval_strategy="epoch",
     save_strategy="epoch",
     save_total_limit=2,
@@ -74,11 +93,52 @@ RETRIEVAL_DEFAULTS = dict(
     ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient at every step
 )
 
+#: each method's fine-tuning settings, as parser defaults (command-line flags override them)
+RETRIEVAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "albef": dict(  # the official configs/Retrieval_coco.yaml
+        learning_rate=1e-5,
+        weight_decay=0.02,
+        num_train_epochs=5,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        albef_lr_schedule=True,
+        min_lr=1e-6,
+        **SELECTION,
+    ),
+    "fdt": dict(  # no released recipe: FDT's pretraining optimizer, ALBEF's fine-tuning length and lr
+        learning_rate=1e-5,
+        weight_decay=0.1,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        adam_epsilon=1e-8,
+        num_train_epochs=5,
+        per_device_train_batch_size=128,
+        per_device_eval_batch_size=128,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        albef_lr_schedule=False,
+        **SELECTION,
+    ),
+}
+
+#: each method's official train-time augmentation at a given resolution
+TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
+    "albef": lambda image_size: albef_train_transform("train", image_size),  # RandomResizedCrop 0.5-1, RandAug
+    "fdt": fdt_train_transform,  # MoCo-v2 (FDT's only training transform)
+}
+
+#: fine-tuning resolution on real data where it differs from the model's own (methods not listed keep theirs)
+REAL_DATA_IMAGE_SIZE: dict[str, int] = {"albef": 384}
+
 SYNTHETIC_IMAGE_SIZE = 64
 
 
 @dataclass
 class ScriptArguments:
+    method: str = field(
+        default="albef",
+        metadata={"help": "Alignment method; selects the model, processor and defaults.", "choices": method_names()},
+    )
     dataset: str = field(
         default="synthetic",
         metadata={"help": "'synthetic' (built-in shapes, no download) or 'json' (implied by --train_json)."},
@@ -101,14 +161,14 @@ class ScriptArguments:
     image_size: int | None = field(
         default=None,
         metadata={
-            "help": "Fine-tuning resolution (default: 384 for real data, the model's own for synthetic data). "
-            "Position embeddings are interpolated when it differs from the model's."
+            "help": "Fine-tuning resolution (default: ALBEF 384 for real data, otherwise the model's own). "
+            "Position embeddings are interpolated when it differs from the model's (methods that support it)."
         },
     )
     augment: bool | None = field(
         default=None,
         metadata={
-            "help": "Official train-time augmentation (`--augment true/false`). Default: on for real data, off for "
+            "help": "The method's train-time augmentation (`--augment true/false`). Default: on for real data, off for "
             "synthetic data (its captions name positions, which crops and flips would falsify)."
         },
     )
@@ -131,18 +191,20 @@ class ScriptArguments:
             raise ValueError("real data needs --train_json and --model_name_or_path (a converted/pretrained folder)")
 
 
-class RetrievalTrainer(AlbefTrainer):
-    """`AlbefTrainer` whose `evaluate()` also accepts the *name* of one of several eval datasets.
+def parse_args() -> tuple[ScriptArguments, AlignmentTrainingArguments]:
+    """Read `--method` first, make that method's settings the defaults, then parse everything."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method", default="albef", choices=method_names())
+    method = first.parse_known_args()[0].method
+    parser = HfArgumentParser((ScriptArguments, AlignmentTrainingArguments))
+    parser.set_defaults(**RETRIEVAL_DEFAULTS[method])
+    script_args, training_args = parser.parse_args_into_dataclasses()
+    return script_args, training_args
 
-    With `eval_dataset={"val": ..., "test": ...}`, `Trainer.evaluate` calls `self.evaluate("val", ...)` by name;
-    resolving the name here lets `AlbefTrainer.evaluate` see the `captions` column and run retrieval (instead of
-    falling back to a loss evaluation).
-    """
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        if isinstance(eval_dataset, str):
-            eval_dataset = self.eval_dataset[eval_dataset]
-        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+def training_class(method: Method) -> type:
+    """The retrieval fine-tuning model, or for dual encoders without one the contrastive pretraining model."""
+    return method.retrieval_class or method.pretraining_class
 
 
 def add_idx(pairs: datasets.Dataset) -> datasets.Dataset:
@@ -161,9 +223,9 @@ def with_row_keys(pairs: datasets.Dataset) -> datasets.Dataset:
 
 
 def main() -> None:
-    parser = HfArgumentParser((ScriptArguments, AlbefTrainingArguments))
-    parser.set_defaults(**RETRIEVAL_DEFAULTS)
-    script_args, training_args = parser.parse_args_into_dataclasses()
+    script_args, training_args = parse_args()
+    method = get_method(script_args.method)
+    model_class = training_class(method)
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
@@ -211,35 +273,46 @@ def main() -> None:
 
     # ------------------------------------------------------------------------------------------ model, processor
     if script_args.model_name_or_path:
-        processor = AlbefProcessor.from_pretrained(script_args.model_name_or_path)
-        model = AlbefForImageTextRetrieval.from_pretrained(script_args.model_name_or_path)
+        folder_method = method_of(AutoConfig.from_pretrained(script_args.model_name_or_path))
+        if folder_method.name != method.name:
+            raise ValueError(
+                f"{script_args.model_name_or_path} holds a {folder_method.name} model; pass --method {folder_method.name}"
+            )
+        processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
+        model = model_class.from_pretrained(script_args.model_name_or_path)
     else:
         logger.warning("No --model_name_or_path: fine-tuning a tiny *randomly initialised* model (smoke run).")
-        tokenizer = build_tokenizer(dataset_captions(splits))
-        processor = albef_processor(tokenizer, SYNTHETIC_IMAGE_SIZE)
-        model = AlbefForImageTextRetrieval(tiny_albef_config(tokenizer, SYNTHETIC_IMAGE_SIZE))
+        tokenizer = method.build_tokenizer(dataset_captions(splits))
+        processor = method.build_processor(tokenizer, SYNTHETIC_IMAGE_SIZE)
+        model = model_class(method.tiny_config(tokenizer, SYNTHETIC_IMAGE_SIZE))
     model_size = model.config.vision_config.image_size
-    image_size = script_args.image_size or (model_size if synthetic else 384)
+    image_size = script_args.image_size or (
+        model_size if synthetic else REAL_DATA_IMAGE_SIZE.get(method.name, model_size)
+    )
     if image_size != model_size:
+        if not hasattr(model, "set_image_size"):
+            raise ValueError(f"{method.name} models cannot change resolution ({model_size} px); drop --image_size")
         logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
         model.set_image_size(image_size)
-    if processor.image_processor.size.get("height") != image_size:
-        processor = albef_processor(processor.tokenizer, image_size)
+        processor = method.build_processor(processor.tokenizer, image_size)
     logger.info(
-        "AlbefForImageTextRetrieval at %d px: %.1fM trainable parameters",
+        "%s at %d px: %.1fM trainable parameters",
+        type(model).__name__,
         image_size,
         model.num_parameters(only_trainable=True) / 1e6,
     )
 
     augment = (not synthetic) if script_args.augment is None else script_args.augment
-    collator = AlbefCollator(
+    takes_idx = "idx" in inspect.signature(model.forward).parameters  # same-image positives (ALBEF's retrieval)
+    collator = AlignmentCollator(
         processor,
         preset="train",
-        image_transform=albef_train_transform("train", image_size) if augment else None,
+        image_transform=TRAIN_TRANSFORMS[method.name](image_size) if augment else None,
         text_column="caption",
-        idx_column="idx",
+        idx_column="idx" if takes_idx else None,
     )
-    trainer = RetrievalTrainer(
+    # AlignmentTrainer.evaluate runs retrieval on each named eval split (metrics eval_val_*, eval_test_*)
+    trainer = AlignmentTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,

@@ -1,23 +1,32 @@
-"""Pretrain ALBEF (ITC + ITM + MLM, momentum distillation) with `AlbefTrainer`.
+"""Pretrain any vlalign method (`--method albef|fdt`) from scratch or from a folder with `AlignmentTrainer`.
 
-Defaults follow the official `Pretrain.yaml` (lr 1e-4, weight decay 0.02, 30 epochs, batch 64 per GPU, staircase
-warm-up over 2000 steps from 1e-5, per-epoch cosine to 1e-5, 256 px, captions cut to 25 tokens); every
-`TrainingArguments` / `AlbefTrainingArguments` flag overrides them.
+ALBEF (ITC + ITM + MLM, momentum distillation) defaults follow the official `Pretrain.yaml`: lr 1e-4, weight decay
+0.02, 30 epochs, batch 64 per GPU, staircase warm-up over 2000 steps from 1e-5, per-epoch cosine to 1e-5, 256 px,
+captions cut to 25 tokens, bert-base-uncased. FDT (CLIP + Finite Discrete Tokens, ITC) defaults follow the released
+`config_cc3m.yaml`: AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU, 32 epochs, linear
+warm-up from 1e-4 to the peak lr 1e-3 over 2500 steps then cosine to 0 (`--fdt_lr_schedule`), a checkpoint every
+2700 steps, seed 0, 224 px with MoCo-v2 augmentation, 77 text positions, OpenAI's BPE file. `--method fdt --help`
+shows the defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments` flag overrides them.
 
 Synthetic shapes (default; no download, tokenizer built in-process; a tiny model that learns on a CPU in minutes):
 
     python examples/pretrain.py --tiny --output_dir out/albef-synthetic --use_cpu \
         --max_steps 700 --per_device_train_batch_size 32 --learning_rate 1e-3 \
         --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
+    python examples/pretrain.py --method fdt --tiny --output_dir out/fdt-synthetic --use_cpu \
+        --max_steps 800 --per_device_train_batch_size 32 --learning_rate 2e-3 --weight_decay 0.02 \
+        --fdt_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
 
-Smoke run (seconds):
+Smoke runs (seconds):
 
     python examples/pretrain.py --tiny --output_dir /tmp/ex_pre --use_cpu --max_steps 3 \
         --per_device_train_batch_size 8 --num_train 64 --num_test 16
+    python examples/pretrain.py --method fdt --tiny --output_dir /tmp/ex_pre_fdt --use_cpu --max_steps 3 \
+        --per_device_train_batch_size 8 --num_train 64 --num_test 16
 
-Real data: ALBEF's pretraining json (`data.tar.gz` of salesforce/ALBEF: coco.json, vg.json, cc3m_train.json,
-sbu.json, ...; a list of {"image": path, "caption": str or [str, ...]}, paths relative to --image_root or
-absolute), bert-base-uncased, the paper's ViT-B/16 + BERT-base at 256 px, 8 GPUs:
+Real data: a json list of {"image": path, "caption": str or [str, ...]} (paths relative to --image_root or
+absolute), e.g. ALBEF's pretraining json (`data.tar.gz` of salesforce/ALBEF: coco.json, vg.json, cc3m_train.json,
+sbu.json, ...). ALBEF's ViT-B/16 + BERT-base at 256 px, 8 GPUs:
 
     accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py \
         --train_json data/coco.json data/vg.json data/cc3m_train.json data/sbu.json --image_root /datasets \
@@ -25,72 +34,129 @@ absolute), bert-base-uncased, the paper's ViT-B/16 + BERT-base at 256 px, 8 GPUs
         --tokenizer_name bert-base-uncased --output_dir out/albef-4m \
         --dataloader_num_workers 8
 
+FDT's CC3M run (ViT-B/32 + 12-layer text transformer, 16384 FDT of size 512, 224 px, 8 GPUs × 128 = 1024 pairs per
+step, 2705 steps per epoch over CC3M's 2.77M pairs, 86,560 steps); `bpe_simple_vocab_16e6.txt.gz` is the released
+BPE file (OpenAI CLIP's, shipped in FDT's `text_info/`), a tokenizer folder works as well:
+
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py --method fdt \
+        --train_json data/cc3m_train.json --image_root /datasets/cc3m \
+        --eval_json data/coco_test.json --eval_image_root /datasets/coco \
+        --tokenizer_name text_info/bpe_simple_vocab_16e6.txt.gz --output_dir out/fdt-cc3m \
+        --dataloader_num_workers 5
+
 (add `--bf16` for bf16 autocast; the official runs are fp32). Continue from a converted checkpoint instead:
 `vlalign convert --method albef --checkpoint ALBEF_4M.pth --config configs/Pretrain.yaml --config
 configs/config_bert.json --tokenizer bert-base-uncased --output albef-4m`, then `--model_name_or_path albef-4m`.
 
-`--config_name` takes an `AlbefConfig` json (or folder / Hub id) instead of the paper's default; `--tiny` uses the
-recipe's tiny config. `--model_name_or_path` continues from a vlalign folder (a converted checkpoint or an earlier
-run: weights, momentum encoders, queues), with that folder's processor (tokenizer).
+`--config_name` takes a config json (or folder / Hub id) of the method instead of the paper's default; `--tiny`
+uses the method's tiny recipe (`vlalign.methods.get_method(name).tiny_config`). `--model_name_or_path` continues
+from a vlalign folder of the same method (a converted checkpoint or an earlier run: weights, momentum encoders,
+queues, codebook), with that folder's processor (tokenizer).
 
 Notes:
-* "From scratch" is a random initialisation. The official run starts the ViT from DeiT-B/16 (ImageNet) and the
-  text/fusion encoder from bert-base-uncased; vlalign does not load those weights for you.
-* Each caption list is sampled once per row per epoch (as the official dataset does); a pair-per-row json
+* "From scratch" is a random initialisation. The official ALBEF run starts the ViT from DeiT-B/16 (ImageNet) and
+  the text/fusion encoder from bert-base-uncased; vlalign does not load those weights for you. FDT trains from
+  scratch, as here.
+* Each caption list is sampled once per row per epoch (as the official datasets do); a pair-per-row json
   (one caption string per entry) gives one row per pair.
+* The official FDT run reads CC3M as a webdataset; any json in the layout above (one row per pair) is equivalent.
 * Every image is opened and decoded once when the json is loaded (`--check_images`), on every process. For corpora of
   millions of images check them once offline and pass `--check_images false`.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
+import torch
 import transformers
-from transformers import HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
 
-import vlalign  # noqa: F401  (registers the ALBEF Auto classes)
-from vlalign.data.collator import AlbefCollator
+import vlalign  # noqa: F401  (registers every method with the Auto classes)
+from vlalign.data.collator import AlignmentCollator
 from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.data.transforms import albef_train_transform
-from vlalign.models import AlbefConfig, AlbefForPreTraining, AlbefProcessor, AlbefTokenizer
-from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions, tiny_albef_config
-from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
+from vlalign.data.transforms_fdt import fdt_train_transform
+from vlalign.methods import Method, get_method, method_names, method_of
+from vlalign.recipes import dataset_captions
+from vlalign.recipes.fdt import fdt_lr_schedule
+from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
 
-#: official Pretrain.yaml settings, as parser defaults (command-line flags override them)
-PRETRAIN_DEFAULTS = dict(
-    learning_rate=1e-4,
-    weight_decay=0.02,
-    num_train_epochs=30,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=64,
-    albef_lr_schedule=True,
-    warmup_steps=2000,
-    warmup_lr=1e-5,
-    min_lr=1e-5,
-    logging_steps=50,
-    save_strategy="epoch",
-    ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient at every step
-)
+#: each method's official pretraining settings, as parser defaults (command-line flags override them)
+PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "albef": dict(  # configs/Pretrain.yaml
+        learning_rate=1e-4,
+        weight_decay=0.02,
+        num_train_epochs=30,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=64,
+        albef_lr_schedule=True,
+        warmup_steps=2000,
+        warmup_lr=1e-5,
+        min_lr=1e-5,
+        logging_steps=50,
+        save_strategy="epoch",
+        ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient at every step
+        tokenizer_name="bert-base-uncased",
+    ),
+    "fdt": dict(  # example/clip_fdt/config_cc3m.yaml
+        learning_rate=1e-3,  # the peak (`warmup_lr` in the release)
+        warmup_lr=1e-4,  # the warm-up's start (`base_lr` in the release)
+        min_lr=0.0,
+        warmup_steps=2500,
+        fdt_lr_schedule=True,
+        albef_lr_schedule=False,
+        weight_decay=0.1,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        adam_epsilon=1e-8,
+        num_train_epochs=32,
+        per_device_train_batch_size=128,
+        per_device_eval_batch_size=128,
+        logging_steps=50,
+        save_strategy="steps",
+        save_steps=2700,
+        seed=0,
+        ddp_find_unused_parameters=False,  # the frozen patch embedding is no parameter of the optimizer either
+        tokenizer_name="bpe_simple_vocab_16e6.txt.gz",
+    ),
+}
+
+#: each method's official train-time augmentation at a given resolution
+TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
+    "albef": lambda image_size: albef_train_transform("pretrain", image_size),  # RandomResizedCrop 0.2-1, RandAug
+    "fdt": fdt_train_transform,  # MoCo-v2: RandomResizedCrop 0.2-1, colour jitter, grey, blur, flip
+}
 
 SYNTHETIC_IMAGE_SIZE = 64  # pixels of the generated images (the processor resizes them to the model's size)
+
+#: token-id fields of a text config that follow the tokenizer (each method's config has some of them)
+TOKEN_ID_FIELDS = ("pad_token_id", "cls_token_id", "mask_token_id", "bos_token_id", "eos_token_id")
 
 
 @dataclass
 class ScriptArguments:
+    method: str = field(
+        default="albef",
+        metadata={"help": "Alignment method; selects the model, processor and official defaults.",
+                  "choices": method_names()},
+    )  # fmt: skip
     dataset: str = field(
         default="synthetic",
         metadata={"help": "'synthetic' (built-in shapes, no download) or 'json' (implied by --train_json)."},
     )
     train_json: list[str] | None = field(
-        default=None, metadata={"help": "ALBEF pretraining json file(s): [{image, caption (str or list)}, ...]."}
+        default=None, metadata={"help": "Pretraining json file(s): [{image, caption (str or list)}, ...]."}
     )
     image_root: str = field(default="", metadata={"help": "Directory the json image paths are relative to."})
     eval_json: str | None = field(
@@ -104,28 +170,35 @@ class ScriptArguments:
     )
     config_name: str | None = field(
         default=None,
-        metadata={"help": "AlbefConfig json file, folder or Hub id (default: the paper's AlbefConfig())."},
+        metadata={"help": "Config json file, folder or Hub id of the method (default: the paper's config)."},
     )
-    tiny: bool = field(
-        default=False, metadata={"help": "Use the recipe's tiny config (vlalign.recipes.tiny_albef_config)."}
-    )
+    tiny: bool = field(default=False, metadata={"help": "Use the method's tiny recipe config (learns on a CPU)."})
     tokenizer_name: str = field(
         default="bert-base-uncased",
-        metadata={"help": "Tokenizer folder or Hub id for real data (the synthetic data builds its own vocabulary)."},
+        metadata={
+            "help": "Tokenizer for real data: folder or Hub id, or (FDT) the BPE merges file (.txt.gz). The "
+            "synthetic data builds its own vocabulary."
+        },
     )
     image_size: int | None = field(
         default=None,
         metadata={
-            "help": "Training resolution (default: the model's; new models 256, tiny on synthetic 64). A loaded model "
-            "at another size gets its position embeddings interpolated."
+            "help": "Training resolution (default: the model's; new models the paper's, tiny on synthetic 64). A "
+            "loaded model at another size gets its position embeddings interpolated where the method supports it."
         },
     )
     augment: bool | None = field(
         default=None,
         metadata={
-            "help": "Official train-time augmentation (`--augment true/false`; RandomResizedCrop 0.2-1, flip, "
-            "RandomAugment). Default: on for "
-            "real data, off for synthetic data (its captions name positions, which crops and flips would falsify)."
+            "help": "The method's official train-time augmentation (`--augment true/false`). Default: on for real "
+            "data, off for synthetic data (its captions name positions, which crops and flips would falsify)."
+        },
+    )
+    fdt_lr_schedule: bool = field(
+        default=False,
+        metadata={
+            "help": "FDT's schedule: linear warm-up from --warmup_lr to --learning_rate over --warmup_steps, then "
+            "cosine to --min_lr (default on for FDT)."
         },
     )
     on_error: str = field(
@@ -155,8 +228,42 @@ class ScriptArguments:
             )
 
 
+class PretrainTrainer(AlignmentTrainer):
+    """`AlignmentTrainer` that can also build FDT's official LR schedule (ALBEF's is `--albef_lr_schedule`)."""
+
+    def __init__(self, *args, fdt_lr_schedule: bool = False, **kwargs):
+        self.fdt_lr_schedule = fdt_lr_schedule
+        super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.fdt_lr_schedule:
+            self.lr_scheduler = fdt_lr_schedule(
+                self.optimizer if optimizer is None else optimizer,
+                max_steps=num_training_steps,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                start_lr=self.args.learning_rate if self.args.warmup_lr is None else self.args.warmup_lr,
+                peak_lr=self.args.learning_rate,
+                min_lr=self.args.min_lr,
+            )
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+
+def parse_args() -> tuple[ScriptArguments, AlignmentTrainingArguments]:
+    """Read `--method` first, make that method's official settings the defaults, then parse everything."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method", default="albef", choices=method_names())
+    method = first.parse_known_args()[0].method
+    parser = HfArgumentParser((ScriptArguments, AlignmentTrainingArguments))
+    parser.set_defaults(**PRETRAIN_DEFAULTS[method])
+    script_args, training_args = parser.parse_args_into_dataclasses()
+    if script_args.fdt_lr_schedule and training_args.albef_lr_schedule:
+        raise ValueError("--fdt_lr_schedule and --albef_lr_schedule exclude each other")
+    return script_args, training_args
+
+
 def load_pretraining_json(files: list[str], image_root: str, on_error: str, check_images: bool) -> datasets.Dataset:
-    """ALBEF pretraining json(s) as one dataset with a `captions` list per row.
+    """Pretraining json(s) as one dataset with a `captions` list per row.
 
     `load_karpathy_json` reads both entry kinds: caption strings (train layout: `caption`) and caption lists (eval
     layout: `captions`). A file must not mix the two (it raises); different files may. Single captions become
@@ -178,29 +285,36 @@ def load_pretraining_json(files: list[str], image_root: str, on_error: str, chec
     return dataset.add_column("image_id", list(range(len(dataset))), feature=datasets.Value("int64"))
 
 
-def fit_text_config(config: AlbefConfig, tokenizer: AlbefTokenizer) -> None:
+def load_tokenizer(method: Method, name: str) -> Any:
+    """The method's tokenizer from a folder / Hub id, or from a BPE merges file where the tokenizer reads one."""
+    if name.endswith((".txt", ".txt.gz")) and hasattr(method.tokenizer_class, "from_bpe_file"):
+        return method.tokenizer_class.from_bpe_file(name)
+    return method.tokenizer_class.from_pretrained(name)
+
+
+def fit_text_config(config: Any, tokenizer: Any) -> None:
     """Vocabulary size and special-token ids of a new model follow the tokenizer."""
     text = config.text_config
     if text.vocab_size != len(tokenizer):
         logger.info("Setting vocab_size %d -> %d to fit the tokenizer", text.vocab_size, len(tokenizer))
     text.vocab_size = len(tokenizer)
-    text.pad_token_id = tokenizer.pad_token_id
-    text.cls_token_id = tokenizer.cls_token_id
-    text.mask_token_id = tokenizer.mask_token_id
+    for name in TOKEN_ID_FIELDS:
+        value = getattr(tokenizer, name, None)
+        if value is not None and hasattr(text, name):
+            setattr(text, name, value)
 
 
-def load_config(config_name: str | None) -> AlbefConfig:
+def load_config(method: Method, config_name: str | None) -> Any:
     if config_name is None:
-        return AlbefConfig()
+        return method.config_class()
     if os.path.isfile(config_name):
-        return AlbefConfig.from_json_file(config_name)
-    return AlbefConfig.from_pretrained(config_name)
+        return method.config_class.from_json_file(config_name)
+    return method.config_class.from_pretrained(config_name)
 
 
 def main() -> None:
-    parser = HfArgumentParser((ScriptArguments, AlbefTrainingArguments))
-    parser.set_defaults(**PRETRAIN_DEFAULTS)
-    script_args, training_args = parser.parse_args_into_dataclasses()
+    script_args, training_args = parse_args()
+    method = get_method(script_args.method)
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
@@ -241,47 +355,57 @@ def main() -> None:
 
     # ------------------------------------------------------------------------------------------ model, processor
     if script_args.model_name_or_path:
-        processor = AlbefProcessor.from_pretrained(script_args.model_name_or_path)
-        model = AlbefForPreTraining.from_pretrained(script_args.model_name_or_path)
+        folder_method = method_of(AutoConfig.from_pretrained(script_args.model_name_or_path))
+        if folder_method.name != method.name:
+            raise ValueError(
+                f"{script_args.model_name_or_path} holds a {folder_method.name} model; pass --method {folder_method.name}"
+            )
+        processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
+        model = method.pretraining_class.from_pretrained(script_args.model_name_or_path)
         image_size = script_args.image_size or model.config.vision_config.image_size
         if image_size != model.config.vision_config.image_size:
+            if not hasattr(model, "set_image_size"):
+                raise ValueError(f"{method.name} models cannot change resolution; drop --image_size")
             model.set_image_size(image_size)
-            processor = albef_processor(processor.tokenizer, image_size)
+            processor = method.build_processor(processor.tokenizer, image_size)
     else:
         if synthetic:
-            tokenizer = build_tokenizer(dataset_captions(splits))
+            tokenizer = method.build_tokenizer(dataset_captions(splits))
         else:
-            tokenizer = AlbefTokenizer.from_pretrained(script_args.tokenizer_name)
+            tokenizer = load_tokenizer(method, script_args.tokenizer_name)
         if script_args.tiny:
-            image_size = script_args.image_size or (SYNTHETIC_IMAGE_SIZE if synthetic else 256)
-            config = tiny_albef_config(tokenizer, image_size)
+            default_size = SYNTHETIC_IMAGE_SIZE if synthetic else method.config_class().vision_config.image_size
+            image_size = script_args.image_size or default_size
+            config = method.tiny_config(tokenizer, image_size)
         else:
-            config = load_config(script_args.config_name)
+            config = load_config(method, script_args.config_name)
             fit_text_config(config, tokenizer)
             image_size = script_args.image_size or config.vision_config.image_size
             config.vision_config.image_size = image_size
-        processor = albef_processor(tokenizer, image_size)
-        model = AlbefForPreTraining(config)
+        processor = method.build_processor(tokenizer, image_size)
+        model = method.pretraining_class(config)
     logger.info(
-        "AlbefForPreTraining at %d px: %.1fM trainable parameters",
+        "%s at %d px: %.1fM trainable parameters",
+        type(model).__name__,
         image_size,
         model.num_parameters(only_trainable=True) / 1e6,
     )
 
     augment = (not synthetic) if script_args.augment is None else script_args.augment
-    collator = AlbefCollator(
+    collator = AlignmentCollator(
         processor,
         preset="pretrain",
-        image_transform=albef_train_transform("pretrain", image_size) if augment else None,
+        image_transform=TRAIN_TRANSFORMS[method.name](image_size) if augment else None,
         text_column="captions",
     )
-    trainer = AlbefTrainer(
+    trainer = PretrainTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
+        fdt_lr_schedule=script_args.fdt_lr_schedule,
     )
 
     # ------------------------------------------------------------------------------------------------- training

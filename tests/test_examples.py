@@ -1,0 +1,125 @@
+"""Smoke runs of the example scripts, for every registered method, as a user runs them: `python examples/x.py ...`
+in a fresh interpreter on the built-in synthetic data (tiny model, a few steps, CPU, nothing downloaded)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from transformers import AutoModel
+
+from vlalign.methods import get_method, method_names, method_of
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RECALLS = [f"{side}_r{k}" for side in ("txt", "img") for k in (1, 5, 10)] + ["txt_r_mean", "img_r_mean", "r_mean"]
+#: the smallest synthetic setting every script accepts: 16 training images, 8 per eval split, batches of 8
+SMALL = ["--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "8", "--num_train", "16"]
+
+
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through the module
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_recalls(metrics: dict, prefix: str = "") -> None:
+    for key in RECALLS:
+        assert 0.0 <= metrics[prefix + key] <= 100.0, (prefix + key, metrics[prefix + key])
+
+
+def assert_loads(folder: Path, method: str) -> None:
+    model = AutoModel.from_pretrained(folder)
+    assert method_of(model).name == method
+    assert type(model).__name__.endswith("Model")
+
+
+@pytest.fixture(scope="module", params=method_names())
+def pretrained(request, tmp_path_factory) -> tuple[str, Path]:
+    """`examples/pretrain.py --tiny` for 2 steps, evaluated on 8 synthetic test images."""
+    method = request.param
+    out = tmp_path_factory.mktemp(f"pretrain_{method}")
+    run_example(
+        "pretrain.py", "--method", method, "--tiny", "--output_dir", str(out), *SMALL,
+        "--max_steps", "2", "--num_test", "8", "--save_strategy", "no",
+    )  # fmt: skip
+    return method, out
+
+
+def test_pretrain(pretrained):
+    method, out = pretrained
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert_recalls(metrics, "eval_")
+    assert metrics["eval_num_images"] == 8
+    assert json.loads((out / "train_results.json").read_text())["train_loss"] > 0
+    assert_loads(out, method)
+
+
+def test_evaluate_retrieval(pretrained, tmp_path):
+    method, folder = pretrained
+    output = tmp_path / "retrieval.json"
+    run_example(
+        "evaluate_retrieval.py", "--model_name_or_path", str(folder), "--num_test", "8", "--k_test", "4",
+        "--use_cpu", "--output_file", str(output),
+    )  # fmt: skip
+    result = json.loads(output.read_text())
+    assert result["method"] == method
+    assert_recalls(result["metrics"])
+    assert result["metrics"]["num_images"] == 8
+    assert (result["metrics"]["num_itm_pairs"] > 0) == get_method(method).supports_itm  # re-rank only with ITM
+
+
+def test_finetune_retrieval(pretrained, tmp_path):
+    method, folder = pretrained
+    out = tmp_path / "finetune"
+    run_example(
+        "finetune_retrieval.py", "--method", method, "--model_name_or_path", str(folder), "--output_dir", str(out),
+        *SMALL, "--num_validation", "8", "--num_test", "8", "--max_steps", "2", "--learning_rate", "1e-4",
+        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+    )  # fmt: skip
+    metrics = json.loads((out / "eval_results.json").read_text())
+    for split in ("val", "test"):
+        assert_recalls(metrics, f"eval_{split}_")
+    assert_loads(out, method)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_official_defaults_per_method(method, monkeypatch, tmp_path):
+    """`--method` selects that method's official settings as defaults; flags still override them."""
+    pretrain = load_script("pretrain")
+    assert set(pretrain.PRETRAIN_DEFAULTS) == set(method_names()) == set(pretrain.TRAIN_TRANSFORMS)
+    argv = ["pretrain.py", "--method", method, "--output_dir", str(tmp_path), "--use_cpu", "--report_to", "none"]
+    monkeypatch.setattr(sys, "argv", argv)
+    script_args, training_args = pretrain.parse_args()
+    assert script_args.method == method
+    for name, value in pretrain.PRETRAIN_DEFAULTS[method].items():
+        args = script_args if hasattr(script_args, name) else training_args
+        assert getattr(args, name) == value, name
+    if method == "fdt":  # spec §4.1: AdamW (0.9, 0.98), eps 1e-8, wd 0.1, 128/GPU, 32 epochs, 1e-4 -> 1e-3 in 2500
+        assert (training_args.adam_beta1, training_args.adam_beta2, training_args.adam_epsilon) == (0.9, 0.98, 1e-8)
+        assert (training_args.weight_decay, training_args.per_device_train_batch_size) == (0.1, 128)
+        assert (training_args.num_train_epochs, training_args.warmup_steps) == (32, 2500)
+        assert (training_args.warmup_lr, training_args.learning_rate, training_args.min_lr) == (1e-4, 1e-3, 0.0)
+        assert script_args.fdt_lr_schedule and not training_args.albef_lr_schedule
+    monkeypatch.setattr(sys, "argv", [*argv, "--learning_rate", "3e-4"])
+    assert pretrain.parse_args()[1].learning_rate == 3e-4
+
+    finetune = load_script("finetune_retrieval")
+    assert set(finetune.RETRIEVAL_DEFAULTS) == set(method_names()) == set(finetune.TRAIN_TRANSFORMS)
