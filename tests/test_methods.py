@@ -19,9 +19,12 @@ from transformers import (
     AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
+    Trainer,
+    TrainingArguments,
     pipeline,
 )
 
+from vlalign import AutoModelForImageTextRetrieval
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.evaluation import evaluate_retrieval
@@ -118,6 +121,35 @@ def test_save_and_load_through_the_auto_classes(setup, dataset, tmp_path):
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
+def test_plain_trainer_runs_the_duties_through_the_models_callback(setup, dataset, tmp_path):
+    method, processor, build = setup
+    model = build()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3, report_to="none",
+        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, save_strategy="no", dataloader_drop_last=True,
+    )  # fmt: skip
+    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    trainer = Trainer(model=model, args=args, train_dataset=dataset["train"], data_collator=collator,
+                      callbacks=[model.training_callback()])  # fmt: skip
+    trainer.train()  # without the callback the second step raises (see above)
+    assert trainer.state.global_step == 3
+
+
+def test_retrieval_model_loads_as_itself(setup, tmp_path):
+    method, processor, build = setup
+    config = build().config
+    torch.manual_seed(0)
+    model = method.retrieval_model_class(config).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextRetrieval.from_pretrained(tmp_path)
+    assert type(reloaded) is method.retrieval_model_class
+    expected, got = model.state_dict(), reloaded.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, p in reloaded.named_parameters() if not p.requires_grad}
+
+
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -136,8 +168,11 @@ REMOTE_SCRIPT = textwrap.dedent(
     image = torch.zeros(3, 32, 32).permute(1, 2, 0).numpy().astype("uint8")
     from PIL import Image
     labels = classifier(Image.fromarray(image), candidate_labels=["a red circle", "two blue squares"])
+    retriever = pipeline("zero-shot-image-text-retrieval", model=folder, trust_remote_code=True)
+    ranked = retriever(Image.fromarray(image), candidate_texts=["a red circle", "two blue squares"], top_k=2)
     torch.save({"module": type(model).__module__, "features": features.pooler_output,
-                "processor": type(processor).__name__, "labels": [x["label"] for x in labels]}, output_file)
+                "processor": type(processor).__name__, "labels": [x["label"] for x in labels],
+                "retriever": type(retriever).__module__, "ranked": [x["text"] for x in ranked]}, output_file)
     """
 )
 
@@ -164,6 +199,8 @@ def test_remote_code_loads_without_vlalign(setup, dataset, tmp_path):
     assert loaded["module"].startswith("transformers_modules.")
     assert loaded["processor"] == method.processor_class.__name__
     assert sorted(loaded["labels"]) == ["a red circle", "two blue squares"]
+    assert loaded["retriever"].startswith("transformers_modules.")  # the pipeline code shipped with the model
+    assert sorted(loaded["ranked"]) == ["a red circle", "two blue squares"]
     with torch.no_grad():
         expected = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     torch.testing.assert_close(loaded["features"], expected.pooler_output, atol=0, rtol=0)

@@ -5,6 +5,7 @@ adds the `zero-shot-image-text-retrieval` pipeline.
 """
 
 from . import methods
+from .auto import AutoModelForImageTextRetrieval
 from .models import *  # noqa: F403
 from .models import __all__ as _models_all
 from .pipelines.retrieval import register_pipelines
@@ -13,4 +14,4 @@ methods.register_auto_classes()
 register_pipelines()
 
 __version__ = "0.1.0"
-__all__ = [*_models_all, "__version__"]
+__all__ = [*_models_all, "AutoModelForImageTextRetrieval", "__version__"]

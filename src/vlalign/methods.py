@@ -22,6 +22,8 @@ from transformers import (
     AutoTokenizer,
 )
 
+from .auto import AutoModelForImageTextRetrieval
+
 
 @dataclass(frozen=True)
 class QuickstartRecipe:
@@ -97,6 +99,11 @@ class Method:
         """The code files a saved folder of this method carries for `trust_remote_code=True`."""
         return tuple(f"{kind}_{self.name}.py" for kind in ("configuration", "modeling", "processing", "tokenization"))
 
+    @property
+    def retrieval_model_class(self) -> type:
+        """What `AutoModelForImageTextRetrieval` loads: the retrieval fine-tuning model, or the dual encoder."""
+        return self.retrieval_class or self.model_class
+
     def training_classes(self) -> tuple[type, ...]:
         return tuple(c for c in (self.pretraining_class, self.retrieval_class) if c is not None)
 
@@ -139,7 +146,7 @@ def _albef() -> Method:
             embed_dim=16,
             queue_size=8,
         ),
-        quickstart=QuickstartRecipe(max_steps=800, learning_rate=2e-3),
+        quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
         converter=convert_albef_checkpoint,
         parameter_groups=albef_parameter_groups,
         card_config_rows=albef_config_rows,
@@ -175,7 +182,7 @@ def _fdt() -> Method:
         test_overrides=dict(
             width=32, num_heads=2, vision_layers=1, text_layers=1, patch_size=16, fdt_num_tokens=64, fdt_dim=16
         ),  # fmt: skip
-        quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
+        quickstart=QuickstartRecipe(max_steps=500, learning_rate=2e-3),
         converter=convert_fdt_checkpoint,
         parameter_groups=fdt_parameter_groups,
         card_config_rows=fdt_config_rows,
@@ -233,6 +240,7 @@ def register_auto_classes(methods: Sequence[Method] | None = None) -> None:
                                     exist_ok=True)  # fmt: skip
         AutoTokenizer.register(config_class, tokenizer_class=method.tokenizer_class, exist_ok=True)
         AutoProcessor.register(config_class, method.processor_class, exist_ok=True)
+        AutoModelForImageTextRetrieval.register(config_class, method.retrieval_model_class, exist_ok=True)
 
         config_class.register_for_auto_class()
         method.model_class.register_for_auto_class("AutoModel")

@@ -35,8 +35,8 @@ SYNTHETIC_DATA_NOTE = (
 @dataclass
 class QuickstartSettings:
     """Sizes and recipe of the quick start. Unset recipe fields (None) take the method's tuned values
-    (`Method.quickstart`: for ALBEF AdamW at 2e-3, 100-step warm-up, cosine decay, 800 steps of 32, ≈ 2¼ min on
-    2 CPU cores); `config_overrides` go to the method's tiny config."""
+    (`Method.quickstart`, e.g. AdamW at 2e-3, 100-step warm-up, cosine decay, batches of 32; 600 steps for ALBEF and
+    500 for FDT, under 3 minutes on 2 CPU cores); `config_overrides` go to the method's tiny config."""
 
     method: str = "albef"
     num_train: int = 3000
