@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import vlalign  # noqa: E402
+from vlalign.methods import get_method  # noqa: E402
 from vlalign.recipes import tiny_albef_config as tiny_albef_recipe  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -58,18 +59,8 @@ def tiny_albef_config(**overrides) -> vlalign.AlbefConfig:
 
 
 def micro_albef_config(tokenizer, image_size: int = 32, **overrides) -> vlalign.AlbefConfig:
-    """The recipes' tiny ALBEF shrunk to 32 wide (2 heads), 1 ViT layer and 1+1 BERT layers, for unit tests."""
-    settings = dict(
-        width=32,
-        num_heads=2,
-        vision_layers=1,
-        text_layers=2,
-        fusion_layer=1,
-        patch_size=16,
-        embed_dim=16,
-        queue_size=8,
-    )
-    return tiny_albef_recipe(tokenizer, image_size, **{**settings, **overrides})
+    """The recipes' tiny ALBEF shrunk by the registry's test size caps (32 wide, 1 ViT layer, 1+1 BERT layers)."""
+    return tiny_albef_recipe(tokenizer, image_size, **{**get_method("albef").test_overrides, **overrides})
 
 
 @pytest.fixture

@@ -65,7 +65,9 @@ def test_output_shapes(model):
     torch.testing.assert_close(out.image_fdt_weights.sum(-1), torch.ones(3))
     assert model.get_image_features(inputs["pixel_values"]).pooler_output.shape == (3, 16)
     assert model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output.shape == (3, 16)
-    torch.testing.assert_close(l2_normalize(model.get_image_features(inputs["pixel_values"]).pooler_output), out.image_embeds)
+    torch.testing.assert_close(
+        l2_normalize(model.get_image_features(inputs["pixel_values"]).pooler_output), out.image_embeds
+    )
     # zero-shot pipeline layout: 1 image against n texts
     one = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:1])
     assert one.logits_per_image.shape == (1, 3)

@@ -220,7 +220,7 @@ def test_processor_presets(processor):
 
 
 def test_processor_errors(processor):
-    with pytest.raises(ValueError, match="empty after stripping"):
+    with pytest.raises(ValueError, match="empty after cleaning"):
         processor(text=["a dog", "   "])
     with pytest.raises(TypeError, match="Text 1 is a int"):
         processor(text=["a dog", 3])

@@ -70,6 +70,7 @@ __all__ = [
     "MAX_LEVEL",
     "AlbefRandomAugment",
     "SampledOp",
+    "ToRGB",
     "albef_eval_transform",
     "albef_train_transform",
 ]
@@ -340,12 +341,20 @@ class AlbefRandomAugment(v2.Transform):
         )
 
 
-class _ToRGB(v2.Transform):
-    """Validate the input image and convert it to RGB (PIL: ``.convert("RGB")``; tensor: 1 -> 3 channels)."""
+class ToRGB(v2.Transform):
+    """Validate the input image and convert it to RGB (PIL: ``.convert("RGB")``; uint8 tensor: 1 -> 3 channels).
+
+    Args:
+        pil_output: return tensors as RGB PIL images too, for pipelines of PIL-only operations (FDT's MoCo-v2).
+    """
+
+    def __init__(self, pil_output: bool = False) -> None:
+        super().__init__()
+        self.pil_output = pil_output
 
     def forward(self, *inputs: Any) -> Any:
         if len(inputs) != 1:
-            raise TypeError(f"The ALBEF image transform takes a single image, got {len(inputs)} inputs")
+            raise TypeError(f"The image transform takes a single image, got {len(inputs)} inputs")
         inpt = inputs[0]
         if isinstance(inpt, PIL.Image.Image):
             if inpt.mode == "RGB":
@@ -359,7 +368,8 @@ class _ToRGB(v2.Transform):
                 raise ValueError(f"Expected an image tensor of shape [1 or 3, H, W], got {tuple(inpt.shape)}")
             if inpt.dtype != torch.uint8:
                 raise TypeError(f"Expected a uint8 image tensor, got dtype {inpt.dtype}")
-            return tv_tensors.Image(F.grayscale_to_rgb(inpt))
+            rgb = F.grayscale_to_rgb(inpt)
+            return F.to_pil_image(rgb) if self.pil_output else tv_tensors.Image(rgb)
         hint = " (use PIL.Image.fromarray first)" if type(inpt).__module__ == "numpy" else ""
         raise TypeError(f"Expected a PIL image or a uint8 image tensor, got {type(inpt).__name__}{hint}")
 
@@ -404,7 +414,7 @@ def albef_train_transform(
         size = _check_image_size(image_size)
     return v2.Compose(
         [
-            _ToRGB(),
+            ToRGB(),
             v2.RandomResizedCrop(
                 size=(size, size),
                 scale=scale,
@@ -425,7 +435,7 @@ def albef_eval_transform(image_size: int = 384) -> v2.Compose:
     size = _check_image_size(image_size)
     return v2.Compose(
         [
-            _ToRGB(),
+            ToRGB(),
             v2.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=True),
             *_to_normalized_tensor(),
         ]

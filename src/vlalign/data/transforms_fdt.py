@@ -25,9 +25,10 @@ from typing import Any
 import PIL.Image
 import PIL.ImageFilter
 import torch
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
+
+from .transforms import ToRGB
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -39,28 +40,6 @@ __all__ = [
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-class _ToRGBPil(v2.Transform):
-    """Validate the input and turn it into an RGB PIL image (PIL: ``.convert("RGB")``; uint8 tensor [1|3, H, W])."""
-
-    def forward(self, *inputs: Any) -> Any:
-        if len(inputs) != 1:
-            raise TypeError(f"The FDT image transform takes a single image, got {len(inputs)} inputs")
-        image = inputs[0]
-        if isinstance(image, PIL.Image.Image):
-            try:
-                return image if image.mode == "RGB" else image.convert("RGB")
-            except (ValueError, OSError) as err:
-                raise ValueError(f"Cannot convert PIL image of mode {image.mode!r} to RGB: {err}") from err
-        if isinstance(image, torch.Tensor) and (isinstance(image, tv_tensors.Image) or type(image) is torch.Tensor):
-            if image.ndim != 3 or image.shape[0] not in (1, 3):
-                raise ValueError(f"Expected an image tensor of shape [1 or 3, H, W], got {tuple(image.shape)}")
-            if image.dtype != torch.uint8:
-                raise TypeError(f"Expected a uint8 image tensor, got dtype {image.dtype}")
-            return v2.functional.to_pil_image(image.expand(3, -1, -1).contiguous())
-        hint = " (use PIL.Image.fromarray first)" if type(image).__module__ == "numpy" else ""
-        raise TypeError(f"Expected a PIL image or a uint8 image tensor, got {type(image).__name__}{hint}")
 
 
 class FdtGaussianBlur(v2.Transform):
@@ -120,7 +99,7 @@ def fdt_train_transform(image_size: int = 224, generator: torch.Generator | None
     size = _check_image_size(image_size)
     return v2.Compose(
         [
-            _ToRGBPil(),
+            ToRGB(pil_output=True),
             v2.RandomResizedCrop(
                 size=(size, size), scale=(0.2, 1.0), interpolation=InterpolationMode.BILINEAR, antialias=True
             ),
@@ -138,7 +117,7 @@ def fdt_eval_transform(image_size: int = 224) -> v2.Compose:
     size = _check_image_size(image_size)
     return v2.Compose(
         [
-            _ToRGBPil(),
+            ToRGB(pil_output=True),
             v2.Resize(round(size * 256 / 224), interpolation=InterpolationMode.BILINEAR, antialias=True),
             v2.CenterCrop(size),
             *_to_normalized_tensor(),

@@ -8,11 +8,10 @@ Text: the official `pre_caption` cleaning, then "[CLS] text" without [SEP] (see 
 lengths: 25 tokens when pretraining, 30 (padded to 30) when evaluating retrieval, untruncated when fine-tuning.
 """
 
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
-from transformers.processing_utils import ProcessorMixin
 
+from .processing_alignment import AlignmentProcessor
 from .tokenization_albef import pre_caption
 
 #: text settings of the official code, per stage
@@ -51,7 +50,7 @@ class AlbefImageProcessor(PilBackend):
         return cls(size={"height": side, "width": side}, **kwargs)
 
 
-class AlbefProcessor(ProcessorMixin):
+class AlbefProcessor(AlignmentProcessor):
     """Image processor + `AlbefTokenizer` with ALBEF's caption cleaning and length presets.
 
     Args:
@@ -69,55 +68,9 @@ class AlbefProcessor(ProcessorMixin):
         self.clean_captions = clean_captions
         super().__init__(image_processor, tokenizer)
 
-    def clean(self, texts: list[str]) -> list[str]:
-        """Validate captions and apply the official cleaning; empty captions are an error, not a silent [CLS]."""
-        cleaned = []
-        for position, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text {position} is a {type(text).__name__}, expected a string.")
-            result = pre_caption(text, self.max_words) if self.clean_captions else text.strip()
-            if not result:
-                raise ValueError(
-                    f"Text {position} ({text!r}) is empty after cleaning. Remove empty captions from the data "
-                    "(the data loaders report them) or pass a non-empty string."
-                )
-            cleaned.append(result)
-        return cleaned
-
-    def __call__(
-        self,
-        images=None,
-        text: str | list[str] | None = None,
-        preset: str = "eval",
-        return_tensors: str | None = "pt",
-        **kwargs,
-    ) -> BatchFeature:
-        """Preprocess images and/or captions.
-
-        Args:
-            images: PIL images, arrays or tensors (any mode is converted to RGB).
-            text: one caption or a list.
-            preset: `"pretrain"` (≤25 tokens), `"train"` (untruncated) or `"eval"` (padded/truncated to 30), the
-                official text settings; keyword arguments such as `max_length`/`padding` override them.
-        """
-        if images is None and text is None:
-            raise ValueError("Pass images, text, or both.")
-        if preset not in TEXT_PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(TEXT_PRESETS)}.")
-        data = {}
-        if text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            if not texts:
-                raise ValueError("text is an empty list; pass at least one caption.")
-            text_kwargs = {**TEXT_PRESETS[preset], **kwargs}
-            data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
-        if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors))
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    @property
-    def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values"]
+    def clean_caption(self, text: str) -> str:
+        """The official `pre_caption` (the tokenizer applies it too: it is idempotent)."""
+        return pre_caption(text, self.max_words) if self.clean_captions else text.strip()
 
 
 __all__ = ["AlbefImageProcessor", "AlbefProcessor", "pre_caption"]

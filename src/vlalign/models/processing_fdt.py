@@ -12,10 +12,10 @@ tokenizer's context length (`model_max_length`, 77 in the release), as the offic
 from __future__ import annotations
 
 import PIL.Image
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
-from transformers.processing_utils import ProcessorMixin
+
+from .processing_alignment import AlignmentProcessor
 
 #: text settings per stage; FDT always pads/truncates to the context length (the tokenizer's `model_max_length`)
 TEXT_PRESETS: dict[str, dict] = {
@@ -80,35 +80,7 @@ class FdtImageProcessor(PilBackend):
         return cls(size={"shortest_edge": shortest}, crop_size={"height": image_size, "width": image_size}, **kwargs)
 
 
-def _check_images(images) -> None:
-    """Reject inputs the image processor would misread, with a message naming the fix."""
-    items = images if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise ValueError("images is an empty list; pass at least one image.")
-    for position, image in enumerate(items):
-        shape = getattr(image, "shape", None)
-        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image: any mode is converted to RGB
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ValueError(f"Image {position} is empty ({width}×{height}); remove it from the data.")
-            continue
-        if shape is None:
-            raise TypeError(
-                f"Image {position} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors."
-            )
-        dims = tuple(shape)
-        batched = len(dims) == 4 and not isinstance(images, (list, tuple))
-        channel_dims = dims[1:] if batched else dims
-        if len(channel_dims) == 2:
-            continue
-        if len(channel_dims) != 3 or not ({channel_dims[0], channel_dims[-1]} & {1, 3, 4}):
-            raise ValueError(
-                f"Image {position} has shape {dims}; expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) "
-                "(or a batch [B, C, H, W]). Convert it, e.g. `PIL.Image.fromarray(array).convert('RGB')`."
-            )
-
-
-class FdtProcessor(ProcessorMixin):
+class FdtProcessor(AlignmentProcessor):
     """[`FdtImageProcessor`] + [`FdtTokenizer`] with FDT's caption handling (`strip()`, then the tokenizer's cleaning).
 
     `processor(images=..., text=..., preset=..., return_tensors="pt")`: every preset in `text_presets`
@@ -121,57 +93,6 @@ class FdtProcessor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None):
         super().__init__(image_processor, tokenizer)
-
-    def clean(self, texts: list[str]) -> list[str]:
-        """Validate captions and `strip()` them (the official dataset step); empty captions are an error."""
-        cleaned = []
-        for position, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text {position} is a {type(text).__name__}, expected a string.")
-            result = text.strip()
-            if not result:
-                raise ValueError(
-                    f"Text {position} ({text!r}) is empty after stripping. Remove empty captions from the data "
-                    "(the data loaders report them) or pass a non-empty string."
-                )
-            cleaned.append(result)
-        return cleaned
-
-    def __call__(
-        self,
-        images=None,
-        text: str | list[str] | None = None,
-        preset: str = "eval",
-        return_tensors: str | None = "pt",
-        **kwargs,
-    ) -> BatchFeature:
-        """Preprocess images and/or captions.
-
-        Args:
-            images: PIL images (any mode; converted to RGB), arrays or tensors.
-            text: one caption or a list.
-            preset: one of `text_presets`; all pad/truncate to the context length.
-            return_tensors: `"pt"` (default), `"np"` or `None`.
-        """
-        if images is None and text is None:
-            raise ValueError("Pass images, text, or both.")
-        if preset not in TEXT_PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(TEXT_PRESETS)}.")
-        data = {}
-        if text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            if not texts:
-                raise ValueError("text is an empty list; pass at least one caption.")
-            text_kwargs = {**TEXT_PRESETS[preset], **kwargs}
-            data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
-        if images is not None:
-            _check_images(images)
-            data.update(self.image_processor(images, return_tensors=return_tensors))
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    @property
-    def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values"]
 
 
 __all__ = ["FdtImageProcessor", "FdtProcessor", "TEXT_PRESETS"]

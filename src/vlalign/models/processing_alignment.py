@@ -1,0 +1,109 @@
+"""What every vlalign processor shares: an image processor and a tokenizer behind one call, named text presets per
+training stage, and input checks whose errors name the fix. Each method's processor subclasses it with its presets
+and caption cleaning.
+
+This file is shipped with saved models (remote code): it imports only transformers.
+"""
+
+from __future__ import annotations
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+
+def check_images(images) -> None:
+    """Reject inputs the image processor would misread, with a message naming the fix."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("images is an empty list; pass at least one image.")
+    for position, image in enumerate(items):
+        shape = getattr(image, "shape", None)
+        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image: any mode is converted to RGB
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise ValueError(f"Image {position} is empty ({width}×{height}); remove it from the data.")
+            continue
+        if shape is None:
+            raise TypeError(
+                f"Image {position} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors."
+            )
+        dims = tuple(shape)
+        batched = len(dims) == 4 and not isinstance(images, (list, tuple))
+        channel_dims = dims[1:] if batched else dims
+        if len(channel_dims) == 2:
+            continue
+        if len(channel_dims) != 3 or not ({channel_dims[0], channel_dims[-1]} & {1, 3, 4}):
+            raise ValueError(
+                f"Image {position} has shape {dims}; expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) "
+                "(or a batch [B, C, H, W]). Convert it, e.g. `PIL.Image.fromarray(array).convert('RGB')`."
+            )
+
+
+class AlignmentProcessor(ProcessorMixin):
+    """Image processor + tokenizer: `processor(images=..., text=..., preset=..., return_tensors="pt")`.
+
+    Subclasses set `text_presets` (preset name → tokenizer keyword arguments, the official text settings of each
+    stage: `"pretrain"`, `"train"`, `"eval"`) and may override `clean_caption`. Keyword arguments such as
+    `max_length` / `padding` override the preset.
+    """
+
+    #: preset name -> tokenizer keyword arguments; collators validate their preset against it
+    text_presets: dict[str, dict] = {}
+
+    def clean_caption(self, text: str) -> str:
+        """The method's caption cleaning before tokenizing (default: strip surrounding whitespace)."""
+        return text.strip()
+
+    def clean(self, texts: list[str]) -> list[str]:
+        """Validate captions and clean them; an empty caption is an error, not a silent empty sequence."""
+        cleaned = []
+        for position, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Text {position} is a {type(text).__name__}, expected a string.")
+            result = self.clean_caption(text)
+            if not result:
+                raise ValueError(
+                    f"Text {position} ({text!r}) is empty after cleaning. Remove empty captions from the data "
+                    "(the data loaders report them) or pass a non-empty string."
+                )
+            cleaned.append(result)
+        return cleaned
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        preset: str = "eval",
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Preprocess images and/or captions.
+
+        Args:
+            images: PIL images (any mode is converted to RGB), arrays or tensors.
+            text: one caption or a list.
+            preset: one of `text_presets`.
+            return_tensors: `"pt"` (default), `"np"` or `None`.
+        """
+        if images is None and text is None:
+            raise ValueError("Pass images, text, or both.")
+        if preset not in self.text_presets:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(self.text_presets)}.")
+        data = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts:
+                raise ValueError("text is an empty list; pass at least one caption.")
+            text_kwargs = {**self.text_presets[preset], **kwargs}
+            data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
+        if images is not None:
+            check_images(images)
+            data.update(self.image_processor(images, return_tensors=return_tensors))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["AlignmentProcessor", "check_images"]
