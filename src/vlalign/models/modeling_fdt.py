@@ -280,7 +280,6 @@ class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedM
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings"]
     _supports_sdpa = True
-    _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": CLIPEncoderLayer, "attentions": CLIPAttention}
