@@ -230,6 +230,24 @@ def test_pipelines(setup, dataset):
     assert sum(item["score"] for item in scores) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_tokenizer_alone_cleans_captions_like_the_processor(setup):
+    """transformers' zero-shot classification pipeline calls the tokenizer directly: it must see the same text."""
+    method, processor, build = setup
+    messy = "  A LARGE   Red circle, on the left!!  "
+
+    def unpadded(ids):
+        return [i for i in ids.tolist() if i != processor.tokenizer.pad_token_id]
+
+    direct = processor.tokenizer([messy], return_tensors="pt")["input_ids"][0]
+    through_processor = processor(text=[messy], preset="eval")["input_ids"][0]
+    assert unpadded(direct) == unpadded(through_processor)
+    # both methods' cleaning lower-cases and collapses whitespace (ALBEF also drops punctuation, FDT keeps it)
+    spaced = processor.tokenizer(["  A LARGE   Red circle "], return_tensors="pt")["input_ids"][0]
+    assert unpadded(spaced) == unpadded(
+        processor.tokenizer(["a large red circle"], return_tensors="pt")["input_ids"][0]
+    )
+
+
 def test_retrieval_evaluation(setup, dataset):
     method, processor, build = setup
     metrics = evaluate_retrieval(build(), processor, dataset["test"], k_test=3, show_progress=False)
