@@ -51,12 +51,13 @@ PUBLISHED_FILES = {
     "modeling_albef.py",
     "pipeline_retrieval.py",
     "processing_albef.py",
-    "remote_code.py",
-    "training_duties.py",
+    "processing_alignment.py",
     "processor_config.json",
+    "remote_code.py",
     "tokenization_albef.py",
     "tokenizer.json",
     "tokenizer_config.json",
+    "training_duties.py",
 }
 
 # Made-up but explicit results, shaped like `evaluate_retrieval`'s (percent). Some are not short decimals on purpose:
