@@ -135,6 +135,18 @@ def test_plain_trainer_runs_the_duties_through_the_models_callback(setup, datase
     assert trainer.state.global_step == 3
 
 
+def test_alignment_trainer_runs_the_duties_once_per_step(setup, dataset, tmp_path):
+    method, processor, build = setup
+    model = build()
+    args = AlignmentTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
+                                      report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no")  # fmt: skip
+    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    trainer = AlignmentTrainer(model=model, args=args, train_dataset=dataset["train"], data_collator=collator,
+                               callbacks=[model.training_callback()])  # fmt: skip
+    duties = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TrainingDutiesCallback"]
+    assert len(duties) == 1 and duties[0].data_collator is collator
+
+
 def test_retrieval_model_loads_as_itself(setup, tmp_path):
     method, processor, build = setup
     config = build().config

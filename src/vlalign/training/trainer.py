@@ -61,7 +61,11 @@ class AlignmentTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_callback(TrainingDutiesCallback(self.data_collator))
+        duties = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingDutiesCallback)]
+        if duties:  # the user passed `model.training_callback()` already: the duties must run once per step
+            duties[0].data_collator = duties[0].data_collator or self.data_collator
+        else:
+            self.add_callback(TrainingDutiesCallback(self.data_collator))
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_steps = 0
 
