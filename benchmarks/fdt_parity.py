@@ -25,8 +25,9 @@ from transformers import AutoModel, AutoModelForPreTraining
 
 from vlalign import methods  # importing vlalign registers the Auto classes
 from vlalign.convert.fdt import convert_fdt_checkpoint, convert_state_dict
+from vlalign.evaluation import zero_shot_class_embeddings
 from vlalign.evaluation.retrieval import recall_metrics
-from vlalign.models.modeling_fdt import fdt_parameter_groups, l2_normalize, zero_shot_class_embeddings
+from vlalign.models.modeling_fdt import fdt_parameter_groups, l2_normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "fdt"
@@ -236,7 +237,7 @@ def evaluator_rows(folder: Path) -> list[tuple[str, float]]:
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = FdtTokenizer.from_pretrained(folder)
     class_embeds, class_weights = zero_shot_class_embeddings(
-        model, tokenizer, zeroshot["class_names"], zeroshot["templates"], return_fdt_weights=True
+        model, tokenizer, zeroshot["class_names"], zeroshot["templates"], return_token_weights=True
     )
     image, _ = model.ground_image(inputs["pixel_values"])
     image_embeds, image_weights = l2_normalize(image.embeds), image.weights

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from vlalign.evaluation import zero_shot_class_embeddings
 from vlalign.models.configuration_fdt import FdtConfig
 from vlalign.models.modeling_fdt import (
     FdtForPreTraining,
     FdtModel,
     fdt_parameter_groups,
     l2_normalize,
-    zero_shot_class_embeddings,
 )
 from vlalign.recipes.fdt import fdt_lr_factor, fdt_lr_schedule, tiny_fdt_config
 

@@ -27,7 +27,7 @@ from transformers import (
 from vlalign import AutoModelForImageTextRetrieval
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
-from vlalign.evaluation import evaluate_retrieval
+from vlalign.evaluation import evaluate_retrieval, zero_shot_class_embeddings, zero_shot_classify
 from vlalign.methods import all_methods, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
@@ -258,6 +258,22 @@ def test_tokenizer_alone_cleans_captions_like_the_processor(setup):
     assert unpadded(spaced) == unpadded(
         processor.tokenizer(["a large red circle"], return_tensors="pt")["input_ids"][0]
     )
+
+
+def test_zero_shot_classification_with_prompt_ensembles(setup, dataset):
+    method, processor, build = setup
+    model = build().base_model.eval()
+    classes, templates = ["circle", "square", "star"], ["a {}", "a picture of a {}"]
+    class_embeds = zero_shot_class_embeddings(model, processor, classes, templates)
+    assert class_embeds.shape[0] == 3
+    torch.testing.assert_close(class_embeds.norm(dim=-1), torch.ones(3))
+    images = list(dataset["test"]["image"][:4])
+    result = zero_shot_classify(model, processor, images, classes, templates)
+    with torch.no_grad():
+        pixels = processor(images=images)["pixel_values"]
+        image_embeds = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output)
+    torch.testing.assert_close(result["scores"], image_embeds @ class_embeds.t(), atol=1e-6, rtol=0)
+    assert result["preds"].tolist() == result["scores"].argmax(-1).tolist()
 
 
 def test_retrieval_evaluation(setup, dataset):

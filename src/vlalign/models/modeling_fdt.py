@@ -785,63 +785,6 @@ def fdt_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-@torch.no_grad()
-def zero_shot_class_embeddings(
-    model: FdtModel,
-    text_inputs,
-    class_names: list[str],
-    templates: list[str],
-    batch_size: int = 256,
-    return_fdt_weights: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Class embeddings `[classes, fdt_dim]` for zero-shot classification, as the official evaluator builds them:
-    the FDT text embeddings of every prompt of a class, each normalised (`/(||x|| + 1e-10)`), averaged, and the mean
-    re-normalised (`/||x||`).
-
-    Args:
-        model: an `FdtModel` (or anything with `.fdt` being one).
-        text_inputs: a tokenizer/processor called as `text_inputs(text=prompts, ...)` or `text_inputs(prompts, ...)`,
-            or precomputed token ids: a tensor `[classes * templates, tokens]` or a dict with `input_ids` (and
-            `attention_mask`), class-major (all templates of class 0 first).
-        class_names: the class names substituted into the templates.
-        templates: prompt templates with `{}` or `{0}` where the class name goes.
-        return_fdt_weights: also return the "attention view" class vectors `[classes, fdt_num_tokens]` (FDT weights
-            normalised, averaged, re-normalised), which the official evaluator computes but does not report.
-    """
-    fdt = getattr(model, "fdt", model)
-    prompts = [
-        template.strip().replace("{0}", name).replace("{}", name) for name in class_names for template in templates
-    ]
-    if callable(text_inputs) and not isinstance(text_inputs, torch.Tensor):
-        try:
-            encoded = text_inputs(text=prompts, padding="max_length", truncation=True, return_tensors="pt")
-        except TypeError:
-            encoded = text_inputs(prompts, padding="max_length", truncation=True, return_tensors="pt")
-    elif isinstance(text_inputs, torch.Tensor):
-        encoded = {"input_ids": text_inputs}
-    else:
-        encoded = dict(text_inputs)
-    input_ids = encoded["input_ids"]
-    attention_mask = encoded.get("attention_mask")
-    if input_ids.shape[0] != len(prompts):
-        raise ValueError(f"Got {input_ids.shape[0]} token rows for {len(prompts)} prompts (classes × templates).")
-    device = fdt.logit_scale.device
-    embeds, weights = [], []
-    for start in range(0, len(prompts), batch_size):
-        rows = slice(start, start + batch_size)
-        mask = None if attention_mask is None else attention_mask[rows].to(device)
-        grounded, _ = fdt.ground_text(input_ids[rows].to(device), mask)
-        embeds.append(l2_normalize(grounded.embeds))
-        weights.append(l2_normalize(grounded.weights))
-    shape = (len(class_names), len(templates), -1)
-    class_embeds = torch.cat(embeds).view(shape).mean(dim=1)
-    class_embeds = class_embeds / class_embeds.norm(dim=-1, keepdim=True)
-    if not return_fdt_weights:
-        return class_embeds
-    class_weights = l2_normalize(torch.cat(weights).view(shape).mean(dim=1))
-    return class_embeds, class_weights
-
-
 __all__ = [
     "FdtForPreTraining",
     "FdtFeaturesOutput",
@@ -857,5 +800,4 @@ __all__ = [
     "fdt_parameter_groups",
     "l2_normalize",
     "text_validity",
-    "zero_shot_class_embeddings",
 ]
