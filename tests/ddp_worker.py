@@ -60,6 +60,9 @@ def main(output: str, per_device_batch: int, global_negatives: bool) -> None:
             },
             f"{output}/result.pt",
         )
+    if torch.distributed.is_initialized():  # a clean shutdown: gloo threads torn down at exit can abort the process
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
