@@ -336,6 +336,8 @@ def main() -> None:
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
 
+    trainer.accelerator.state.destroy_process_group()  # clean shutdown under torchrun / accelerate
+
 
 if __name__ == "__main__":
     main()

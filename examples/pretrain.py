@@ -422,6 +422,7 @@ def main() -> None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    trainer.accelerator.state.destroy_process_group()  # clean shutdown under torchrun / accelerate
 
 
 if __name__ == "__main__":
