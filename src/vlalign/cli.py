@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .convert import CheckpointError
-from .methods import get_method, method_names
+from .methods import get_method, method_names, method_of
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -93,7 +93,7 @@ def _retrieve(args: argparse.Namespace) -> int:
     model, processor = _load_model_and_processor(args.model)
     files = _image_files(args.images)
     retriever = pipeline(TASK, model=model, processor=processor)
-    rerank = args.rerank and hasattr(model, "itm_score")
+    rerank = args.rerank and method_of(model).supports_itm
     if args.rerank and not rerank:
         print(f"note: {type(model).__name__} has no ITM head; ranking by embedding cosine only.", file=sys.stderr)
     ranked = retriever(args.query, candidate_images=[str(f) for f in files], top_k=args.top_k, rerank=rerank)

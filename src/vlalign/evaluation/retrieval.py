@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..methods import method_of
-from ..models.losses import distributed_rank_and_world
+from ..models.losses import distributed_rank_and_world, gather_without_grad
 
 RECALL_KS = (1, 5, 10)
 
@@ -125,15 +125,6 @@ def encode_images(model, processor, dataset, batch_size: int, keep_states: bool,
     return (torch.cat(states) if keep_states else None), torch.cat(features)
 
 
-def _gather_shards(local: torch.Tensor, total: int, world_size: int) -> torch.Tensor:
-    """Concatenate the equally sized (padded) score shards of every process, in rank order, trimmed to `total`."""
-    if world_size == 1:
-        return local[:total]
-    shards = [torch.empty_like(local) for _ in range(world_size)]
-    torch.distributed.all_gather(shards, local)
-    return torch.cat(shards)[:total]
-
-
 @torch.no_grad()
 def rerank_pairs(
     model,
@@ -162,7 +153,7 @@ def rerank_pairs(
             itc_similarity=similarities[images, texts],
             score_mode=score_mode,
         )
-    return _gather_shards(scores, len(pairs), world_size).cpu()
+    return gather_without_grad(scores)[: len(pairs)].cpu()
 
 
 def _top_k_pairs(
@@ -215,8 +206,9 @@ def evaluate_retrieval(
     was_training = encoder.training
     encoder.eval()
     texts, img2txt, txt2img = _flatten_captions(dataset)
-    rerank = method_of(encoder).supports_itm and not itc_only
-    score_mode = (score_mode or encoder.config.itm_score_mode) if rerank else "itc_only"
+    if itc_only or not method_of(encoder).supports_itm:
+        score_mode = "itc_only"
+    score_mode = score_mode or encoder.config.itm_score_mode
     rerank = score_mode != "itc_only"
     text_hidden, text_masks, text_features = encode_texts(encoder, processor, texts, batch_size, rerank, show_progress)
     image_hidden, image_features = encode_images(encoder, processor, dataset, batch_size, rerank, show_progress)

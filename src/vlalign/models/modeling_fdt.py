@@ -37,7 +37,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
 from .frozen import FrozenParametersMixin
-from .losses import GatheredContrastiveLoss
+from .losses import GatheredContrastiveLoss, check_loss_finite
 from .remote_code import RemoteCodeSaveMixin
 from .sparsemax import sparsemax
 from .training_duties import TrainingDutiesMixin
@@ -654,7 +654,7 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
     def __init__(self, config: FdtConfig):
         super().__init__(config)
         self.fdt = FdtModel(config)
-        self._last_support_size: float | None = None
+        self._last_support_size: torch.Tensor | None = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -687,7 +687,7 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
             "fdt_temperature": float(self.fdt.fdt_temperature),
         }
         if self._last_support_size is not None:
-            values["fdt_support_size"] = self._last_support_size
+            values["fdt_support_size"] = float(self._last_support_size)
         return values
 
     def training_duties_description(self) -> str:
@@ -729,13 +729,11 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
         image_embeds, text_embeds = l2_normalize(image.embeds), l2_normalize(text.embeds)
         scale = fdt.scale()
         loss, logits_per_image, logits_per_text = fdt.contrastive_loss(image_embeds, text_embeds, scale)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss_itc is not finite ({loss.item()}). Lower the learning rate or check the inputs for NaN pixels."
+        check_loss_finite({"loss_itc": loss})
+        with torch.no_grad():  # kept as a tensor: read (one device sync) only when the trainer logs
+            self._last_support_size = (
+                torch.cat([(image.weights > 0).sum(-1), (text.weights > 0).sum(-1)]).float().mean()
             )
-        with torch.no_grad():
-            support = torch.cat([(image.weights > 0).sum(-1), (text.weights > 0).sum(-1)]).float().mean()
-            self._last_support_size = float(support)
         temperature = fdt.fdt_temperature if fdt_temperature is None else torch.tensor(float(fdt_temperature))
         return FdtForPreTrainingOutput(
             loss=loss,
