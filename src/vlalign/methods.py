@@ -195,7 +195,48 @@ def _fdt() -> Method:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef, "fdt": _fdt}
+def _codis() -> Method:
+    from .convert.codis import convert_albef_to_codis
+    from .hub.summaries import codis_config_rows
+    from .models import (
+        CodisConfig,
+        CodisForImageTextRetrieval,
+        CodisForPreTraining,
+        CodisImageProcessor,
+        CodisModel,
+        CodisProcessor,
+        CodisTokenizer,
+    )
+    from .recipes.codis import build_codis_tokenizer, codis_processor, tiny_codis_config
+    from .training.optim import albef_parameter_groups
+
+    albef = get_method("albef")
+    return Method(
+        name="codis",
+        title="CODIS (Duan et al., CVPR 2022): Multi-modal Alignment using Representation Codebook",
+        config_class=CodisConfig,
+        model_class=CodisModel,
+        pretraining_class=CodisForPreTraining,
+        retrieval_class=CodisForImageTextRetrieval,
+        processor_class=CodisProcessor,
+        image_processor_class=CodisImageProcessor,
+        tokenizer_class=CodisTokenizer,
+        build_tokenizer=build_codis_tokenizer,
+        build_processor=codis_processor,
+        tiny_config=tiny_codis_config,
+        test_overrides=dict(albef.test_overrides, codebook_size=12),
+        quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
+        converter=convert_albef_to_codis,
+        parameter_groups=albef_parameter_groups,
+        card_config_rows=codis_config_rows,
+        loss_names=("loss_align", "loss_code", "loss_ot", "loss_itm", "loss_mlm"),
+        supports_itm=True,
+        paper="Duan et al., Multi-modal Alignment using Representation Codebook, CVPR 2022 (arXiv:2203.00048)",
+        tags=("codis", "albef"),
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef, "codis": _codis, "fdt": _fdt}
 _METHODS: dict[str, Method] = {}
 
 

@@ -1,9 +1,12 @@
-"""Official checkpoint → vlalign folder converters, one module per method."""
+"""Official checkpoint → vlalign folder converters, one module per method (the method registry names each)."""
 
 from .albef import CheckpointError, convert_albef_checkpoint
+from .codis import convert_albef_to_codis
 from .fdt import convert_fdt_checkpoint
 
-#: `vlalign convert --method NAME` → converter
-CONVERTERS = {"albef": convert_albef_checkpoint, "fdt": convert_fdt_checkpoint}
-
-__all__ = ["CONVERTERS", "CheckpointError", "convert_albef_checkpoint", "convert_fdt_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "convert_albef_checkpoint",
+    "convert_albef_to_codis",
+    "convert_fdt_checkpoint",
+]

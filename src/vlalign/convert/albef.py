@@ -20,14 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..models import (
-    AlbefConfig,
-    AlbefForImageTextRetrieval,
-    AlbefForPreTraining,
-    AlbefImageProcessor,
-    AlbefProcessor,
-    AlbefTokenizer,
-)
+from ..models import AlbefConfig, AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefTokenizer
 from ..models.modeling_albef import interpolate_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -96,9 +89,13 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def build_config(
-    yaml_config: dict, bert_config: dict, tokenizer: AlbefTokenizer | None = None, image_size: int | None = None
+    yaml_config: dict,
+    bert_config: dict,
+    tokenizer: AlbefTokenizer | None = None,
+    image_size: int | None = None,
+    config_class: type[AlbefConfig] = AlbefConfig,
 ) -> AlbefConfig:
-    """Translate the official YAML + BERT json into an `AlbefConfig`."""
+    """Translate the official YAML + BERT json into an `AlbefConfig` (or the config of a family built on ALBEF)."""
     vision = {key: yaml_config.get(key, default) for key, default in OFFICIAL_VISION.items()}
     text_keys = [
         "vocab_size",
@@ -124,7 +121,7 @@ def build_config(
         for key in ("embed_dim", "temp", "queue_size", "momentum", "alpha", "mlm_probability", "k_test", "distill")
         if key in yaml_config
     }
-    return AlbefConfig(
+    return config_class(
         vision_config={
             "hidden_size": vision["vision_width"],
             "num_hidden_layers": vision["vision_depth"],
@@ -264,8 +261,11 @@ def _check_fit(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], allo
         )
 
 
-def load_tokenizer(tokenizer: str | Path | None, search_dirs: Iterable[Path]) -> AlbefTokenizer:
-    """An `AlbefTokenizer` from a folder/Hub id, else from a `vocab.txt` beside the inputs, else bert-base-uncased."""
+def load_tokenizer(
+    tokenizer: str | Path | None, search_dirs: Iterable[Path], tokenizer_class: type[AlbefTokenizer] = AlbefTokenizer
+) -> AlbefTokenizer:
+    """An `AlbefTokenizer` (or `tokenizer_class`) from a folder/Hub id, else from a `vocab.txt` beside the inputs,
+    else bert-base-uncased."""
     if tokenizer is None:
         for directory in search_dirs:
             if (directory / "vocab.txt").is_file():
@@ -273,7 +273,7 @@ def load_tokenizer(tokenizer: str | Path | None, search_dirs: Iterable[Path]) ->
                 break
         else:
             tokenizer = "bert-base-uncased"
-    return AlbefTokenizer.from_pretrained(str(tokenizer))
+    return tokenizer_class.from_pretrained(str(tokenizer))
 
 
 def convert_albef_checkpoint(
@@ -283,6 +283,8 @@ def convert_albef_checkpoint(
     tokenizer: str | Path | None = None,
     task: str = "auto",
     image_size: int | None = None,
+    target: str = "albef",
+    new_modules: Iterable[str] = (),
 ) -> AlbefForPreTraining | AlbefForImageTextRetrieval:
     """Convert an official ALBEF checkpoint and save it (weights, config, processor, remote code) to `output_dir`.
 
@@ -295,16 +297,22 @@ def convert_albef_checkpoint(
             checkpoint or configs, else `bert-base-uncased`.
         task: `"pretraining"`, `"retrieval"`, or `"auto"` (retrieval when the YAML has `k_test`, else pretraining).
         image_size: target resolution; default the YAML's `image_res`. Position embeddings are interpolated.
+        target: the registered method to convert into: `"albef"`, or a family with ALBEF's weight layout plus its
+            own modules (`"codis"`), which keep their fresh initialisation.
+        new_modules: regular expressions matching the target's weight names that ALBEF checkpoints lack.
     """
+    from ..methods import get_method
+
+    method = get_method(target)
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
     if task == "auto":
         task = "retrieval" if "k_test" in yaml_config else "pretraining"
     if task not in ("pretraining", "retrieval"):
         raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval' or 'auto'.")
     original = load_original_checkpoint(checkpoint)
-    processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs])
-    config = build_config(yaml_config, bert_config, processor_tokenizer, image_size)
-    model_class = AlbefForPreTraining if task == "pretraining" else AlbefForImageTextRetrieval
+    processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], method.tokenizer_class)
+    config = build_config(yaml_config, bert_config, processor_tokenizer, image_size, method.config_class)
+    model_class = method.pretraining_class if task == "pretraining" else method.retrieval_class
 
     state_dict, dropped = convert_state_dict(original, config, with_mlm_head=task == "pretraining")
     unknown = [k for k in dropped if not re.search(r"(cls\.predictions\.|position_ids$|itm_head_m)", k)]
@@ -318,8 +326,9 @@ def convert_albef_checkpoint(
 
     model = model_class(config)
     # Fine-tuned checkpoints have neither momentum encoders nor queues: the momentum encoders start as copies of the
-    # online ones (as the official code's copy_params) and the queues keep their random unit-vector init.
-    allowed_missing = [r"_queue$", r"^queue_ptr$"]
+    # online ones (as the official code's copy_params) and the queues keep their random unit-vector init. A family
+    # built on ALBEF keeps its own modules as initialised.
+    allowed_missing = [r"_queue$", r"^queue_ptr$", *new_modules]
     has_momentum = any("_m." in key for key in state_dict)
     if not has_momentum:
         allowed_missing.append(r"_m\.")
@@ -329,10 +338,7 @@ def convert_albef_checkpoint(
         model.copy_params_to_momentum()
         logger.info("The checkpoint has no momentum encoders; initialised them from the online weights.")
 
-    processor = AlbefProcessor(
-        image_processor=AlbefImageProcessor(size={"height": vision.image_size, "width": vision.image_size}),
-        tokenizer=processor_tokenizer,
-    )
+    processor = method.build_processor(processor_tokenizer, vision.image_size)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)

@@ -60,6 +60,38 @@ def albef_config_rows(model) -> list[tuple[str, str]]:
     ]
 
 
+def codis_config_rows(model) -> list[tuple[str, str]]:
+    """CODIS: ALBEF's rows plus the codebook, its optimal-transport assignment and the loss choices."""
+    config = model.config
+    code_loss = (
+        f"{config.code_loss_type.replace('_', ' ')}, weight {config.code_loss_weight:g}"
+        if config.code_loss_weight > 0
+        else "off"
+    )
+    ot_loss = (
+        f"{config.ot_plan_source} plans, weight {config.ot_loss_weight:g}" if config.ot_loss_weight > 0 else "off"
+    )
+    intra = f"+ i2i/t2t ({config.intra_modal_negatives} negatives)" if config.align_intra_modal else "i2t/t2i only"
+    rows = albef_config_rows(model)
+    return [
+        *rows[:-1],
+        (
+            "Codebook",
+            f"{config.codebook_size} prototypes × {config.embed_dim}-d, shared by image and text, "
+            f"prototype temperature {config.prototype_temperature:g}",
+        ),
+        (
+            "Optimal transport (training)",
+            f"Sinkhorn-Knopp (log domain), ε {config.sinkhorn_epsilon:g}, {config.sinkhorn_iterations} iterations, "
+            + ("global batch + queue" if config.sinkhorn_use_queue else "global batch"),
+        ),
+        ("Alignment loss (training)", f"i2t/t2i {intra}, {config.align_reduction}"),
+        ("Code-alignment loss (training)", code_loss),
+        ("OT loss (training)", ot_loss),
+        rows[-1],
+    ]
+
+
 def fdt_config_rows(model) -> list[tuple[str, str]]:
     """FDT: ViT and causal text transformer, the FDT codebook and its grounding, the contrastive logit scale."""
     config = model.config

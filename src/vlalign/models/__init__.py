@@ -3,6 +3,7 @@ repository, so a saved checkpoint carries its own code and loads with `trust_rem
 (`vlalign.methods`) registers them with the Auto classes."""
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
+from .configuration_codis import CodisConfig
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
 from .modeling_albef import (
     AlbefForImageTextRetrieval,
@@ -12,10 +13,19 @@ from .modeling_albef import (
     AlbefTextModel,
     AlbefVisionModel,
 )
+from .modeling_codis import (
+    CodisCodebook,
+    CodisForImageTextRetrieval,
+    CodisForPreTraining,
+    CodisModel,
+    CodisPreTrainedModel,
+)
 from .modeling_fdt import FdtForPreTraining, FdtModel, FdtPreTrainedModel, FdtTextModel, FdtVisionModel
 from .processing_albef import AlbefImageProcessor, AlbefProcessor
+from .processing_codis import CodisImageProcessor, CodisProcessor
 from .processing_fdt import FdtImageProcessor, FdtProcessor
 from .tokenization_albef import AlbefTokenizer
+from .tokenization_codis import CodisTokenizer
 from .tokenization_fdt import FdtTokenizer
 
 __all__ = [
@@ -31,6 +41,15 @@ __all__ = [
     "AlbefTokenizer",
     "AlbefVisionConfig",
     "AlbefVisionModel",
+    "CodisCodebook",
+    "CodisConfig",
+    "CodisForImageTextRetrieval",
+    "CodisForPreTraining",
+    "CodisImageProcessor",
+    "CodisModel",
+    "CodisPreTrainedModel",
+    "CodisProcessor",
+    "CodisTokenizer",
     "FdtConfig",
     "FdtForPreTraining",
     "FdtImageProcessor",

@@ -3,6 +3,8 @@
 * [`queue_contrastive_loss`]: ITC against momentum feature queues with momentum distillation (ALBEF, CODIS, SIMLA).
 * [`hard_negative_matching_loss`]: ITM on hard negatives mined from the contrastive similarities.
 * [`distilled_mlm_loss`]: masked language modelling mixed with a momentum teacher's soft targets.
+* [`swapped_prediction_loss`], [`assignment_contrastive_loss`]: code alignment against teacher transport plans
+  over a codebook (CODIS), and [`transport_cost_loss`], the OT cost between features and prototypes.
 * [`GatheredContrastiveLoss`]: CLIP-style InfoNCE over the global batch (FDT).
 
 Each is independent of any model class: the model passes features, similarities and, for ITM, its pair scorer.
@@ -97,21 +99,56 @@ def sample_hard_negatives(
     return rows, torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
+def bank_contrastive_loss(
+    feat: torch.Tensor,
+    feat_m: torch.Tensor,
+    bank: torch.Tensor,
+    idx: torch.Tensor,
+    bank_idx: torch.Tensor,
+    temp: torch.Tensor | float,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One direction of contrast against a feature bank: the soft cross-entropy of `feat @ bank / temp` against
+    targets uniform over the bank entries of the same image, mixed with the momentum features' softmax over the bank
+    when α > 0 ([`contrastive_targets`]). Returns (loss, `[batch, bank]` similarities).
+
+    Args:
+        feat: `[batch, dim]` L2-normalised online features (gradients flow through these).
+        feat_m: `[batch, dim]` the momentum features of the same samples (distillation targets).
+        bank: `[dim, bank]` momentum features, one per column; bank_idx: `[bank]` their image indices.
+        idx: `[batch]` image index of each sample.
+    """
+    with torch.no_grad():
+        sim_m = feat_m @ bank / temp if alpha > 0 else None
+        targets = contrastive_targets(idx, bank_idx, sim_m, alpha)
+    sim = feat @ bank / temp
+    return soft_cross_entropy(sim, targets), sim
+
+
 @dataclass
 class QueueContrastiveOutput:
     """What [`queue_contrastive_loss`] computed.
 
     Args:
-        loss: mean of the image→text and text→image soft cross-entropies.
+        loss: mean of the image→text and text→image soft cross-entropies (`loss_i2t`, `loss_t2i`).
         sim_i2t: `[batch, bank]` online image features against the momentum text bank, / temperature.
         sim_t2i: `[batch, bank]` online text features against the momentum image bank, / temperature.
+        image_bank, text_bank: `[dim, bank]` the momentum banks (batch columns, then the queue).
+        bank_idx: `[bank]` image index of each bank column.
         batch_columns: the bank columns holding this process's own batch (in-batch negatives for ITM live there).
+        num_batch_columns: how many leading bank columns hold current-batch features (the rest is the queue).
     """
 
     loss: torch.Tensor
+    loss_i2t: torch.Tensor
+    loss_t2i: torch.Tensor
     sim_i2t: torch.Tensor
     sim_t2i: torch.Tensor
+    image_bank: torch.Tensor
+    text_bank: torch.Tensor
+    bank_idx: torch.Tensor
     batch_columns: slice
+    num_batch_columns: int
 
 
 def queue_contrastive_loss(
@@ -129,16 +166,15 @@ def queue_contrastive_loss(
 ) -> QueueContrastiveOutput:
     """Image-text contrast (ITC) against momentum feature banks, with momentum distillation (ALBEF, MoCo-style).
 
-    Each online feature is scored against a bank made of the batch's momentum features followed by the queue. The
-    target row is uniform over the bank entries of the same image (`idx` against `[idx, queue_idx]`; use -100 for
-    queue entries that match nothing), mixed as α·softmax(momentum scores) + (1-α)·positives when α > 0; the loss is
-    the soft cross-entropy, averaged over both directions.
+    Each online feature is scored against a bank made of the batch's momentum features followed by the queue
+    ([`bank_contrastive_loss`] in each direction); the loss is the mean of both directions.
 
     Args:
         image_feat, text_feat: `[batch, dim]` L2-normalised online features (gradients flow through these).
         image_feat_m, text_feat_m: `[batch, dim]` L2-normalised momentum features of the same pairs.
         image_queue, text_queue: `[dim, queue]` queued momentum features, one per column.
-        idx: `[batch]` image index of each pair; queue_idx: `[queue]` image index of each queued entry.
+        idx: `[batch]` image index of each pair; queue_idx: `[queue]` image index of each queued entry (-100 for
+            entries that match nothing).
         temp: the softmax temperature.
         alpha: distillation weight (0 turns distillation off).
         global_negatives: put every process's momentum features (gathered in rank order) into the bank instead of
@@ -153,16 +189,21 @@ def queue_contrastive_loss(
         image_bank = torch.cat([batch_image_m.t(), image_queue], dim=1)
         text_bank = torch.cat([batch_text_m.t(), text_queue], dim=1)
         bank_idx = torch.cat([batch_idx, queue_idx.view(-1)])
-        sim_i2t_m = image_feat_m @ text_bank / temp if alpha > 0 else None
-        sim_t2i_m = text_feat_m @ image_bank / temp if alpha > 0 else None
-        targets_i2t = contrastive_targets(idx, bank_idx, sim_i2t_m, alpha)
-        targets_t2i = contrastive_targets(idx, bank_idx, sim_t2i_m, alpha)
 
-    sim_i2t = image_feat @ text_bank / temp
-    sim_t2i = text_feat @ image_bank / temp
-    loss = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
-    batch_columns = slice(rank * batch_size, (rank + 1) * batch_size)
-    return QueueContrastiveOutput(loss=loss, sim_i2t=sim_i2t, sim_t2i=sim_t2i, batch_columns=batch_columns)
+    loss_i2t, sim_i2t = bank_contrastive_loss(image_feat, image_feat_m, text_bank, idx, bank_idx, temp, alpha)
+    loss_t2i, sim_t2i = bank_contrastive_loss(text_feat, text_feat_m, image_bank, idx, bank_idx, temp, alpha)
+    return QueueContrastiveOutput(
+        loss=(loss_i2t + loss_t2i) / 2,
+        loss_i2t=loss_i2t,
+        loss_t2i=loss_t2i,
+        sim_i2t=sim_i2t,
+        sim_t2i=sim_t2i,
+        image_bank=image_bank,
+        text_bank=text_bank,
+        bank_idx=bank_idx,
+        batch_columns=slice(rank * batch_size, (rank + 1) * batch_size),
+        num_batch_columns=batch_image_m.shape[0],
+    )
 
 
 #: scores image-text pairs: (text token states, text mask or None, image token states) -> `[pairs, 2]` ITM logits
@@ -256,6 +297,44 @@ def distilled_mlm_loss(
     return loss
 
 
+def swapped_prediction_loss(code_logits: torch.Tensor, target_plan: torch.Tensor) -> torch.Tensor:
+    """Code alignment by swapped prediction (SwAV-style, CODIS's L_t2p / L_i2p): the cross-entropy of one
+    modality's predicted prototype distribution, softmax(`code_logits`), against the other modality's teacher
+    transport plan.
+
+    Args:
+        code_logits: `[batch, prototypes]` student scores against the codebook, / prototype temperature.
+        target_plan: `[batch, prototypes]` the paired samples' transport plan rows (each a distribution; constant).
+    """
+    return soft_cross_entropy(code_logits.float(), target_plan)
+
+
+def assignment_contrastive_loss(
+    code_logits: torch.Tensor, target_plans: torch.Tensor, idx: torch.Tensor, plan_idx: torch.Tensor
+) -> torch.Tensor:
+    """Code alignment as contrast over assignments (the alternative reading of CODIS's "contrast positive and
+    negative samples via their cluster assignments"): student row i scores every sample j of the other modality by
+    the log-likelihood its predicted prototype distribution gives j's teacher plan, Σ_k plan[j, k]·log p_i[k], and the
+    InfoNCE target is uniform over the samples of the same image. With a single candidate it reduces to
+    [`swapped_prediction_loss`]; the other samples' plans act as negatives.
+
+    Args:
+        code_logits: `[batch, prototypes]` student scores against the codebook, / prototype temperature.
+        target_plans: `[candidates, prototypes]` teacher plans of the other modality (the global batch; constant).
+        idx: `[batch]` image index of each student row; plan_idx: `[candidates]` image index of each plan row.
+    """
+    pair_scores = F.log_softmax(code_logits.float(), dim=-1) @ target_plans.t()
+    return soft_cross_entropy(pair_scores, contrastive_targets(idx, plan_idx, None, 0.0))
+
+
+def transport_cost_loss(scores: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """Entropic-OT transport cost between samples and prototypes, per sample: mean over rows of
+    Σ_k plan[b, k]·(1 − scores[b, k]) with cosine `scores`. With the (constant) optimal plan of the same scores, its
+    gradient is the gradient of the OT distance (envelope theorem): features move towards the prototypes they are
+    transported to, and prototypes towards their features."""
+    return (plan * (1 - scores.float())).sum(dim=-1).mean()
+
+
 class GatheredContrastiveLoss(nn.Module):
     """Symmetric InfoNCE between paired image and text embeddings, CLIP/FDT style.
 
@@ -288,6 +367,8 @@ __all__ = [
     "GatheredContrastiveLoss",
     "HardNegativeMatchingOutput",
     "QueueContrastiveOutput",
+    "assignment_contrastive_loss",
+    "bank_contrastive_loss",
     "check_loss_finite",
     "contrastive_targets",
     "distilled_mlm_loss",
@@ -298,4 +379,6 @@ __all__ = [
     "queue_contrastive_loss",
     "sample_hard_negatives",
     "soft_cross_entropy",
+    "swapped_prediction_loss",
+    "transport_cost_loss",
 ]

@@ -15,9 +15,9 @@ This file imports only torch, transformers and its sibling files, so saved check
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
 from .frozen import FrozenParametersMixin
 from .losses import (
+    QueueContrastiveOutput,
     check_loss_finite,
     distilled_mlm_loss,
     distributed_rank_and_world,
@@ -334,7 +335,7 @@ class AlbefMLMHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclasses.dataclass
 class AlbefOutput(ModelOutput):
     """
     Output of [`AlbefModel`].
@@ -356,7 +357,7 @@ class AlbefOutput(ModelOutput):
     text_model_output: BaseModelOutputWithPooling | None = None
 
 
-@dataclass
+@dataclasses.dataclass
 class AlbefForPreTrainingOutput(ModelOutput):
     """
     Output of [`AlbefForPreTraining`] and [`AlbefForImageTextRetrieval`].
@@ -828,21 +829,15 @@ def albef_alpha(step: int, steps_per_epoch: int, alpha: float = 0.4, warmup_epoc
     return float(alpha) * min(1.0, step / ramp)
 
 
-#: fields of `_contrastive_and_matching`'s result that the training outputs carry
-STEP_OUTPUT_FIELDS = (
-    "loss_itc",
-    "loss_itm",
-    "sim_i2t",
-    "sim_t2i",
-    "itm_logits",
-    "itm_labels",
-    "image_feat_m",
-    "text_feat_m",
-    "idx",
-    "vision_model_output",
-    "text_model_output",
-    "fusion_model_output",
-)
+@dataclasses.dataclass
+class PairFeatures:
+    """L2-normalised projected features of a batch of image-text pairs: online (`image`, `text`, with gradients) and
+    momentum (`image_m`, `text_m`, constants)."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    image_m: torch.Tensor
+    text_m: torch.Tensor
 
 
 class AlbefMomentumMixin(TrainingDutiesMixin):
@@ -851,6 +846,10 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     `TrainingDutiesCallback` or a hand-written loop) the momentum encoders take one EMA step and the momentum features
     of that step's training forwards enter the queues."""
 
+    #: the online model the training models wrap (as `self.albef`)
+    base_model_class: type[AlbefModel] = AlbefModel
+    #: what the training forwards return
+    output_class: type[AlbefForPreTrainingOutput] = AlbefForPreTrainingOutput
     #: pairs of (online module path, momentum module name); momentum modules mirror the online ones exactly
     _momentum_modules: tuple[tuple[str, str], ...] = (
         ("albef.vision_model", "vision_model_m"),
@@ -861,7 +860,7 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     )
 
     def _build_momentum_encoders(self, config: AlbefConfig) -> None:
-        self.albef = AlbefModel(config)
+        self.albef = self.base_model_class(config)
         self.vision_model_m = AlbefVisionModel._from_config(config.vision_config)
         self.vision_proj_m = nn.Linear(config.vision_config.hidden_size, config.embed_dim)
         self.text_model_m = AlbefTextModel._from_config(config.text_config)
@@ -984,19 +983,36 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     def training_duties_description(self) -> str:
         return "momentum EMA and queue update"
 
-    def _training_output(self, step: dict, **extra: torch.Tensor) -> AlbefForPreTrainingOutput:
-        """The forward's output: `loss` = the sum of `loss_names` (each weighted 1, as the official code), checked
-        finite, with the step's fields and the model-specific `extra` ones."""
-        fields = {name: step[name] for name in STEP_OUTPUT_FIELDS} | extra
-        losses = {name: fields[name] for name in self.loss_names}
-        check_loss_finite(losses)
-        return AlbefForPreTrainingOutput(loss=sum(losses.values()), **fields)
+    def loss_weight(self, name: str) -> float:
+        """Weight of loss `name` in the total: 1 for every ALBEF loss, as in the official code."""
+        return 1.0
 
-    def _check_pair_batch(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> None:
+    def _training_output(self, step: dict, **extra: torch.Tensor) -> AlbefForPreTrainingOutput:
+        """The forward's output: `loss` = the weighted sum of the `loss_names` that were computed, checked finite,
+        with the step's and the model-specific `extra` fields that `output_class` carries."""
+        fields = step | extra
+        losses = {name: fields.get(name) for name in self.loss_names}
+        check_loss_finite(losses)
+        weighted = [
+            value if self.loss_weight(name) == 1 else self.loss_weight(name) * value
+            for name, value in losses.items()
+            if value is not None
+        ]
+        output_fields = {field.name for field in dataclasses.fields(self.output_class)}
+        return self.output_class(loss=sum(weighted), **{k: v for k, v in fields.items() if k in output_fields})
+
+    def _check_inputs(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, pixel_values_teacher: torch.Tensor | None
+    ) -> None:
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts. Alignment objectives take "
                 "image-text pairs: pass one caption per image (repeat images that have several captions)."
+            )
+        if pixel_values_teacher is not None and pixel_values_teacher.shape != pixel_values.shape:
+            raise ValueError(
+                f"pixel_values_teacher has shape {tuple(pixel_values_teacher.shape)} but pixel_values "
+                f"{tuple(pixel_values.shape)}; the teacher view must be one image of the same size per pair."
             )
 
     def _encode_momentum(
@@ -1006,12 +1022,20 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         attention_mask: torch.Tensor | None,
         interpolate_pos_encoding: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Momentum image tokens and normalised momentum image/text features (no gradients)."""
+        """Momentum image tokens and normalised momentum image/text features (no gradients). `pixel_values` are
+        the images the momentum (teacher) encoder sees."""
         image_hidden_m = self.vision_model_m(pixel_values, interpolate_pos_encoding).last_hidden_state
         image_feat_m = F.normalize(self.vision_proj_m(image_hidden_m[:, 0]), dim=-1)
         text_hidden_m = self.text_model_m(input_ids, attention_mask).last_hidden_state
         text_feat_m = F.normalize(self.text_proj_m(text_hidden_m[:, 0]), dim=-1)
         return image_hidden_m, image_feat_m, text_feat_m
+
+    def _alignment_losses(
+        self, itc: QueueContrastiveOutput, features: PairFeatures, idx: torch.Tensor, alpha: float
+    ) -> dict[str, torch.Tensor]:
+        """The alignment objectives on top of the ITC banks; ALBEF's is ITC itself. Models that align more (CODIS's
+        intra-modal and codebook terms) override this."""
+        return {"loss_itc": itc.loss}
 
     def _contrastive_and_matching(
         self,
@@ -1023,17 +1047,19 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         generator: torch.Generator | None,
         interpolate_pos_encoding: bool,
         output_flags: dict[str, bool],
+        pixel_values_teacher: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | ModelOutput]:
-        """ITC against the momentum banks (batch + queue) and ITM with hard negatives, as one pretraining or
-        retrieval step computes them. Pairs sharing an `idx` are positives of each other. `output_flags` (attention
-        maps, states) apply to the online towers and the ITM fusion pass."""
-        self._check_pair_batch(pixel_values, input_ids)
+        """ITC against the momentum banks (batch + queue), the model's further alignment losses
+        (`_alignment_losses`) and ITM with hard negatives, as one pretraining or retrieval step computes them. Pairs
+        sharing an `idx` are positives of each other. `output_flags` (attention maps, states) apply to the online
+        towers and the ITM fusion pass; `pixel_values_teacher` (default: `pixel_values`) feed the momentum ViT."""
+        self._check_inputs(pixel_values, input_ids, pixel_values_teacher)
         self._clamp_temperature()
         self.check_training_duties()
         albef = self.albef
         global_negatives = self.config.itc_global_negatives
         if idx is None:  # every pair is its own image; offset by rank so indices are unique across processes
-            rank = distributed_rank_and_world()[0] if global_negatives else 0
+            rank = distributed_rank_and_world()[0]
             idx = torch.arange(pixel_values.shape[0], device=pixel_values.device) + rank * pixel_values.shape[0]
         idx = idx.view(-1)
 
@@ -1044,7 +1070,10 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         text_feat = F.normalize(text_outputs.pooler_output, dim=-1)
         with torch.no_grad():
             image_hidden_m, image_feat_m, text_feat_m = self._encode_momentum(
-                pixel_values, input_ids, attention_mask, interpolate_pos_encoding
+                pixel_values if pixel_values_teacher is None else pixel_values_teacher,
+                input_ids,
+                attention_mask,
+                interpolate_pos_encoding,
             )
 
         self._stash_momentum_features(image_feat_m, text_feat_m, idx)
@@ -1061,6 +1090,8 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
             alpha=alpha,
             global_negatives=global_negatives,
         )
+        features = PairFeatures(image_feat, text_feat, image_feat_m, text_feat_m)
+        alignment = self._alignment_losses(itc, features, idx, alpha)
         # ITM negatives come from the local batch (its columns in the bank), as in the official code
         local = itc.batch_columns
         fusion_outputs = []
@@ -1080,7 +1111,7 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
             generator=generator,
         )
         return {
-            "loss_itc": itc.loss,
+            **alignment,
             "loss_itm": itm.loss,
             "sim_i2t": itc.sim_i2t,
             "sim_t2i": itc.sim_t2i,
@@ -1170,6 +1201,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        pixel_values_teacher: torch.Tensor | None = None,
     ) -> AlbefForPreTrainingOutput:
         r"""
         Args:
@@ -1183,12 +1215,15 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             interpolate_pos_encoding: run the ViT at another square size.
             output_attentions, output_hidden_states: attention maps / states of the online towers and the ITM fusion
                 pass, in `vision_model_output`, `text_model_output` and `fusion_model_output`.
+            pixel_values_teacher: the images the momentum encoder sees instead of `pixel_values`, e.g. a second
+                augmented view of each image (TCL's recipe).
         """
         alpha = self._distillation_weight(alpha)
         flags = self._output_flags(output_attentions, output_hidden_states)
         step = self._contrastive_and_matching(
-            pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding, flags
-        )
+            pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding, flags,
+            pixel_values_teacher,
+        )  # fmt: skip
         if mlm_input_ids is None:
             mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, generator)
         elif mlm_labels is None:
@@ -1246,6 +1281,7 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        pixel_values_teacher: torch.Tensor | None = None,
     ) -> AlbefForPreTrainingOutput:
         r"""
         Args:
@@ -1256,8 +1292,9 @@ class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):
         alpha = self._distillation_weight(alpha)
         flags = self._output_flags(output_attentions, output_hidden_states)
         step = self._contrastive_and_matching(
-            pixel_values, input_ids, attention_mask, idx, alpha, generator, interpolate_pos_encoding, flags
-        )
+            pixel_values, input_ids, attention_mask, idx, alpha, generator, interpolate_pos_encoding, flags,
+            pixel_values_teacher,
+        )  # fmt: skip
         return self._training_output(step)
 
 

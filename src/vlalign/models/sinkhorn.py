@@ -42,4 +42,16 @@ def sinkhorn_log(scores: torch.Tensor, epsilon: float, num_iterations: int) -> t
     return plan
 
 
-__all__ = ["sinkhorn_log"]
+def transport_plans(
+    scores: list[torch.Tensor], epsilon: float, num_iterations: int, joint: bool = False
+) -> list[torch.Tensor]:
+    """[`sinkhorn_log`] plans of several score matrices over the same prototypes (one per modality): each solved on
+    its own, or with `joint=True` as one problem over all their rows (prototypes then share their mass between the
+    modalities). Returns one plan per input, rows in input order."""
+    if not joint:
+        return [sinkhorn_log(s, epsilon, num_iterations) for s in scores]
+    plan = sinkhorn_log(torch.cat(scores), epsilon, num_iterations)
+    return list(plan.split([s.shape[0] for s in scores]))
+
+
+__all__ = ["sinkhorn_log", "transport_plans"]

@@ -12,12 +12,12 @@ from ..models.processing_albef import pre_caption
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def build_tokenizer(captions: Iterable[str]) -> AlbefTokenizer:
-    """A word-level `AlbefTokenizer` over the (cleaned) words of `captions`, for closed-vocabulary data such as the
-    synthetic dataset. Real data uses a pretrained vocabulary (`AlbefTokenizer.from_pretrained("bert-base-uncased")`).
-    """
+def build_tokenizer(captions: Iterable[str], tokenizer_class: type[AlbefTokenizer] = AlbefTokenizer) -> AlbefTokenizer:
+    """A word-level `AlbefTokenizer` (or subclass) over the (cleaned) words of `captions`, for closed-vocabulary data
+    such as the synthetic dataset. Real data uses a pretrained vocabulary
+    (`AlbefTokenizer.from_pretrained("bert-base-uncased")`)."""
     words = sorted({word for caption in captions for word in pre_caption(caption).split()})
-    return AlbefTokenizer(vocab={token: index for index, token in enumerate([*SPECIAL_TOKENS, *words])})
+    return tokenizer_class(vocab={token: index for index, token in enumerate([*SPECIAL_TOKENS, *words])})
 
 
 def dataset_captions(dataset_dict) -> list[str]:
@@ -34,11 +34,13 @@ def tiny_albef_config(
     fusion_layer: int = 2,
     num_heads: int | None = None,
     patch_size: int = 8,
+    config_class: type[AlbefConfig] = AlbefConfig,
     **overrides,
 ) -> AlbefConfig:
     """A small ALBEF by default (ViT 96×4 at 64 px / patch 8, BERT 96×3 with fusion from layer 2, embed 64,
     queue 256): small enough to pretrain on 2 CPU cores in minutes, with every official objective. `width`, the
-    layer counts and `num_heads` (default: 32-dim heads) shrink it further for tests; MLPs are 4× wide.
+    layer counts and `num_heads` (default: 32-dim heads) shrink it further for tests; MLPs are 4× wide. Families built
+    on ALBEF pass their `config_class` (and its extra fields as overrides).
 
     Choices that make a from-scratch run learn within a few hundred steps (quick-start R@1 text/image after 700
     steps at lr 1e-3, seed 0: 31.0/31.5 % with this config):
@@ -82,13 +84,19 @@ def tiny_albef_config(
         k_test=16,
     )
     settings.update(overrides)
-    return AlbefConfig(**settings)
+    return config_class(**settings)
 
 
-def albef_processor(tokenizer: AlbefTokenizer, image_size: int) -> AlbefProcessor:
-    """An `AlbefProcessor` at `image_size` with the official normalisation and caption cleaning."""
-    image_processor = AlbefImageProcessor(size={"height": image_size, "width": image_size})
-    return AlbefProcessor(image_processor=image_processor, tokenizer=tokenizer)
+def albef_processor(
+    tokenizer: AlbefTokenizer,
+    image_size: int,
+    processor_class: type[AlbefProcessor] = AlbefProcessor,
+    image_processor_class: type[AlbefImageProcessor] = AlbefImageProcessor,
+) -> AlbefProcessor:
+    """An `AlbefProcessor` (or a family's subclass) at `image_size` with the official normalisation and caption
+    cleaning."""
+    image_processor = image_processor_class(size={"height": image_size, "width": image_size})
+    return processor_class(image_processor=image_processor, tokenizer=tokenizer)
 
 
 __all__ = ["albef_processor", "build_tokenizer", "dataset_captions", "tiny_albef_config"]

@@ -47,6 +47,9 @@ def albef_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     Parameters with ``requires_grad=False`` (the momentum encoders, frozen towers) are left out entirely. Shared
     (tied) parameters are listed once, under the first name ``named_parameters()`` yields.
 
+    A model may exempt more parameters by name with a `no_weight_decay_suffixes` attribute (CODIS's prototypes, which
+    are re-normalised after every step).
+
     Consequences worth knowing: the 0-D learnable temperature ``temp``, the ViT ``cls_token`` and the position
     embeddings **are** decayed; LayerNorm weights and all biases are **not**.
 
@@ -68,10 +71,11 @@ def albef_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay_names: list[str] = []
     no_decay: list[torch.Tensor] = []
     no_decay_names: list[str] = []
+    exempt = tuple(getattr(model, "no_weight_decay_suffixes", ()))
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if _is_no_decay(name, param):
+        if _is_no_decay(name, param) or name.endswith(exempt):
             no_decay.append(param)
             no_decay_names.append(name)
         else:
