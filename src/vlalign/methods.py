@@ -60,8 +60,10 @@ class Method:
         card_config_rows: `model -> [(setting, value)]`, the "Model configuration" table of model cards.
         loss_names: named losses the training output carries (logged separately, listed in cards).
         supports_itm: whether retrieval can re-rank candidates with an image-text matching head.
-        example_plots: `(model, processor, eval dataset, folder) -> [png paths]`, method-specific pictures the quick
-            start draws for a trained model (e.g. FDT's activated codebook tokens), or None.
+        example_plots: `(model, processor, eval dataset, folder, log_history) -> [png paths]`, method-specific
+            pictures the quick start draws for a trained model (e.g. FDT's activated codebook tokens, CODIS's codebook
+            usage and prototype gallery), or None. `model` is the reloaded `model_class`, `log_history` the training
+            run's `trainer.state.log_history` (a list of logged dicts; plots that do not need it ignore it).
         paper: citation line for model cards.
         tags: extra Hub tags for model cards.
     """
@@ -209,6 +211,7 @@ def _codis() -> Method:
     )
     from .recipes.codis import build_codis_tokenizer, codis_processor, tiny_codis_config
     from .training.optim import albef_parameter_groups
+    from .visualization import codis_example_plots
 
     albef = get_method("albef")
     return Method(
@@ -233,6 +236,7 @@ def _codis() -> Method:
         supports_itm=True,
         paper="Duan et al., Multi-modal Alignment using Representation Codebook, CVPR 2022 (arXiv:2203.00048)",
         tags=("codis", "albef"),
+        example_plots=codis_example_plots,
     )
 
 

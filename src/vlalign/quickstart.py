@@ -174,7 +174,7 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
                                    ground_truth=list(range(len(queries)))),
     ]  # fmt: skip
     if method.example_plots is not None:
-        plots += method.example_plots(reloaded, processor, test, output_dir)
+        plots += method.example_plots(reloaded, processor, test, output_dir, run.trainer.state.log_history)
 
     total = time.perf_counter() - start
     summary = {

@@ -1,12 +1,17 @@
-"""Plots people would rather see than read: loss curves, a recall chart, and query → top-k image grids."""
+"""Plots people would rather see than read: loss curves, a recall chart, query → top-k image grids, and each
+method's own pictures (FDT's activated tokens; CODIS's codebook usage and prototype gallery)."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 import torch
+
+from .evaluation.retrieval import _flatten_captions, encode_images, encode_texts
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -128,8 +133,11 @@ def plot_fdt_token_overlap(image, caption: str, image_weights, text_weights, pat
     return _save(figure, path)
 
 
-def fdt_example_plots(model, processor, dataset, output_dir: str | Path, examples: int = 2) -> list[Path]:
-    """`plot_fdt_token_overlap` for the first `examples` images of `dataset` and their first captions."""
+def fdt_example_plots(
+    model, processor, dataset, output_dir: str | Path, log_history: list[dict] | None = None, examples: int = 2
+) -> list[Path]:
+    """`plot_fdt_token_overlap` for the first `examples` images of `dataset` and their first captions (the
+    `Method.example_plots` contract; `log_history` is not used)."""
     model.eval()
     paths = []
     for index in range(min(examples, len(dataset))):
@@ -143,6 +151,170 @@ def fdt_example_plots(model, processor, dataset, output_dir: str | Path, example
                 Path(output_dir) / f"fdt_tokens_{index}.png",
             )
         )  # fmt: skip
+    return paths
+
+
+#: what a CODIS training model logs about its codebook at every logging step (`training_log_values`)
+CODEBOOK_STATS = ("codebook_usage_image", "codebook_usage_text", "assignment_entropy", "code_agreement")
+
+
+def has_codebook_stats(log_history: list[dict]) -> bool:
+    """Whether a `trainer.state.log_history` holds CODIS codebook statistics at some step."""
+    return any("step" in entry and any(name in entry for name in CODEBOOK_STATS) for entry in log_history)
+
+
+def plot_codebook_usage(log_history: list[dict], path: str | Path, codebook_size: int | None = None) -> Path:
+    """CODIS codebook health over training (from `trainer.state.log_history`): the share of prototypes that are some
+    sample's most likely code, per modality, and the share of image-caption pairs given the same code (top panel,
+    percent); the mean entropy of the teacher assignments (bottom panel, nats; with `codebook_size`, its ceiling
+    ln K is marked). Usage is measured per (global) batch, so it cannot exceed batch size / K. Raises ValueError when the history has no codebook statistics (a run whose code loss and
+    teacher-plan OT loss are off, or that stopped before its first logging step)."""
+    if not has_codebook_stats(log_history):
+        raise ValueError(
+            "The log history has no codebook statistics (" + ", ".join(CODEBOOK_STATS) + "). CODIS logs them at "
+            "each logging step when it computes teacher plans (code_loss_weight > 0, or ot_plan_source='teacher'); "
+            "this run had both off, or ended before its first logging step."
+        )
+
+    def series(name: str, scale: float = 1.0) -> tuple[list, list]:
+        entries = [entry for entry in log_history if name in entry and "step" in entry]
+        return [entry["step"] for entry in entries], [entry[name] * scale for entry in entries]
+
+    of_k = f"% of K={codebook_size}" if codebook_size else "% of prototypes"
+    figure, (usage_axis, entropy_axis) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    highest = 0.0
+    for name, label, style in (
+        ("codebook_usage_image", f"prototypes used by images ({of_k})", "-"),
+        ("codebook_usage_text", f"prototypes used by captions ({of_k})", "--"),
+        ("code_agreement", "image and caption share their code (% of pairs)", ":"),
+    ):
+        steps, values = series(name, 100.0)
+        if steps:
+            usage_axis.plot(steps, values, style, marker="o", markersize=3, label=label)
+            highest = max(highest, *values)
+    usage_axis.set_ylabel("percent")
+    usage_axis.set_ylim(0, min(105.0, 1.25 * highest + 1.0))
+    usage_axis.set_title("CODIS codebook usage during training (teacher assignments of each batch)")
+    usage_axis.legend(fontsize=8, loc="best")
+    usage_axis.grid(alpha=0.3)
+
+    steps, values = series("assignment_entropy")
+    if steps:
+        entropy_axis.plot(steps, values, "-", marker="o", markersize=3, color="tab:purple", label="mean entropy")
+    if codebook_size:
+        entropy_axis.axhline(
+            math.log(codebook_size), color="gray", linestyle="--", label=f"ln K (uniform over {codebook_size})"
+        )
+    entropy_axis.set_ylabel("assignment entropy (nats)")
+    entropy_axis.set_xlabel("optimizer step")
+    entropy_axis.set_ylim(bottom=0)
+    if entropy_axis.lines:
+        entropy_axis.legend(fontsize=8, loc="best")
+    entropy_axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def prototype_assignments(model, processor, dataset, batch_size: int = 64) -> dict[int, dict[str, list[int]]]:
+    """Which prototype each image and each caption of an evaluation-layout `dataset` (`image`, `captions` lists) is
+    assigned to by a `CodisModel`: the argmax of `model.code_probabilities` of its projected embedding, encoded
+    exactly as retrieval evaluation encodes (`encode_images` / `encode_texts`: the processor's image transform and
+    `preset="eval"` captions, in batches of `batch_size`, without gradients).
+
+    Returns `{prototype: {"images": [row indices], "captions": [caption indices]}}` for every prototype that some image
+    or caption is assigned to; caption indices count the captions in dataset order (row 0's captions first)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    texts, _, _ = _flatten_captions(dataset)
+    model.eval()
+    _, image_embeds = encode_images(model, processor, dataset, batch_size, keep_states=False, show_progress=False)
+    _, _, text_embeds = encode_texts(model, processor, texts, batch_size, keep_states=False, show_progress=False)
+    with torch.no_grad():
+        image_codes = model.code_probabilities(image_embeds).argmax(dim=-1).tolist()
+        text_codes = model.code_probabilities(text_embeds).argmax(dim=-1).tolist()
+    assignments: dict[int, dict[str, list[int]]] = {}
+    for kind, codes in (("images", image_codes), ("captions", text_codes)):
+        for index, code in enumerate(codes):
+            assignments.setdefault(code, {"images": [], "captions": []})[kind].append(index)
+    return dict(sorted(assignments.items()))
+
+
+def most_used_prototypes(assignments: dict[int, dict[str, list[int]]], count: int) -> list[int]:
+    """The `count` prototypes of `prototype_assignments` with the most images + captions (ties: lower index first)."""
+    ranked = sorted(
+        assignments, key=lambda code: (-len(assignments[code]["images"]) - len(assignments[code]["captions"]), code)
+    )
+    return ranked[:count]
+
+
+def plot_prototype_gallery(
+    model, processor, dataset, path: str | Path, prototypes: int = 4, per_prototype: int = 4, batch_size: int = 64
+) -> Path:
+    """What a CODIS codebook's prototypes stand for: one row per prototype (the `prototypes` most used on `dataset`,
+    see `prototype_assignments`), with up to `per_prototype` of the images assigned to it, then up to `per_prototype`
+    of the captions assigned to it. Images are labelled with their row index, captions with the index of their own
+    image, so a caption whose image sits in the same row shows the two modalities agreeing on the code."""
+    if prototypes <= 0 or per_prototype <= 0:
+        raise ValueError(f"prototypes and per_prototype must be positive, got {prototypes} and {per_prototype}.")
+    assignments = prototype_assignments(model, processor, dataset, batch_size)
+    texts, _, caption_images = _flatten_captions(dataset)
+    chosen = most_used_prototypes(assignments, prototypes)
+    figure, axes = plt.subplots(
+        len(chosen), per_prototype + 1, figsize=(1.6 * per_prototype + 5.5, 1.9 * len(chosen)), squeeze=False,
+        gridspec_kw={"width_ratios": [1] * per_prototype + [3.4]},
+    )  # fmt: skip
+    for row, code in enumerate(chosen):
+        images, captions = assignments[code]["images"], assignments[code]["captions"]
+        for column in range(per_prototype):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column < len(images):
+                axis.imshow(dataset[images[column]]["image"])
+                axis.set_xlabel(f"image #{images[column]}", fontsize=7)
+            else:
+                for spine in axis.spines.values():
+                    spine.set_visible(False)
+                if column == 0:
+                    axis.text(0.5, 0.5, "(no image)", fontsize=7, ha="center", va="center", transform=axis.transAxes)
+        axes[row][0].set_ylabel(
+            f"prototype {code}\n{len(images)} image{'s' * (len(images) != 1)}\n"
+            f"{len(captions)} caption{'s' * (len(captions) != 1)}",
+            fontsize=8, rotation=0, ha="right", va="center",
+        )  # fmt: skip
+        text_axis = axes[row][-1]
+        text_axis.axis("off")
+        lines = [
+            "\n   ".join(_wrap(f"#{caption_images[index]}: {texts[index]}", 52)) for index in captions[:per_prototype]
+        ]
+        if len(captions) > per_prototype:
+            lines.append(f"(+{len(captions) - per_prototype} more)")
+        text_axis.text(0, 0.5, "\n".join(lines) or "(no caption)", fontsize=7, va="center", ha="left",
+                       transform=text_axis.transAxes)  # fmt: skip
+    figure.suptitle(
+        f"CODIS prototypes most used on {len(dataset)} images / {len(texts)} captions: the images and captions "
+        "assigned to each\n(argmax of code_probabilities; #n: an image's index, or a caption's own image's)",
+        fontsize=9,
+    )
+    return _save(figure, path)
+
+
+def codis_example_plots(
+    model, processor, dataset, output_dir: str | Path, log_history: list[dict] | None = None
+) -> list[Path]:
+    """CODIS's `Method.example_plots`: `codebook_usage.png` (`plot_codebook_usage` of the training log) and
+    `prototype_gallery.png` (`plot_prototype_gallery` of `dataset`). The usage plot is skipped with a warning when the
+    log has no codebook statistics (code loss off, or a run shorter than its logging interval)."""
+    output_dir = Path(output_dir)
+    paths = []
+    if log_history and has_codebook_stats(log_history):
+        paths.append(plot_codebook_usage(log_history, output_dir / "codebook_usage.png", model.config.codebook_size))
+    else:
+        warnings.warn(
+            "No codebook statistics in the training log (code loss and teacher-plan OT off, or the run ended before "
+            "its first logging step); skipping codebook_usage.png.",
+            stacklevel=2,
+        )
+    paths.append(plot_prototype_gallery(model, processor, dataset, output_dir / "prototype_gallery.png"))
     return paths
 
 
@@ -167,10 +339,17 @@ def _save(figure, path: str | Path) -> Path:
 
 
 __all__ = [
+    "CODEBOOK_STATS",
+    "codis_example_plots",
     "fdt_example_plots",
     "fdt_token_overlap",
+    "has_codebook_stats",
+    "most_used_prototypes",
+    "plot_codebook_usage",
     "plot_fdt_token_overlap",
     "plot_losses",
+    "plot_prototype_gallery",
     "plot_recalls",
     "plot_text_to_image_results",
+    "prototype_assignments",
 ]
