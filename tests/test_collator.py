@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import pickle
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
-from vlalign import AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
+from vlalign import AlbefForPreTraining, AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
 from vlalign.data.collator import AlbefCollator
 from vlalign.data.synthetic import make_synthetic_dataset, to_pair_dataset
 from vlalign.data.transforms import albef_train_transform
@@ -218,3 +220,80 @@ def test_empty_caption_and_batch_errors(processor, eval_rows):
         AlbefCollator(processor, text_column="captions")([eval_rows[0] | {"captions": []}])
     with pytest.raises(ValueError, match="empty batch"):
         AlbefCollator(processor)([])
+
+
+def _offset_transform(image):
+    """A random transform whose draws are easy to see: the image as a tensor plus one random offset per call."""
+    return torch.as_tensor(np.array(image), dtype=torch.float32).permute(2, 0, 1) / 255 + torch.rand(())
+
+
+def test_teacher_view_is_a_second_seeded_draw_of_the_same_image(processor, eval_rows):
+    transform = albef_train_transform("pretrain", image_size=IMAGE_SIZE)
+    student_only = AlbefCollator(processor, image_transform=transform, text_column="captions")
+    collator = AlbefCollator(processor, image_transform=transform, text_column="captions", teacher_view=True)
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    batch = collator(eval_rows)
+    assert torch.equal(torch.random.get_rng_state(), state), "the second view must not advance the global RNG"
+    assert set(batch) == {"pixel_values", "pixel_values_teacher", "input_ids", "attention_mask"}
+    teacher = batch["pixel_values_teacher"]
+    assert teacher.shape == batch["pixel_values"].shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert teacher.dtype == torch.float32
+    for row in range(4):  # every row's two views differ
+        assert not torch.equal(teacher[row], batch["pixel_values"][row])
+    # the student view is exactly what it is without the teacher view; the text is untouched
+    plain = student_only(eval_rows)
+    for key in plain:
+        assert torch.equal(batch[key], plain[key]), key
+    # reproducible across collator instances with the same global seed, and per row (batch order does not matter)
+    twin = AlbefCollator(processor, image_transform=transform, text_column="captions", teacher_view=True)
+    assert torch.equal(twin(eval_rows)["pixel_values_teacher"], teacher)
+    assert torch.equal(twin(eval_rows[::-1])["pixel_values_teacher"], teacher.flip(0))
+    # redrawn every epoch and under another global seed
+    twin.set_epoch(1)
+    assert not torch.equal(twin(eval_rows)["pixel_values_teacher"], teacher)
+    torch.manual_seed(1)
+    assert not torch.equal(collator(eval_rows)["pixel_values_teacher"], teacher)
+
+
+def test_teacher_view_transforms_the_same_image(processor, eval_rows):
+    collator = AlbefCollator(processor, image_transform=_offset_transform, text_column="captions", teacher_view=True)
+    torch.manual_seed(0)
+    batch = collator(eval_rows)
+    difference = batch["pixel_values_teacher"] - batch["pixel_values"]
+    for row in range(4):  # same image, another draw: the views differ by one offset per row
+        offset = difference[row].flatten()
+        assert offset.abs().min() > 0
+        assert torch.allclose(offset, offset[0].expand_as(offset), atol=1e-5)
+    # with an explicit generator the transform draws from the global RNG: two draws per row, seeded by the caller
+    seeded = AlbefCollator(processor, image_transform=_offset_transform, text_column="captions", teacher_view=True,
+                           generator=torch.Generator().manual_seed(3))  # fmt: skip
+    torch.manual_seed(5)
+    first = seeded(eval_rows)
+    assert not torch.equal(first["pixel_values_teacher"], first["pixel_values"])
+    seeded.generator.manual_seed(3)
+    torch.manual_seed(5)
+    assert torch.equal(seeded(eval_rows)["pixel_values_teacher"], first["pixel_values_teacher"])
+
+
+def test_teacher_view_off_by_default_and_needs_a_transform(processor, eval_rows):
+    transform = albef_train_transform("pretrain", image_size=IMAGE_SIZE)
+    assert "pixel_values_teacher" not in AlbefCollator(processor, text_column="captions")(eval_rows)
+    assert "pixel_values_teacher" not in AlbefCollator(processor, image_transform=transform, text_column="captions")(
+        eval_rows
+    )
+    with pytest.raises(ValueError, match="teacher_view=True needs a random image_transform"):
+        AlbefCollator(processor, text_column="captions", teacher_view=True)
+    # the models take the second view under this name
+    assert "pixel_values_teacher" in inspect.signature(AlbefForPreTraining.forward).parameters
+
+
+def test_teacher_view_of_another_size_is_an_error(processor, eval_rows):
+    sizes = iter([IMAGE_SIZE, IMAGE_SIZE // 2])
+
+    def shrinking(image):
+        return torch.zeros(3, next(sizes), IMAGE_SIZE)
+
+    collator = AlbefCollator(processor, image_transform=shrinking, text_column="captions", teacher_view=True)
+    with pytest.raises(ValueError, match="teacher view shape"):
+        collator(eval_rows[:1])

@@ -17,6 +17,10 @@ Randomness (caption choice here, augmentations in the image transform) uses the 
 ``torch.Generator`` is given, so Trainer seeding, resuming and DataLoader per-worker seeding reproduce it. An explicit
 generator is copied into every DataLoader worker with the *same* state, so all workers would make the same choices;
 prefer ``generator=None`` with ``num_workers > 0``.
+
+With ``teacher_view=True`` the collator also returns ``pixel_values_teacher``, a second, independently drawn
+augmentation of each image for the momentum (teacher) image encoder (TCL's recipe; CODIS with
+``teacher_image_view="augmented"``).
 """
 
 from __future__ import annotations
@@ -79,10 +83,17 @@ class AlignmentCollator:
             checkpoint is written) and a run split over N processes equal to one process with the same global
             batch.
         epoch: the current epoch; `AlignmentTrainer` sets it through `set_epoch`.
+        teacher_view: also return ``pixel_values_teacher``: ``image_transform`` applied a second time to each image,
+            with its own draw (a seed of the same scheme under another purpose, so it is as reproducible and
+            resumable as ``pixel_values`` and leaves ``pixel_values`` exactly as without it; with a ``generator``,
+            the next draws of the global RNG). Needs ``image_transform``: without one both views would be the image
+            processor's identical deterministic output. The transform must be random for the views to differ; the
+            collator cannot check that.
 
     Returns (when called with a list of row dicts):
         ``{"pixel_values": float32 [B, 3, H, W], "input_ids": long [B, L], "attention_mask": long [B, L]}`` plus
-        ``"idx": long [B]`` when configured and present. ``token_type_ids`` is never returned.
+        ``"idx": long [B]`` when configured and present, and ``"pixel_values_teacher"`` (float32, the shape of
+        ``pixel_values``) with ``teacher_view``. ``token_type_ids`` is never returned.
     """
 
     processor: Any
@@ -93,6 +104,7 @@ class AlignmentCollator:
     idx_column: str | None = None
     generator: torch.Generator | None = None
     epoch: int = 0
+    teacher_view: bool = False
 
     def __post_init__(self) -> None:
         presets = getattr(self.processor, "text_presets", None)
@@ -102,6 +114,12 @@ class AlignmentCollator:
             raise TypeError(f"image_transform must be callable or None, got {type(self.image_transform).__name__}.")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(self.generator).__name__}.")
+        if self.teacher_view and self.image_transform is None:
+            raise ValueError(
+                "teacher_view=True needs a random image_transform (e.g. vlalign.data.transforms."
+                "albef_train_transform): the teacher view is a second augmentation of each image, and without a "
+                "transform both views would be the image processor's identical deterministic output."
+            )
 
     # ------------------------------------------------------------------ public API
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -134,6 +152,14 @@ class AlignmentCollator:
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
         }
+        if self.teacher_view:
+            teacher = self._transform_images(images, rows, "teacher_image")
+            if teacher.shape != pixel_values.shape:
+                raise ValueError(
+                    f"image_transform gave the teacher view shape {tuple(teacher.shape)} but the student view "
+                    f"{tuple(pixel_values.shape)}; use a fixed output size."
+                )
+            batch["pixel_values_teacher"] = teacher.to(torch.float32)
         idx = self._collect_idx(rows)
         if idx is not None:
             batch["idx"] = idx
@@ -225,7 +251,12 @@ class AlignmentCollator:
             raise ValueError(f"{where}: the image could not be read ({err}). {_LOADER_HINT}") from err
         return image
 
-    def _transform_images(self, images: list[Any], rows: list[Mapping[str, Any]]) -> torch.Tensor:
+    def _transform_images(
+        self, images: list[Any], rows: list[Mapping[str, Any]], purpose: str = "image"
+    ) -> torch.Tensor:
+        """`image_transform` of every image, each under its own seed for `purpose` ("image": the student view,
+        "teacher_image": the teacher's second view), or the global RNG with an explicit `generator`."""
+        view = " (teacher view)" if purpose == "teacher_image" else ""
         tensors = []
         for position, image in enumerate(images):
             try:
@@ -233,11 +264,12 @@ class AlignmentCollator:
                     tensor = self.image_transform(image)
                 else:
                     with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(self._row_seed(rows[position], "image"))
+                        torch.manual_seed(self._row_seed(rows[position], purpose))
                         tensor = self.image_transform(image)
             except Exception as err:
                 _add_note(
-                    err, f"AlignmentCollator: while transforming the image of {_row_label(position, rows[position])}"
+                    err,
+                    f"AlignmentCollator: while transforming the image of {_row_label(position, rows[position])}{view}",
                 )
                 raise
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
