@@ -6,7 +6,7 @@ import ot
 import pytest
 import torch
 
-from vlalign.models.sinkhorn import sinkhorn_log
+from vlalign.models.sinkhorn import sinkhorn_log, transport_plans
 
 
 def unit_scores(samples: int = 16, prototypes: int = 40, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
@@ -87,3 +87,58 @@ def test_bad_arguments_are_named():
         sinkhorn_log(unit_scores(), 0.05, 0)
     with pytest.raises(FloatingPointError, match="not finite"):
         sinkhorn_log(torch.full((2, 3), float("nan")), 0.05, 3)
+
+
+def pot_scaled_plan(scores: torch.Tensor) -> torch.Tensor:
+    """POT's converged plan for cost 1 − scores (uniform marginals, ε = 0.05), rows rescaled to distributions."""
+    samples, prototypes = scores.shape
+    plan = ot.sinkhorn(
+        torch.full((samples,), 1 / samples, dtype=torch.float64), torch.full((prototypes,), 1 / prototypes,
+        dtype=torch.float64), 1 - scores, 0.05, method="sinkhorn_log", numItermax=20000, stopThr=1e-13,
+    )  # fmt: skip
+    return plan * samples
+
+
+def two_modalities() -> list[torch.Tensor]:
+    # different row counts, so a wrong split point shows
+    return [unit_scores(samples=6, prototypes=10, seed=3), unit_scores(samples=9, prototypes=10, seed=4)]
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_transport_plans_separate_are_one_sinkhorn_per_modality(iterations):
+    scores = two_modalities()
+    plans = transport_plans(scores, 0.05, iterations, joint=False)
+    assert len(plans) == 2
+    for plan, score in zip(plans, scores, strict=True):
+        assert torch.equal(plan, sinkhorn_log(score, 0.05, iterations))
+        torch.testing.assert_close(plan, direct_sinkhorn(score, 0.05, iterations), atol=1e-12, rtol=0)
+        torch.testing.assert_close(plan.sum(dim=1), torch.ones(score.shape[0], dtype=torch.float64), atol=1e-12,
+                                   rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_transport_plans_joint_is_one_sinkhorn_over_the_concatenation(iterations):
+    scores = two_modalities()
+    plans = transport_plans(scores, 0.05, iterations, joint=True)
+    assert [p.shape for p in plans] == [(6, 10), (9, 10)]
+    joint = direct_sinkhorn(torch.cat(scores), 0.05, iterations)
+    torch.testing.assert_close(plans[0], joint[:6], atol=1e-12, rtol=0)
+    torch.testing.assert_close(plans[1], joint[6:], atol=1e-12, rtol=0)
+    assert torch.equal(torch.cat(plans), sinkhorn_log(torch.cat(scores), 0.05, iterations))
+    for plan in plans:
+        torch.testing.assert_close(plan.sum(dim=1), torch.ones(plan.shape[0], dtype=torch.float64), atol=1e-12,
+                                   rtol=0)  # fmt: skip
+    separate = transport_plans(scores, 0.05, iterations, joint=False)
+    assert not torch.allclose(plans[0], separate[0], atol=1e-3)  # prototypes share their mass across modalities
+
+
+def test_transport_plans_match_pot_at_convergence():
+    scores = two_modalities()
+    separate = transport_plans(scores, 0.05, 5000, joint=False)
+    for plan, score in zip(separate, scores, strict=True):
+        torch.testing.assert_close(plan, pot_scaled_plan(score), atol=1e-6, rtol=0)
+    joint = torch.cat(transport_plans(scores, 0.05, 5000, joint=True))
+    torch.testing.assert_close(joint, pot_scaled_plan(torch.cat(scores)), atol=1e-6, rtol=0)
+    # joint: each prototype holds 1/K of all 15 rows' mass, not of each modality's
+    torch.testing.assert_close(joint.sum(dim=0), torch.full((10,), 15 / 10, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert (separate[0].sum(dim=0) - 6 / 10).abs().max() < 1e-5
