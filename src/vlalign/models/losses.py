@@ -315,7 +315,7 @@ def assignment_contrastive_loss(
     """Code alignment as contrast over assignments (the alternative reading of CODIS's "contrast positive and
     negative samples via their cluster assignments"): student row i scores every sample j of the other modality by
     the log-likelihood its predicted prototype distribution gives j's teacher plan, Σ_k plan[j, k]·log p_i[k], and the
-    InfoNCE target is uniform over the samples of the same image. With a single candidate it reduces to
+    InfoNCE target is uniform over the samples of the same image. The positive pair's score is minus
     [`swapped_prediction_loss`]; the other samples' plans act as negatives.
 
     Args:

@@ -481,8 +481,8 @@ class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTraine
     def _init_weights(self, module: nn.Module) -> None:
         """Every parameter and buffer, so weights a checkpoint lacks (or a model built on the meta device) start from
         the same distribution as a fresh model: BERT-style normal init for the text side, truncated normal (timm) for
-        the ViT, then model-level state: the temperature, unit-norm random queues, and momentum encoders equal to
-        the online ones."""
+        the ViT, and the temperature. Training models add their queues and momentum copies
+        (`AlbefMomentumMixin._initialize_weights`)."""
         std = getattr(self.config, "initializer_range", 0.02) * getattr(self.config, "initializer_factor", 1.0)
         if isinstance(module, AlbefVisionEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=0.02)
@@ -511,10 +511,6 @@ class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTraine
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[1]).unsqueeze(0))
         if isinstance(module, AlbefModel):
             init.constant_(module.temp, self.config.temp)
-        if isinstance(module, AlbefMomentumMixin):
-            module._init_queues()
-            for online, momentum in module.momentum_parameter_pairs():
-                init.copy_(momentum, online)
 
 
 class AlbefVisionModel(AlbefPreTrainedModel):
@@ -872,6 +868,19 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         #: (image_feat_m, text_feat_m, idx) of each training forward since the last optimizer step, to enqueue
         self._momentum_feature_stash: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._last_alpha = config.alpha if config.distill else 0.0
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """transformers' per-module initialisation; then, at the model itself (visited last), the training state a
+        checkpoint may lack: random unit queues, and momentum parameters equal to their online ones. This runs even
+        when transformers skips the model's own `_init_weights` because its buffers were loaded, so a momentum module
+        missing from a checkpoint (a fine-tuned file, an EMA copy the config newly asks for) starts as a copy of its
+        online module rather than as random weights. Loaded tensors are never overwritten."""
+        super()._initialize_weights(module, is_custom_code)
+        if module is self:
+            with torch.no_grad():
+                self._init_queues()
+                for online, momentum in self.momentum_parameter_pairs():
+                    init.copy_(momentum, online)
 
     def _init_queues(self) -> None:
         """Queues start full of random unit vectors (one per column), as in the official code."""

@@ -60,8 +60,10 @@ class CodisCodebook(nn.Module):
         return F.normalize(self.prototypes, dim=-1)
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities `[samples, prototypes]` of L2-normalised `features` `[samples, dim]`, in float32."""
-        return features.float() @ self.normalized().float().t()
+        """Cosine similarities `[samples, prototypes]` of L2-normalised `features` `[samples, dim]`, in float32 even
+        under autocast: the transport and the prototype softmax need the precision."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return features.float() @ self.normalized().float().t()
 
     @torch.no_grad()
     def renormalize_(self) -> None:
