@@ -222,6 +222,9 @@ def test_invalid_settings_are_rejected(overrides, message):
 def test_switching_terms_off_and_unused_queue_rows_are_valid():
     config = CodisConfig(code_loss_weight=0.0, ot_loss_weight=0.0, queue_size=16)  # queue rows unused: no check
     assert config.code_loss_weight == config.ot_loss_weight == 0.0 and config.sinkhorn_queue_rows == 3584
+    # weights and temperatures written as integers are accepted (as transformers' `int | float` fields)
+    config = CodisConfig(code_loss_weight=0, ot_loss_weight=2, prototype_temperature=1, sinkhorn_epsilon=1)
+    assert (config.code_loss_weight, config.ot_loss_weight) == (0, 2)
 
 
 def test_config_round_trips_through_a_dict(processor):

@@ -37,7 +37,8 @@ class CodisConfig(AlbefConfig):
             so other samples' assignments are negatives.
         code_loss_weight: weight λ_code of the code-alignment loss (0 turns it off).
         code_loss_reduction: `"sum"` or `"mean"` of its text→prototype and image→prototype terms.
-        code_loss_warmup_steps: ramp λ_code linearly from 0 over this many optimizer steps (0: constant).
+        code_loss_warmup_steps: ramp λ_code linearly from 0 over this many optimizer steps (0: constant). The step is
+            the one a trainer reports through `set_training_progress`; without one the weight is full.
         ot_loss_weight: weight λ_ot of the separate OT loss, the transport cost between features and prototypes
             (0 turns it off).
         ot_plan_source: plans of that cost: `"student"` (Sinkhorn on the student scores) or `"teacher"` (reuse the
@@ -59,18 +60,18 @@ class CodisConfig(AlbefConfig):
 
     codebook_size: int = 3000
     codebook_dim: int | None = None
-    prototype_temperature: float = 0.1
+    prototype_temperature: int | float = 0.1
     momentum_codebook: bool = False
-    sinkhorn_epsilon: float = 0.05
+    sinkhorn_epsilon: int | float = 0.05
     sinkhorn_iterations: int = 3
     sinkhorn_use_queue: bool = False
     sinkhorn_queue_rows: int = 3584
     sinkhorn_joint: bool = False
     code_loss_type: Literal["swapped_prediction", "assignment_contrast"] = "swapped_prediction"
-    code_loss_weight: float = 1.0
+    code_loss_weight: int | float = 1.0
     code_loss_reduction: Literal["sum", "mean"] = "sum"
     code_loss_warmup_steps: int = 0
-    ot_loss_weight: float = 1.0
+    ot_loss_weight: int | float = 1.0
     ot_plan_source: Literal["student", "teacher"] = "student"
     align_intra_modal: bool = True
     align_reduction: Literal["mean", "sum"] = "mean"
