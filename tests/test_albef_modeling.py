@@ -385,10 +385,17 @@ ALL_CLASSES = [
     vlalign.AlbefModel,
     vlalign.AlbefForPreTraining,
     vlalign.AlbefForImageTextRetrieval,
+    # CODIS is ALBEF plus a codebook: its classes must keep every convention
+    vlalign.CodisModel,
+    vlalign.CodisForPreTraining,
+    vlalign.CodisForImageTextRetrieval,
 ]
 
 
 def config_for(model_class, config: vlalign.AlbefConfig):
+    if issubclass(model_class, vlalign.CodisPreTrainedModel):
+        settings = {k: v for k, v in config.to_dict().items() if k in vlalign.CodisConfig.__dataclass_fields__}
+        return vlalign.CodisConfig(**settings, codebook_size=8)
     if model_class is vlalign.AlbefVisionModel:
         return config.vision_config
     if model_class in (vlalign.AlbefTextModel, AlbefFusionModel):
@@ -559,7 +566,9 @@ class TestInitialisation:
         for key, value in from_init.state_dict().items():
             assert torch.equal(from_nothing.state_dict()[key], value), key
 
-    @pytest.mark.parametrize("model_class", [vlalign.AlbefVisionModel, vlalign.AlbefForPreTraining])
+    @pytest.mark.parametrize(
+        "model_class", [vlalign.AlbefVisionModel, vlalign.AlbefForPreTraining, vlalign.CodisForPreTraining]
+    )
     def test_meta_device_model_initialises_everything(self, model_class, tiny_config):
         config = config_for(model_class, tiny_config)
         with torch.device("meta"):
