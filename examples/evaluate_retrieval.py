@@ -1,16 +1,17 @@
-"""Evaluate image-text retrieval of any vlalign model (ALBEF, FDT, ...): R@1/5/10 in both directions.
+"""Evaluate image-text retrieval of any vlalign model (ALBEF, CODIS, FDT): R@1/5/10 in both directions.
 
 Loads the encoders (`AutoModel`) and processor (`AutoProcessor`) of any vlalign folder or Hub id, whatever the
 method and head (pretraining or retrieval: converted official checkpoints, `examples/pretrain.py` or
 `examples/finetune_retrieval.py` outputs), ranks by the embedding cosine (ITC) and, where the model has an ITM head
-(ALBEF), re-ranks each query's top k_test with it, as the official evaluation does. Prints the R@K table and writes
-it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions and the ITM re-rank,
-the expensive part, is split across the processes; only the first process prints and writes.
+(ALBEF, CODIS), re-ranks each query's top k_test with it, as ALBEF's official evaluation does. Prints the R@K table
+and writes it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions and the
+ITM re-rank, the expensive part, is split across the processes; only the first process prints and writes.
 
 Synthetic shapes test split (default; no download), e.g. on the output of `examples/pretrain.py --tiny`:
 
     python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
     python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre_fdt --num_test 100
+    python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre_codis --num_test 100 --k_test 16
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 examples/evaluate_retrieval.py \
         --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
 
@@ -20,14 +21,24 @@ COCO 5k test (Karpathy `coco_test.json` from ALBEF's data.tar.gz; k_test 256, Fl
         --model_name_or_path out/albef-coco-retrieval --test_json data/coco_test.json --image_root /datasets/coco \
         --k_test 256 --output_file out/albef-coco-retrieval/coco_test_retrieval.json
 
+CODIS follows ALBEF's protocol; its codebook plays no part in ranking. Zero-shot as the paper reports it: COCO 5K
+with the pretrained folder, Flickr30K 1K with the COCO-fine-tuned one (ViCHA describes this protocol for ALBEF, TCL
+and CODIS):
+
+    python examples/evaluate_retrieval.py --model_name_or_path out/codis-4m --test_json data/coco_test.json \
+        --image_root /datasets/coco --k_test 256
+    python examples/evaluate_retrieval.py --model_name_or_path out/codis-coco-retrieval \
+        --test_json data/flickr30k_test.json --image_root /datasets/flickr30k --k_test 128
+
 FDT (a dual encoder: cosine ranking only; its official zero-shot protocol on the same Karpathy json):
 
     python examples/evaluate_retrieval.py --model_name_or_path out/fdt-cc3m --test_json data/coco_test.json \
         --image_root /datasets/coco --output_file out/fdt-cc3m/coco_test_retrieval.json
 
-An ALBEF pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add `--image_size 384`
-(position embeddings are interpolated; methods without `set_image_size`, such as FDT, are evaluated at their own
-resolution only). `--itc_only` ranks by ITC alone (no fusion forwards; fast); dual encoders always do.
+An ALBEF or CODIS pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add
+`--image_size 384` (position embeddings are interpolated; methods without `set_image_size`, such as FDT, are
+evaluated at their own resolution only). `--itc_only` ranks by ITC alone (no fusion forwards; fast); dual encoders
+always do.
 """
 
 from __future__ import annotations
@@ -82,7 +93,7 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "Evaluation resolution (default: the model's); interpolates position embeddings, for methods "
-            "that support it (ALBEF)."
+            "that support it (ALBEF, CODIS)."
         },
     )
     batch_size: int = field(default=64, metadata={"help": "Images / captions per encoder forward."})

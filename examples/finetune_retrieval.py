@@ -1,7 +1,9 @@
-"""Fine-tune any vlalign method (`--method albef|fdt`) for image-text retrieval with `AlignmentTrainer`.
+"""Fine-tune any vlalign method (`--method albef|codis|fdt`) for image-text retrieval with `AlignmentTrainer`.
 
 The training model is the method's retrieval class where it has one (ALBEF: `AlbefForImageTextRetrieval`, ITC + ITM
-with same-image positives, rows carry an image index `idx`) and otherwise its contrastive pretraining model (FDT:
+with same-image positives, rows carry an image index `idx`; CODIS: `CodisForImageTextRetrieval`, by default its
+pretraining alignment and codebook losses plus ITM with the same positives, `--config_overrides
+finetune_objective=albef` for ALBEF's ITC + ITM) and otherwise its contrastive pretraining model (FDT:
 `FdtForPreTraining`; a dual encoder fine-tunes with the objective it was pretrained with, ITC over the batch, in
 which two captions of one image in a batch count as negatives of each other, as in CLIP fine-tuning).
 
@@ -11,9 +13,10 @@ augmentation (RandomResizedCrop 0.5-1, flip, RandomAugment). Flickr30k: `--num_t
 uses `--k_test 256` (the converted config's default). FDT released no fine-tuning recipe; its defaults here are its
 pretraining optimizer (AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU) with ALBEF's
 fine-tuning length and lr (5 epochs, lr 1e-5, cosine to 0 without warm-up), at the model's own resolution with
-FDT's MoCo-v2 augmentation; treat them as a starting point. Both methods evaluate retrieval on the val and test
-splits after every epoch and keep the best epoch by val r_mean (`--metric_for_best_model val_r_mean`), as ALBEF
-selects its checkpoint. `--method fdt --help` shows that method's defaults.
+FDT's MoCo-v2 augmentation; treat them as a starting point. CODIS released no recipe either and is ALBEF plus a
+codebook, so it takes ALBEF's settings, resolution and augmentation unchanged. Every method evaluates retrieval on
+the val and test splits after every epoch and keeps the best epoch by val r_mean (`--metric_for_best_model
+val_r_mean`), as ALBEF selects its checkpoint. `--method fdt --help` shows that method's defaults.
 
 Synthetic shapes (default; no download). Without --model_name_or_path a tiny random model is used (a smoke run);
 fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
@@ -22,11 +25,15 @@ fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
         --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
     python examples/finetune_retrieval.py --method fdt --output_dir /tmp/ex_ft_fdt --use_cpu --num_train 32 \
         --num_validation 16 --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
+    python examples/finetune_retrieval.py --method codis --output_dir /tmp/ex_ft_codis --use_cpu --num_train 32 \
+        --num_validation 16 --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
 
     python examples/finetune_retrieval.py --model_name_or_path out/albef-synthetic --output_dir out/ret-synthetic \
         --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
     python examples/finetune_retrieval.py --method fdt --model_name_or_path out/fdt-synthetic \
         --output_dir out/fdt-ret-synthetic --use_cpu --learning_rate 1e-4 --num_train_epochs 3
+    python examples/finetune_retrieval.py --method codis --model_name_or_path out/codis-synthetic \
+        --output_dir out/codis-ret-synthetic --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
 
 Real data: COCO Karpathy splits from ALBEF's `data.tar.gz` (coco_train.json: one entry per caption with
 `image_id`; coco_val.json / coco_test.json: one entry per image with a caption list), images under --image_root.
@@ -48,6 +55,18 @@ at its own 224 px (FDT models cannot change resolution):
         --model_name_or_path out/fdt-cc3m --train_json data/coco_train.json --val_json data/coco_val.json \
         --test_json data/coco_test.json --image_root /datasets/coco --output_dir out/fdt-coco-retrieval \
         --dataloader_num_workers 8
+
+CODIS: from an `examples/pretrain.py --method codis` output, or from an ALBEF-4M checkpoint converted into a CODIS
+retrieval folder (`vlalign convert --method codis ... --config configs/Retrieval_coco.yaml` as for ALBEF above; the
+prototypes start random, so this is ALBEF's fine-tuning with CODIS's losses, not the paper's model):
+
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py \
+        --method codis --model_name_or_path out/codis-4m --train_json data/coco_train.json \
+        --val_json data/coco_val.json --test_json data/coco_test.json --image_root /datasets/coco \
+        --output_dir out/codis-coco-retrieval --dataloader_num_workers 8
+
+The paper's zero-shot Flickr30K protocol evaluates this COCO-fine-tuned model on Flickr30K's 1K test split
+(`examples/evaluate_retrieval.py --k_test 128`).
 
 (add `--bf16` for bf16 autocast; the official runs are fp32). Without best-model selection: `--eval_strategy no
 --load_best_model_at_end false` (and `--save_strategy no` for no checkpoints).
@@ -130,6 +149,12 @@ TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
 #: fine-tuning resolution on real data where it differs from the model's own (methods not listed keep theirs)
 REAL_DATA_IMAGE_SIZE: dict[str, int] = {"albef": 384}
 
+# CODIS is ALBEF plus a codebook and released no fine-tuning recipe (specs/codis.md §6): ALBEF's settings,
+# augmentation and 384 px, unchanged. What it optimises is a config choice (`finetune_objective`), not a flag here.
+RETRIEVAL_DEFAULTS["codis"] = dict(RETRIEVAL_DEFAULTS["albef"])
+TRAIN_TRANSFORMS["codis"] = TRAIN_TRANSFORMS["albef"]
+REAL_DATA_IMAGE_SIZE["codis"] = REAL_DATA_IMAGE_SIZE["albef"]
+
 SYNTHETIC_IMAGE_SIZE = 64
 
 
@@ -158,10 +183,17 @@ class ScriptArguments:
         default=None, metadata={"help": "Karpathy test json: [{image, caption: [str]}, ...]."}
     )
     image_root: str = field(default="", metadata={"help": "Directory the json image paths are relative to."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Config settings to change, 'name=value,name=value', applied to the loaded (or tiny) model's "
+            "config and checked like the config's own fields, e.g. CODIS's 'finetune_objective=albef'."
+        },
+    )
     image_size: int | None = field(
         default=None,
         metadata={
-            "help": "Fine-tuning resolution (default: ALBEF 384 for real data, otherwise the model's own). "
+            "help": "Fine-tuning resolution (default: ALBEF and CODIS 384 for real data, otherwise the model's own). "
             "Position embeddings are interpolated when it differs from the model's (methods that support it)."
         },
     )
@@ -200,6 +232,29 @@ def parse_args() -> tuple[ScriptArguments, AlignmentTrainingArguments]:
     parser.set_defaults(**RETRIEVAL_DEFAULTS[method])
     script_args, training_args = parser.parse_args_into_dataclasses()
     return script_args, training_args
+
+
+def apply_config_overrides(config: Any, overrides: str | None) -> Any:
+    """`config` with the 'name=value,...' settings of `--config_overrides`, rebuilt so that the config's own checks
+    (value types and ranges, settings that depend on each other) run again; unknown names raise."""
+    if not overrides:
+        return config
+    config.update_from_string(overrides)
+    logger.info("Config overrides: %s", overrides)
+    return type(config).from_dict(config.to_dict())
+
+
+def wants_teacher_view(config: Any, augment: bool) -> bool:
+    """Whether batches need `pixel_values_teacher`, a second augmented view of each image for the momentum image
+    encoder (CODIS with `teacher_image_view="augmented"`, TCL's recipe); that view needs the augmentation on."""
+    if getattr(config, "teacher_image_view", "same") != "augmented":
+        return False
+    if not augment:
+        raise ValueError(
+            "teacher_image_view='augmented' feeds the momentum image encoder a second augmented view of each image, "
+            "so it needs the train-time augmentation: pass --augment true (it is off by default on synthetic data)."
+        )
+    return True
 
 
 def training_class(method: Method) -> type:
@@ -279,12 +334,16 @@ def main() -> None:
                 f"{script_args.model_name_or_path} holds a {folder_method.name} model; pass --method {folder_method.name}"
             )
         processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
-        model = model_class.from_pretrained(script_args.model_name_or_path)
+        config = apply_config_overrides(
+            AutoConfig.from_pretrained(script_args.model_name_or_path), script_args.config_overrides
+        )
+        model = model_class.from_pretrained(script_args.model_name_or_path, config=config)
     else:
         logger.warning("No --model_name_or_path: fine-tuning a tiny *randomly initialised* model (smoke run).")
         tokenizer = method.build_tokenizer(dataset_captions(splits))
         processor = method.build_processor(tokenizer, SYNTHETIC_IMAGE_SIZE)
-        model = model_class(method.tiny_config(tokenizer, SYNTHETIC_IMAGE_SIZE))
+        config = method.tiny_config(tokenizer, SYNTHETIC_IMAGE_SIZE)
+        model = model_class(apply_config_overrides(config, script_args.config_overrides))
     model_size = model.config.vision_config.image_size
     image_size = script_args.image_size or (
         model_size if synthetic else REAL_DATA_IMAGE_SIZE.get(method.name, model_size)
@@ -310,6 +369,7 @@ def main() -> None:
         image_transform=TRAIN_TRANSFORMS[method.name](image_size) if augment else None,
         text_column="caption",
         idx_column="idx" if takes_idx else None,
+        teacher_view=wants_teacher_view(model.config, augment),
     )
     # AlignmentTrainer.evaluate runs retrieval on each named eval split (metrics eval_val_*, eval_test_*)
     trainer = AlignmentTrainer(

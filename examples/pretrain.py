@@ -1,12 +1,17 @@
-"""Pretrain any vlalign method (`--method albef|fdt`) from scratch or from a folder with `AlignmentTrainer`.
+"""Pretrain any vlalign method (`--method albef|codis|fdt`) from scratch or from a folder with `AlignmentTrainer`.
 
 ALBEF (ITC + ITM + MLM, momentum distillation) defaults follow the official `Pretrain.yaml`: lr 1e-4, weight decay
 0.02, 30 epochs, batch 64 per GPU, staircase warm-up over 2000 steps from 1e-5, per-epoch cosine to 1e-5, 256 px,
 captions cut to 25 tokens, bert-base-uncased. FDT (CLIP + Finite Discrete Tokens, ITC) defaults follow the released
 `config_cc3m.yaml`: AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU, 32 epochs, linear
 warm-up from 1e-4 to the peak lr 1e-3 over 2500 steps then cosine to 0 (`--fdt_lr_schedule`), a checkpoint every
-2700 steps, seed 0, 224 px with MoCo-v2 augmentation, 77 text positions, OpenAI's BPE file. `--method fdt --help`
-shows the defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments` flag overrides them.
+2700 steps, seed 0, 224 px with MoCo-v2 augmentation, 77 text positions, OpenAI's BPE file. CODIS (ALBEF plus a
+codebook shared by image and text: teacher-student alignment, code alignment by optimal transport, OT loss, ITM,
+MLM) released no code; it trains on the same 4M data for the same 30 epochs as ALBEF, so its defaults are ALBEF's
+(the codebook is kept out of weight decay by the method's optimizer groups). Its open design choices are
+`CodisConfig` fields: switch them with `--config_overrides` (below) or a config json (`--config_name`).
+`--method fdt --help` shows the defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments`
+flag overrides them.
 
 Synthetic shapes (default; no download, tokenizer built in-process; a tiny model that learns on a CPU in minutes):
 
@@ -16,12 +21,17 @@ Synthetic shapes (default; no download, tokenizer built in-process; a tiny model
     python examples/pretrain.py --method fdt --tiny --output_dir out/fdt-synthetic --use_cpu \
         --max_steps 800 --per_device_train_batch_size 32 --learning_rate 2e-3 --weight_decay 0.02 \
         --fdt_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
+    python examples/pretrain.py --method codis --tiny --output_dir out/codis-synthetic --use_cpu \
+        --max_steps 600 --per_device_train_batch_size 32 --learning_rate 2e-3 \
+        --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
 
 Smoke runs (seconds):
 
     python examples/pretrain.py --tiny --output_dir /tmp/ex_pre --use_cpu --max_steps 3 \
         --per_device_train_batch_size 8 --num_train 64 --num_test 16
     python examples/pretrain.py --method fdt --tiny --output_dir /tmp/ex_pre_fdt --use_cpu --max_steps 3 \
+        --per_device_train_batch_size 8 --num_train 64 --num_test 16
+    python examples/pretrain.py --method codis --tiny --output_dir /tmp/ex_pre_codis --use_cpu --max_steps 3 \
         --per_device_train_batch_size 8 --num_train 64 --num_test 16
 
 Real data: a json list of {"image": path, "caption": str or [str, ...]} (paths relative to --image_root or
@@ -48,10 +58,27 @@ BPE file (OpenAI CLIP's, shipped in FDT's `text_info/`), a tokenizer folder work
 `vlalign convert --method albef --checkpoint ALBEF_4M.pth --config configs/Pretrain.yaml --config
 configs/config_bert.json --tokenizer bert-base-uncased --output albef-4m`, then `--model_name_or_path albef-4m`.
 
+CODIS from scratch is the ALBEF command above with `--method codis` (same data, same defaults). There is no CODIS
+checkpoint to convert; the cheap start for short CODIS runs and ablations is an ALBEF-4M (or TCL-4M, same layout)
+checkpoint converted into a CODIS folder, whose prototypes start as random unit vectors (the paper itself starts from
+DeiT + BERT):
+
+    vlalign convert --method codis --checkpoint ALBEF_4M.pth --config configs/Pretrain.yaml \
+        --config configs/config_bert.json --tokenizer bert-base-uncased --output codis-from-albef-4m
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py --method codis \
+        --model_name_or_path codis-from-albef-4m \
+        --train_json data/coco.json data/vg.json data/cc3m_train.json data/sbu.json --image_root /datasets \
+        --eval_json data/coco_test.json --eval_image_root /datasets/coco --output_dir out/codis-4m \
+        --dataloader_num_workers 8
+
 `--config_name` takes a config json (or folder / Hub id) of the method instead of the paper's default; `--tiny`
 uses the method's tiny recipe (`vlalign.methods.get_method(name).tiny_config`). `--model_name_or_path` continues
 from a vlalign folder of the same method (a converted checkpoint or an earlier run: weights, momentum encoders,
-queues, codebook), with that folder's processor (tokenizer).
+queues, codebook), with that folder's processor (tokenizer). `--config_overrides 'name=value,...'` changes config
+settings of any of these (a new model or a loaded folder), e.g. CODIS's open choices for an ablation:
+`--config_overrides 'code_loss_type=assignment_contrast'`, `'ot_loss_weight=0'` or `'sinkhorn_use_queue=true'`.
+With `teacher_image_view=augmented` (TCL's recipe) the collator adds a second, independently augmented view of every
+image for the momentum image encoder; it needs the augmentation (on for real data; `--augment true` on synthetic).
 
 Notes:
 * "From scratch" is a random initialisation. The official ALBEF run starts the ViT from DeiT-B/16 (ImageNet) and
@@ -138,6 +165,12 @@ TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
     "fdt": fdt_train_transform,  # MoCo-v2: RandomResizedCrop 0.2-1, colour jitter, grey, blur, flip
 }
 
+# CODIS is ALBEF plus a codebook and released no recipe of its own; it pretrains on ALBEF's 4M data for ALBEF's 30
+# epochs (specs/codis.md §6), so it takes ALBEF's settings and augmentation as they are. Its one optimizer difference,
+# no weight decay on the prototypes, comes with the method's parameter groups, not from a flag.
+PRETRAIN_DEFAULTS["codis"] = dict(PRETRAIN_DEFAULTS["albef"])
+TRAIN_TRANSFORMS["codis"] = TRAIN_TRANSFORMS["albef"]
+
 SYNTHETIC_IMAGE_SIZE = 64  # pixels of the generated images (the processor resizes them to the model's size)
 
 #: token-id fields of a text config that follow the tokenizer (each method's config has some of them)
@@ -173,6 +206,14 @@ class ScriptArguments:
         metadata={"help": "Config json file, folder or Hub id of the method (default: the paper's config)."},
     )
     tiny: bool = field(default=False, metadata={"help": "Use the method's tiny recipe config (learns on a CPU)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Config settings to change, 'name=value,name=value', applied to the new or loaded model's config "
+            "and checked like the config's own fields, e.g. CODIS's open choices: "
+            "'code_loss_type=assignment_contrast,ot_loss_weight=0'."
+        },
+    )
     tokenizer_name: str = field(
         default="bert-base-uncased",
         metadata={
@@ -304,6 +345,29 @@ def fit_text_config(config: Any, tokenizer: Any) -> None:
             setattr(text, name, value)
 
 
+def apply_config_overrides(config: Any, overrides: str | None) -> Any:
+    """`config` with the 'name=value,...' settings of `--config_overrides`, rebuilt so that the config's own checks
+    (value types and ranges, settings that depend on each other) run again; unknown names raise."""
+    if not overrides:
+        return config
+    config.update_from_string(overrides)
+    logger.info("Config overrides: %s", overrides)
+    return type(config).from_dict(config.to_dict())
+
+
+def wants_teacher_view(config: Any, augment: bool) -> bool:
+    """Whether batches need `pixel_values_teacher`, a second augmented view of each image for the momentum image
+    encoder (CODIS with `teacher_image_view="augmented"`, TCL's recipe); that view needs the augmentation on."""
+    if getattr(config, "teacher_image_view", "same") != "augmented":
+        return False
+    if not augment:
+        raise ValueError(
+            "teacher_image_view='augmented' feeds the momentum image encoder a second augmented view of each image, "
+            "so it needs the train-time augmentation: pass --augment true (it is off by default on synthetic data)."
+        )
+    return True
+
+
 def load_config(method: Method, config_name: str | None) -> Any:
     if config_name is None:
         return method.config_class()
@@ -361,7 +425,10 @@ def main() -> None:
                 f"{script_args.model_name_or_path} holds a {folder_method.name} model; pass --method {folder_method.name}"
             )
         processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
-        model = method.pretraining_class.from_pretrained(script_args.model_name_or_path)
+        config = apply_config_overrides(
+            AutoConfig.from_pretrained(script_args.model_name_or_path), script_args.config_overrides
+        )
+        model = method.pretraining_class.from_pretrained(script_args.model_name_or_path, config=config)
         image_size = script_args.image_size or model.config.vision_config.image_size
         if image_size != model.config.vision_config.image_size:
             if not hasattr(model, "set_image_size"):
@@ -382,6 +449,7 @@ def main() -> None:
             fit_text_config(config, tokenizer)
             image_size = script_args.image_size or config.vision_config.image_size
             config.vision_config.image_size = image_size
+        config = apply_config_overrides(config, script_args.config_overrides)
         processor = method.build_processor(tokenizer, image_size)
         model = method.pretraining_class(config)
     logger.info(
@@ -397,6 +465,7 @@ def main() -> None:
         preset="pretrain",
         image_transform=TRAIN_TRANSFORMS[method.name](image_size) if augment else None,
         text_column="captions",
+        teacher_view=wants_teacher_view(model.config, augment),
     )
     trainer = PretrainTrainer(
         model=model,

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoModel
 
 from vlalign.methods import get_method, method_names, method_of
@@ -123,3 +124,46 @@ def test_official_defaults_per_method(method, monkeypatch, tmp_path):
 
     finetune = load_script("finetune_retrieval")
     assert set(finetune.RETRIEVAL_DEFAULTS) == set(method_names()) == set(finetune.TRAIN_TRANSFORMS)
+
+
+def test_config_overrides_are_applied_and_checked():
+    """`--config_overrides 'name=value,...'` (both training scripts) changes config fields with their types, and the
+    rebuilt config runs its own checks again: a bad choice, an unknown name or an inconsistent pair is refused."""
+    method = get_method("codis")
+    for script in ("pretrain", "finetune_retrieval"):
+        apply = load_script(script).apply_config_overrides
+        assert apply(method.config_class(), None).to_dict() == method.config_class().to_dict()
+        config = apply(
+            method.config_class(), "code_loss_type=assignment_contrast,ot_loss_weight=0,sinkhorn_joint=true"
+        )
+        assert type(config) is method.config_class
+        assert (config.code_loss_type, config.ot_loss_weight, config.sinkhorn_joint) == (
+            "assignment_contrast",
+            0,
+            True,
+        )
+        for bad in ("code_loss_type=kmeans", "no_such_field=1", "sinkhorn_use_queue=true,sinkhorn_queue_rows=0"):
+            with pytest.raises((ValueError, TypeError, StrictDataclassFieldValidationError)):
+                apply(method.config_class(), bad)
+        wants_teacher_view = load_script(script).wants_teacher_view
+        teacher = apply(method.config_class(), "teacher_image_view=augmented")
+        assert wants_teacher_view(teacher, augment=True) and not wants_teacher_view(config, augment=False)
+        with pytest.raises(ValueError, match="--augment true"):
+            wants_teacher_view(teacher, augment=False)
+
+
+@pytest.mark.parametrize("pretrained", ["codis"], indirect=True)
+def test_finetune_codis_with_switched_choices(pretrained, tmp_path):
+    """CODIS open choices switched from the command line reach the loaded model and the saved folder; TCL's teacher
+    view gets its second augmented image from the collator."""
+    method, folder = pretrained
+    out = tmp_path / "finetune"
+    run_example(
+        "finetune_retrieval.py", "--method", method, "--model_name_or_path", str(folder), "--output_dir", str(out),
+        *SMALL, "--num_validation", "8", "--num_test", "0", "--max_steps", "1", "--learning_rate", "1e-4",
+        "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+        "--config_overrides", "finetune_objective=albef,teacher_image_view=augmented", "--augment", "true",
+    )  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert (config["finetune_objective"], config["teacher_image_view"]) == ("albef", "augmented")
+    assert_loads(out, method)

@@ -4,8 +4,10 @@ the stand-in, with and without vlalign, to outputs identical to the local model'
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,7 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from vlalign import AlbefForPreTraining, AlbefModel, AlbefProcessor
+from vlalign import AlbefConfig, AlbefForPreTraining, AlbefModel, AlbefProcessor, CodisConfig
 from vlalign.hub import (
     DEFAULT_COMMIT_MESSAGE,
     build_model_card,
@@ -34,6 +36,7 @@ from vlalign.hub import (
     save_model_card,
     template_path,
 )
+from vlalign.methods import get_method, method_names
 from vlalign.recipes import albef_processor, build_tokenizer
 from vlalign.training.trainer import AlbefTrainingArguments
 
@@ -243,6 +246,67 @@ def test_template_is_package_data() -> None:
     assert "src/vlalign/hub/templates/albef.md" in pointer.read_text(encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="package-data"):
         template_path("no-such-family")
+
+
+def _registry_model(name: str):
+    """A micro training model of a registered method, built from its tiny recipe with the unit-test caps."""
+    method = get_method(name)
+    tokenizer = method.build_tokenizer(CAPTIONS)
+    torch.manual_seed(0)
+    return method.pretraining_class(method.tiny_config(tokenizer, 32, **method.test_overrides)).eval()
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_card_renders_from_its_own_template(name: str) -> None:
+    """Each method's packaged template renders completely (no Jinja left) around exactly the measured metrics, and
+    `model_cards/<method>.md` points at it."""
+    model = _registry_model(name)
+    for metrics in (METRICS, None):
+        card = build_model_card(model.base_model, metrics=metrics, dataset_name=DATASET_NAME, model_id=REPO_ID)
+        text = str(card)
+        assert not any(marker in text for marker in ("{{", "}}", "{%", "%}", "{#", "#}")), name
+        assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
+        assert (_eval_results(card) if metrics else card.data.eval_results) == (EXPECTED_RESULTS if metrics else None)
+        assert ("No evaluation results were reported" in text) == (metrics is None)
+    assert template_path(name).is_file()
+    pointer = Path(__file__).parents[1] / "model_cards" / f"{name}.md"
+    assert f"src/vlalign/hub/templates/{name}.md" in pointer.read_text(encoding="utf-8")
+
+
+def test_codis_card_separates_confirmed_choices_ours_and_the_paper_claims() -> None:
+    """No official CODIS code exists: the card says so, names every open-choice config field, and keeps the paper's
+    reported numbers apart from (and out of the model-index of) the measured ones."""
+    model = _registry_model("codis")
+    card = build_model_card(model.base_model, metrics=METRICS, dataset_name=DATASET_NAME, model_id=REPO_ID)
+    text = str(card)
+    assert "No official CODIS code or checkpoints exist" in text
+    confirmed, ours = text.index("Confirmed by a source:"), text.index("Our choices")
+    assert confirmed < ours < text.index("## How to use")
+    # every CODIS setting beyond ALBEF's is an open choice the card names (codebook_dim only mirrors embed_dim)
+    codis_fields = set(CodisConfig.__dataclass_fields__) - set(AlbefConfig.__dataclass_fields__) - {"codebook_dim"}
+    assert codis_fields, "CodisConfig has no fields of its own?"
+    missing = sorted(f for f in codis_fields if f"`{f}`" not in text and f"`{f}=" not in text)
+    assert not missing, f"the CODIS card does not name {missing}"
+    assert "least certain" in text and '"assignment_contrast"' in text  # the flagged risk of the swapped loss
+    # measured results first, then the paper's claims, which never enter the model-index
+    measured, claimed = text.index("## Evaluation results"), text.index("What the paper reports")
+    assert measured < claimed < text.index("## Training data")
+    for value in ("71.5", "53.9", "91.7", "79.7"):
+        assert value in text[claimed:]
+    assert _eval_results(card) == EXPECTED_RESULTS
+    assert "@inproceedings{duan2022codis," in text and "@inproceedings{li2021albef," in text
+
+
+def test_codis_pointer_lists_every_open_choice_with_its_default() -> None:
+    """`model_cards/codis.md` tabulates confirmed and own choices with the defaults: they must be CodisConfig's."""
+    text = (Path(__file__).parents[1] / "model_cards" / "codis.md").read_text(encoding="utf-8")
+    assert "without code" in text and "confirmed" in text and "ours" in text
+    listed = dict(re.findall(r"`(\w+)=([^`]+)`", text))
+    defaults = CodisConfig()
+    codis_fields = set(CodisConfig.__dataclass_fields__) - set(AlbefConfig.__dataclass_fields__) - {"codebook_dim"}
+    assert sorted(codis_fields - set(listed)) == []
+    for name in codis_fields:
+        assert ast.literal_eval(listed[name]) == getattr(defaults, name), name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
