@@ -802,3 +802,24 @@ def test_converter_turns_the_official_albef_checkpoint_into_codis(converted_pret
         if key.startswith("albef."):
             assert torch.equal(retrieval_state[key], value), key
     assert_unit_rows(retrieval_state["albef.codebook.prototypes"])
+
+
+@pytest.mark.parametrize(
+    ("model_class", "overrides", "trained"),
+    [
+        (CodisForPreTraining, {}, True),
+        (CodisForPreTraining, dict(code_loss_weight=0.0), True),
+        (CodisForPreTraining, dict(code_loss_weight=0.0, ot_loss_weight=0.0), False),
+        (CodisForImageTextRetrieval, {}, True),
+        (CodisForImageTextRetrieval, dict(finetune_objective="albef"), False),
+    ],
+)
+def test_a_codebook_no_loss_trains_is_frozen(processor, batch, model_class, overrides, trained):
+    """An unused trainable codebook would stall DDP's gradient reduction: it is frozen and left out of the optimizer."""
+    model = build(processor, model_class, **overrides)
+    prototypes = model.albef.codebook.prototypes
+    assert prototypes.requires_grad is trained
+    in_optimizer = any(p is prototypes for group in albef_parameter_groups(model, 0.02) for p in group["params"])
+    assert in_optimizer is trained
+    run(model, batch).loss.backward()
+    assert (prototypes.grad is not None) is trained

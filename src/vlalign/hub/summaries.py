@@ -64,27 +64,42 @@ def codis_config_rows(model) -> list[tuple[str, str]]:
     """CODIS: ALBEF's rows plus the codebook, its optimal-transport assignment and the loss choices."""
     config = model.config
     code_loss = (
-        f"{config.code_loss_type.replace('_', ' ')}, weight {config.code_loss_weight:g}"
+        f"{config.code_loss_type.replace('_', ' ')}, {config.code_loss_reduction} of both directions, weight "
+        f"{config.code_loss_weight:g}"
+        + (f" (ramped over {config.code_loss_warmup_steps} steps)" if config.code_loss_warmup_steps else "")
         if config.code_loss_weight > 0
         else "off"
     )
     ot_loss = (
         f"{config.ot_plan_source} plans, weight {config.ot_loss_weight:g}" if config.ot_loss_weight > 0 else "off"
     )
-    intra = f"+ i2i/t2t ({config.intra_modal_negatives} negatives)" if config.align_intra_modal else "i2t/t2i only"
+    intra = (
+        f"+ i2i/t2t ({config.intra_modal_negatives} negatives, "
+        f"{'soft' if config.intra_soft_targets else 'one-hot'} targets)"
+        if config.align_intra_modal
+        else "i2t/t2i only"
+    )
     rows = albef_config_rows(model)
     return [
         *rows[:-1],
         (
             "Codebook",
             f"{config.codebook_size} prototypes × {config.embed_dim}-d, shared by image and text, "
-            f"prototype temperature {config.prototype_temperature:g}",
+            f"prototype temperature {config.prototype_temperature:g}; teacher scores against "
+            + ("an EMA copy" if config.momentum_codebook else "the current codebook")
+            + (f"; frozen for the first {config.freeze_codebook_steps} steps" if config.freeze_codebook_steps else ""),
         ),
         (
             "Optimal transport (training)",
             f"Sinkhorn-Knopp (log domain), ε {config.sinkhorn_epsilon:g}, {config.sinkhorn_iterations} iterations, "
-            + ("global batch + queue" if config.sinkhorn_use_queue else "global batch"),
+            + (f"global batch + {config.sinkhorn_queue_rows} queued" if config.sinkhorn_use_queue else "global batch")
+            + (", one plan for both modalities" if config.sinkhorn_joint else ", one plan per modality"),
         ),
+        (
+            "Teacher image view (training)",
+            "a second augmentation" if config.teacher_image_view == "augmented" else "the student's images",
+        ),
+        ("Retrieval fine-tuning objective", f"{config.finetune_objective} losses + ITM"),
         ("Alignment loss (training)", f"i2t/t2i {intra}, {config.align_reduction}"),
         ("Code-alignment loss (training)", code_loss),
         ("OT loss (training)", ot_loss),

@@ -170,6 +170,13 @@ class CodisMomentumMixin(AlbefMomentumMixin):
         """Whether the forward adds CODIS's alignment and codebook losses to ALBEF's (always when pretraining)."""
         return True
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The momentum encoders, and the codebook when no loss trains it (ALBEF fine-tuning objective, or both
+        codebook losses off): an unused trainable parameter would stall DDP's gradient reduction."""
+        config = self.config
+        trained = self.uses_codis_objective and (config.code_loss_weight > 0 or config.ot_loss_weight > 0)
+        return super().frozen_modules() + ([] if trained else [self.albef.codebook])
+
     def loss_weight(self, name: str) -> float:
         """λ_code (ramped over `code_loss_warmup_steps`) and λ_ot; 1 for the others."""
         if name == "loss_code":
