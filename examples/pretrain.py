@@ -115,6 +115,7 @@ from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.recipes.fdt import fdt_lr_schedule
+from vlalign.training.script_helpers import apply_config_overrides, wants_teacher_view
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -343,29 +344,6 @@ def fit_text_config(config: Any, tokenizer: Any) -> None:
         value = getattr(tokenizer, name, None)
         if value is not None and hasattr(text, name):
             setattr(text, name, value)
-
-
-def apply_config_overrides(config: Any, overrides: str | None) -> Any:
-    """`config` with the 'name=value,...' settings of `--config_overrides`, rebuilt so that the config's own checks
-    (value types and ranges, settings that depend on each other) run again; unknown names raise."""
-    if not overrides:
-        return config
-    config.update_from_string(overrides)
-    logger.info("Config overrides: %s", overrides)
-    return type(config).from_dict(config.to_dict())
-
-
-def wants_teacher_view(config: Any, augment: bool) -> bool:
-    """Whether batches need `pixel_values_teacher`, a second augmented view of each image for the momentum image
-    encoder (CODIS with `teacher_image_view="augmented"`, TCL's recipe); that view needs the augmentation on."""
-    if getattr(config, "teacher_image_view", "same") != "augmented":
-        return False
-    if not augment:
-        raise ValueError(
-            "teacher_image_view='augmented' feeds the momentum image encoder a second augmented view of each image, "
-            "so it needs the train-time augmentation: pass --augment true (it is off by default on synthetic data)."
-        )
-    return True
 
 
 def load_config(method: Method, config_name: str | None) -> Any:

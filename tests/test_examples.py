@@ -131,7 +131,7 @@ def test_config_overrides_are_applied_and_checked():
     rebuilt config runs its own checks again: a bad choice, an unknown name or an inconsistent pair is refused."""
     method = get_method("codis")
     for script in ("pretrain", "finetune_retrieval"):
-        apply = load_script(script).apply_config_overrides
+        apply = load_script(script).apply_config_overrides  # the scripts use vlalign.training.script_helpers
         assert apply(method.config_class(), None).to_dict() == method.config_class().to_dict()
         config = apply(
             method.config_class(), "code_loss_type=assignment_contrast,ot_loss_weight=0,sinkhorn_joint=true"

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from .evaluation.retrieval import _flatten_captions, encode_images, encode_texts
+from .evaluation.retrieval import encode_images, encode_texts, flatten_captions
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -224,7 +224,7 @@ def prototype_assignments(model, processor, dataset, batch_size: int = 64) -> di
     or caption is assigned to; caption indices count the captions in dataset order (row 0's captions first)."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    texts, _, _ = _flatten_captions(dataset)
+    texts, _, _ = flatten_captions(dataset)
     model.eval()
     _, image_embeds = encode_images(model, processor, dataset, batch_size, keep_states=False, show_progress=False)
     _, _, text_embeds = encode_texts(model, processor, texts, batch_size, keep_states=False, show_progress=False)
@@ -256,7 +256,7 @@ def plot_prototype_gallery(
     if prototypes <= 0 or per_prototype <= 0:
         raise ValueError(f"prototypes and per_prototype must be positive, got {prototypes} and {per_prototype}.")
     assignments = prototype_assignments(model, processor, dataset, batch_size)
-    texts, _, caption_images = _flatten_captions(dataset)
+    texts, _, caption_images = flatten_captions(dataset)
     chosen = most_used_prototypes(assignments, prototypes)
     figure, axes = plt.subplots(
         len(chosen), per_prototype + 1, figsize=(1.6 * per_prototype + 5.5, 1.9 * len(chosen)), squeeze=False,

@@ -71,7 +71,7 @@ def recall_metrics(
     return metrics
 
 
-def _flatten_captions(dataset) -> tuple[list[str], list[list[int]], list[int]]:
+def flatten_captions(dataset) -> tuple[list[str], list[list[int]], list[int]]:
     texts, img2txt, txt2img = [], [], []
     for image_index, captions in enumerate(dataset["captions"]):
         if isinstance(captions, str):
@@ -205,7 +205,7 @@ def evaluate_retrieval(
     encoder = model.base_model
     was_training = encoder.training
     encoder.eval()
-    texts, img2txt, txt2img = _flatten_captions(dataset)
+    texts, img2txt, txt2img = flatten_captions(dataset)
     if itc_only or not method_of(encoder).supports_itm:
         score_mode = "itc_only"
     score_mode = score_mode or encoder.config.itm_score_mode
@@ -248,4 +248,11 @@ def evaluate_retrieval(
     return metrics
 
 
-__all__ = ["evaluate_retrieval", "recall_metrics", "retrieval_ranks"]
+__all__ = [
+    "encode_images",
+    "encode_texts",
+    "evaluate_retrieval",
+    "flatten_captions",
+    "recall_metrics",
+    "retrieval_ranks",
+]
