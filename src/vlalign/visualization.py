@@ -167,8 +167,9 @@ def plot_codebook_usage(log_history: list[dict], path: str | Path, codebook_size
     """CODIS codebook health over training (from `trainer.state.log_history`): the share of prototypes that are some
     sample's most likely code, per modality, and the share of image-caption pairs given the same code (top panel,
     percent); the mean entropy of the teacher assignments (bottom panel, nats; with `codebook_size`, its ceiling
-    ln K is marked). Usage is measured per (global) batch, so it cannot exceed batch size / K. Raises ValueError when the history has no codebook statistics (a run whose code loss and
-    teacher-plan OT loss are off, or that stopped before its first logging step)."""
+    ln K is marked). Usage is measured per (global) batch, so it cannot exceed batch size / K. Raises ValueError when
+    the history has no codebook statistics (a run whose code loss and teacher-plan OT loss are off, or that stopped
+    before its first logging step)."""
     if not has_codebook_stats(log_history):
         raise ValueError(
             "The log history has no codebook statistics (" + ", ".join(CODEBOOK_STATS) + "). CODIS logs them at "
