@@ -33,6 +33,8 @@ class AlbefVisionConfig(PreTrainedConfig):
         attention_dropout: dropout on attention probabilities.
         hidden_dropout: dropout after attention and MLP outputs.
         initializer_range: std of the truncated-normal initialisation.
+        use_mask_token: give the patch embeddings a learned `mask_token` that replaces masked patches (SIMLA's masked
+            image modelling); off in ALBEF, whose checkpoints have no such weight.
     """
 
     model_type = "albef_vision_model"
@@ -51,6 +53,7 @@ class AlbefVisionConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     initializer_range: float = 0.02
+    use_mask_token: bool = False
 
 
 @strict

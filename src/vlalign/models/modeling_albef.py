@@ -181,25 +181,54 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Te
 
 
 class AlbefVisionEmbeddings(nn.Module):
+    """Patch embeddings with a CLS token prepended and absolute position embeddings added. With
+    `config.use_mask_token`, masked patches can be replaced by a learned `mask_token` first (SIMLA's masked image
+    modelling)."""
+
     def __init__(self, config: AlbefVisionConfig):
         super().__init__()
         self.config = config
         self.num_patches = (config.image_size // config.patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_mask_token else None
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_patches + 1, config.hidden_size))
         self.patch_embedding = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
 
-    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`bool_masked_pos`: `[batch, patches]` booleans (row-major patch grid, no CLS); True patches are replaced by
+        `mask_token` before the CLS token and the position embeddings are added."""
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
         patches = patches.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            patches = self.mask_patches(patches, bool_masked_pos)
         position_embeddings = self.position_embeddings
         if interpolate_pos_encoding and patches.shape[1] != self.num_patches:
             position_embeddings = interpolate_pos_embed(position_embeddings, patches.shape[1])
         cls_tokens = self.cls_token.expand(patches.shape[0], -1, -1)
         return torch.cat([cls_tokens, patches], dim=1) + position_embeddings
+
+    def mask_patches(self, patches: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """`patches · (1 − M) + mask_token · M` for the mask M."""
+        if self.mask_token is None:
+            raise ValueError(
+                "bool_masked_pos was given but this vision encoder has no mask token. Build it with "
+                "use_mask_token=True in the vision config to mask patches."
+            )
+        if tuple(bool_masked_pos.shape) != tuple(patches.shape[:2]):
+            raise ValueError(
+                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)} but the images give "
+                f"{tuple(patches.shape[:2])} [batch, patches]: pass one boolean per patch (no CLS), row-major."
+            )
+        mask = bool_masked_pos.unsqueeze(-1).to(patches.dtype)
+        return patches * (1 - mask) + self.mask_token * mask
 
 
 def check_pixel_values(pixel_values: torch.Tensor, config: AlbefVisionConfig, any_size: bool = False) -> None:
@@ -487,6 +516,8 @@ class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTraine
         if isinstance(module, AlbefVisionEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=0.02)
             init.trunc_normal_(module.cls_token, std=0.02)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
         elif isinstance(module, AlbefVisionLayer):
             for linear in (module.self_attn.query, module.self_attn.key, module.self_attn.value):
                 init.trunc_normal_(linear.weight, std=0.02)
@@ -539,16 +570,20 @@ class AlbefVisionModel(AlbefPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values: `[batch, 3, H, W]` images.
             interpolate_pos_encoding: run at another square size by interpolating the position table.
+            bool_masked_pos: `[batch, patches]` patches replaced by the mask token (needs `use_mask_token`).
             output_attentions, output_hidden_states: also return each layer's attention maps (eager attention) /
                 input states (read by `@capture_outputs`; `hidden_states[-1]` is before the final LayerNorm).
         """
         warn_if_attentions_unavailable(self.config, output_attentions)
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states = self.embeddings(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, bool_masked_pos=bool_masked_pos
+        )
         for layer in self.layers:
             hidden_states = layer(hidden_states)
         return BaseModelOutputWithPooling(last_hidden_state=self.post_layernorm(hidden_states))
@@ -698,12 +733,17 @@ class AlbefModel(AlbefPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
         """The ViT output with `pooler_output` = the projected CLS embedding `[batch, embed_dim]` (not normalised)
         that ITC ranks with, as transformers 5.x CLIP/SigLIP return it; `last_hidden_state` holds the image tokens
-        that ITM re-ranking fuses, so retrieval encodes each image once."""
+        that ITM re-ranking fuses, so retrieval encodes each image once. `bool_masked_pos` masks patches (see
+        [`AlbefVisionModel.forward`])."""
         vision_outputs = self.vision_model(
-            pixel_values, interpolate_pos_encoding, **self._output_flags(output_attentions, output_hidden_states)
+            pixel_values,
+            interpolate_pos_encoding,
+            bool_masked_pos=bool_masked_pos,
+            **self._output_flags(output_attentions, output_hidden_states),
         )
         vision_outputs.pooler_output = self.vision_proj(vision_outputs.last_hidden_state[:, 0])
         return vision_outputs
