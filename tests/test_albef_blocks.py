@@ -100,3 +100,82 @@ def test_mask_errors(images, patch_mask):
         vlalign.AlbefVisionModel(vision_config())(images, bool_masked_pos=patch_mask)
     with pytest.raises(ValueError, match=r"\[batch, patches\]"):
         vlalign.AlbefVisionModel(vision_config(use_mask_token=True))(images, bool_masked_pos=patch_mask[:, :3])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Text embeddings without token types, and from given vectors (spec §1.3)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+TINY_TEXT = dict(
+    vocab_size=245,
+    hidden_size=32,
+    num_hidden_layers=4,
+    fusion_layer=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
+def text_config(**overrides) -> vlalign.AlbefTextConfig:
+    return tiny_albef_config(text_config={**TINY_TEXT, **overrides}).text_config
+
+
+@pytest.fixture
+def text_batch() -> dict[str, torch.Tensor]:
+    input_ids = torch.randint(5, 245, (3, 7), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask}
+
+
+@pytest.mark.parametrize("type_vocab_size", [0, 2])
+def test_text_embeddings_by_hand(text_batch, type_vocab_size):
+    torch.manual_seed(0)
+    embeddings = vlalign.AlbefTextModel(text_config(type_vocab_size=type_vocab_size)).embeddings
+    ids = text_batch["input_ids"]
+    expected = embeddings.word_embeddings(ids)
+    if type_vocab_size:
+        expected = expected + embeddings.token_type_embeddings.weight[0]
+    expected = embeddings.layer_norm(expected + embeddings.position_embeddings.weight[: ids.shape[1]])
+    with torch.no_grad():
+        torch.testing.assert_close(embeddings(ids), expected, atol=1e-6, rtol=0)
+
+
+def test_no_token_types_means_no_weights(text_batch):
+    model = vlalign.AlbefTextModel(text_config(type_vocab_size=0))
+    assert model.embeddings.token_type_embeddings is None
+    assert not any("token_type" in key for key in model.state_dict())
+    assert "embeddings.token_type_embeddings.weight" in vlalign.AlbefTextModel(text_config()).state_dict()
+    # tokenizers return segment ids; a model without token types ignores them
+    with torch.no_grad():
+        plain = model(**text_batch).last_hidden_state
+        with_types = model(**text_batch, token_type_ids=torch.ones_like(text_batch["input_ids"])).last_hidden_state
+    torch.testing.assert_close(with_types, plain, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="type_vocab_size"):
+        text_config(type_vocab_size=-1)
+
+
+@pytest.mark.parametrize("type_vocab_size", [0, 2])
+def test_inputs_embeds_match_input_ids(text_batch, type_vocab_size):
+    torch.manual_seed(0)
+    model = vlalign.AlbefTextModel(text_config(type_vocab_size=type_vocab_size)).eval()
+    vectors = model.embeddings.word_embeddings(text_batch["input_ids"]).detach()
+    with torch.no_grad():
+        from_ids = model(**text_batch).last_hidden_state
+        from_vectors = model(inputs_embeds=vectors, attention_mask=text_batch["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(from_vectors, from_ids, atol=0, rtol=0)
+
+
+def test_text_input_errors(text_batch):
+    model = vlalign.AlbefTextModel(text_config(type_vocab_size=0))
+    vectors = torch.zeros(3, 7, 32)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(input_ids=text_batch["input_ids"], inputs_embeds=vectors)
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(attention_mask=text_batch["attention_mask"])
+    with pytest.raises(ValueError, match="longer than the model's 64 positions"):
+        model(inputs_embeds=torch.zeros(1, 65, 32))

@@ -74,7 +74,8 @@ class AlbefTextConfig(PreTrainedConfig):
         hidden_dropout_prob: dropout on embeddings and sub-block outputs.
         attention_probs_dropout_prob: dropout on attention probabilities.
         max_position_embeddings: longest supported token sequence.
-        type_vocab_size: number of token types (ALBEF always uses type 0).
+        type_vocab_size: number of token types (ALBEF always uses type 0); 0 builds no token-type embeddings, as in
+            SIMLA's BERT (word + position embeddings only).
         layer_norm_eps: LayerNorm epsilon.
         pad_token_id: id of [PAD] (never masked, ignored by attention).
         cls_token_id: id of [CLS] (never masked).
@@ -105,6 +106,10 @@ class AlbefTextConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        if self.type_vocab_size < 0:
+            raise ValueError(
+                f"type_vocab_size must be >= 0 (0: no token-type embeddings), got {self.type_vocab_size}."
+            )
         if not 0 <= self.fusion_layer <= self.num_hidden_layers:
             raise ValueError(
                 f"fusion_layer={self.fusion_layer} must lie in [0, num_hidden_layers={self.num_hidden_layers}]."

@@ -279,32 +279,48 @@ class AlbefVisionLayer(GradientCheckpointingLayer):
 
 
 class AlbefTextEmbeddings(nn.Module):
+    """BERT embeddings: word (or given `inputs_embeds`) + token type + absolute position, then LayerNorm and dropout.
+    With `type_vocab_size=0` there is no token-type table (SIMLA's BERT)."""
+
     def __init__(self, config: AlbefTextConfig):
         super().__init__()
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size else None
+        )
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.register_buffer(
             "position_ids", torch.arange(config.max_position_embeddings).unsqueeze(0), persistent=False
         )
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        seq_length = input_ids.shape[1]
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Exactly one of `input_ids` `[batch, tokens]` and `inputs_embeds` `[batch, tokens, hidden]` (vectors used
+        in place of word embeddings, e.g. image tokens in SIMLA's image-queries-text pass). `token_type_ids` are
+        ignored by a model without token types (tokenizers return them)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the text embeddings.")
+        seq_length = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         if seq_length > self.config.max_position_embeddings:
             raise ValueError(
                 f"Text of {seq_length} tokens is longer than the model's {self.config.max_position_embeddings} "
                 "positions. Tokenize with truncation=True and max_length (the processor does this)."
             )
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        embeddings = (
-            self.word_embeddings(input_ids)
-            + self.token_type_embeddings(token_type_ids)
-            + self.position_embeddings(self.position_ids[:, :seq_length])
-        )
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(self.position_ids[:, :seq_length])
         return self.dropout(self.layer_norm(embeddings))
 
 
@@ -615,9 +631,10 @@ class AlbefTextModel(AlbefPreTrainedModel):
     @capture_outputs
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithPooling:
@@ -625,11 +642,13 @@ class AlbefTextModel(AlbefPreTrainedModel):
         Args:
             input_ids: `[batch, tokens]` captions; attention_mask: `[batch, tokens]` 1 for real tokens.
             token_type_ids: BERT segment ids (ALBEF uses 0 throughout; accepted because tokenizers return them).
+            inputs_embeds: `[batch, tokens, hidden]` vectors to encode instead of the word embeddings of `input_ids`
+                (exactly one of the two).
             output_attentions, output_hidden_states: also return each layer's attention maps (eager attention) /
                 states (read by `@capture_outputs`).
         """
         warn_if_attentions_unavailable(self.config, output_attentions)
-        hidden_states = self.embeddings(input_ids, token_type_ids)
+        hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         mask = padding_attention_mask(self.config, hidden_states, attention_mask)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)
