@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_albef_config
 
 import vlalign
-from vlalign.models.modeling_albef import AlbefVisionEmbeddings
+from vlalign.models.modeling_albef import AlbefFusionModel, AlbefVisionEmbeddings
 
 TINY_VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32)
 
@@ -179,3 +179,62 @@ def test_text_input_errors(text_batch):
         model(attention_mask=text_batch["attention_mask"])
     with pytest.raises(ValueError, match="longer than the model's 64 positions"):
         model(inputs_embeds=torch.zeros(1, 65, 32))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fusion layers with cross-attention switched off at run time (spec §1.1, §1.3)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def all_cross_attention_layers(implementation: str = "eager") -> AlbefFusionModel:
+    """SIMLA's layout: every layer has cross-attention (fusion_layer 0)."""
+    torch.manual_seed(0)
+    config = text_config(fusion_layer=0)
+    return AlbefFusionModel._from_config(config, attn_implementation=implementation).eval()
+
+
+def test_fusion_without_image_is_self_attention_and_ffn_by_hand(text_batch):
+    fusion = all_cross_attention_layers()
+    states = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(1))
+    mask = text_batch["attention_mask"]
+    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    expected = states
+    with torch.no_grad():
+        for layer in fusion.layers:
+            attn, _ = layer.self_attn(expected, additive)
+            expected = layer.self_attn_layer_norm(expected + attn)
+            expected = layer.output_layer_norm(expected + layer.mlp(expected))
+        output = fusion(states, mask, output_attentions=True)
+    torch.testing.assert_close(output.last_hidden_state, expected, atol=1e-5, rtol=0)
+    assert len(output.attentions) == len(fusion.layers) and not output.cross_attentions
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_fusion_without_image_equals_text_layers_sharing_weights(text_batch, implementation):
+    fusion = all_cross_attention_layers(implementation)
+    text = vlalign.AlbefTextModel._from_config(text_config(fusion_layer=4), attn_implementation=implementation)
+    weights = {k: v for k, v in fusion.state_dict().items() if ".cross_attn" not in k}
+    missing, unexpected = text.layers.load_state_dict({k.removeprefix("layers."): v for k, v in weights.items()})
+    assert (missing, unexpected) == ([], [])
+    with torch.no_grad():
+        embedded = text.embeddings(text_batch["input_ids"])
+        fused = fusion(embedded, text_batch["attention_mask"]).last_hidden_state
+    torch.testing.assert_close(fused, text.eval()(**text_batch).last_hidden_state, atol=1e-6, rtol=0)
+
+
+def test_fusion_cross_attention_runs_only_with_image(text_batch):
+    fusion = all_cross_attention_layers()
+    states = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(1))
+    image = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(2))
+    mask = text_batch["attention_mask"]
+    fusion(states, mask).last_hidden_state.sum().backward()
+    cross = [p for name, p in fusion.named_parameters() if ".cross_attn" in name]
+    assert all(p.grad is None for p in cross)
+    multimodal = fusion(states, mask, image, output_attentions=True)
+    assert len(multimodal.cross_attentions) == len(fusion.layers)
+    multimodal.last_hidden_state.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cross)
+    with torch.no_grad():
+        assert not torch.allclose(fusion(states, mask).last_hidden_state, multimodal.last_hidden_state)
+    with pytest.raises(ValueError, match="image_attention_mask was given without image_hidden_states"):
+        fusion(states, mask, image_attention_mask=torch.ones(3, 5))

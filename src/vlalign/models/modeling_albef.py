@@ -325,8 +325,8 @@ class AlbefTextEmbeddings(nn.Module):
 
 
 class AlbefTextLayer(GradientCheckpointingLayer):
-    """Post-LN BERT layer: self-attention, then (fusion layers only) cross-attention to the image, then the FFN;
-    each sub-block is dropout → residual → LayerNorm."""
+    """Post-LN BERT layer: self-attention, then (fusion layers only, when `encoder_hidden_states` are given)
+    cross-attention to the image, then the FFN; each sub-block is dropout → residual → LayerNorm."""
 
     def __init__(self, config: AlbefTextConfig, has_cross_attention: bool):
         super().__init__()
@@ -351,9 +351,7 @@ class AlbefTextLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(hidden_states, attention_mask)
         hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attn_output))
-        if self.has_cross_attention:
-            if encoder_hidden_states is None:
-                raise ValueError("Fusion layers need the image tokens: pass encoder_hidden_states.")
+        if self.has_cross_attention and encoder_hidden_states is not None:
             attn_output, _ = self.cross_attn(hidden_states, encoder_attention_mask, encoder_hidden_states)
             hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
         return self.output_layer_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
@@ -657,7 +655,9 @@ class AlbefTextModel(AlbefPreTrainedModel):
 
 class AlbefFusionModel(AlbefPreTrainedModel):
     """The multimodal BERT layers `[fusion_layer, num_hidden_layers)`: text tokens attend to themselves and, through
-    cross-attention, to the image tokens (the official `mode='fusion'`)."""
+    cross-attention, to the image tokens (the official `mode='fusion'`). Without image tokens the cross-attention
+    blocks are skipped and the layers encode text alone: SIMLA runs one stack of cross-attention layers both ways
+    (its `mode='text'` and `mode='multimodal'`)."""
 
     config_class = AlbefTextConfig
     input_modalities = ("image", "text")
@@ -681,8 +681,8 @@ class AlbefFusionModel(AlbefPreTrainedModel):
     def forward(
         self,
         text_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        image_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -690,15 +690,20 @@ class AlbefFusionModel(AlbefPreTrainedModel):
         r"""
         Args:
             text_hidden_states: `[batch, tokens, width]` text-encoder outputs; attention_mask: their padding mask.
-            image_hidden_states: `[batch, patches, vision width]` ViT outputs of the paired images.
+            image_hidden_states: `[batch, patches, vision width]` ViT outputs of the paired images; None skips the
+                cross-attention in every layer (self-attention and FFN only).
             image_attention_mask: `[batch, patches]` padding mask of the image tokens (None: all real).
             output_attentions, output_hidden_states: also return each layer's self- and cross-attention maps (eager
                 attention) / states (read by `@capture_outputs`).
         """
         warn_if_attentions_unavailable(self.config, output_attentions)
+        if image_hidden_states is None and image_attention_mask is not None:
+            raise ValueError("image_attention_mask was given without image_hidden_states; pass both or neither.")
         hidden_states = text_hidden_states
         mask = padding_attention_mask(self.config, hidden_states, attention_mask)
-        image_mask = padding_attention_mask(self.config, hidden_states, image_attention_mask, image_hidden_states)
+        image_mask = None
+        if image_hidden_states is not None:
+            image_mask = padding_attention_mask(self.config, hidden_states, image_attention_mask, image_hidden_states)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask)
         return BaseModelOutputWithCrossAttentions(last_hidden_state=hidden_states)
