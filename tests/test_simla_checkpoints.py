@@ -8,20 +8,25 @@ same global names and pickled state in throw-away modules registered in `sys.mod
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import pickletools
 import sys
 import types
 import typing
 import zipfile
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import FlavaImageCodebook
 
 from vlalign.convert.albef import CheckpointError
+from vlalign.convert.dvae import convert_dalle_encoder, convert_dalle_state_dict, read_dalle_encoder
 from vlalign.convert.restricted_unpickle import (
     OMEGACONF_INERT_GLOBALS,
     OMEGACONF_STAND_INS,
@@ -222,3 +227,133 @@ def test_allow_list_is_exact(tmp_path, monkeypatch, omegaconf_classes):
     assert type(loaded).__module__ == "vlalign.convert.restricted_unpickle"  # a stand-in, not a resolved class
     assert loaded.attributes["_metadata"].attributes["flags"] == {"struct": True}
     assert omegaconf_to_container(loaded) == {"a": {"b": [1, 2]}}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DALL-E dVAE encoder: a tiny module with the pickled layout of OpenAI's `dall_e.encoder.Encoder` (convolutions with
+# parameters `w`/`b`, residual blocks with `id_path` and a `res_path` of relu/conv pairs, four groups, output conv)
+
+
+class Conv2d(nn.Module):
+    def __init__(self, n_in: int, n_out: int, kw: int, use_float16: bool = True) -> None:
+        super().__init__()
+        self.n_in, self.n_out, self.kw, self.use_float16 = n_in, n_out, kw, use_float16
+        self.device, self.requires_grad = torch.device("cpu"), False
+        self.w = nn.Parameter(torch.randn(n_out, n_in, kw, kw) / math.sqrt(n_in * kw**2), requires_grad=False)
+        self.b = nn.Parameter(0.1 * torch.randn(n_out), requires_grad=False)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, n_in: int, n_out: int, n_layers: int) -> None:
+        super().__init__()
+        self.n_in, self.n_out, self.n_layers = n_in, n_out, n_layers
+        self.n_hid, self.post_gain = n_out // 4, 1 / n_layers**2
+        self.id_path = Conv2d(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        widths = [n_in, self.n_hid, self.n_hid, self.n_hid, n_out]
+        layers = OrderedDict()
+        for j, kw in enumerate([3, 3, 3, 1], start=1):
+            layers[f"relu_{j}"] = nn.ReLU()
+            layers[f"conv_{j}"] = Conv2d(widths[j - 1], widths[j], kw)
+        self.res_path = nn.Sequential(layers)
+
+
+class Encoder(nn.Module):
+    def __init__(self, n_hid: int, n_blk_per_group: int, vocab_size: int, input_channels: int = 3) -> None:
+        super().__init__()
+        self.group_count, self.n_hid, self.n_blk_per_group = 4, n_hid, n_blk_per_group
+        self.input_channels, self.vocab_size, self.use_mixed_precision = input_channels, vocab_size, True
+        self.device, self.requires_grad = torch.device("cpu"), False
+        n_layers = self.group_count * n_blk_per_group
+        blocks = OrderedDict(input=Conv2d(input_channels, n_hid, 7))
+        widths = [n_hid, n_hid, 2 * n_hid, 4 * n_hid, 8 * n_hid]
+        for g in range(1, 5):
+            group = OrderedDict(
+                (f"block_{i + 1}", EncoderBlock(widths[g - 1] if i == 0 else widths[g], widths[g], n_layers))
+                for i in range(n_blk_per_group)
+            )
+            if g < 4:
+                group["pool"] = nn.MaxPool2d(kernel_size=2)
+            blocks[f"group_{g}"] = nn.Sequential(group)
+        blocks["output"] = nn.Sequential(
+            OrderedDict(relu=nn.ReLU(), conv=Conv2d(8 * n_hid, vocab_size, 1, use_float16=False))
+        )
+        self.blocks = nn.Sequential(blocks)
+
+
+def reference_dvae_encoder(state_dict: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    """The DALL-E encoder forward written out: 7×7 input conv; per group, blocks x ↦ id(x) + res(x)/L² with
+    res = (ReLU, conv3, ReLU, conv3, ReLU, conv3, ReLU, conv1) and id a 1×1 conv where widths change, then a 2×2
+    max-pool (not after the last group); ReLU and a 1×1 conv to the codebook logits. Convs pad to keep the size."""
+
+    def conv(x: torch.Tensor, name: str) -> torch.Tensor:
+        weight = state_dict[f"{name}.w"]
+        return F.conv2d(x, weight, state_dict[f"{name}.b"], padding=(weight.shape[-1] - 1) // 2)
+
+    n_blocks = len({key.split(".")[2] for key in state_dict if key.startswith("blocks.group_1.block_")})
+    post_gain = 1 / (4 * n_blocks) ** 2
+    hidden = conv(pixels, "blocks.input")
+    for g in range(1, 5):
+        for i in range(1, n_blocks + 1):
+            block = f"blocks.group_{g}.block_{i}"
+            identity = conv(hidden, f"{block}.id_path") if f"{block}.id_path.w" in state_dict else hidden
+            residual = hidden
+            for j in range(1, 5):
+                residual = conv(F.relu(residual), f"{block}.res_path.conv_{j}")
+            hidden = identity + post_gain * residual
+        if g < 4:
+            hidden = F.max_pool2d(hidden, 2)
+    return conv(F.relu(hidden), "blocks.output.conv")
+
+
+@pytest.fixture
+def dall_e_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    _register(monkeypatch, "dall_e.utils", Conv2d)
+    _register(monkeypatch, "dall_e.encoder", EncoderBlock, Encoder)
+
+
+def test_dalle_encoder_converts_to_flava_codebook(tmp_path, monkeypatch, dall_e_classes):
+    torch.manual_seed(0)
+    encoder = Encoder(n_hid=8, n_blk_per_group=2, vocab_size=16)
+    path = tmp_path / "encoder.pkl"
+    torch.save(encoder, path)
+    original = {key: value.clone() for key, value in encoder.state_dict().items()}
+    monkeypatch.undo()
+    assert "dall_e" not in sys.modules
+    assert {"dall_e.encoder.Encoder", "dall_e.utils.Conv2d"} <= _pickled_globals(path)
+
+    state_dict, hyperparameters = read_dalle_encoder(path)
+    assert state_dict.keys() == original.keys()
+    assert hyperparameters["n_hid"] == 8 and hyperparameters["vocab_size"] == 16
+
+    model = convert_dalle_encoder(path, tmp_path / "codebook")
+    assert (tmp_path / "codebook" / "model.safetensors").is_file()
+    reloaded = FlavaImageCodebook.from_pretrained(tmp_path / "codebook")
+    assert (reloaded.config.hidden_size, reloaded.config.num_blocks_per_group, reloaded.config.vocab_size) == (
+        8,
+        2,
+        16,
+    )
+    converted = reloaded.state_dict()
+    assert len(converted) == len(original)
+    for key, tensor in convert_dalle_state_dict(original).items():
+        torch.testing.assert_close(converted[key], tensor, rtol=0, atol=0)
+
+    pixels = 0.8 * torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) + 0.1  # map_pixels range
+    with torch.no_grad():
+        expected = reference_dvae_encoder(original, pixels)
+        logits = reloaded(pixels)
+        torch.testing.assert_close(model(pixels), logits, rtol=0, atol=0)
+    assert logits.shape == (3, 16, 4, 4)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert torch.equal(reloaded.get_codebook_indices(pixels), expected.argmax(dim=1))
+
+
+def test_dalle_encoder_with_foreign_module_is_refused(tmp_path, monkeypatch, dall_e_classes):
+    encoder = Encoder(n_hid=4, n_blk_per_group=1, vocab_size=8)
+    encoder.blocks.input = nn.Conv2d(3, 4, 7, padding=3)  # torch's Conv2d is not part of the DALL-E layout
+    torch.save(encoder, tmp_path / "encoder.pkl")
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"the global torch\.nn\.modules\.conv\.Conv2d"):
+        convert_dalle_encoder(tmp_path / "encoder.pkl")
+    with pytest.raises(CheckpointError, match="not a pickled dall_e.encoder.Encoder"):
+        read_dalle_encoder(SIMLA_ORIGINAL / "checkpoint.pth")
