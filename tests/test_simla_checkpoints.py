@@ -147,11 +147,11 @@ def omegaconf_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     _register(monkeypatch, "omegaconf.nodes", AnyNode, StringNode, IntegerNode, FloatNode, BooleanNode)
 
 
-def _save_with_omegaconf_config(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+def _save_with_omegaconf_config(path: Path, zip_format: bool = True) -> tuple[dict, dict]:
     """Re-save the fixture checkpoint with its config as an OmegaConf DictConfig, as the released pretrain file has."""
     original = torch.load(SIMLA_ORIGINAL / "checkpoint.pth", map_location="cpu", weights_only=True)
     config = dict(original["config"], interpolated="${image_res}", tags=["a", 1, 2.5, None, True])
-    torch.save(dict(original, config=_to_omegaconf(config)), path)
+    torch.save(dict(original, config=_to_omegaconf(config)), path, _use_new_zipfile_serialization=zip_format)
     return original, config
 
 
@@ -165,14 +165,16 @@ def test_fixture_checkpoint_loads():
     assert config["optimizer"] == {"opt": "adamW", "lr": 0.0001, "weight_decay": 0.02}
 
 
-def test_omegaconf_config_is_read_as_plain_dict(tmp_path, monkeypatch, omegaconf_classes):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_omegaconf_config_is_read_as_plain_dict(tmp_path, monkeypatch, omegaconf_classes, zip_format):
     path = tmp_path / "pretrain.pth"
-    original, expected_config = _save_with_omegaconf_config(path, monkeypatch)
+    original, expected_config = _save_with_omegaconf_config(path, zip_format)
     monkeypatch.undo()  # omegaconf disappears again: loading must not need it
     assert "omegaconf" not in sys.modules
 
-    pickled = _pickled_globals(path)
-    assert {"omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode", "collections.defaultdict"} <= pickled
+    if zip_format:
+        pickled = _pickled_globals(path)
+        assert {"omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode", "collections.defaultdict"} <= pickled
     with pytest.raises(pickle.UnpicklingError, match="omegaconf"):
         torch.load(path, weights_only=True)  # what the plain safe load does with such a file
 
@@ -200,17 +202,21 @@ class _Gadget:
     pass
 
 
-def test_other_globals_are_refused_without_running(tmp_path, monkeypatch, omegaconf_classes):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_other_globals_are_refused_without_running(tmp_path, monkeypatch, omegaconf_classes, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"model": {"w": torch.zeros(1)}, "config": _Payload(marker)}, path)
+    torch.save(
+        {"model": {"w": torch.zeros(1)}, "config": _Payload(marker)}, path, _use_new_zipfile_serialization=zip_format
+    )
     with pytest.raises(CheckpointError, match=r"the global posix\.system"):
         load_official_checkpoint(path)
     assert not marker.exists()
 
     # a global next to the allow-listed OmegaConf ones (same package) is refused as well, by name
     _register(monkeypatch, "omegaconf.gadgets", _Gadget)
-    torch.save({"model": {"w": torch.zeros(1)}, "config": _to_omegaconf({"a": 1}), "extra": _Gadget()}, path)
+    checkpoint = {"model": {"w": torch.zeros(1)}, "config": _to_omegaconf({"a": 1}), "extra": _Gadget()}
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match=r"the global omegaconf\.gadgets\._Gadget"):
         load_official_checkpoint(path)
@@ -311,15 +317,18 @@ def dall_e_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     _register(monkeypatch, "dall_e.encoder", EncoderBlock, Encoder)
 
 
-def test_dalle_encoder_converts_to_flava_codebook(tmp_path, monkeypatch, dall_e_classes):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+def test_dalle_encoder_converts_to_flava_codebook(tmp_path, monkeypatch, dall_e_classes, zip_format):
     torch.manual_seed(0)
     encoder = Encoder(n_hid=8, n_blk_per_group=2, vocab_size=16)
     path = tmp_path / "encoder.pkl"
-    torch.save(encoder, path)
+    torch.save(encoder, path, _use_new_zipfile_serialization=zip_format)  # the file's format is not documented
     original = {key: value.clone() for key, value in encoder.state_dict().items()}
     monkeypatch.undo()
     assert "dall_e" not in sys.modules
-    assert {"dall_e.encoder.Encoder", "dall_e.utils.Conv2d"} <= _pickled_globals(path)
+    if zip_format:
+        assert {"dall_e.encoder.Encoder", "dall_e.utils.Conv2d"} <= _pickled_globals(path)
 
     state_dict, hyperparameters = read_dalle_encoder(path)
     assert state_dict.keys() == original.keys()
@@ -357,3 +366,15 @@ def test_dalle_encoder_with_foreign_module_is_refused(tmp_path, monkeypatch, dal
         convert_dalle_encoder(tmp_path / "encoder.pkl")
     with pytest.raises(CheckpointError, match="not a pickled dall_e.encoder.Encoder"):
         read_dalle_encoder(SIMLA_ORIGINAL / "checkpoint.pth")
+
+
+def test_unreadable_files_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": {"w": torch.arange(6.0)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_official_checkpoint(path)[0]["w"], torch.arange(6.0))
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_official_checkpoint(path)
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_official_checkpoint(path)

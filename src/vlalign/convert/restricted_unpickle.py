@@ -10,13 +10,15 @@ pickled state: no method of the original class runs and no other global resolves
 
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
 import re
 import typing
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 
@@ -111,19 +113,94 @@ OMEGACONF_INERT_GLOBALS: dict[str, Any] = {
 }
 
 
+#: what torch's legacy (pre-1.6, non-zip) format pickles around tensors; the zip format's weights-only unpickler
+#: allows the same set by default
+_LEGACY_TORCH_GLOBALS: dict[str, Any] = {
+    "collections.OrderedDict": OrderedDict,
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    "torch.device": torch.device,
+    "builtins.set": set,
+    **{
+        f"torch.{kind}Storage": torch.serialization.StorageType(f"{kind}Storage")
+        for kind in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+    },
+}
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Reads torch's legacy format: globals resolve only through `allowed`; persistent ids give storages (filled
+    afterwards from the file) or, for pickled modules, their (stand-in) class, ignoring the saved source text."""
+
+    def __init__(self, file: BinaryIO, allowed: Mapping[str, Any], storages: dict[str, Any]) -> None:
+        super().__init__(file)
+        self.allowed, self.storages = allowed, storages
+
+    def find_class(self, module: str, name: str) -> Any:
+        # protocol-2 pickles name builtins by their Python 2 modules (`__builtin__.set`)
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if f"{module}.{name}" in self.allowed:
+            return self.allowed[f"{module}.{name}"]
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind = pid[0].decode() if isinstance(pid[0], bytes) else pid[0]
+        if kind == "module":
+            return pid[1]
+        if kind != "storage" or len(pid) != 6 or pid[5] is not None:
+            raise pickle.UnpicklingError(f"Unsupported persistent id {kind!r} in a legacy checkpoint.")
+        _, storage_type, key, _location, numel, _ = pid
+        if key not in self.storages:
+            nbytes = numel * torch._utils._element_size(storage_type.dtype)
+            self.storages[key] = torch.storage.TypedStorage(
+                wrap_storage=torch.UntypedStorage(nbytes), dtype=storage_type.dtype, _internal=True
+            )
+        return self.storages[key]
+
+
+def _load_legacy(path: Path, allowed: Mapping[str, Any]) -> Any:
+    """torch's legacy layout: pickles of the magic number, format version, system info, the object and the storage
+    keys, then per key an int64 element count and the raw little-endian bytes."""
+    storages: dict[str, Any] = {}
+    with path.open("rb") as file:
+        if _LegacyUnpickler(file, {}, storages).load() != _LEGACY_MAGIC_NUMBER:
+            raise ValueError("not a PyTorch checkpoint (neither a zip archive nor the legacy format)")
+        _LegacyUnpickler(file, {}, storages).load()  # format version
+        sys_info = _LegacyUnpickler(file, {}, storages).load()
+        if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
+            raise ValueError("big-endian legacy checkpoints are not supported")
+        result = _LegacyUnpickler(file, {**_LEGACY_TORCH_GLOBALS, **allowed}, storages).load()
+        for key in _LegacyUnpickler(file, {}, storages).load():
+            storage = storages[key]._untyped_storage
+            numel = int.from_bytes(file.read(8), "little")
+            data = file.read(numel * torch._utils._element_size(storages[key].dtype))
+            if len(data) != storage.nbytes():
+                raise EOFError(f"storage {key} is truncated")
+            storage.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage())
+    return result
+
+
 def load_restricted(
     path: str | Path, stand_ins: Iterable[str] = (), inert_globals: Mapping[str, Any] | None = None
 ) -> Any:
     """`torch.load(path, weights_only=True)` that also resolves the globals in `stand_ins` (to `stand_in` classes)
-    and in `inert_globals` (to the given objects), and nothing else."""
+    and in `inert_globals` (to the given objects), and nothing else.
+
+    Zip checkpoints go through torch's weights-only unpickler; the legacy format (which torch refuses to read for
+    pickled modules) through a stdlib unpickler with the same allow-list plus torch's tensor-rebuild globals.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     allowed = [(stand_in(name), name) for name in stand_ins]
     allowed += [(obj, name) for name, obj in (inert_globals or {}).items()]
     try:
+        if not zipfile.is_zipfile(path):
+            return _load_legacy(path, {name: obj for obj, name in allowed})
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         refused = re.search(r"GLOBAL (\S+)", str(error))
         what = f"the global {refused.group(1)}" if refused else f"an object it cannot rebuild ({error})"
