@@ -37,6 +37,7 @@ from vlalign.convert.restricted_unpickle import (
 )
 
 SIMLA_ORIGINAL = Path(__file__).parent / "fixtures" / "simla" / "original"
+SIMLA_RETRIEVAL = Path(__file__).parent / "fixtures" / "simla" / "retrieval"
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, module_name: str, *classes: type) -> None:
@@ -155,7 +156,7 @@ def _save_with_omegaconf_config(path: Path, zip_format: bool = True) -> tuple[di
     return original, config
 
 
-def test_fixture_checkpoint_loads():
+def test_fixture_checkpoints_load():
     state_dict, config = load_official_checkpoint(SIMLA_ORIGINAL / "checkpoint.pth")
     assert len(state_dict) == 732
     assert sum(t.numel() for t in state_dict.values()) == 455194
@@ -163,6 +164,14 @@ def test_fixture_checkpoint_loads():
     assert state_dict["mim_head.weight"].shape == (64, 32)
     assert config["image_res"] == 32 and config["mim_vocab_size"] == 64
     assert config["optimizer"] == {"opt": "adamW", "lr": 0.0001, "weight_decay": 0.02}
+
+    state_dict, config = load_official_checkpoint(SIMLA_RETRIEVAL / "checkpoint_retrieval_layout.pth")
+    assert (
+        len(state_dict) == 709
+        and "idx_queue" in state_dict
+        and "text_encoder.embeddings.word_embeddings.weight" in state_dict
+    )
+    assert config["image_res"] == 48 and config["k_test"] == 3 and config["vit_mask_token"] is False
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
