@@ -373,6 +373,8 @@ def test_dalle_encoder_with_foreign_module_is_refused(tmp_path, monkeypatch, dal
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match=r"the global torch\.nn\.modules\.conv\.Conv2d"):
         convert_dalle_encoder(tmp_path / "encoder.pkl")
+    with pytest.raises(CheckpointError, match="Unexpected parameter 'blocks.group_1.block_1.extra.w'"):
+        convert_dalle_state_dict({"blocks.group_1.block_1.extra.w": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="not a pickled dall_e.encoder.Encoder"):
         read_dalle_encoder(SIMLA_ORIGINAL / "checkpoint.pth")
 

@@ -34,12 +34,8 @@ DALLE_ENCODER_STAND_INS = (
     "torch.nn.modules.linear.Identity",
 )
 
-_RENAMES = [
-    (r"^blocks\.(group_\d+)\.(block_\d+)\.res_path\.(conv_\d+)\.", r"blocks.\1.group.\2.res_path.path.\3."),
-    (r"^blocks\.(group_\d+)\.(block_\d+)\.id_path\.", r"blocks.\1.group.\2.id_path."),
-    (r"^blocks\.input\.", "blocks.input."),
-    (r"^blocks\.output\.conv\.", "blocks.output.conv."),
-]
+#: every parameter name of a DALL-E encoder (`<module path>.w` / `.b`)
+_DALLE_PARAMETER = re.compile(r"blocks\.(input|output\.conv|group_\d+\.block_\d+\.(id_path|res_path\.conv_\d+))\.[wb]")
 
 
 def _collect_parameters(module: PickledObject, prefix: str, out: dict[str, torch.Tensor]) -> None:
@@ -70,19 +66,14 @@ def read_dalle_encoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
 
 
 def convert_dalle_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename dall_e encoder parameters (`<path>.w`/`.b`) to `FlavaImageCodebook` names (`.weight`/`.bias`)."""
+    """Rename dall_e encoder parameters (`<path>.w`/`.b`) to `FlavaImageCodebook` names (`.weight`/`.bias`), whose
+    groups and residual paths sit one `nn.Sequential` deeper (`group_1.group.block_1`, `res_path.path.conv_1`)."""
     converted = {}
     for key, tensor in state_dict.items():
-        match = re.fullmatch(r"(.+)\.(w|b)", key)
-        new_key = None
-        if match:
-            for pattern, replacement in _RENAMES:
-                if re.search(pattern, match.group(1) + "."):
-                    new_key = re.sub(pattern, replacement, match.group(1) + ".")
-                    break
-        if new_key is None:
+        if not _DALLE_PARAMETER.fullmatch(key):
             raise CheckpointError(f"Unexpected parameter {key!r} in the dVAE encoder: not the DALL-E encoder layout.")
-        converted[new_key + {"w": "weight", "b": "bias"}[match.group(2)]] = tensor
+        new_key = re.sub(r"^blocks\.(group_\d+)\.", r"blocks.\1.group.", key).replace(".res_path.", ".res_path.path.")
+        converted[new_key[:-1] + {"w": "weight", "b": "bias"}[key[-1]]] = tensor
     return converted
 
 
