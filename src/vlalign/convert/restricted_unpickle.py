@@ -117,6 +117,7 @@ OMEGACONF_INERT_GLOBALS: dict[str, Any] = {
 #: allows the same set by default
 _LEGACY_TORCH_GLOBALS: dict[str, Any] = {
     "collections.OrderedDict": OrderedDict,
+    "torch._utils._rebuild_tensor": torch._utils._rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
     "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
     "torch.device": torch.device,
