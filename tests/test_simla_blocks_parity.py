@@ -195,3 +195,16 @@ def test_momentum_encoder_passes_match_official_after_one_update(converted, gold
     assert_close(image_embeds_m, outputs["image_embeds_m"])
     assert_close(text_embeds_m, outputs["text_embeds_m"])
     assert_close(masked_image_embeds_m, outputs["mim_masked_image_embeds_m"])
+
+
+def test_psl_attention_row_matches_official(converted, golden):
+    """PSL reads layer 11's self-attention of the momentum BERT (after the update), multimodal with the online image
+    embeddings; attention maps need eager attention."""
+    inputs, outputs = golden
+    vision, _, _ = _blocks(converted, "eager")
+    _, text_m, fusion_m = _blocks(_momentum_update(converted), "eager", momentum=True)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        image_embeds = vision(inputs["pixel_values"]).last_hidden_state
+        fused = fusion_m(text_m(ids, mask).last_hidden_state, mask, image_embeds, output_attentions=True)
+    assert_close(fused.attentions[11][:, :, 0], outputs["psl_cls_self_attn_last_layer"])
