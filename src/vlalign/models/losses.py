@@ -2,7 +2,11 @@
 
 * [`queue_contrastive_loss`]: ITC against momentum feature queues with momentum distillation (ALBEF, CODIS, SIMLA).
 * [`hard_negative_matching_loss`]: ITM on hard negatives mined from the contrastive similarities.
-* [`distilled_mlm_loss`]: masked language modelling mixed with a momentum teacher's soft targets.
+* [`distilled_mlm_loss`]: masked language modelling mixed with a momentum teacher's soft targets (vocabulary-axis
+  distillation, or SIMLA's official sequence-axis quirk).
+* [`masked_image_modeling_loss`]: visual-token prediction at masked patches with momentum distillation (SIMLA's MIM).
+* [`psl_keyword_targets`], [`pseudo_keyword_loss`]: keyword pseudo-labels voted by the text's CLS attention, and
+  their multi-label BCE mixed with a momentum teacher's probabilities (SIMLA's PSL).
 * [`swapped_prediction_loss`], [`assignment_contrastive_loss`]: code alignment against teacher transport plans
   over a codebook (CODIS), and [`transport_cost_loss`], the OT cost between features and prototypes.
 * [`GatheredContrastiveLoss`]: CLIP-style InfoNCE over the global batch (FDT).
@@ -266,17 +270,29 @@ def hard_negative_matching_loss(
     return HardNegativeMatchingOutput(loss=F.cross_entropy(logits, labels), logits=logits, labels=labels)
 
 
+#: accepted values of `distilled_mlm_loss(distill_axis=...)`
+MLM_DISTILL_AXES = ("vocab", "sequence")
+
+
 def distilled_mlm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     teacher_logits: Callable[[], torch.Tensor] | None = None,
     alpha: float = 0.0,
+    *,
+    distill_axis: str = "vocab",
 ) -> torch.Tensor:
-    """Masked language modelling with momentum distillation (ALBEF):
+    """Masked language modelling with momentum distillation (ALBEF, SIMLA):
     (1-α)·CE(labels) + α·soft CE against the teacher's vocabulary softmax, over the masked tokens (labels != -100).
 
-    The distillation term normalises over the vocabulary (the fixed version, ALBEF#58). A batch without any masked
-    token gives 0 (with a graph, so backward works) rather than the official NaN.
+    With `distill_axis="vocab"` (the default) the student's log-probabilities are normalised over the vocabulary (the
+    fixed version, ALBEF#58). `distill_axis="sequence"` keeps the official quirk of SIMLA's `med.py` (and of ALBEF
+    before that fix): `log_softmax(logits, dim=1)` normalises the *full* `[batch, tokens, vocab]` scores over the token
+    axis (every position, masked or not, padding included), that is then weighted by the teacher's vocabulary
+    softmax, summed over the vocabulary and averaged over the masked tokens. The released SIMLA checkpoints were trained
+    with it; use it for parity, the default for new training. The hard term is the same for both.
+
+    A batch without any masked token gives 0 (with a graph, so backward works) rather than the official NaN.
 
     Args:
         logits: `[batch, tokens, vocab]` student scores.
@@ -284,7 +300,24 @@ def distilled_mlm_loss(
         teacher_logits: returns the teacher's `[batch, tokens, vocab]` scores; called (without gradients) only when
             α > 0 and some token is masked.
         alpha: distillation weight (0 turns distillation off).
+        distill_axis: `"vocab"` or `"sequence"`: the axis the student's log-softmax normalises in the distillation
+            term (see above).
     """
+    if distill_axis not in MLM_DISTILL_AXES:
+        raise ValueError(
+            f"distill_axis={distill_axis!r} is not supported; use 'vocab' (normalise over the vocabulary, the fixed "
+            "ALBEF loss) or 'sequence' (the official SIMLA log_softmax(dim=1) quirk)."
+        )
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"MLM logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}: pass logits as "
+            "[batch, tokens, vocab] and labels as [batch, tokens] (-100 at unmasked positions)."
+        )
+    if distill_axis == "sequence" and logits.dim() != 3:
+        raise ValueError(
+            f"distill_axis='sequence' normalises over dim 1 of [batch, tokens, vocab] logits, got shape "
+            f"{tuple(logits.shape)}; pass the unflattened logits of the whole sequence."
+        )
     selected = labels != -100
     if not selected.any():
         return logits.sum() * 0.0
@@ -292,8 +325,20 @@ def distilled_mlm_loss(
     loss = F.cross_entropy(student, labels[selected])
     if teacher_logits is not None and alpha > 0:
         with torch.no_grad():
-            soft_labels = F.softmax(teacher_logits()[selected].float(), dim=-1)
-        loss = (1 - alpha) * loss + alpha * soft_cross_entropy(student, soft_labels)
+            teacher = teacher_logits()
+            if teacher.shape != logits.shape:
+                raise ValueError(
+                    f"MLM teacher logits {tuple(teacher.shape)} do not match the student's {tuple(logits.shape)}; "
+                    "the momentum model must score the same masked ids."
+                )
+            soft_labels = F.softmax(teacher[selected].float(), dim=-1)
+        if distill_axis == "vocab":
+            distill = soft_cross_entropy(student, soft_labels)
+        else:
+            # Official quirk: normalise the whole sequence's scores over the token axis, then select.
+            log_probs = F.log_softmax(logits.float(), dim=1)[selected]
+            distill = -(log_probs * soft_labels).sum(dim=-1).mean()
+        loss = (1 - alpha) * loss + alpha * distill
     return loss
 
 
@@ -335,6 +380,178 @@ def transport_cost_loss(scores: torch.Tensor, plan: torch.Tensor) -> torch.Tenso
     return (plan * (1 - scores.float())).sum(dim=-1).mean()
 
 
+TeacherLogits = torch.Tensor | Callable[[], torch.Tensor]
+
+
+def masked_image_modeling_loss(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: TeacherLogits | None = None,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """Masked image modelling with momentum distillation (the image half of SIMLA's XMM):
+    (1-α)·CE(logits[mask], labels) + α·soft CE against softmax(teacher_logits[mask]), both averaged over the masked
+    patches. Unlike SIMLA's MLM, both terms normalise over the codebook axis (as the official code does).
+
+    A batch without any masked patch gives 0 (with a graph, so backward works).
+
+    Args:
+        logits: `[batch, patches, codebook]` student scores of the image tokens (CLS dropped).
+        mask: `[batch, patches]` bool, True at the masked patches.
+        labels: `[masked]` visual-token ids of the masked patches, in row-major (batch, patch) order, i.e.
+            `visual_token_ids[mask]`.
+        teacher_logits: the momentum model's `[batch, patches, codebook]` scores, or a callable returning them
+            (called, without gradients, only when α > 0 and some patch is masked, which saves the teacher's pass).
+        alpha: distillation weight (0 turns distillation off).
+    """
+    if mask.dtype != torch.bool:
+        raise ValueError(f"The MIM mask must be a bool tensor, got {mask.dtype}; pass `mask.bool()`.")
+    if logits.dim() != 3 or logits.shape[:-1] != mask.shape:
+        raise ValueError(
+            f"MIM logits {tuple(logits.shape)} do not match the mask {tuple(mask.shape)}: pass logits as "
+            "[batch, patches, codebook] (CLS dropped) and the mask as [batch, patches]."
+        )
+    num_masked = int(mask.sum())
+    if labels.shape != (num_masked,):
+        raise ValueError(
+            f"Got labels of shape {tuple(labels.shape)} for {num_masked} masked patches; pass one visual-token id per "
+            "masked patch, in row-major order: `visual_token_ids[mask]`."
+        )
+    if num_masked == 0:
+        return logits.sum() * 0.0
+    student = logits[mask].float()
+    loss = F.cross_entropy(student, labels)
+    if teacher_logits is not None and alpha > 0:
+        with torch.no_grad():
+            teacher = teacher_logits() if callable(teacher_logits) else teacher_logits
+            if teacher.shape != logits.shape:
+                raise ValueError(
+                    f"MIM teacher logits {tuple(teacher.shape)} do not match the student's {tuple(logits.shape)}; "
+                    "the momentum model must score the same masked images."
+                )
+            soft_labels = F.softmax(teacher[mask].float(), dim=-1)
+        loss = (1 - alpha) * loss + alpha * soft_cross_entropy(student, soft_labels)
+    return loss
+
+
+@dataclass
+class PseudoKeywordTargets:
+    """What [`psl_keyword_targets`] computed (all constant; no gradients).
+
+    Args:
+        salient_positions: `[batch, heads * positions_per_head]` the top key positions of each head's CLS row,
+            flattened per example (head-major).
+        position_counts: `[batch, tokens]` int64: how many heads voted for each position.
+        top_positions: `[batch, num_keywords]` the `torch.topk` of the counts (the keyword positions).
+        keyword_ids: `[batch, num_keywords]` the token ids at those positions.
+        hard_targets: `[batch, vocab]` float32 multi-hot over the vocabulary at the keyword ids, the CLS column zeroed.
+    """
+
+    salient_positions: torch.Tensor
+    position_counts: torch.Tensor
+    top_positions: torch.Tensor
+    keyword_ids: torch.Tensor
+    hard_targets: torch.Tensor
+
+
+@torch.no_grad()
+def psl_keyword_targets(
+    cls_attention: torch.Tensor,
+    input_ids: torch.Tensor,
+    vocab_size: int,
+    cls_token_id: int,
+    positions_per_head: int = 4,
+    num_keywords: int = 5,
+) -> PseudoKeywordTargets:
+    """SIMLA's pseudo-labelled keywords (PSL hard targets) from the text's CLS self-attention.
+
+    Each head of the CLS query row votes for its `positions_per_head` most attended key positions; the
+    `num_keywords` positions with the most votes are the keywords, and the target is a multi-hot over the whole
+    tokenizer vocabulary at their ids (duplicates collapse) with the [CLS] column zeroed. There is no stop-word list:
+    as in the official code, any token, [PAD] included, can become a target ([PAD] does when fewer than
+    `num_keywords` positions got votes).
+
+    Ties between counts (frequent with an untrained model) are broken by `torch.topk`, kept on purpose (official
+    quirk, do not replace with a stable sort): on CPU, with the int64 counts, it reproduces the official targets.
+    The official values are 4 positions per head, 5 keywords and the self-attention of layer index 11 of the momentum
+    BERT in multimodal mode (cross-attending to the online image embeddings).
+
+    Args:
+        cls_attention: `[batch, heads, tokens]` attention probabilities of the CLS query, i.e. `attentions[:, :, 0]`.
+        input_ids: `[batch, tokens]` the caption ids the attention was computed on.
+        vocab_size: width of the targets (the tokenizer vocabulary).
+        cls_token_id: the [CLS] id, whose column is zeroed.
+    """
+    if cls_attention.dim() != 3:
+        hint = " (take the CLS query row: `attentions[:, :, 0]`)" if cls_attention.dim() == 4 else ""
+        raise ValueError(
+            f"cls_attention must be [batch, heads, tokens], got shape {tuple(cls_attention.shape)}{hint}."
+        )
+    batch_size, num_heads, num_tokens = cls_attention.shape
+    if input_ids.shape != (batch_size, num_tokens):
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} do not match cls_attention {tuple(cls_attention.shape)}; pass the "
+            f"[batch, tokens] ids the attention was computed on, here ({batch_size}, {num_tokens})."
+        )
+    if not 0 < positions_per_head <= num_tokens or not 0 < num_keywords <= num_tokens:
+        raise ValueError(
+            f"positions_per_head ({positions_per_head}) and num_keywords ({num_keywords}) must be between 1 and the "
+            f"number of tokens ({num_tokens}); pad the captions to at least that length or lower them."
+        )
+    if not 0 <= cls_token_id < vocab_size:
+        raise ValueError(
+            f"cls_token_id {cls_token_id} is outside the vocabulary [0, {vocab_size}); pass the [CLS] id."
+        )
+    salient = cls_attention.topk(positions_per_head, dim=-1).indices.reshape(batch_size, -1)
+    counts = torch.zeros(batch_size, num_tokens, dtype=torch.long, device=salient.device)
+    counts.scatter_add_(1, salient, torch.ones_like(salient))
+    top_positions = counts.topk(num_keywords, dim=-1).indices
+    keyword_ids = input_ids.gather(1, top_positions)
+    if keyword_ids.min() < 0 or keyword_ids.max() >= vocab_size:
+        raise ValueError(
+            f"Keyword ids fall outside the vocabulary [0, {vocab_size}); pass the tokenizer's vocab size."
+        )
+    hard_targets = torch.zeros(batch_size, vocab_size, dtype=torch.float32, device=keyword_ids.device)
+    hard_targets.scatter_(1, keyword_ids, 1.0)
+    hard_targets[:, cls_token_id] = 0.0
+    return PseudoKeywordTargets(salient, counts, top_positions, keyword_ids, hard_targets)
+
+
+def pseudo_keyword_loss(
+    logits: torch.Tensor,
+    hard_targets: torch.Tensor,
+    soft_targets: torch.Tensor | None = None,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """SIMLA's PSL objective: (1-α)·BCEwithLogits(logits, hard) + α·BCEwithLogits(logits, soft), each a mean over
+    batch × vocabulary elements.
+
+    Args:
+        logits: `[batch, vocab]` keyword scores predicted from the image (SIMLA: `concept_head(image_feat)`).
+        hard_targets: `[batch, vocab]` multi-hot keyword targets ([`psl_keyword_targets`]).
+        soft_targets: `[batch, vocab]` probabilities from the momentum model (SIMLA:
+            `sigmoid(concept_head_m(image_feat_m))`); unused when α = 0.
+        alpha: weight of the soft targets.
+    """
+    if hard_targets.shape != logits.shape:
+        raise ValueError(
+            f"PSL hard targets {tuple(hard_targets.shape)} do not match the logits {tuple(logits.shape)}; both must "
+            "be [batch, vocab] over the same vocabulary."
+        )
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, hard_targets.float())
+    if soft_targets is not None and alpha > 0:
+        if soft_targets.shape != logits.shape:
+            raise ValueError(
+                f"PSL soft targets {tuple(soft_targets.shape)} do not match the logits {tuple(logits.shape)}; pass "
+                "the momentum head's sigmoid probabilities over the same vocabulary."
+            )
+        soft = F.binary_cross_entropy_with_logits(logits, soft_targets.detach().float())
+        loss = (1 - alpha) * loss + alpha * soft
+    return loss
+
+
 class GatheredContrastiveLoss(nn.Module):
     """Symmetric InfoNCE between paired image and text embeddings, CLIP/FDT style.
 
@@ -366,6 +583,8 @@ class GatheredContrastiveLoss(nn.Module):
 __all__ = [
     "GatheredContrastiveLoss",
     "HardNegativeMatchingOutput",
+    "MLM_DISTILL_AXES",
+    "PseudoKeywordTargets",
     "QueueContrastiveOutput",
     "assignment_contrastive_loss",
     "bank_contrastive_loss",
@@ -376,6 +595,9 @@ __all__ = [
     "gather_with_grad",
     "gather_without_grad",
     "hard_negative_matching_loss",
+    "masked_image_modeling_loss",
+    "psl_keyword_targets",
+    "pseudo_keyword_loss",
     "queue_contrastive_loss",
     "sample_hard_negatives",
     "soft_cross_entropy",
