@@ -4,7 +4,8 @@ SIMLA's ViT is ALBEF's plus a learned `mask_token`; its BERT (BLIP's "MED") has 
 cross-attention in every layer. So the ViT becomes an `AlbefVisionModel` (`use_mask_token`), the BERT embeddings an
 `AlbefTextModel` with `fusion_layer=0` (embeddings, no layers) and the 12 BERT layers one `AlbefFusionModel`, which
 skips cross-attention when no image states are given (SIMLA's `mode='text'`). Key renaming reuses ALBEF's rules.
-`simla_config` and `convert_online_state_dict` give the config and weights of the downstream `SimlaModel`.
+`simla_config` and `convert_online_state_dict` give the config and weights of the downstream `SimlaModel`,
+`convert_pretraining_state_dict` those of `SimlaForPreTraining` (momentum copies, queues, MLM heads).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import torch
 
 from ..models.configuration_simla import SimlaConfig, SimlaTextConfig, SimlaVisionConfig
-from .albef import _convert_bert_key, _convert_vit_key
+from .albef import CheckpointError, _convert_bert_key, _convert_vit_key
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
@@ -48,6 +49,9 @@ _PREFIXES = {
 
 #: official keys of the online heads, projections and temperature, loaded into `SimlaModel` under the same names
 _ONLINE_HEADS = ("vision_proj.", "text_proj.", "itm_head.", "mim_head.", "concept_head.")
+
+#: official keys of the momentum heads and the queues, loaded into `SimlaForPreTraining` under the same names
+_TRAINING_STATE = ("vision_proj_m.", "text_proj_m.", "mim_head_m.", "concept_head_m.", "image_queue", "text_queue")
 
 #: YAML keys of the official pretrain config read into `SimlaConfig` (same names there)
 _YAML_KEYS = ("embed_dim", "temp", "queue_size", "momentum", "alpha", "mlm_probability", "mim_vocab_size")
@@ -94,6 +98,37 @@ def convert_online_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[s
     return converted, [key for key in original if key in rest]
 
 
+def convert_pretraining_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The official pretraining weights of `SimlaForPreTraining`: the online model under `albef.`, the momentum
+    encoders and heads, the queues and both MLM heads (transform and bias; the decoder is the word-embedding matrix,
+    checked equal). Return (state dict, dropped keys): the tied decoders and the `position_ids` buffers."""
+    online, left_over = convert_online_state_dict(original)
+    converted = {f"albef.{key}": value for key, value in online.items()}
+    encoders, _ = convert_encoder_state_dict(original)
+    converted |= {key: value for key, value in encoders.items() if key.split(".", 1)[0].endswith("_m")}
+    dropped = []
+    for key in left_over:
+        mlm_head = re.match(r"^text_encoder(_m)?\.(cls\..+)$", key)
+        if mlm_head:
+            new_keys = _convert_bert_key(mlm_head.group(2), original[key], mlm_head.group(1) or "", 0, True)
+        elif key.startswith(_TRAINING_STATE) or key == "queue_ptr":
+            new_keys = {key: original[key]}
+        else:
+            new_keys = None if _convert_encoder_key(key, original[key]) is None else {}
+        if new_keys is None:
+            dropped.append(key)
+        converted |= new_keys or {}
+    for suffix in ("", "_m"):
+        decoder = original.get(f"text_encoder{suffix}.cls.predictions.decoder.weight")
+        embeddings = original.get(f"text_encoder{suffix}.bert.embeddings.word_embeddings.weight")
+        if decoder is not None and not torch.equal(decoder, embeddings):
+            raise CheckpointError(
+                f"text_encoder{suffix}.cls.predictions.decoder.weight differs from the word embeddings; SIMLA ties "
+                "them, so this is not a SIMLA pretraining checkpoint."
+            )
+    return converted, dropped
+
+
 def convert_encoder_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename SIMLA's encoder weights (online and momentum) to the blocks' keys; return (state dict, left-over keys).
 
@@ -128,4 +163,10 @@ def _convert_encoder_key(key: str, tensor: torch.Tensor) -> dict[str, torch.Tens
     return None
 
 
-__all__ = ["convert_encoder_state_dict", "convert_online_state_dict", "simla_config", "simla_encoder_configs"]
+__all__ = [
+    "convert_encoder_state_dict",
+    "convert_online_state_dict",
+    "convert_pretraining_state_dict",
+    "simla_config",
+    "simla_encoder_configs",
+]
