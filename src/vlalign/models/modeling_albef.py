@@ -1297,6 +1297,28 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             pixel_values, input_ids, attention_mask, None, alpha, generator, interpolate_pos_encoding, flags,
             pixel_values_teacher,
         )  # fmt: skip
+        mlm = self._masked_language_modeling(
+            step, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator, alpha
+        )
+        return self._training_output(step, **mlm)
+
+    @property
+    def mlm_distill_axis(self) -> str:
+        """Axis of the MLM distillation's log-softmax: the vocabulary (the fixed ALBEF loss, ALBEF#58)."""
+        return "vocab"
+
+    def _masked_language_modeling(
+        self,
+        step: dict,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        mlm_input_ids: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+        generator: torch.Generator | None,
+        alpha: float,
+    ) -> dict[str, torch.Tensor]:
+        """MLM on the step's image tokens, distilled from the momentum model on its image tokens; the ids are masked
+        with `mask_tokens` unless pre-masked ones are given."""
         if mlm_input_ids is None:
             mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, generator)
         elif mlm_labels is None:
@@ -1307,8 +1329,9 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
             mlm_labels,
             lambda: self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden_m"], momentum=True),
             alpha,
+            distill_axis=self.mlm_distill_axis,
         )
-        return self._training_output(step, loss_mlm=loss_mlm, mlm_logits=mlm_logits)
+        return {"loss_mlm": loss_mlm, "mlm_logits": mlm_logits}
 
 
 class AlbefForImageTextRetrieval(AlbefMomentumMixin, AlbefPreTrainedModel):

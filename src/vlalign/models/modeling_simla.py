@@ -26,7 +26,6 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_simla import SimlaConfig
 from .losses import (
     PseudoKeywordTargets,
-    distilled_mlm_loss,
     masked_image_modeling_loss,
     pseudo_keyword_loss,
     psl_keyword_targets,
@@ -224,6 +223,11 @@ class SimlaForPreTraining(AlbefForPreTraining, SimlaPreTrainedModel):
             modules = (self.albef.vision_model, self.albef.text_model, self.albef.fusion_model, self.albef.mim_head)
         return single_stream_mim_logits(*modules, pixel_values, bool_masked_pos, text_tokens, attention_mask)
 
+    @property
+    def mlm_distill_axis(self) -> str:
+        """`config.mlm_distill_axis`: the official SIMLA loss normalises over the sequence axis."""
+        return self.config.mlm_distill_axis
+
     @torch.no_grad()
     def psl_targets(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_hidden_states: torch.Tensor
@@ -281,19 +285,9 @@ class SimlaForPreTraining(AlbefForPreTraining, SimlaPreTrainedModel):
         step = self._contrastive_and_matching(
             pixel_values, input_ids, attention_mask, None, alpha, generator, False, flags
         )
-        if mlm_input_ids is None:
-            mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, generator)
-        elif mlm_labels is None:
-            raise ValueError("mlm_input_ids were given without mlm_labels; pass both or neither.")
-        mlm_logits = self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden"])
-        loss_mlm = distilled_mlm_loss(
-            mlm_logits,
-            mlm_labels,
-            lambda: self.mlm_logits(mlm_input_ids, attention_mask, step["image_hidden_m"], momentum=True),
-            alpha,
-            distill_axis=self.config.mlm_distill_axis,
+        extra = self._masked_language_modeling(
+            step, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator, alpha
         )
-        extra = {"loss_mlm": loss_mlm, "mlm_logits": mlm_logits}
         if bool_masked_pos is not None:
             text_tokens = step["text_model_output"].last_hidden_state  # the online caption embeddings, for both passes
             mim_logits = self.mim_logits(pixel_values, bool_masked_pos, text_tokens, attention_mask)
