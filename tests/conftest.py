@@ -32,25 +32,29 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+#: the text side of `tiny_albef_config` (the fixture's BERT shape, dropout off)
+TINY_TEXT_CONFIG = dict(
+    vocab_size=245,
+    hidden_size=32,
+    num_hidden_layers=4,
+    fusion_layer=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    cls_token_id=2,
+    mask_token_id=4,
+)
+
+
 def tiny_albef_config(**overrides) -> vlalign.AlbefConfig:
     """A 2+2-layer ALBEF small enough for unit tests (the fixture's shape, with dropout off)."""
     settings = dict(
         vision_config=dict(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32
         ),
-        text_config=dict(
-            vocab_size=245,
-            hidden_size=32,
-            num_hidden_layers=4,
-            fusion_layer=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            cls_token_id=2,
-            mask_token_id=4,
-        ),
+        text_config=dict(TINY_TEXT_CONFIG),
         embed_dim=16,
         queue_size=8,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_albef_config
+from conftest import TINY_TEXT_CONFIG, tiny_albef_config
 
 import vlalign
 from vlalign.models.modeling_albef import AlbefFusionModel, AlbefVisionEmbeddings
@@ -107,21 +107,8 @@ def test_mask_errors(images, patch_mask):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-TINY_TEXT = dict(
-    vocab_size=245,
-    hidden_size=32,
-    num_hidden_layers=4,
-    fusion_layer=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=64,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
-
-
 def text_config(**overrides) -> vlalign.AlbefTextConfig:
-    return tiny_albef_config(text_config={**TINY_TEXT, **overrides}).text_config
+    return tiny_albef_config(text_config={**TINY_TEXT_CONFIG, **overrides}).text_config
 
 
 @pytest.fixture

@@ -58,6 +58,25 @@ _MLM_HEAD_RENAMES = [
 ]
 
 
+#: BERT json settings that carry over into the text config
+BERT_CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "fusion_layer",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "pad_token_id",
+    "initializer_range",
+)
+
+
 class CheckpointError(ValueError):
     """The checkpoint file cannot be read as, or does not fit, an ALBEF checkpoint."""
 
@@ -97,23 +116,7 @@ def build_config(
 ) -> AlbefConfig:
     """Translate the official YAML + BERT json into an `AlbefConfig` (or the config of a family built on ALBEF)."""
     vision = {key: yaml_config.get(key, default) for key, default in OFFICIAL_VISION.items()}
-    text_keys = [
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "fusion_layer",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "type_vocab_size",
-        "layer_norm_eps",
-        "pad_token_id",
-        "initializer_range",
-    ]
-    text_config = {key: bert_config[key] for key in text_keys if key in bert_config}
+    text_config = {key: bert_config[key] for key in BERT_CONFIG_KEYS if key in bert_config}
     if tokenizer is not None:
         text_config.update(cls_token_id=tokenizer.cls_token_id, mask_token_id=tokenizer.mask_token_id)
     optional = {

@@ -13,26 +13,13 @@ import re
 import torch
 
 from ..models.configuration_albef import AlbefTextConfig, AlbefVisionConfig
-from .albef import _convert_bert_key, _convert_vit_key
+from .albef import BERT_CONFIG_KEYS, _convert_bert_key, _convert_vit_key
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
 
-_TEXT_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "max_position_embeddings",
-    "layer_norm_eps",
-    "pad_token_id",
-    "initializer_range",
-    "encoder_width",
-)
+#: BERT json settings of SIMLA's MED stack: ALBEF's, less the split point and token types it does not have
+_TEXT_KEYS = (*(k for k in BERT_CONFIG_KEYS if k not in ("fusion_layer", "type_vocab_size")), "encoder_width")
 
 #: ALBEF's converter prefixes for the online and momentum blocks → the blocks' own prefixes here
 _PREFIXES = {
