@@ -4,6 +4,8 @@ SIMLA's ViT is ALBEF's plus a learned `mask_token`; its BERT (BLIP's "MED") has 
 cross-attention in every layer. So the ViT becomes an `AlbefVisionModel` (`use_mask_token`), the BERT embeddings an
 `AlbefTextModel` with `fusion_layer=0` (embeddings, no layers) and the 12 BERT layers one `AlbefFusionModel`, which
 skips cross-attention when no image states are given (SIMLA's `mode='text'`). Key renaming reuses ALBEF's rules.
+`simla_config` and `convert_online_state_dict` give the config and weights of the downstream `SimlaModel`,
+`convert_pretraining_state_dict` those of `SimlaForPreTraining` (momentum copies, queues, MLM heads).
 """
 
 from __future__ import annotations
@@ -12,14 +14,27 @@ import re
 
 import torch
 
-from ..models.configuration_albef import AlbefTextConfig, AlbefVisionConfig
-from .albef import BERT_CONFIG_KEYS, _convert_bert_key, _convert_vit_key
+from ..models.configuration_simla import SimlaConfig, SimlaTextConfig, SimlaVisionConfig
+from .albef import CheckpointError, _convert_bert_key, _convert_vit_key
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
 
-#: BERT json settings of SIMLA's MED stack: ALBEF's, less the split point and token types it does not have
-_TEXT_KEYS = (*(k for k in BERT_CONFIG_KEYS if k not in ("fusion_layer", "type_vocab_size")), "encoder_width")
+_TEXT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "layer_norm_eps",
+    "pad_token_id",
+    "initializer_range",
+    "encoder_width",
+)
 
 #: ALBEF's converter prefixes for the online and momentum blocks → the blocks' own prefixes here
 _PREFIXES = {
@@ -32,14 +47,24 @@ _PREFIXES = {
 }
 
 
-def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[AlbefVisionConfig, AlbefTextConfig]:
+#: official keys of the online heads, projections and temperature, loaded into `SimlaModel` under the same names
+_ONLINE_HEADS = ("vision_proj.", "text_proj.", "itm_head.", "mim_head.", "concept_head.")
+
+#: official keys of the momentum heads and the queues, loaded into `SimlaForPreTraining` under the same names
+_TRAINING_STATE = ("vision_proj_m.", "text_proj_m.", "mim_head_m.", "concept_head_m.", "image_queue", "text_queue")
+
+#: YAML keys of the official pretrain config read into `SimlaConfig` (same names there)
+_YAML_KEYS = ("embed_dim", "temp", "queue_size", "momentum", "alpha", "mlm_probability", "mim_vocab_size")
+
+
+def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[SimlaVisionConfig, SimlaTextConfig]:
     """The vision and text configs of SIMLA's encoders from the official YAML and MED BERT json.
 
     The ViT keeps its mask token unless the YAML sets `vit_mask_token: false` (retrieval configs). The text config
     has no token types and no text-only layers (`fusion_layer=0`): every BERT layer has cross-attention.
     """
     vision = {key: yaml_config.get(key, default) for key, default in OFFICIAL_SIMLA_VISION.items()}
-    vision_config = AlbefVisionConfig(
+    vision_config = SimlaVisionConfig(
         hidden_size=vision["vit_embed_dim"],
         num_hidden_layers=vision["vit_depth"],
         num_attention_heads=vision["vit_num_heads"],
@@ -49,8 +74,59 @@ def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[AlbefVi
         use_mask_token=yaml_config.get("vit_mask_token", True),
     )
     text = {key: bert_config[key] for key in _TEXT_KEYS if key in bert_config}
-    text_config = AlbefTextConfig(**text, fusion_layer=0, type_vocab_size=0)
+    text_config = SimlaTextConfig(**text, fusion_layer=0, type_vocab_size=0)
     return vision_config, text_config
+
+
+def simla_config(yaml_config: dict, bert_config: dict) -> SimlaConfig:
+    """A `SimlaConfig` from the official pretrain YAML and MED BERT json (values the YAML lacks keep the defaults,
+    which are the official ones)."""
+    vision_config, text_config = simla_encoder_configs(yaml_config, bert_config)
+    settings = {key: yaml_config[key] for key in _YAML_KEYS if key in yaml_config}
+    return SimlaConfig(vision_config=vision_config, text_config=text_config, **settings)
+
+
+def convert_online_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The official pretraining weights of `SimlaModel` (online encoders, `vision_proj`, `text_proj`, `itm_head`,
+    `mim_head`, `concept_head`, `temp`); return (state dict, left-over keys): momentum copies, queues, the MLM head
+    and the `position_ids` buffers."""
+    encoders, left_over = convert_encoder_state_dict(original)
+    converted = {key: value for key, value in encoders.items() if not key.split(".", 1)[0].endswith("_m")}
+    converted |= {key: original[key] for key in left_over if key == "temp" or key.startswith(_ONLINE_HEADS)}
+    momentum_encoders = [key for key in original if re.match(r"^(visual|text)_encoder_m\.", key)]
+    rest = {key for key in left_over if key not in converted} | set(momentum_encoders)
+    return converted, [key for key in original if key in rest]
+
+
+def convert_pretraining_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The official pretraining weights of `SimlaForPreTraining`: the online model under `albef.`, the momentum
+    encoders and heads, the queues and both MLM heads (transform and bias; the decoder is the word-embedding matrix,
+    checked equal). Return (state dict, dropped keys): the tied decoders and the `position_ids` buffers."""
+    online, left_over = convert_online_state_dict(original)
+    converted = {f"albef.{key}": value for key, value in online.items()}
+    encoders, _ = convert_encoder_state_dict(original)
+    converted |= {key: value for key, value in encoders.items() if key.split(".", 1)[0].endswith("_m")}
+    dropped = []
+    for key in left_over:
+        mlm_head = re.match(r"^text_encoder(_m)?\.(cls\..+)$", key)
+        if mlm_head:
+            new_keys = _convert_bert_key(mlm_head.group(2), original[key], mlm_head.group(1) or "", 0, True)
+        elif key.startswith(_TRAINING_STATE) or key == "queue_ptr":
+            new_keys = {key: original[key]}
+        else:
+            new_keys = None if _convert_encoder_key(key, original[key]) is None else {}
+        if new_keys is None:
+            dropped.append(key)
+        converted |= new_keys or {}
+    for suffix in ("", "_m"):
+        decoder = original.get(f"text_encoder{suffix}.cls.predictions.decoder.weight")
+        embeddings = original.get(f"text_encoder{suffix}.bert.embeddings.word_embeddings.weight")
+        if decoder is not None and not torch.equal(decoder, embeddings):
+            raise CheckpointError(
+                f"text_encoder{suffix}.cls.predictions.decoder.weight differs from the word embeddings; SIMLA ties "
+                "them, so this is not a SIMLA pretraining checkpoint."
+            )
+    return converted, dropped
 
 
 def convert_encoder_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -87,4 +163,10 @@ def _convert_encoder_key(key: str, tensor: torch.Tensor) -> dict[str, torch.Tens
     return None
 
 
-__all__ = ["convert_encoder_state_dict", "simla_encoder_configs"]
+__all__ = [
+    "convert_encoder_state_dict",
+    "convert_online_state_dict",
+    "convert_pretraining_state_dict",
+    "simla_config",
+    "simla_encoder_configs",
+]

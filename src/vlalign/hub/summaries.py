@@ -107,6 +107,39 @@ def codis_config_rows(model) -> list[tuple[str, str]]:
     ]
 
 
+def simla_config_rows(model) -> list[tuple[str, str]]:
+    """SIMLA: ALBEF's rows with the single-stream BERT, plus the XMM (MLM + MIM) and PSL settings."""
+    config = model.config
+    text = config.text_config
+    rows = dict(albef_config_rows(model))
+    stream = (
+        f"BERT, {_count(text.num_hidden_layers, 'layer')} with cross-attention in every layer, width "
+        f"{text.hidden_size}, {_count(text.num_attention_heads, 'head')}, vocabulary {text.vocab_size}, no token "
+        "types; run text-only for ITC, from the caption cross-attending to the image for ITM and MLM, and from the "
+        "masked image tokens cross-attending to the caption embeddings for MIM"
+    )
+    psl = (
+        f"top {config.psl_positions_per_head} positions per head of the CLS self-attention in layer "
+        f"{config.psl_attention_layer + 1} (momentum model) vote; the {config.psl_num_keywords} most-voted caption "
+        "tokens are the image's keyword targets over the word-piece vocabulary"
+    )
+    return [
+        rows["Image encoder"],
+        ("Single-stream text/fusion encoder", stream),
+        rows["Contrastive (ITC) embedding"],
+        rows["ITM re-ranking"],
+        rows["Momentum distillation (training)"],
+        (
+            "Masked modelling (training)",
+            f"MLM (distillation normalised over the {config.mlm_distill_axis} axis) and MIM over a "
+            f"{config.mim_vocab_size}-code image tokenizer",
+        ),
+        ("Keyword prediction, PSL (training)", psl),
+        rows["Caption format"],
+        rows["Parameters in this repository"],
+    ]
+
+
 def fdt_config_rows(model) -> list[tuple[str, str]]:
     """FDT: ViT and causal text transformer, the FDT codebook and its grounding, the contrastive logit scale."""
     config = model.config
@@ -142,4 +175,4 @@ def fdt_config_rows(model) -> list[tuple[str, str]]:
     ]
 
 
-__all__ = ["albef_config_rows", "fdt_config_rows"]
+__all__ = ["albef_config_rows", "codis_config_rows", "fdt_config_rows", "simla_config_rows"]

@@ -5,6 +5,7 @@ repository, so a saved checkpoint carries its own code and loads with `trust_rem
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
 from .configuration_codis import CodisConfig
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
+from .configuration_simla import SimlaConfig, SimlaTextConfig, SimlaVisionConfig
 from .modeling_albef import (
     AlbefForImageTextRetrieval,
     AlbefForPreTraining,
@@ -21,12 +22,20 @@ from .modeling_codis import (
     CodisPreTrainedModel,
 )
 from .modeling_fdt import FdtForPreTraining, FdtModel, FdtPreTrainedModel, FdtTextModel, FdtVisionModel
+from .modeling_simla import (
+    SimlaForImageTextRetrieval,
+    SimlaForPreTraining,
+    SimlaModel,
+    SimlaPreTrainedModel,
+)
 from .processing_albef import AlbefImageProcessor, AlbefProcessor
 from .processing_codis import CodisImageProcessor, CodisProcessor
 from .processing_fdt import FdtImageProcessor, FdtProcessor
+from .processing_simla import SimlaImageProcessor, SimlaProcessor
 from .tokenization_albef import AlbefTokenizer
 from .tokenization_codis import CodisTokenizer
 from .tokenization_fdt import FdtTokenizer
+from .tokenization_simla import SimlaTokenizer
 
 __all__ = [
     "AlbefConfig",
@@ -61,4 +70,14 @@ __all__ = [
     "FdtTokenizer",
     "FdtVisionConfig",
     "FdtVisionModel",
+    "SimlaConfig",
+    "SimlaForImageTextRetrieval",
+    "SimlaForPreTraining",
+    "SimlaImageProcessor",
+    "SimlaModel",
+    "SimlaPreTrainedModel",
+    "SimlaProcessor",
+    "SimlaTextConfig",
+    "SimlaTokenizer",
+    "SimlaVisionConfig",
 ]

@@ -1,0 +1,48 @@
+"""Tiny SIMLA setup for the built-in synthetic dataset: ALBEF's tiny sizes as one single stream of cross-attention
+layers, SIMLA's tokenizer and processor classes, and the masked-image-modelling inputs of pretraining with the
+built-in image tokenizer (k-means codes fitted on the training images, no external weights)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..models import SimlaConfig, SimlaImageProcessor, SimlaProcessor, SimlaTokenizer
+from .albef import albef_processor, build_tokenizer, tiny_albef_config
+
+#: codes of the built-in image tokenizer the tiny model predicts (DALL-E's dVAE, which real SIMLA uses, has 8192)
+TINY_MIM_VOCAB_SIZE = 256
+
+
+def build_simla_tokenizer(captions: Iterable[str]) -> SimlaTokenizer:
+    """A word-level `SimlaTokenizer` over the words of `captions` (see `recipes.albef.build_tokenizer`)."""
+    return build_tokenizer(captions, tokenizer_class=SimlaTokenizer)
+
+
+def tiny_simla_config(
+    tokenizer: SimlaTokenizer,
+    image_size: int = 64,
+    text_layers: int = 3,
+    mim_vocab_size: int = TINY_MIM_VOCAB_SIZE,
+    **overrides,
+) -> SimlaConfig:
+    """ALBEF's tiny config (`tiny_albef_config`: ViT 96×4 at 64 px / patch 8, width-96 BERT, embed 64, queue 256) as
+    a `SimlaConfig`: `text_layers` cross-attention layers shared by every pass (`fusion_layer=0`), enough BERT
+    positions for MIM's image tokens (CLS + patches), and `mim_vocab_size` image-tokenizer codes."""
+    patch_size = overrides.get("patch_size", 8)
+    positions = max(64, 1 + (image_size // patch_size) ** 2)
+    settings: dict[str, Any] = dict(
+        text_layers=text_layers, fusion_layer=0, config_class=SimlaConfig, mim_vocab_size=mim_vocab_size
+    )
+    settings.update(overrides)
+    config = tiny_albef_config(tokenizer, image_size, **settings)
+    config.text_config.max_position_embeddings = positions
+    return config
+
+
+def simla_processor(tokenizer: SimlaTokenizer, image_size: int) -> SimlaProcessor:
+    """A `SimlaProcessor` at `image_size` (ALBEF's preprocessing, which SIMLA keeps)."""
+    return albef_processor(tokenizer, image_size, SimlaProcessor, SimlaImageProcessor)
+
+
+__all__ = ["TINY_MIM_VOCAB_SIZE", "build_simla_tokenizer", "simla_processor", "tiny_simla_config"]
