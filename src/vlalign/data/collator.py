@@ -21,6 +21,10 @@ prefer ``generator=None`` with ``num_workers > 0``.
 With ``teacher_view=True`` the collator also returns ``pixel_values_teacher``, a second, independently drawn
 augmentation of each image for the momentum (teacher) image encoder (TCL's recipe; CODIS with
 ``teacher_image_view="augmented"``).
+
+With ``masked_image_modeling`` (a :class:`~vlalign.data.masked_image.MaskedImageModelingInputs`) the collator also
+returns SIMLA's masked image modelling inputs ``bool_masked_pos`` and ``mim_labels``, each row's block mask and
+tokenizer view drawn from that row's own seeds.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .masked_image import MaskedImageModelingInputs
 
 __all__ = ["AlbefCollator", "AlignmentCollator"]
 
@@ -89,11 +96,19 @@ class AlignmentCollator:
             the next draws of the global RNG). Needs ``image_transform``: without one both views would be the image
             processor's identical deterministic output. The transform must be random for the views to differ; the
             collator cannot check that.
+        masked_image_modeling: a :class:`~vlalign.data.masked_image.MaskedImageModelingInputs` (image tokenizer,
+            ViT patch grid, masking settings, optional random tokenizer view); when given, each row gets a block
+            mask drawn from its own seed (purpose ``"image_mask"``) and the tokenizer's codes of its tokenizer view
+            (the deterministic ``view``, or ``view_transform`` under the seed of purpose ``"codebook_image"``), so
+            they are as reproducible and resumable as ``pixel_values``, which stay exactly as without it. With a
+            ``generator``, the seeds are drawn from it instead.
 
     Returns (when called with a list of row dicts):
         ``{"pixel_values": float32 [B, 3, H, W], "input_ids": long [B, L], "attention_mask": long [B, L]}`` plus
         ``"idx": long [B]`` when configured and present, and ``"pixel_values_teacher"`` (float32, the shape of
-        ``pixel_values``) with ``teacher_view``. ``token_type_ids`` is never returned.
+        ``pixel_values``) with ``teacher_view``, and with ``masked_image_modeling`` ``"bool_masked_pos"`` (bool
+        ``[B, N]``, N = ViT patches, row-major; True = masked) and ``"mim_labels"`` (long ``[B, N]``: the image
+        tokenizer's code of each masked patch, -100 where not masked). ``token_type_ids`` is never returned.
     """
 
     processor: Any
@@ -105,6 +120,7 @@ class AlignmentCollator:
     generator: torch.Generator | None = None
     epoch: int = 0
     teacher_view: bool = False
+    masked_image_modeling: MaskedImageModelingInputs | None = None
 
     def __post_init__(self) -> None:
         presets = getattr(self.processor, "text_presets", None)
@@ -120,6 +136,14 @@ class AlignmentCollator:
                 "albef_train_transform): the teacher view is a second augmentation of each image, and without a "
                 "transform both views would be the image processor's identical deterministic output."
             )
+        if self.masked_image_modeling is not None:
+            from .masked_image import MaskedImageModelingInputs
+
+            if not isinstance(self.masked_image_modeling, MaskedImageModelingInputs):
+                raise TypeError(
+                    "masked_image_modeling must be a vlalign.data.masked_image.MaskedImageModelingInputs or None, "
+                    f"got {type(self.masked_image_modeling).__name__}."
+                )
 
     # ------------------------------------------------------------------ public API
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -160,6 +184,8 @@ class AlignmentCollator:
                     f"{tuple(pixel_values.shape)}; use a fixed output size."
                 )
             batch["pixel_values_teacher"] = teacher.to(torch.float32)
+        if self.masked_image_modeling is not None:
+            batch.update(self._masked_image_modeling_inputs(images, rows))
         idx = self._collect_idx(rows)
         if idx is not None:
             batch["idx"] = idx
@@ -284,6 +310,22 @@ class AlignmentCollator:
                 f"image_transform returned images of different shapes {sorted(shapes)}; use a fixed size."
             )
         return torch.stack(tensors)
+
+    def _masked_image_modeling_inputs(self, images: list[Any], rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """`bool_masked_pos` and `mim_labels`: per-row seeds (or draws of `generator`) for mask and tokenizer view."""
+        if self.generator is not None:
+            draws = torch.randint(2**62, (len(rows), 2), generator=self.generator).tolist()
+            mask_seeds, view_seeds = [d[0] for d in draws], [d[1] for d in draws]
+        else:
+            mask_seeds = [self._row_seed(row, "image_mask") for row in rows]
+            view_seeds = [self._row_seed(row, "codebook_image") for row in rows]
+        for position, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise TypeError(
+                    f"masked_image_modeling needs PIL images, but the image of {_row_label(position, rows[position])} "
+                    f"is a {type(image).__name__}; give the column PIL images, {{'bytes', 'path'}} dicts or paths."
+                )
+        return self.masked_image_modeling(images, mask_seeds, view_seeds=view_seeds)
 
     # ------------------------------------------------------------------ idx
     def _collect_idx(self, rows: list[Mapping[str, Any]]) -> torch.Tensor | None:
