@@ -1,28 +1,34 @@
-"""Method plots: CODIS's codebook-usage curve and prototype gallery (and the assignment they draw), and the
-`Method.example_plots` contract (model, processor, dataset, folder, log history) for every method that has plots."""
+"""Method plots: CODIS's codebook-usage curve and prototype gallery (and the assignment they draw), SIMLA's predicted
+keywords (PSL), and the `Method.example_plots` contract (model, processor, dataset, folder, log history) for every
+method that has plots."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 import torch
 from PIL import Image
 
-from vlalign import quickstart
+from vlalign import quickstart, visualization
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.methods import get_method
-from vlalign.models import CodisForPreTraining, CodisModel
+from vlalign.models import CodisForPreTraining, CodisModel, SimlaModel
 from vlalign.recipes import dataset_captions
 from vlalign.recipes.codis import build_codis_tokenizer, codis_processor, tiny_codis_config
+from vlalign.recipes.simla import build_simla_tokenizer, simla_processor, tiny_simla_config
 from vlalign.visualization import (
     CODEBOOK_STATS,
     codis_example_plots,
     most_used_prototypes,
     plot_codebook_usage,
     plot_prototype_gallery,
+    plot_psl_keywords,
     prototype_assignments,
+    psl_keywords,
+    simla_example_plots,
 )
 
 IMAGE_SIZE = 32
@@ -193,3 +199,115 @@ def test_quickstart_passes_its_log_history_to_the_method_plots(tmp_path, monkeyp
     assert log_history and log_history[-1]["step"] == 2 and "train_runtime" in log_history[-1]
     assert summary["plots"][-1] == str(tmp_path / "prototype_gallery.png")
     _check_png(tmp_path / "prototype_gallery.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SIMLA: keyword prediction (PSL)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simla_processor_(dataset):
+    return simla_processor(build_simla_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
+
+
+def _simla_model(processor, **overrides):
+    config = tiny_simla_config(
+        processor.tokenizer, IMAGE_SIZE, width=32, num_heads=2, vision_layers=1, text_layers=2, patch_size=16,
+        embed_dim=16, queue_size=8, mim_vocab_size=16, **overrides,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return SimlaModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def simla_model(simla_processor_):
+    model = _simla_model(simla_processor_)
+    special = simla_processor_.tokenizer.all_special_ids
+    with torch.no_grad():  # make the special tokens the highest-scoring rows, so excluding them is tested
+        model.concept_head.bias[special] += 100.0
+    return model
+
+
+def _hand_keywords(model, processor, images, top_k):
+    """The top-k of `keyword_logits` over the non-special word pieces, computed independently."""
+    tokenizer = processor.tokenizer
+    with torch.no_grad():
+        logits = model.keyword_logits(processor(images=list(images))["pixel_values"])
+    special = set(tokenizer.all_special_ids)
+    expected = []
+    for row in logits:
+        order = [i for i in row.argsort(descending=True).tolist() if i not in special][:top_k]
+        expected.append([(tokenizer.convert_ids_to_tokens(i), torch.sigmoid(row[i]).item()) for i in order])
+    return expected
+
+
+def test_psl_keywords_are_the_top_non_special_keyword_logits(simla_model, simla_processor_, dataset):
+    images = dataset["test"]["image"][:4]
+    with torch.no_grad():
+        logits = simla_model.keyword_logits(simla_processor_(images=list(images))["pixel_values"])
+    special = simla_processor_.tokenizer.all_special_ids
+    assert set(logits[0].topk(len(special)).indices.tolist()) == set(special)  # the raw ranking starts with them
+    keywords = psl_keywords(simla_model, simla_processor_, images, top_k=3)
+    expected = _hand_keywords(simla_model, simla_processor_, images, 3)
+    assert [[word for word, _ in row] for row in keywords] == [[word for word, _ in row] for row in expected]
+    for row, expected_row in zip(keywords, expected, strict=True):
+        assert [p for _, p in row] == pytest.approx([p for _, p in expected_row], abs=1e-6)
+        assert all(0.0 < p < 1.0 for _, p in row) and [p for _, p in row] == sorted((p for _, p in row), reverse=True)
+        assert not {word for word, _ in row} & set(simla_processor_.tokenizer.all_special_tokens)
+    # more keywords than words: every non-special word piece, once
+    everything = psl_keywords(simla_model, simla_processor_, images[:1], top_k=10_000)[0]
+    assert len(everything) == len(simla_processor_.tokenizer) - len(special)
+    with pytest.raises(ValueError, match="positive"):
+        psl_keywords(simla_model, simla_processor_, images, top_k=0)
+
+
+def test_plot_psl_keywords_draws_the_predicted_keywords(simla_model, simla_processor_, dataset, tmp_path, monkeypatch):
+    test = dataset["test"]
+    images, captions = test["image"][:3], [row[0] for row in test["captions"][:3]]
+    drawn = []
+    save = visualization._save
+
+    def recording_save(figure, path):
+        bar_axes = [axis for axis in figure.axes if axis.patches]
+        drawn.extend([label.get_text() for label in axis.get_yticklabels()] for axis in bar_axes)
+        return save(figure, path)
+
+    monkeypatch.setattr(visualization, "_save", recording_save)
+    path = plot_psl_keywords(simla_model, simla_processor_, images, captions, tmp_path / "k" / "psl.png", top_k=4)
+    assert path == tmp_path / "k" / "psl.png"
+    _, height = _check_png(path)
+    expected = _hand_keywords(simla_model, simla_processor_, images, 4)
+    assert drawn == [[word for word, _ in row] for row in expected]  # one bar panel per image, best keyword on top
+    monkeypatch.undo()
+    _, one_row_height = _check_png(
+        plot_psl_keywords(simla_model, simla_processor_, images[:1], captions[:1], tmp_path / "one.png"),
+        min_height=150,
+    )
+    assert height > one_row_height  # one row per image
+    with pytest.raises(ValueError, match="captions"):
+        plot_psl_keywords(simla_model, simla_processor_, images, captions[:2], tmp_path / "bad.png")
+
+
+def test_simla_example_plots(simla_model, simla_processor_, dataset, tmp_path):
+    paths = simla_example_plots(simla_model, simla_processor_, dataset["test"], tmp_path, [{"loss": 1.0, "step": 1}])
+    assert paths == [tmp_path / "psl_keywords.png"]
+    _, height = _check_png(paths[0])
+    _, five_rows = _check_png(
+        plot_psl_keywords(
+            simla_model, simla_processor_, dataset["test"]["image"][:5],
+            [row[0] for row in dataset["test"]["captions"][:5]], tmp_path / "five.png",
+        )
+    )  # fmt: skip
+    assert height > five_rows  # the first six test images
+
+
+def test_simla_example_plots_without_pretraining_heads(simla_processor_, dataset, tmp_path, caplog):
+    model = _simla_model(simla_processor_, use_pretraining_heads=False)
+    assert not hasattr(model, "concept_head")
+    with caplog.at_level(logging.WARNING, logger="vlalign.visualization"):
+        assert simla_example_plots(model, simla_processor_, dataset["test"], tmp_path, []) == []
+    assert "no pretraining heads" in caplog.text
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="pretraining heads"):
+        psl_keywords(model, simla_processor_, dataset["test"]["image"][:1])

@@ -1,8 +1,10 @@
 """Plots people would rather see than read: loss curves, a recall chart, query → top-k image grids, and each
-method's own pictures (FDT's activated tokens; CODIS's codebook usage and prototype gallery)."""
+method's own pictures (FDT's activated tokens; CODIS's codebook usage and prototype gallery; SIMLA's predicted
+keywords)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -17,6 +19,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 LOSS_STYLES = ("-", "--", ":", "-.")
+
+logger = logging.getLogger(__name__)
 
 
 def plot_losses(log_history: list[dict], path: str | Path) -> Path:
@@ -319,6 +323,103 @@ def codis_example_plots(
     return paths
 
 
+def psl_keywords(model, processor, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """The `top_k` keywords a SIMLA model with pretraining heads predicts for each image (PSL, pseudo-labelled keyword
+    prediction): the highest `model.keyword_logits` over the word-piece vocabulary, with their sigmoid
+    probabilities, best first. Images go through the processor's image transform; the tokenizer's special tokens
+    ([PAD], [CLS], [SEP], [MASK], [UNK], ...) and ids the tokenizer does not have are left out of the ranking.
+
+    Returns one `[(word piece, probability), ...]` list per image. Raises ValueError when `top_k` is not positive or
+    the model has no pretraining heads (`config.use_pretraining_heads=False`)."""
+    if top_k <= 0:
+        raise ValueError(f"top_k must be positive, got {top_k}.")
+    tokenizer = processor.tokenizer
+    pixel_values = processor(images=list(images))["pixel_values"].to(model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model.keyword_logits(pixel_values).float().cpu()
+    finally:
+        model.train(was_training)
+    vocab_size = logits.shape[-1]
+    excluded = torch.zeros(vocab_size, dtype=torch.bool)
+    excluded[[i for i in tokenizer.all_special_ids if 0 <= i < vocab_size]] = True
+    excluded[len(tokenizer) :] = True  # model rows without a word (a vocabulary padded beyond the tokenizer's)
+    ranked = logits.masked_fill(excluded, float("-inf")).topk(min(top_k, int((~excluded).sum())), dim=-1)
+    probabilities = torch.sigmoid(ranked.values)
+    return [
+        list(zip(tokenizer.convert_ids_to_tokens(ids.tolist()), probs.tolist(), strict=True))
+        for ids, probs in zip(ranked.indices, probabilities, strict=True)
+    ]
+
+
+def plot_psl_keywords(model, processor, images, captions: Sequence[str], path: str | Path, top_k: int = 5) -> Path:
+    """SIMLA's keyword predictions (PSL), one row per image: the image, its caption, and the `top_k` keywords the
+    model predicts from the image alone (`psl_keywords`) as sigmoid-probability bars; keywords that also occur in the
+    caption's tokens are orange. Needs a model with pretraining heads."""
+    images = list(images)
+    captions = list(captions)
+    if len(images) != len(captions):
+        raise ValueError(f"Got {len(images)} images but {len(captions)} captions.")
+    if not images:
+        raise ValueError("plot_psl_keywords needs at least one image.")
+    keywords = psl_keywords(model, processor, images, top_k)
+    tokenizer = processor.tokenizer
+    figure, axes = plt.subplots(
+        len(images), 3, figsize=(11, 1.9 * len(images) + 0.6), squeeze=False,
+        gridspec_kw={"width_ratios": [1, 2.2, 2.4]},
+    )  # fmt: skip
+    for row, (image, caption, ranked) in enumerate(zip(images, captions, keywords, strict=True)):
+        image_axis, caption_axis, bar_axis = axes[row]
+        image_axis.imshow(image)
+        image_axis.set_xticks([])
+        image_axis.set_yticks([])
+        caption_axis.axis("off")
+        caption_axis.text(0, 0.5, "\n".join(_wrap(caption, 40)), fontsize=8, va="center", ha="left",
+                          parse_math=False, transform=caption_axis.transAxes)  # fmt: skip
+        caption_tokens = set(tokenizer.tokenize(caption))
+        words = [word for word, _ in ranked]
+        colors = ["tab:orange" if word in caption_tokens else "tab:blue" for word in words]
+        bars = bar_axis.barh(range(len(ranked)), [probability for _, probability in ranked], color=colors)
+        bar_axis.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+        bar_axis.set_yticks(range(len(ranked)), words, fontsize=8)
+        bar_axis.invert_yaxis()
+        bar_axis.set_xlim(0, 1)
+        bar_axis.tick_params(axis="x", labelsize=7)
+        if row == len(images) - 1:
+            bar_axis.set_xlabel("sigmoid(keyword logit)", fontsize=8)
+    axes[0][1].set_title("caption", fontsize=9)
+    axes[0][2].set_title(f"top {top_k} predicted keywords (orange: in the caption)", fontsize=9)
+    figure.suptitle("SIMLA keyword prediction (PSL) from the image alone", fontsize=10)
+    return _save(figure, path)
+
+
+def simla_example_plots(
+    model, processor, dataset, output_dir: str | Path, log_history: list[dict] | None = None, examples: int = 6
+) -> list[Path]:
+    """SIMLA's `Method.example_plots`: `psl_keywords.png`, `plot_psl_keywords` for the first `examples` images of
+    `dataset` with their first captions (`log_history` is not used). A model without pretraining heads
+    (`config.use_pretraining_heads=False`, e.g. a fine-tuned retrieval model) has no keyword head: nothing is drawn
+    and the reason is logged."""
+    if not model.config.use_pretraining_heads:
+        logger.warning(
+            "This SIMLA model has no pretraining heads (config.use_pretraining_heads=False), so it predicts no PSL "
+            "keywords; skipping psl_keywords.png."
+        )
+        return []
+    rows = [dataset[index] for index in range(min(examples, len(dataset)))]
+    if not rows:
+        logger.warning("The dataset is empty; skipping psl_keywords.png.")
+        return []
+    return [
+        plot_psl_keywords(
+            model, processor, [row["image"] for row in rows], [row["captions"][0] for row in rows],
+            Path(output_dir) / "psl_keywords.png",
+        )
+    ]  # fmt: skip
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, current = [], ""
     for word in text.split():
@@ -350,7 +451,10 @@ __all__ = [
     "plot_fdt_token_overlap",
     "plot_losses",
     "plot_prototype_gallery",
+    "plot_psl_keywords",
     "plot_recalls",
     "plot_text_to_image_results",
     "prototype_assignments",
+    "psl_keywords",
+    "simla_example_plots",
 ]
