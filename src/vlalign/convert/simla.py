@@ -5,36 +5,42 @@ cross-attention in every layer. So the ViT becomes an `AlbefVisionModel` (`use_m
 `AlbefTextModel` with `fusion_layer=0` (embeddings, no layers) and the 12 BERT layers one `AlbefFusionModel`, which
 skips cross-attention when no image states are given (SIMLA's `mode='text'`). Key renaming reuses ALBEF's rules.
 `simla_config` and `convert_online_state_dict` give the config and weights of the downstream `SimlaModel`,
-`convert_pretraining_state_dict` those of `SimlaForPreTraining` (momentum copies, queues, MLM heads).
+`convert_pretraining_state_dict` those of `SimlaForPreTraining` (momentum copies, queues, MLM heads),
+`convert_retrieval_state_dict` those of `SimlaForImageTextRetrieval`, and `convert_simla_checkpoint` turns an official
+`.pth` (pretraining or fine-tuned retrieval layout) into a folder the Auto classes load (`vlalign convert --method
+simla`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 
 import torch
 
 from ..models.configuration_simla import SimlaConfig, SimlaTextConfig, SimlaVisionConfig
-from .albef import CheckpointError, _convert_bert_key, _convert_vit_key
+from ..models.modeling_simla import SimlaForImageTextRetrieval, SimlaForPreTraining
+from ..models.tokenization_simla import SimlaTokenizer
+from .albef import (
+    BERT_CONFIG_KEYS,
+    CheckpointError,
+    _check_fit,
+    _convert_bert_key,
+    _convert_vit_key,
+    _fit_position_embeddings,
+    _read_configs,
+    load_tokenizer,
+)
+from .restricted_unpickle import load_official_checkpoint
+
+logger = logging.getLogger(__name__)
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
 
-_TEXT_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "max_position_embeddings",
-    "layer_norm_eps",
-    "pad_token_id",
-    "initializer_range",
-    "encoder_width",
-)
+#: BERT json settings of SIMLA's MED stack: ALBEF's, less the split point and token types it does not have
+_TEXT_KEYS = (*(k for k in BERT_CONFIG_KEYS if k not in ("fusion_layer", "type_vocab_size")), "encoder_width")
 
 #: ALBEF's converter prefixes for the online and momentum blocks → the blocks' own prefixes here
 _PREFIXES = {
@@ -54,7 +60,28 @@ _ONLINE_HEADS = ("vision_proj.", "text_proj.", "itm_head.", "mim_head.", "concep
 _TRAINING_STATE = ("vision_proj_m.", "text_proj_m.", "mim_head_m.", "concept_head_m.", "image_queue", "text_queue")
 
 #: YAML keys of the official pretrain config read into `SimlaConfig` (same names there)
-_YAML_KEYS = ("embed_dim", "temp", "queue_size", "momentum", "alpha", "mlm_probability", "mim_vocab_size")
+_YAML_KEYS = (
+    "embed_dim",
+    "temp",
+    "queue_size",
+    "momentum",
+    "alpha",
+    "mlm_probability",
+    "mim_vocab_size",
+    "k_test",
+    "distill",
+)
+
+#: converted keys of the pretraining-only modules, which the retrieval model lacks (`Retrieval.py` drops them too)
+_PRETRAINING_ONLY = re.compile(
+    r"^(mlm_head(_m)?\.|albef\.(mim|concept)_head\.|(mim|concept)_head_m\.|.*\.mask_token$)"
+)
+
+#: official keys a conversion may leave out: the tied MLM decoders (checked equal to the word embeddings) and the
+#: `position_ids` buffers
+_DROPPABLE = re.compile(r"(cls\.predictions\.decoder\.(weight|bias)|position_ids)$")
+
+TASKS = ("pretraining", "retrieval")
 
 
 def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[SimlaVisionConfig, SimlaTextConfig]:
@@ -78,10 +105,28 @@ def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[SimlaVi
     return vision_config, text_config
 
 
-def simla_config(yaml_config: dict, bert_config: dict) -> SimlaConfig:
-    """A `SimlaConfig` from the official pretrain YAML and MED BERT json (values the YAML lacks keep the defaults,
-    which are the official ones)."""
+def simla_config(
+    yaml_config: dict,
+    bert_config: dict,
+    tokenizer: SimlaTokenizer | None = None,
+    image_size: int | None = None,
+) -> SimlaConfig:
+    """A `SimlaConfig` from the official YAML (pretrain or retrieval) and MED BERT json; values the YAML lacks keep
+    the defaults, which are the official ones.
+
+    Args:
+        yaml_config, bert_config: the parsed official files.
+        tokenizer: when given, the [CLS], [MASK] and [PAD] ids come from its vocabulary (MLM masking, PSL targets and
+            padding depend on them), not from bert-base-uncased's defaults.
+        image_size: target resolution; default the YAML's `image_res`.
+    """
     vision_config, text_config = simla_encoder_configs(yaml_config, bert_config)
+    if image_size is not None:
+        vision_config.image_size = image_size
+    if tokenizer is not None:
+        text_config.cls_token_id = tokenizer.cls_token_id
+        text_config.mask_token_id = tokenizer.mask_token_id
+        text_config.pad_token_id = tokenizer.pad_token_id
     settings = {key: yaml_config[key] for key in _YAML_KEYS if key in yaml_config}
     return SimlaConfig(vision_config=vision_config, text_config=text_config, **settings)
 
@@ -129,6 +174,116 @@ def convert_pretraining_state_dict(original: dict[str, torch.Tensor]) -> tuple[d
     return converted, dropped
 
 
+def convert_retrieval_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights of `SimlaForImageTextRetrieval` from either official layout: a fine-tuned retrieval checkpoint
+    (`text_encoder.X`, `idx_queue`, no heads) or a pretraining one, reduced as `Retrieval.py` loads it (MLM, MIM and
+    keyword heads and the ViTs' `mask_token` dropped; no `idx_queue`, which then starts at -100). Return (state dict,
+    dropped official keys)."""
+    idx_queue = original.get("idx_queue")
+    converted, dropped = convert_pretraining_state_dict({k: v for k, v in original.items() if k != "idx_queue"})
+    pretraining_only = {key for key in converted if _PRETRAINING_ONLY.match(key)}
+    converted = {key: value for key, value in converted.items() if key not in pretraining_only}
+    dropped += [key for key in original if _is_pretraining_only(key)]
+    if idx_queue is not None:
+        converted["idx_queue"] = idx_queue
+    return converted, list(dict.fromkeys(dropped))
+
+
+def _is_pretraining_only(key: str) -> bool:
+    """Whether an official key belongs to a module only the pretraining model has."""
+    return bool(
+        re.match(r"^text_encoder(_m)?\.cls\.", key)
+        or re.match(r"^(mim|concept)_head(_m)?\.", key)
+        or re.match(r"^visual_encoder(_m)?\.mask_token$", key)
+    )
+
+
+def convert_simla_checkpoint(
+    checkpoint: str | Path,
+    config_files: list[str | Path],
+    output_dir: str | Path,
+    tokenizer: str | Path | None = None,
+    task: str = "auto",
+    image_size: int | None = None,
+) -> SimlaForPreTraining | SimlaForImageTextRetrieval:
+    """Convert an official SIMLA checkpoint and save it (weights, config, processor, remote code) to `output_dir`.
+
+    Args:
+        checkpoint: the official `.pth` file, pretraining layout (`text_encoder.bert.*`, momentum copies, MLM/MIM/
+            keyword heads, queues; its config may be a pickled OmegaConf object, read without running its code) or
+            fine-tuned retrieval layout (`text_encoder.*`, `idx_queue`, no heads, no mask token).
+        config_files: the official YAML (`Pretrain.yaml`, `Retrieval_coco.yaml`, ...) and the MED BERT json; the json
+            may be omitted when the YAML's `bert_config` path resolves beside it.
+        output_dir: where to write the converted folder.
+        tokenizer: a folder with `vocab.txt`/tokenizer files or a Hub id; default: a `vocab.txt` beside the checkpoint
+            or configs, else `bert-base-uncased`. Its [CLS]/[MASK]/[PAD] ids go into the config.
+        task: `"pretraining"` (`SimlaForPreTraining`), `"retrieval"` (`SimlaForImageTextRetrieval`; from a pretraining
+            checkpoint this is what `Retrieval.py` loads: heads and mask token dropped, `idx_queue` at -100), or
+            `"auto"` (retrieval when the YAML has `k_test`, else pretraining).
+        image_size: target resolution; default the YAML's `image_res`. ViT position embeddings (online and momentum)
+            are interpolated when the checkpoint's grid differs.
+
+    Raises:
+        CheckpointError: the file is unreadable, or its keys or shapes do not fit the config (the message names them).
+    """
+    yaml_config, bert_config, config_dirs = _read_configs(config_files)
+    if task == "auto":
+        task = "retrieval" if "k_test" in yaml_config else "pretraining"
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval' or 'auto'.")
+    original, _ = load_official_checkpoint(checkpoint)
+    processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], SimlaTokenizer)
+    config = simla_config(yaml_config, bert_config, processor_tokenizer, image_size)
+
+    if task == "pretraining":
+        heads = ("mim_head.weight", "concept_head.weight", "text_encoder.cls.predictions.bias")
+        if "idx_queue" in original or not any(key in original for key in heads):
+            absent = [key for key in heads if key not in original]
+            raise CheckpointError(
+                f"This looks like a fine-tuned retrieval checkpoint ({'has idx_queue, ' * ('idx_queue' in original)}"
+                f"no {', '.join(absent)}): it lacks the pretraining heads. Convert it with task 'retrieval'."
+            )
+        model_class, (state_dict, dropped) = SimlaForPreTraining, convert_pretraining_state_dict(original)
+        unknown = [key for key in dropped if not _DROPPABLE.search(key)]
+    else:
+        model_class, (state_dict, dropped) = SimlaForImageTextRetrieval, convert_retrieval_state_dict(original)
+        unknown = [key for key in dropped if not (_DROPPABLE.search(key) or _is_pretraining_only(key))]
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} checkpoint keys are not SIMLA {task} keys (first: {', '.join(unknown[:5])}). Is this a "
+            "SIMLA checkpoint? VQA/NLVR/grounding checkpoints are not supported."
+        )
+    vision = config.vision_config
+    _fit_position_embeddings(state_dict, (vision.image_size // vision.patch_size) ** 2)
+
+    model = model_class(config)
+    # A checkpoint without momentum encoders (e.g. weights saved for inference) starts them as copies of the online
+    # ones, as the official `copy_params`; missing queues keep their random unit-vector init, `idx_queue` -100.
+    allowed_missing = [r"_queue$", r"^queue_ptr$"]
+    has_momentum = any(key.split(".", 1)[0].endswith("_m") for key in state_dict)
+    if not has_momentum:
+        allowed_missing.append(r"^[a-z_]+_m\.")
+    _check_fit(model, state_dict, allowed_missing)
+    model.load_state_dict(state_dict, strict=False)
+    if not has_momentum:
+        model.copy_params_to_momentum()
+        logger.info("The checkpoint has no momentum encoders; initialised them from the online weights.")
+
+    processor = _build_processor(processor_tokenizer, vision.image_size)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return model
+
+
+def _build_processor(tokenizer: SimlaTokenizer, image_size: int):
+    """The registered SIMLA processor at `image_size` (official normalisation, caption cleaning)."""
+    from ..methods import get_method
+
+    return get_method("simla").build_processor(tokenizer, image_size)
+
+
 def convert_encoder_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename SIMLA's encoder weights (online and momentum) to the blocks' keys; return (state dict, left-over keys).
 
@@ -167,6 +322,8 @@ __all__ = [
     "convert_encoder_state_dict",
     "convert_online_state_dict",
     "convert_pretraining_state_dict",
+    "convert_retrieval_state_dict",
+    "convert_simla_checkpoint",
     "simla_config",
     "simla_encoder_configs",
 ]
