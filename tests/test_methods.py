@@ -54,9 +54,15 @@ def setup(request, dataset):
     return method, processor, build
 
 
-def batch_of(processor, dataset, size: int = 4) -> dict[str, torch.Tensor]:
-    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
-    return collator([dataset["train"][i] for i in range(size)])
+def pretraining_collator(method, processor, dataset) -> AlignmentCollator:
+    """The method's pretraining collator (with its extra inputs, e.g. SIMLA's MIM masks and targets)."""
+    config = method.tiny_config(processor.tokenizer, IMAGE_SIZE, **method.test_overrides)
+    extra = method.pretraining_collator_kwargs(config, processor, dataset["train"])
+    return AlignmentCollator(processor, preset="pretrain", text_column="captions", **extra)
+
+
+def batch_of(method, processor, dataset, size: int = 4) -> dict[str, torch.Tensor]:
+    return pretraining_collator(method, processor, dataset)([dataset["train"][i] for i in range(size)])
 
 
 def test_registry_lookups():
@@ -73,7 +79,7 @@ def test_registry_lookups():
 def test_forward_backward_every_parameter_gets_a_finite_gradient(setup, dataset):
     method, processor, build = setup
     model = build().train()
-    outputs = model(**batch_of(processor, dataset))
+    outputs = model(**batch_of(method, processor, dataset))
     assert torch.isfinite(outputs.loss)
     for name in method.loss_names:
         assert torch.isfinite(outputs[name]), name
@@ -87,7 +93,7 @@ def test_forward_backward_every_parameter_gets_a_finite_gradient(setup, dataset)
 def test_training_without_duties_is_refused(setup, dataset):
     method, processor, build = setup
     model = build().train()
-    batch = batch_of(processor, dataset)
+    batch = batch_of(method, processor, dataset)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     model(**batch).loss.backward()
     optimizer.step()
@@ -103,8 +109,11 @@ def test_save_and_load_through_the_auto_classes(setup, dataset, tmp_path):
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), method.config_class)
-    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+    reloaded, info = AutoModelForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
     assert type(reloaded) is method.pretraining_class
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not any(p.requires_grad for module in reloaded.frozen_modules() for p in module.parameters())
+    reloaded.eval()
     for (name, tensor), (other_name, other) in zip(
         model.state_dict().items(), reloaded.state_dict().items(), strict=True
     ):
@@ -114,7 +123,7 @@ def test_save_and_load_through_the_auto_classes(setup, dataset, tmp_path):
     assert type(AutoModelForZeroShotImageClassification.from_pretrained(tmp_path)) is method.model_class
     reloaded_processor = AutoProcessor.from_pretrained(tmp_path)
     assert type(reloaded_processor) is method.processor_class
-    batch = batch_of(reloaded_processor, dataset)
+    batch = batch_of(method, reloaded_processor, dataset)
     with torch.no_grad():
         expected = model.base_model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
         got = base.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
@@ -128,7 +137,7 @@ def test_plain_trainer_runs_the_duties_through_the_models_callback(setup, datase
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3, report_to="none",
         use_cpu=True, disable_tqdm=True, remove_unused_columns=False, save_strategy="no", dataloader_drop_last=True,
     )  # fmt: skip
-    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    collator = pretraining_collator(method, processor, dataset)
     trainer = Trainer(model=model, args=args, train_dataset=dataset["train"], data_collator=collator,
                       callbacks=[model.training_callback()])  # fmt: skip
     trainer.train()  # without the callback the second step raises (see above)
@@ -140,7 +149,7 @@ def test_alignment_trainer_runs_the_duties_once_per_step(setup, dataset, tmp_pat
     model = build()
     args = AlignmentTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
                                       report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no")  # fmt: skip
-    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    collator = pretraining_collator(method, processor, dataset)
     trainer = AlignmentTrainer(model=model, args=args, train_dataset=dataset["train"], data_collator=collator,
                                callbacks=[model.training_callback()])  # fmt: skip
     duties = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TrainingDutiesCallback"]
@@ -195,7 +204,7 @@ def test_remote_code_loads_without_vlalign(setup, dataset, tmp_path):
     model = build().base_model.eval()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    batch = batch_of(processor, dataset)
+    batch = batch_of(method, processor, dataset)
     from safetensors.torch import save_file
 
     save_file({k: batch[k].contiguous() for k in ("input_ids", "attention_mask")}, tmp_path / "inputs.safetensors")
@@ -297,7 +306,7 @@ def test_trainer_resume_is_exact(setup, dataset, tmp_path):
             model=build(),
             args=args,
             train_dataset=dataset["train"],
-            data_collator=AlignmentCollator(processor, preset="pretrain", text_column="captions"),
+            data_collator=pretraining_collator(method, processor, dataset),
             processing_class=processor,
         )
 

@@ -64,6 +64,9 @@ class Method:
             pictures the quick start draws for a trained model (e.g. FDT's activated codebook tokens, CODIS's codebook
             usage and prototype gallery), or None. `model` is the reloaded `model_class`, `log_history` the training
             run's `trainer.state.log_history` (a list of logged dicts; plots that do not need it ignore it).
+        pretraining_inputs: `(config, processor, train_dataset) -> dict` of extra `AlignmentCollator` arguments that
+            pretraining needs beyond image-caption pairs (SIMLA: the masked-image-modelling masks and image-tokenizer
+            targets, with the built-in tokenizer fitted on `train_dataset`'s images), or None.
         paper: citation line for model cards.
         tags: extra Hub tags for model cards.
     """
@@ -90,6 +93,7 @@ class Method:
     paper: str
     tags: tuple[str, ...] = field(default_factory=tuple)
     example_plots: Callable[..., list[Path]] | None = None
+    pretraining_inputs: Callable[..., dict[str, Any]] | None = None
 
     @property
     def card_template(self) -> Path:
@@ -105,6 +109,12 @@ class Method:
     def retrieval_model_class(self) -> type:
         """What `AutoModelForImageTextRetrieval` loads: the retrieval fine-tuning model, or the dual encoder."""
         return self.retrieval_class or self.model_class
+
+    def pretraining_collator_kwargs(self, config: Any, processor: Any, train_dataset: Any) -> dict[str, Any]:
+        """The extra `AlignmentCollator` arguments of this method's pretraining (`pretraining_inputs`), or {}."""
+        if self.pretraining_inputs is None:
+            return {}
+        return self.pretraining_inputs(config, processor, train_dataset)
 
     def training_classes(self) -> tuple[type, ...]:
         return tuple(c for c in (self.pretraining_class, self.retrieval_class) if c is not None)
@@ -240,7 +250,52 @@ def _codis() -> Method:
     )
 
 
-_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef, "codis": _codis, "fdt": _fdt}
+def _simla() -> Method:
+    from .convert.simla import convert_simla_checkpoint
+    from .hub.summaries import simla_config_rows
+    from .models import (
+        SimlaConfig,
+        SimlaForImageTextRetrieval,
+        SimlaForPreTraining,
+        SimlaImageProcessor,
+        SimlaModel,
+        SimlaProcessor,
+        SimlaTokenizer,
+    )
+    from .recipes.simla import build_simla_tokenizer, simla_pretraining_inputs, simla_processor, tiny_simla_config
+    from .training.optim import albef_parameter_groups
+    from .visualization import simla_example_plots
+
+    albef_overrides = {k: v for k, v in get_method("albef").test_overrides.items() if k != "fusion_layer"}
+    return Method(
+        name="simla",
+        title="SIMLA (Khan et al., ECCV 2022): Single-Stream Multi-Level Alignment",
+        config_class=SimlaConfig,
+        model_class=SimlaModel,
+        pretraining_class=SimlaForPreTraining,
+        retrieval_class=SimlaForImageTextRetrieval,
+        processor_class=SimlaProcessor,
+        image_processor_class=SimlaImageProcessor,
+        tokenizer_class=SimlaTokenizer,
+        build_tokenizer=build_simla_tokenizer,
+        build_processor=simla_processor,
+        tiny_config=tiny_simla_config,
+        test_overrides=dict(albef_overrides, mim_vocab_size=16),
+        quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
+        converter=convert_simla_checkpoint,
+        parameter_groups=albef_parameter_groups,
+        card_config_rows=simla_config_rows,
+        loss_names=("loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_psl"),
+        supports_itm=True,
+        paper="Khan et al., Single-Stream Multi-Level Alignment for Vision-Language Pretraining, ECCV 2022 "
+        "(arXiv:2203.14395)",
+        tags=("simla", "albef"),
+        example_plots=simla_example_plots,
+        pretraining_inputs=simla_pretraining_inputs,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Method]] = {"albef": _albef, "codis": _codis, "fdt": _fdt, "simla": _simla}
 _METHODS: dict[str, Method] = {}
 
 

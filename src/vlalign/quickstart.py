@@ -110,7 +110,12 @@ def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | No
         dataloader_num_workers=0,
     )
     # No random crops or flips: synthetic captions name positions ("on the left"), which those would falsify.
-    collator = AlignmentCollator(processor, preset="pretrain", text_column="captions")
+    collator = AlignmentCollator(
+        processor,
+        preset="pretrain",
+        text_column="captions",
+        **method.pretraining_collator_kwargs(model.config, processor, dataset["train"]),
+    )
     trainer = AlignmentTrainer(
         model=model,
         args=args,

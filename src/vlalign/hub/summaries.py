@@ -111,7 +111,7 @@ def simla_config_rows(model) -> list[tuple[str, str]]:
     """SIMLA: ALBEF's rows with the single-stream BERT, plus the XMM (MLM + MIM) and PSL settings."""
     config = model.config
     text = config.text_config
-    rows = dict(albef_config_rows(model))
+    rows = {name: (name, value) for name, value in albef_config_rows(model)}
     stream = (
         f"BERT, {_count(text.num_hidden_layers, 'layer')} with cross-attention in every layer, width "
         f"{text.hidden_size}, {_count(text.num_attention_heads, 'head')}, vocabulary {text.vocab_size}, no token "

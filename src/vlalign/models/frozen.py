@@ -24,9 +24,9 @@ class FrozenParametersMixin:
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
-        model.apply_freezing()
-        return model
+        loaded = super().from_pretrained(*args, **kwargs)  # (model, loading info) with output_loading_info=True
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_freezing()
+        return loaded
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..data.masked_image import MaskedImageModelingInputs, PatchCodebookImageTokenizer
 from ..models import SimlaConfig, SimlaImageProcessor, SimlaProcessor, SimlaTokenizer
 from .albef import albef_processor, build_tokenizer, tiny_albef_config
 
@@ -45,4 +46,32 @@ def simla_processor(tokenizer: SimlaTokenizer, image_size: int) -> SimlaProcesso
     return albef_processor(tokenizer, image_size, SimlaProcessor, SimlaImageProcessor)
 
 
-__all__ = ["TINY_MIM_VOCAB_SIZE", "build_simla_tokenizer", "simla_processor", "tiny_simla_config"]
+def simla_pretraining_inputs(
+    config: SimlaConfig,
+    processor: SimlaProcessor,
+    train_dataset: Any,
+    image_tokenizer: Any | None = None,
+    image_column: str = "image",
+    max_fit_images: int = 5000,
+) -> dict[str, MaskedImageModelingInputs]:
+    """`AlignmentCollator` arguments for SIMLA pretraining: MIM block masks and the image-tokenizer codes of the
+    masked patches. `image_tokenizer` is e.g. a `DalleImageTokenizer` (the official DALL-E dVAE, converted); by
+    default the built-in `PatchCodebookImageTokenizer` is fitted on the first `max_fit_images` training images with
+    `config.mim_vocab_size` codes, so no external weights are needed (a documented deviation from the official dVAE).
+    """
+    if image_tokenizer is None:
+        vision = config.vision_config
+        rows = train_dataset.select(range(min(max_fit_images, len(train_dataset))))
+        image_tokenizer = PatchCodebookImageTokenizer.fit(
+            rows[image_column], vision.image_size // vision.patch_size, config.mim_vocab_size
+        )
+    return {"masked_image_modeling": MaskedImageModelingInputs.for_config(config, image_tokenizer)}
+
+
+__all__ = [
+    "TINY_MIM_VOCAB_SIZE",
+    "build_simla_tokenizer",
+    "simla_pretraining_inputs",
+    "simla_processor",
+    "tiny_simla_config",
+]
