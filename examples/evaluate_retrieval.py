@@ -1,17 +1,18 @@
-"""Evaluate image-text retrieval of any vlalign model (ALBEF, CODIS, FDT): R@1/5/10 in both directions.
+"""Evaluate image-text retrieval of any vlalign model (ALBEF, CODIS, FDT, SIMLA): R@1/5/10 in both directions.
 
 Loads the encoders (`AutoModel`) and processor (`AutoProcessor`) of any vlalign folder or Hub id, whatever the
 method and head (pretraining or retrieval: converted official checkpoints, `examples/pretrain.py` or
 `examples/finetune_retrieval.py` outputs), ranks by the embedding cosine (ITC) and, where the model has an ITM head
-(ALBEF, CODIS), re-ranks each query's top k_test with it, as ALBEF's official evaluation does. Prints the R@K table
-and writes it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions and the
-ITM re-rank, the expensive part, is split across the processes; only the first process prints and writes.
+(ALBEF, CODIS, SIMLA), re-ranks each query's top k_test with it, as ALBEF's official evaluation does. Prints the R@K
+table and writes it as JSON. Under `torchrun` / `accelerate launch` every process encodes all images and captions
+and the ITM re-rank, the expensive part, is split across the processes; only the first process prints and writes.
 
 Synthetic shapes test split (default; no download), e.g. on the output of `examples/pretrain.py --tiny`:
 
     python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
     python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre_fdt --num_test 100
     python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre_codis --num_test 100 --k_test 16
+    python examples/evaluate_retrieval.py --model_name_or_path /tmp/ex_pre_simla --num_test 100 --k_test 16
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 examples/evaluate_retrieval.py \
         --model_name_or_path /tmp/ex_pre --num_test 100 --k_test 16
 
@@ -30,12 +31,19 @@ and CODIS):
     python examples/evaluate_retrieval.py --model_name_or_path out/codis-coco-retrieval \
         --test_json data/flickr30k_test.json --image_root /datasets/flickr30k --k_test 128
 
+SIMLA follows ALBEF's protocol too (ITC top-k_test, re-scored by the ITM logit of the single-stream pass; k_test 256
+on COCO, 128 on Flickr30K, as in its Retrieval_*.yaml). Note that SIMLA's release reports COCO on the 2017 val split
+(specs/simla.md §4), not the Karpathy 5K test split used here:
+
+    python examples/evaluate_retrieval.py --model_name_or_path out/simla-coco-retrieval \
+        --test_json data/coco_test.json --image_root /datasets/coco --k_test 256
+
 FDT (a dual encoder: cosine ranking only; its official zero-shot protocol on the same Karpathy json):
 
     python examples/evaluate_retrieval.py --model_name_or_path out/fdt-cc3m --test_json data/coco_test.json \
         --image_root /datasets/coco --output_file out/fdt-cc3m/coco_test_retrieval.json
 
-An ALBEF or CODIS pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add
+An ALBEF, CODIS or SIMLA pretrained (256 px) folder evaluated zero-shot at the fine-tuning resolution: add
 `--image_size 384` (position embeddings are interpolated; methods without `set_image_size`, such as FDT, are
 evaluated at their own resolution only). `--itc_only` ranks by ITC alone (no fusion forwards; fast); dual encoders
 always do.
@@ -93,7 +101,7 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "Evaluation resolution (default: the model's); interpolates position embeddings, for methods "
-            "that support it (ALBEF, CODIS)."
+            "that support it (ALBEF, CODIS, SIMLA)."
         },
     )
     batch_size: int = field(default=64, metadata={"help": "Images / captions per encoder forward."})

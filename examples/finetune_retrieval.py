@@ -1,22 +1,27 @@
-"""Fine-tune any vlalign method (`--method albef|codis|fdt`) for image-text retrieval with `AlignmentTrainer`.
+"""Fine-tune any vlalign method (`--method albef|codis|fdt|simla`) for image-text retrieval with `AlignmentTrainer`.
 
 The training model is the method's retrieval class where it has one (ALBEF: `AlbefForImageTextRetrieval`, ITC + ITM
 with same-image positives, rows carry an image index `idx`; CODIS: `CodisForImageTextRetrieval`, by default its
 pretraining alignment and codebook losses plus ITM with the same positives, `--config_overrides
-finetune_objective=albef` for ALBEF's ITC + ITM) and otherwise its contrastive pretraining model (FDT:
-`FdtForPreTraining`; a dual encoder fine-tunes with the objective it was pretrained with, ITC over the batch, in
-which two captions of one image in a batch count as negatives of each other, as in CLIP fine-tuning).
+finetune_objective=albef` for ALBEF's ITC + ITM; SIMLA: `SimlaForImageTextRetrieval`, ALBEF's retrieval objectives
+through SIMLA's single stream, without the mask token and the MIM/PSL heads of pretraining) and otherwise its
+contrastive pretraining model (FDT: `FdtForPreTraining`; a dual encoder fine-tunes with the objective it was
+pretrained with, ITC over the batch, in which two captions of one image in a batch count as negatives of each other,
+as in CLIP fine-tuning).
 
-ALBEF defaults follow the official `Retrieval_coco.yaml`: lr 1e-5, weight decay 0.02, 5 epochs, batch 32 per GPU
-(eval 64), per-epoch cosine to min_lr 1e-6 without warm-up (`--albef_lr_schedule`), 384 px with the official
-augmentation (RandomResizedCrop 0.5-1, flip, RandomAugment). Flickr30k: `--num_train_epochs 10 --k_test 128`. COCO
-uses `--k_test 256` (the converted config's default). FDT released no fine-tuning recipe; its defaults here are its
-pretraining optimizer (AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU) with ALBEF's
-fine-tuning length and lr (5 epochs, lr 1e-5, cosine to 0 without warm-up), at the model's own resolution with
-FDT's MoCo-v2 augmentation; treat them as a starting point. CODIS released no recipe either and is ALBEF plus a
-codebook, so it takes ALBEF's settings, resolution and augmentation unchanged. Every method evaluates retrieval on
-the val and test splits after every epoch and keeps the best epoch by val r_mean (`--metric_for_best_model
-val_r_mean`), as ALBEF selects its checkpoint. `--method fdt --help` shows that method's defaults.
+ALBEF defaults follow the official `Retrieval_coco.yaml`: lr 1e-5, weight decay 0.02, 5 epochs, batch 32 per GPU (eval
+64), per-epoch cosine to min_lr 1e-6 without warm-up (`--albef_lr_schedule`), 384 px with the official augmentation
+(RandomResizedCrop 0.5-1, flip, RandomAugment). Flickr30k: `--num_train_epochs 10 --k_test 128`. COCO uses `--k_test
+256` (the converted config's default). FDT released no fine-tuning recipe; its defaults here are its pretraining
+optimizer (AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU) with ALBEF's fine-tuning length and
+lr (5 epochs, lr 1e-5, cosine to 0 without warm-up), at the model's own resolution with FDT's MoCo-v2 augmentation;
+treat them as a starting point. CODIS released no recipe either and is ALBEF plus a codebook, so it takes ALBEF's
+settings, resolution and augmentation unchanged. SIMLA's defaults are its official `Retrieval_coco.yaml` (ALBEF's
+recipe on its code base: lr 1e-5, wd 0.02, 5 epochs, batch 32 per GPU and 32 for evaluation, cosine to 1e-6, 384 px,
+ALBEF's train augmentation; k_test 256 from the converted config); Flickr30k (`Retrieval_flickr.yaml`):
+`--num_train_epochs 10 --k_test 128 --per_device_eval_batch_size 64`. Every method evaluates retrieval on the val and
+test splits after every epoch and keeps the best epoch by val r_mean (`--metric_for_best_model val_r_mean`), as ALBEF
+selects its checkpoint. `--method fdt --help` shows that method's defaults.
 
 Synthetic shapes (default; no download). Without --model_name_or_path a tiny random model is used (a smoke run);
 fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
@@ -27,6 +32,8 @@ fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
         --num_validation 16 --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
     python examples/finetune_retrieval.py --method codis --output_dir /tmp/ex_ft_codis --use_cpu --num_train 32 \
         --num_validation 16 --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
+    python examples/finetune_retrieval.py --method simla --output_dir /tmp/ex_ft_simla --use_cpu --num_train 32 \
+        --num_validation 16 --num_test 16 --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-4
 
     python examples/finetune_retrieval.py --model_name_or_path out/albef-synthetic --output_dir out/ret-synthetic \
         --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
@@ -34,6 +41,8 @@ fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
         --output_dir out/fdt-ret-synthetic --use_cpu --learning_rate 1e-4 --num_train_epochs 3
     python examples/finetune_retrieval.py --method codis --model_name_or_path out/codis-synthetic \
         --output_dir out/codis-ret-synthetic --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
+    python examples/finetune_retrieval.py --method simla --model_name_or_path out/simla-synthetic \
+        --output_dir out/simla-ret-synthetic --use_cpu --learning_rate 1e-4 --min_lr 1e-5 --num_train_epochs 3
 
 Real data: COCO Karpathy splits from ALBEF's `data.tar.gz` (coco_train.json: one entry per caption with
 `image_id`; coco_val.json / coco_test.json: one entry per image with a caption list), images under --image_root.
@@ -64,6 +73,16 @@ prototypes start random, so this is ALBEF's fine-tuning with CODIS's losses, not
         --method codis --model_name_or_path out/codis-4m --train_json data/coco_train.json \
         --val_json data/coco_val.json --test_json data/coco_test.json --image_root /datasets/coco \
         --output_dir out/codis-coco-retrieval --dataloader_num_workers 8
+
+SIMLA: from an `examples/pretrain.py --method simla` output (256 px, interpolated to 384 px here) or the released
+4M pretraining checkpoint converted with the retrieval config, as the official Retrieval.py loads it (`vlalign
+convert --method simla --checkpoint simla_4m.pth --config configs/Retrieval_coco.yaml --config
+configs/shared_bert.json --tokenizer bert-base-uncased --output simla-4m-coco`), 8 GPUs (the official run: 2 × 32):
+
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py \
+        --method simla --model_name_or_path simla-4m-coco --train_json data/coco_train.json \
+        --val_json data/coco_val.json --test_json data/coco_test.json --image_root /datasets/coco \
+        --output_dir out/simla-coco-retrieval --dataloader_num_workers 8
 
 The paper's zero-shot Flickr30K protocol evaluates this COCO-fine-tuned model on Flickr30K's 1K test split
 (`examples/evaluate_retrieval.py --k_test 128`).
@@ -155,6 +174,13 @@ REAL_DATA_IMAGE_SIZE: dict[str, int] = {"albef": 384}
 RETRIEVAL_DEFAULTS["codis"] = dict(RETRIEVAL_DEFAULTS["albef"])
 TRAIN_TRANSFORMS["codis"] = TRAIN_TRANSFORMS["albef"]
 REAL_DATA_IMAGE_SIZE["codis"] = REAL_DATA_IMAGE_SIZE["albef"]
+
+# SIMLA's Retrieval_coco.yaml is ALBEF's recipe (specs/simla.md §3-§4): AdamW lr 1e-5, wd 0.02, 5 epochs, batch 32
+# per GPU (32 for evaluation too), per-epoch cosine to 1e-6, 384 px, ALBEF's train augmentation (RandomResizedCrop
+# 0.5-1, flip, RandomAugment). k_test (256 COCO, 128 Flickr) comes from the config.
+RETRIEVAL_DEFAULTS["simla"] = dict(RETRIEVAL_DEFAULTS["albef"], per_device_eval_batch_size=32)
+TRAIN_TRANSFORMS["simla"] = TRAIN_TRANSFORMS["albef"]
+REAL_DATA_IMAGE_SIZE["simla"] = 384
 
 SYNTHETIC_IMAGE_SIZE = 64
 

@@ -1,4 +1,4 @@
-"""Pretrain any vlalign method (`--method albef|codis|fdt`) from scratch or from a folder with `AlignmentTrainer`.
+"""Pretrain any vlalign method (`--method albef|codis|fdt|simla`) from scratch or from a folder with `AlignmentTrainer`.
 
 ALBEF (ITC + ITM + MLM, momentum distillation) defaults follow the official `Pretrain.yaml`: lr 1e-4, weight decay
 0.02, 30 epochs, batch 64 per GPU, staircase warm-up over 2000 steps from 1e-5, per-epoch cosine to 1e-5, 256 px,
@@ -10,7 +10,17 @@ codebook shared by image and text: teacher-student alignment, code alignment by 
 MLM) released no code; it trains on the same 4M data for the same 30 epochs as ALBEF, so its defaults are ALBEF's
 (the codebook is kept out of weight decay by the method's optimizer groups). Its open design choices are
 `CodisConfig` fields: switch them with `--config_overrides` (below) or a config json (`--config_name`).
-`--method fdt --help` shows the defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments`
+SIMLA (ALBEF's code base with one 12-layer
+cross-attention BERT shared by every pass, plus masked image modelling and PSL) takes the official SIMLA
+`Pretrain.yaml`, which is ALBEF's (lr 1e-4, wd 0.02, 30 epochs, 64 per GPU, 2000 warm-up steps from 1e-5, cosine to
+1e-5, 256 px, ALBEF's augmentation). Its masked image modelling predicts image-tokenizer codes of block-masked
+patches: `--image_tokenizer DIR` is the official DALL-E dVAE encoder converted with
+`vlalign.convert.dvae.convert_dalle_encoder` (8192 codes, 128-px inputs for the 16 × 16 grid at 256 px); without it
+the built-in `PatchCodebookImageTokenizer` (k-means codes fitted on the first 5000 training images, no external
+weights; a documented deviation) is fitted and saved to `OUTPUT_DIR/image_tokenizer` (reloaded when resuming or
+continuing from that folder). With augmentation on, the tokenizer sees SIMLA's second, independently augmented view
+(RandomResizedCrop 0.2-1, flip, RandomAugment at the tokenizer's input size). `--method fdt --help` shows the
+defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments`
 flag overrides them.
 
 Synthetic shapes (default; no download, tokenizer built in-process; a tiny model that learns on a CPU in minutes):
@@ -24,6 +34,9 @@ Synthetic shapes (default; no download, tokenizer built in-process; a tiny model
     python examples/pretrain.py --method codis --tiny --output_dir out/codis-synthetic --use_cpu \
         --max_steps 600 --per_device_train_batch_size 32 --learning_rate 2e-3 \
         --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
+    python examples/pretrain.py --method simla --tiny --output_dir out/simla-synthetic --use_cpu \
+        --max_steps 600 --per_device_train_batch_size 32 --learning_rate 2e-3 \
+        --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
 
 Smoke runs (seconds):
 
@@ -32,6 +45,8 @@ Smoke runs (seconds):
     python examples/pretrain.py --method fdt --tiny --output_dir /tmp/ex_pre_fdt --use_cpu --max_steps 3 \
         --per_device_train_batch_size 8 --num_train 64 --num_test 16
     python examples/pretrain.py --method codis --tiny --output_dir /tmp/ex_pre_codis --use_cpu --max_steps 3 \
+        --per_device_train_batch_size 8 --num_train 64 --num_test 16
+    python examples/pretrain.py --method simla --tiny --output_dir /tmp/ex_pre_simla --use_cpu --max_steps 3 \
         --per_device_train_batch_size 8 --num_train 64 --num_test 16
 
 Real data: a json list of {"image": path, "caption": str or [str, ...]} (paths relative to --image_root or
@@ -71,6 +86,15 @@ DeiT + BERT):
         --eval_json data/coco_test.json --eval_image_root /datasets/coco --output_dir out/codis-4m \
         --dataloader_num_workers 8
 
+SIMLA on the 4M data with the official DALL-E dVAE (its `encoder.pkl`, converted once into a folder), 8 GPUs:
+
+    python -c "from vlalign.convert.dvae import convert_dalle_encoder; convert_dalle_encoder('encoder.pkl', 'dalle-dvae')"
+    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py --method simla \
+        --image_tokenizer dalle-dvae \
+        --train_json data/coco.json data/vg.json data/cc3m_train.json data/sbu.json --image_root /datasets \
+        --eval_json data/coco_test.json --eval_image_root /datasets/coco --output_dir out/simla-4m \
+        --dataloader_num_workers 8
+
 `--config_name` takes a config json (or folder / Hub id) of the method instead of the paper's default; `--tiny`
 uses the method's tiny recipe (`vlalign.methods.get_method(name).tiny_config`). `--model_name_or_path` continues
 from a vlalign folder of the same method (a converted checkpoint or an earlier run: weights, momentum encoders,
@@ -94,11 +118,14 @@ Notes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -109,6 +136,7 @@ from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.loaders import load_karpathy_json
+from vlalign.data.masked_image import DalleImageTokenizer, PatchCodebookImageTokenizer, simla_codebook_view_transform
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.data.transforms import albef_train_transform
 from vlalign.data.transforms_fdt import fdt_train_transform
@@ -171,6 +199,16 @@ TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
 # no weight decay on the prototypes, comes with the method's parameter groups, not from a flag.
 PRETRAIN_DEFAULTS["codis"] = dict(PRETRAIN_DEFAULTS["albef"])
 TRAIN_TRANSFORMS["codis"] = TRAIN_TRANSFORMS["albef"]
+
+# SIMLA's released Pretrain.yaml is ALBEF's (specs/simla.md §3): AdamW lr 1e-4, wd 0.02, 30 epochs, 64 per GPU, ALBEF's
+# staircase warm-up from 1e-5 over 2000 steps and per-epoch cosine to 1e-5, 256 px, ALBEF's pretraining augmentation
+# (§2.3). `ddp_find_unused_parameters=False` holds: with the MIM inputs the collator always adds, the mask token and
+# the MIM head get gradients at every step, like every other trainable parameter.
+PRETRAIN_DEFAULTS["simla"] = dict(PRETRAIN_DEFAULTS["albef"])
+TRAIN_TRANSFORMS["simla"] = TRAIN_TRANSFORMS["albef"]
+
+#: where the image tokenizer of masked image modelling is saved inside the output folder (the built-in one)
+IMAGE_TOKENIZER_FOLDER = "image_tokenizer"
 
 SYNTHETIC_IMAGE_SIZE = 64  # pixels of the generated images (the processor resizes them to the model's size)
 
@@ -256,6 +294,14 @@ class ScriptArguments:
     num_train: int = field(default=3000, metadata={"help": "Synthetic training images."})
     num_test: int = field(default=100, metadata={"help": "Synthetic test images evaluated at the end (0: none)."})
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data (and so of its vocabulary)."})
+    image_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "Methods with masked image modelling (SIMLA): a converted DALL-E dVAE folder "
+            "(`vlalign.convert.dvae.convert_dalle_encoder`) whose codes the model predicts. Default: the built-in "
+            "k-means patch codebook, fitted on the training images and saved to OUTPUT_DIR/image_tokenizer."
+        },
+    )
 
     def __post_init__(self):
         if self.train_json:
@@ -354,6 +400,78 @@ def load_config(method: Method, config_name: str | None) -> Any:
     return method.config_class.from_pretrained(config_name)
 
 
+def has_image_tokenizer(method: Method) -> bool:
+    """Whether the method's pretraining inputs take an image tokenizer (masked image modelling)."""
+    return method.pretraining_inputs is not None and (
+        "image_tokenizer" in inspect.signature(method.pretraining_inputs).parameters
+    )
+
+
+def load_dalle_tokenizer(method: Method, folder: str) -> DalleImageTokenizer:
+    """`--image_tokenizer`: a converted DALL-E dVAE folder (a `FlavaImageCodebook`), for methods with MIM only."""
+    if not has_image_tokenizer(method):
+        raise ValueError(
+            f"--image_tokenizer is for methods with masked image modelling (e.g. --method simla); {method.name} "
+            "pretraining uses no image tokenizer. Drop --image_tokenizer."
+        )
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"--image_tokenizer {folder!r} is not a folder; convert DALL-E's encoder.pkl first with "
+            "vlalign.convert.dvae.convert_dalle_encoder('encoder.pkl', 'dalle-dvae')."
+        )
+    return DalleImageTokenizer.from_pretrained(folder)
+
+
+def saved_image_tokenizer(folders: list[str | None]) -> PatchCodebookImageTokenizer | None:
+    """The built-in image tokenizer saved by an earlier run (the first of `folders` that holds one), or None."""
+    for folder in folders:
+        if folder and (Path(folder) / IMAGE_TOKENIZER_FOLDER / "config.json").is_file():
+            logger.info("Reusing the image tokenizer saved in %s", Path(folder) / IMAGE_TOKENIZER_FOLDER)
+            return PatchCodebookImageTokenizer.from_pretrained(Path(folder) / IMAGE_TOKENIZER_FOLDER)
+    return None
+
+
+def pretraining_collator_kwargs(
+    method: Method,
+    config: Any,
+    processor: Any,
+    train_dataset: Any,
+    image_tokenizer: Any | None,
+    augment: bool,
+) -> dict[str, Any]:
+    """The method's extra collator inputs (`Method.pretraining_collator_kwargs`; SIMLA: masked image modelling).
+
+    `image_tokenizer` (a loaded dVAE or a saved built-in tokenizer) replaces the method's default one. With
+    augmentation the MIM tokenizer reads SIMLA's own independently augmented view of each image
+    (`simla_codebook_view_transform` at the tokenizer's input size) instead of its deterministic resize.
+    """
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size if image_tokenizer is not None else None
+    if isinstance(image_tokenizer, PatchCodebookImageTokenizer) and (
+        (image_tokenizer.grid, image_tokenizer.vocab_size) != (grid, config.mim_vocab_size)
+    ):  # a saved built-in tokenizer of another resolution or size: fit a new one
+        logger.warning(
+            "The saved image tokenizer (grid %d, %d codes) does not fit this model (grid %d, %d codes); fitting a "
+            "new one",
+            image_tokenizer.grid,
+            image_tokenizer.vocab_size,
+            grid,
+            config.mim_vocab_size,
+        )
+        image_tokenizer = None
+    if image_tokenizer is None:
+        kwargs = method.pretraining_collator_kwargs(config, processor, train_dataset)
+    else:
+        if isinstance(image_tokenizer, DalleImageTokenizer):  # its token grid must be the ViT's patch grid
+            image_tokenizer = DalleImageTokenizer(image_tokenizer.codebook, grid=grid)
+        kwargs = method.pretraining_inputs(config, processor, train_dataset, image_tokenizer=image_tokenizer)
+    mim = kwargs.get("masked_image_modeling")
+    if mim is not None and augment and mim.view_transform is None:
+        view_transform = simla_codebook_view_transform(mim.image_tokenizer.image_size)
+        kwargs["masked_image_modeling"] = dataclasses.replace(mim, view_transform=view_transform)
+    return kwargs
+
+
 def main() -> None:
     script_args, training_args = parse_args()
     method = get_method(script_args.method)
@@ -396,6 +514,18 @@ def main() -> None:
     logger.info("train rows: %d, eval images: %s", len(train_dataset), eval_dataset and len(eval_dataset))
 
     # ------------------------------------------------------------------------------------------ model, processor
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and resume.lower() in ("true", "last"):
+        resume = True  # the last checkpoint in output_dir
+    if script_args.image_tokenizer:
+        image_tokenizer = load_dalle_tokenizer(method, script_args.image_tokenizer)
+    elif has_image_tokenizer(method):  # the built-in one of the run being resumed or continued, if saved
+        image_tokenizer = saved_image_tokenizer(
+            [training_args.output_dir if resume else None, script_args.model_name_or_path]
+        )
+    else:
+        image_tokenizer = None
+
     if script_args.model_name_or_path:
         folder_method = method_of(AutoConfig.from_pretrained(script_args.model_name_or_path))
         if folder_method.name != method.name:
@@ -427,6 +557,8 @@ def main() -> None:
             fit_text_config(config, tokenizer)
             image_size = script_args.image_size or config.vision_config.image_size
             config.vision_config.image_size = image_size
+        if image_tokenizer is not None:  # a new model predicts the given tokenizer's codes
+            config.mim_vocab_size = image_tokenizer.vocab_size
         config = apply_config_overrides(config, script_args.config_overrides)
         processor = method.build_processor(tokenizer, image_size)
         model = method.pretraining_class(config)
@@ -438,12 +570,21 @@ def main() -> None:
     )
 
     augment = (not synthetic) if script_args.augment is None else script_args.augment
+    extra_inputs = pretraining_collator_kwargs(
+        method, model.config, processor, train_dataset, image_tokenizer, augment
+    )
+    mim = extra_inputs.get("masked_image_modeling")
+    if isinstance(getattr(mim, "image_tokenizer", None), PatchCodebookImageTokenizer):
+        # the fitted built-in codebook: saved with the run, so that it can be resumed and reproduced
+        if training_args.should_save:  # the main process (of each node with --save_on_each_node)
+            mim.image_tokenizer.save_pretrained(Path(training_args.output_dir) / IMAGE_TOKENIZER_FOLDER)
     collator = AlignmentCollator(
         processor,
         preset="pretrain",
         image_transform=TRAIN_TRANSFORMS[method.name](image_size) if augment else None,
         text_column="captions",
         teacher_view=wants_teacher_view(model.config, augment),
+        **extra_inputs,
     )
     trainer = PretrainTrainer(
         model=model,
@@ -456,9 +597,6 @@ def main() -> None:
     )
 
     # ------------------------------------------------------------------------------------------------- training
-    resume = training_args.resume_from_checkpoint
-    if resume is not None and resume.lower() in ("true", "last"):
-        resume = True  # the last checkpoint in output_dir
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # weights + config + processor (and the remote code), on the main process
     trainer.log_metrics("train", result.metrics)

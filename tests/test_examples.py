@@ -71,6 +71,9 @@ def test_pretrain(pretrained):
     assert metrics["eval_num_images"] == 8
     assert json.loads((out / "train_results.json").read_text())["train_loss"] > 0
     assert_loads(out, method)
+    # methods with masked image modelling save the fitted built-in image tokenizer with the run
+    pretrain = load_script("pretrain")
+    assert (out / "image_tokenizer").is_dir() == pretrain.has_image_tokenizer(get_method(method))
 
 
 def test_evaluate_retrieval(pretrained, tmp_path):
@@ -167,3 +170,41 @@ def test_finetune_codis_with_switched_choices(pretrained, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["finetune_objective"], config["teacher_image_view"]) == ("albef", "augmented")
     assert_loads(out, method)
+
+
+@pytest.mark.parametrize("pretrained", ["simla"], indirect=True)
+def test_pretrain_simla_with_dalle_image_tokenizer(pretrained, tmp_path):
+    """`--image_tokenizer DIR` (a converted DALL-E dVAE folder, here a tiny random `FlavaImageCodebook` whose 64-px
+    inputs give the tiny ViT's 8 × 8 patch grid) supplies SIMLA's MIM targets, read from the augmented tokenizer view;
+    the new model predicts its codes. Methods without MIM refuse the flag; the built-in tokenizer saved by a run is
+    what a resumed run reloads."""
+    from transformers import FlavaImageCodebook, FlavaImageCodebookConfig
+
+    dvae = tmp_path / "dvae"
+    FlavaImageCodebook(FlavaImageCodebookConfig(hidden_size=8, num_blocks_per_group=1, vocab_size=16)).save_pretrained(
+        dvae
+    )
+    out = tmp_path / "pretrain"
+    run_example(
+        "pretrain.py", "--method", "simla", "--tiny", "--output_dir", str(out), *SMALL, "--max_steps", "2",
+        "--num_test", "0", "--save_strategy", "no", "--image_tokenizer", str(dvae), "--augment", "true",
+        "--logging_steps", "1",
+    )  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["mim_vocab_size"] == 16
+    logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any(row.get("loss_mim", 0) > 0 for row in logged), logged
+    assert not (out / "image_tokenizer").exists()  # the dVAE is an input of the run, not saved with it
+
+    with pytest.raises(AssertionError, match="--image_tokenizer is for methods with masked image modelling"):
+        run_example(
+            "pretrain.py", "--method", "albef", "--tiny", "--output_dir", str(tmp_path / "albef"), *SMALL,
+            "--max_steps", "1", "--num_test", "0", "--image_tokenizer", str(dvae),
+        )  # fmt: skip
+
+    pretrain = load_script("pretrain")
+    _, folder = pretrained
+    saved = pretrain.saved_image_tokenizer([None, str(tmp_path), str(folder)])
+    assert isinstance(saved, pretrain.PatchCodebookImageTokenizer)
+    fitted = pretrain.PatchCodebookImageTokenizer.from_pretrained(folder / "image_tokenizer")
+    assert (saved.grid, saved.vocab_size) == (8, json.loads((folder / "config.json").read_text())["mim_vocab_size"])
+    assert saved.codebook.equal(fitted.codebook) and saved.codebook.abs().sum() > 0
