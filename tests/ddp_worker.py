@@ -1,8 +1,10 @@
-"""Train a tiny ALBEF for a few steps with AlbefTrainer and save what the 2-process test compares.
+"""Train a tiny model of a registered method for a few steps with AlignmentTrainer and save what the 2-process test
+compares.
 
-Run as `python ddp_worker.py OUT BATCH` (one process) or under `torchrun --nproc_per_node 2` (gloo on CPU), with
-BATCH the per-process batch size. The learning rate is 0, so the weights stay as initialised and every difference
-between the runs can only come from how batches are split, gathered and enqueued.
+Run as `python ddp_worker.py OUT BATCH NEGATIVES METHOD` (one process) or under `torchrun --nproc_per_node 2` (gloo on
+CPU), with BATCH the per-process batch size. The model is the method's tiny config under the registry's test size caps
+and its pretraining collator (SIMLA's includes the MIM masks and targets). The learning rate is 0, so the weights stay
+as initialised and every difference between the runs can only come from how batches are split, gathered and enqueued.
 """
 
 from __future__ import annotations
@@ -10,23 +12,27 @@ from __future__ import annotations
 import sys
 
 import torch
-from conftest import micro_albef_config
 
-import vlalign
-from vlalign.data.collator import AlbefCollator
+from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
-from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions
-from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
+from vlalign.methods import get_method
+from vlalign.recipes import dataset_captions
+from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 IMAGE_SIZE = 32
 
 
-def main(output: str, per_device_batch: int, global_negatives: bool) -> None:
+def main(output: str, per_device_batch: int, global_negatives: bool, method_name: str) -> None:
+    method = get_method(method_name)
     dataset = make_synthetic_dataset(num_train=48, num_validation=4, num_test=4, image_size=IMAGE_SIZE, seed=5)
-    processor = albef_processor(build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
+    processor = method.build_processor(method.build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
     torch.manual_seed(0)
-    config = micro_albef_config(processor.tokenizer, IMAGE_SIZE, queue_size=32, itc_global_negatives=global_negatives)
-    args = AlbefTrainingArguments(
+    config = method.tiny_config(
+        processor.tokenizer,
+        IMAGE_SIZE,
+        **{**method.test_overrides, "queue_size": 32, "itc_global_negatives": global_negatives},
+    )
+    args = AlignmentTrainingArguments(
         output_dir=output,
         per_device_train_batch_size=per_device_batch,
         max_steps=5,
@@ -40,11 +46,12 @@ def main(output: str, per_device_batch: int, global_negatives: bool) -> None:
         seed=11,
         dataloader_num_workers=0,
     )
-    trainer = AlbefTrainer(
-        model=vlalign.AlbefForPreTraining(config),
+    extra = method.pretraining_collator_kwargs(config, processor, dataset["train"])
+    trainer = AlignmentTrainer(
+        model=method.pretraining_class(config),
         args=args,
         train_dataset=dataset["train"],
-        data_collator=AlbefCollator(processor, preset="pretrain", text_column="captions"),
+        data_collator=AlignmentCollator(processor, preset="pretrain", text_column="captions", **extra),
         processing_class=processor,
     )
     trainer.train()
@@ -66,4 +73,4 @@ def main(output: str, per_device_batch: int, global_negatives: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "global")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "global", sys.argv[4])
