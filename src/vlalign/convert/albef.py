@@ -324,29 +324,43 @@ def convert_albef_checkpoint(
             f"{len(unknown)} checkpoint keys are not ALBEF keys (first: {', '.join(unknown[:5])}). Is this an ALBEF "
             "checkpoint? VQA/NLVR checkpoints are not supported yet."
         )
-    vision = config.vision_config
-    _fit_position_embeddings(state_dict, (vision.image_size // vision.patch_size) ** 2)
-
-    model = model_class(config)
     # Fine-tuned checkpoints have neither momentum encoders nor queues: the momentum encoders start as copies of the
     # online ones (as the official code's copy_params) and the queues keep their random unit-vector init. A family
     # built on ALBEF keeps its own modules as initialised.
-    allowed_missing = [r"_queue$", r"^queue_ptr$", *new_modules]
     has_momentum = any("_m." in key for key in state_dict)
-    if not has_momentum:
-        allowed_missing.append(r"_m\.")
+    allowed_missing = [r"_queue$", r"^queue_ptr$", *new_modules, *([] if has_momentum else [r"_m\."])]
+    model = load_converted_weights(model_class, config, state_dict, allowed_missing, has_momentum)
+    save_converted(model, method.build_processor(processor_tokenizer, config.vision_config.image_size), output_dir)
+    return model
+
+
+def load_converted_weights(
+    model_class: type,
+    config: AlbefConfig,
+    state_dict: dict[str, torch.Tensor],
+    allowed_missing: list[str],
+    has_momentum: bool,
+):
+    """Build `model_class(config)` and load a converted state dict into it: ViT position tables interpolated to the
+    config's grid, the key set checked (`allowed_missing`: patterns of weights the checkpoint may lack), and momentum
+    encoders copied from the online ones when the checkpoint has none."""
+    vision = config.vision_config
+    _fit_position_embeddings(state_dict, (vision.image_size // vision.patch_size) ** 2)
+    model = model_class(config)
     _check_fit(model, state_dict, allowed_missing)
     model.load_state_dict(state_dict, strict=False)
     if not has_momentum:
         model.copy_params_to_momentum()
         logger.info("The checkpoint has no momentum encoders; initialised them from the online weights.")
+    return model
 
-    processor = method.build_processor(processor_tokenizer, vision.image_size)
+
+def save_converted(model, processor, output_dir: str | Path) -> None:
+    """Write a converted model and its processor (weights, config, remote code) to `output_dir`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    return model
 
 
 def _read_configs(config_files: list[str | Path]) -> tuple[dict, dict, list[Path]]:

@@ -13,7 +13,6 @@ simla`).
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -25,16 +24,14 @@ from ..models.tokenization_simla import SimlaTokenizer
 from .albef import (
     BERT_CONFIG_KEYS,
     CheckpointError,
-    _check_fit,
     _convert_bert_key,
     _convert_vit_key,
-    _fit_position_embeddings,
     _read_configs,
+    load_converted_weights,
     load_tokenizer,
+    save_converted,
 )
 from .restricted_unpickle import load_official_checkpoint
-
-logger = logging.getLogger(__name__)
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
@@ -253,27 +250,12 @@ def convert_simla_checkpoint(
             f"{len(unknown)} checkpoint keys are not SIMLA {task} keys (first: {', '.join(unknown[:5])}). Is this a "
             "SIMLA checkpoint? VQA/NLVR/grounding checkpoints are not supported."
         )
-    vision = config.vision_config
-    _fit_position_embeddings(state_dict, (vision.image_size // vision.patch_size) ** 2)
-
-    model = model_class(config)
     # A checkpoint without momentum encoders (e.g. weights saved for inference) starts them as copies of the online
     # ones, as the official `copy_params`; missing queues keep their random unit-vector init, `idx_queue` -100.
-    allowed_missing = [r"_queue$", r"^queue_ptr$"]
     has_momentum = any(key.split(".", 1)[0].endswith("_m") for key in state_dict)
-    if not has_momentum:
-        allowed_missing.append(r"^[a-z_]+_m\.")
-    _check_fit(model, state_dict, allowed_missing)
-    model.load_state_dict(state_dict, strict=False)
-    if not has_momentum:
-        model.copy_params_to_momentum()
-        logger.info("The checkpoint has no momentum encoders; initialised them from the online weights.")
-
-    processor = _build_processor(processor_tokenizer, vision.image_size)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    allowed_missing = [r"_queue$", r"^queue_ptr$", *([] if has_momentum else [r"^[a-z_]+_m\."])]
+    model = load_converted_weights(model_class, config, state_dict, allowed_missing, has_momentum)
+    save_converted(model, _build_processor(processor_tokenizer, config.vision_config.image_size), output_dir)
     return model
 
 
