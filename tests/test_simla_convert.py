@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ALBEF_FIXTURES, FIXTURES
 from safetensors.torch import load_file
+from test_simla_model_parity import assert_online_outputs_match
 from transformers import AutoModel, AutoModelForPreTraining, BatchEncoding
 
 import vlalign
@@ -104,24 +105,7 @@ def test_pretrain_folder_online_features_match_official(folders, golden, attn_im
     inputs, outputs = golden
     model = AutoModel.from_pretrained(folders["pretrain"], attn_implementation=attn_implementation).eval()
     assert type(model) is SimlaModel
-    ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
-    with torch.no_grad():
-        vision = model.get_image_features(pixels)
-        text = model.get_text_features(ids, mask)
-        image_states = vision.last_hidden_state
-        image_feat = F.normalize(vision.pooler_output, dim=-1)
-        itm_pos = model.itm_logits(text.last_hidden_state, mask, image_states)
-        itm_shift = model.itm_logits(text.last_hidden_state, mask, image_states.roll(-1, dims=0))
-        mim_logits = model.mim_logits(pixels, inputs["masked_visual_token_pos"], ids, mask)
-        psl_logits = model.keyword_logits(pixels)
-    assert_close(image_states, outputs["image_embeds"])
-    assert_close(image_feat, outputs["image_feat"])
-    assert_close(text.unimodal_last_hidden_state, outputs["text_embeds"])
-    assert_close(F.normalize(text.pooler_output, dim=-1), outputs["text_feat"])
-    assert_close(itm_pos, outputs["itm_logits_pos"])
-    assert_close(itm_shift, outputs["itm_logits_shift"])
-    assert_close(mim_logits, outputs["mim_logits"])
-    assert_close(psl_logits, outputs["psl_logits"])
+    assert_online_outputs_match(model, inputs, outputs)
 
 
 def test_pretrain_folder_loads_every_weight_and_the_training_state(folders, golden, original):

@@ -56,6 +56,28 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
 
 
+def assert_online_outputs_match(model: SimlaModel, inputs: dict, outputs: dict) -> None:
+    """The online model's recorded outputs: ViT and text-mode states and features, ITM logits (positive and
+    shift-by-one pairs), MIM logits and PSL keyword logits."""
+    ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
+    with torch.no_grad():
+        vision = model.get_image_features(pixels)
+        text = model.get_text_features(ids, mask)
+        image_states = vision.last_hidden_state
+        itm_pos = model.itm_logits(text.last_hidden_state, mask, image_states)
+        itm_shift = model.itm_logits(text.last_hidden_state, mask, image_states.roll(-1, dims=0))
+        mim_logits = model.mim_logits(pixels, inputs["masked_visual_token_pos"], ids, mask)
+        psl_logits = model.keyword_logits(pixels)
+    assert_close(image_states, outputs["image_embeds"])
+    assert_close(F.normalize(vision.pooler_output, dim=-1), outputs["image_feat"])
+    assert_close(text.unimodal_last_hidden_state, outputs["text_embeds"])
+    assert_close(F.normalize(text.pooler_output, dim=-1), outputs["text_feat"])
+    assert_close(itm_pos, outputs["itm_logits_pos"])
+    assert_close(itm_shift, outputs["itm_logits_shift"])
+    assert_close(mim_logits, outputs["mim_logits"])
+    assert_close(psl_logits, outputs["psl_logits"])
+
+
 def test_config_defaults_are_the_official_simla_layout():
     config = SimlaConfig()
     assert isinstance(config.vision_config, SimlaVisionConfig) and config.vision_config.use_mask_token
@@ -118,25 +140,11 @@ def test_online_conversion_loads_strictly_and_reports_training_state(original):
 def test_online_model_matches_official(original, golden, attn_implementation):
     inputs, outputs = golden
     model = _model(original, attn_implementation)
-    ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
+    assert_online_outputs_match(model, inputs, outputs)
     with torch.no_grad():
-        vision = model.get_image_features(pixels)
-        text = model.get_text_features(ids, mask)
-        image_feat = F.normalize(vision.pooler_output, dim=-1)
-        image_states = vision.last_hidden_state
-        itm_pos = model.itm_logits(text.last_hidden_state, mask, image_states)
-        itm_shift = model.itm_logits(text.last_hidden_state, mask, image_states.roll(-1, dims=0))
-        mim_logits = model.mim_logits(pixels, inputs["masked_visual_token_pos"], ids, mask)
-        psl_logits = model.concept_head(image_feat)
-        output = model(input_ids=ids, pixel_values=pixels, attention_mask=mask)
-    assert_close(image_states, outputs["image_embeds"])
-    assert_close(image_feat, outputs["image_feat"])
-    assert_close(text.unimodal_last_hidden_state, outputs["text_embeds"])
-    assert_close(F.normalize(text.pooler_output, dim=-1), outputs["text_feat"])
-    assert_close(itm_pos, outputs["itm_logits_pos"])
-    assert_close(itm_shift, outputs["itm_logits_shift"])
-    assert_close(mim_logits, outputs["mim_logits"])
-    assert_close(psl_logits, outputs["psl_logits"])
+        output = model(
+            input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"]
+        )
     # ITC against the fixture's bank (momentum features of the batch, then the queue): online image side
     assert_close(output.image_embeds @ outputs["text_feat_all"] / model.temp, outputs["sim_i2t"])
     assert_close(output.logits_per_image, outputs["image_feat"] @ outputs["text_feat"].t() / 0.07)
