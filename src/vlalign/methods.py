@@ -281,7 +281,7 @@ def _simla() -> Method:
         build_processor=simla_processor,
         tiny_config=tiny_simla_config,
         test_overrides=dict(albef_overrides, mim_vocab_size=16),
-        quickstart=QuickstartRecipe(max_steps=480, learning_rate=2e-3),
+        quickstart=QuickstartRecipe(max_steps=500, learning_rate=2e-3),
         converter=convert_simla_checkpoint,
         parameter_groups=albef_parameter_groups,
         card_config_rows=simla_config_rows,
