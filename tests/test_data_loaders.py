@@ -118,15 +118,28 @@ def test_corrupt_images_skipped_train_layout(broken_copy):
     assert ds["idx"] == [0, 0, 1, 1, 2, 2, 3, 3]  # contiguous again after dropping
 
 
-def test_truncated_image_detected(tmp_path):
+def test_check_modes(tmp_path):
+    """'header' (default) catches missing and unrecognised files, 'decode' also truncation, 'none' nothing."""
     shutil.copytree(FIXTURE / "images", tmp_path / "images")
     png = tmp_path / "images" / "img_2.png"
     png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
-    ann = _json(tmp_path / "ann.json", [{"image": "images/img_2.png", "caption": ["a"]}])
-    with pytest.raises(DataValidationError, match="1 of 1 samples"):
-        load_karpathy_json(ann, tmp_path)
-    # with checks disabled the bad file goes through (only for data checked before)
-    assert load_karpathy_json(ann, tmp_path, check_images=False).num_rows == 1
+    (tmp_path / "images" / "img_3.png").write_bytes(b"<html>not found</html>")
+    entries = [{"image": f"images/img_{i}.png", "caption": ["a"]} for i in (0, 2, 3, 9)]
+    ann = _json(tmp_path / "ann.json", entries)
+
+    def problems(check_images) -> tuple[str, list[str]]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, report = load_karpathy_json(
+                ann, tmp_path, on_error="skip", check_images=check_images, return_report=True
+            )
+        return report.image_check, sorted(Path(ref).name for ref, _ in report.bad_images)
+
+    assert problems("header") == ("header", ["img_3.png", "img_9.png"])
+    assert problems("decode") == problems(True) == ("decode", ["img_2.png", "img_3.png", "img_9.png"])
+    assert problems("none") == problems(False) == ("none", [])
+    with pytest.raises(ValueError, match="check_images must be"):
+        load_karpathy_json(ann, tmp_path, check_images="full")
 
 
 def test_no_warning_when_clean():
@@ -209,12 +222,12 @@ def _bytes_dataset() -> datasets.Dataset:
 def test_adapt_reports_bad_bytes_and_empty_captions():
     source = _bytes_dataset()
     with pytest.raises(DataValidationError) as info:
-        load_image_text_dataset(source)
+        load_image_text_dataset(source, check_images="decode")  # row 2 is truncated: past its header
     message = str(info.value)
     assert "3 of 4 samples" in message and "2 unreadable image(s)" in message and "1 empty caption(s)" in message
     assert "row 1" in message and "row 2: img_2.png" in message
     with pytest.warns(UserWarning, match="skipped 3 of 4 samples"):
-        ds, report = load_image_text_dataset(source, on_error="skip", return_report=True)
+        ds, report = load_image_text_dataset(source, on_error="skip", check_images="decode", return_report=True)
     assert ds["image_id"] == [10] and ds["caption"] == ["first"] and ds["idx"] == [0]
     assert ds[0]["image"].size == (40, 40)
     assert report.layout == "train" and report.num_samples == 4 and report.num_kept == 1
@@ -222,9 +235,84 @@ def test_adapt_reports_bad_bytes_and_empty_captions():
 
 def test_adapt_rejects_bad_columns():
     source = _bytes_dataset()
-    with pytest.raises(ValueError, match="not in the dataset"):
+    with pytest.raises(ValueError, match=r"text_column='text' is not a column.*\['image', 'caption', 'image_id'\]"):
         load_image_text_dataset(source, text_column="text")
+    with pytest.raises(ValueError, match="split_column='split' is not a column"):
+        load_image_text_dataset(source, split="test")
+    with pytest.raises(ValueError, match="layout='eval' needs a text column of caption lists"):
+        load_image_text_dataset(source, layout="eval")
     with pytest.raises(TypeError, match="strings or lists of strings"):
         load_image_text_dataset(source, text_column="image_id")
     with pytest.raises(TypeError, match="image column"):
         load_image_text_dataset(source, image_column="image_id")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub forms of the Karpathy splits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _karpathy_hub_form(images_inside: bool) -> datasets.Dataset:
+    """6 fixture images as nlphuji/flickr30k (images inside, `caption` lists) or yerevann/coco-karpathy (relative
+    `filepath` + `filename`, `sentences` lists), with a Karpathy `split` column."""
+    entries = json.loads((FIXTURE / "test.json").read_text())
+    columns = {
+        "split": ["train", "test", "train", "restval", "val", "test"],
+        "cocoid": [100 + i for i in range(6)],
+    }
+    if images_inside:
+        columns["image"] = [str(FIXTURE / e["image"]) for e in entries]
+        columns["caption"] = [e["caption"] for e in entries]
+        return datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
+    columns["filepath"] = [str(Path(e["image"]).parent) for e in entries]
+    columns["filename"] = [Path(e["image"]).name for e in entries]
+    columns["sentences"] = [e["caption"] for e in entries]
+    return datasets.Dataset.from_dict(columns)
+
+
+@pytest.mark.parametrize("images_inside", [True, False], ids=["flickr30k-style", "coco-karpathy-style"])
+def test_hub_karpathy_forms(images_inside):
+    entries = json.loads((FIXTURE / "test.json").read_text())
+    source = _karpathy_hub_form(images_inside)
+    columns = (
+        dict(text_column="caption")
+        if images_inside
+        else dict(image_column=("filepath", "filename"), text_column="sentences", image_root=FIXTURE)
+    )
+    test = load_image_text_dataset(source, **columns, image_id_column="cocoid", split="test")
+    assert test.column_names == ["image", "captions", "image_id"]
+    assert test["image_id"] == [101, 105]
+    assert test["captions"] == [entries[1]["caption"], entries[5]["caption"]]
+    assert test[1]["image"].size == (40, 40) and test[1]["image"].mode == "RGB"
+
+    train, report = load_image_text_dataset(
+        source, **columns, image_id_column="cocoid", split=("train", "restval"), layout="train", return_report=True
+    )
+    captions = [c for i in (0, 2, 3) for c in entries[i]["caption"]]
+    assert train.column_names == ["image", "caption", "image_id", "idx"]
+    assert train["caption"] == captions and report.num_samples == report.num_kept == len(captions)
+    assert train["idx"] == [i for i, e in enumerate(entries[j] for j in (0, 2, 3)) for _ in e["caption"]]
+    assert train["image_id"] == [100 + j for j in (0, 2, 3) for _ in entries[j]["caption"]]
+    assert train[len(captions) - 1]["image"].size == (40, 40)
+    with pytest.raises(ValueError, match=r"no row has split=\['tset'\]; the column holds \['restval', 'test'"):
+        load_image_text_dataset(source, **columns, split="tset")
+
+
+def test_hub_train_layout_reports_bad_rows_of_the_split_only(tmp_path):
+    """Pairs from a caption-list column: an image's bad file drops all its pairs, counted once; an image without
+    captions is reported; rows outside the split are not checked."""
+    shutil.copytree(FIXTURE / "images", tmp_path / "images")
+    (tmp_path / "images" / "img_2.png").unlink()  # a training image
+    (tmp_path / "images" / "img_1.png").unlink()  # a test image: not checked for the training split
+    source = _karpathy_hub_form(images_inside=False)
+    sentences = list(source["sentences"])
+    sentences[3] = []
+    source = source.remove_columns("sentences").add_column("sentences", sentences)
+    with pytest.warns(UserWarning, match="skipped 3 of 5 samples: 1 unreadable image.*1 empty caption"):
+        train, report = load_image_text_dataset(
+            source, ("filepath", "filename"), "sentences", image_root=tmp_path, split=["train", "restval"],
+            layout="train", on_error="skip", return_report=True,
+        )  # fmt: skip
+    assert [Path(ref).name for ref, _ in report.bad_images] == ["img_2.png"]
+    assert report.empty_captions == (f"row 4 ({'row 3: ' + str(tmp_path / 'images' / 'img_3.png')})",)
+    assert train["image_id"] == [0, 0] and train["idx"] == [0, 0]

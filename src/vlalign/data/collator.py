@@ -40,14 +40,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from .streaming import STREAM_POSITION
+
 if TYPE_CHECKING:
     from .masked_image import MaskedImageModelingInputs
 
 __all__ = ["AlbefCollator", "AlignmentCollator"]
 
 _LOADER_HINT = (
-    "Corrupt or missing images should be removed when the data is loaded: vlalign.data.loaders "
-    "(load_karpathy_json / load_image_text_dataset) check every image and count and report the bad ones."
+    "Repair or remove this image, or find every such image before training: load the data with vlalign.data.loaders "
+    "(load_karpathy_json / load_image_text_dataset) with check_images='decode' (the default 'header' only opens each "
+    "image, 'none' not even that) and on_error='skip' to drop them, counted and reported."
 )
 
 
@@ -103,6 +106,9 @@ class AlignmentCollator:
             they are as reproducible and resumable as ``pixel_values``, which stay exactly as without it. With a
             ``generator``, the seeds are drawn from it instead.
 
+    Rows streamed by :class:`~vlalign.data.streaming.ImageTextStream` carry a ``stream_position``, returned as
+    ``"stream_position"`` (long ``[B, 4]``) for `AlignmentTrainer`, which records it and drops it before the model.
+
     Returns (when called with a list of row dicts):
         ``{"pixel_values": float32 [B, 3, H, W], "input_ids": long [B, L], "attention_mask": long [B, L]}`` plus
         ``"idx": long [B]`` when configured and present, and ``"pixel_values_teacher"`` (float32, the shape of
@@ -156,7 +162,8 @@ class AlignmentCollator:
     def _row_seed(self, row: Mapping[str, Any], purpose: str) -> int:
         """A seed from the global seed, the epoch and the row's identity (its image id and caption text)."""
         identity = (row.get("image_id"), row[self.text_column])  # per caption: pair rows of one image differ
-        key = f"{torch.initial_seed()}|{self.epoch}|{purpose}|{identity!r}"
+        epoch = row[STREAM_POSITION][0] if STREAM_POSITION in row else self.epoch  # a stream knows its own epoch
+        key = f"{torch.initial_seed()}|{epoch}|{purpose}|{identity!r}"
         return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
     def _collate(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -189,6 +196,8 @@ class AlignmentCollator:
         idx = self._collect_idx(rows)
         if idx is not None:
             batch["idx"] = idx
+        if STREAM_POSITION in rows[0]:  # streamed rows: the trainer records what each batch consumed
+            batch[STREAM_POSITION] = torch.tensor([row[STREAM_POSITION] for row in rows], dtype=torch.long)
         return batch
 
     # ------------------------------------------------------------------ rows and columns
