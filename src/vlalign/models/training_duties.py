@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import has_length
 
 
 class TrainingDutiesMixin:
@@ -99,7 +100,7 @@ class TrainingDutiesCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if isinstance(model, TrainingDutiesMixin):
             steps_per_epoch = state.max_steps // max(1, state.num_train_epochs) if state.max_steps else 1
-            if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
+            if train_dataloader is not None and has_length(train_dataloader):  # a stream has no length
                 steps_per_epoch = len(train_dataloader) // max(1, args.gradient_accumulation_steps)
             model.set_training_progress(state.global_step, steps_per_epoch)
 

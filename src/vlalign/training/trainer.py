@@ -8,6 +8,10 @@ What it adds to `Trainer`, the same for a fusion model (ALBEF) and a dual encode
   temperatures) are logged;
 * the method's official optimizer parameter groups (from the method registry), and ALBEF's per-epoch cosine
   schedule as an option;
+* a streamed training set (`vlalign.data.streaming.ImageTextStream`: webdataset shards, streaming `datasets`) is
+  read by the processes' own DataLoader workers, each on its own shards; the stream position of what was trained on
+  is saved with every checkpoint (`stream_state.json`) and a resume continues with the next unseen sample; corrupt
+  samples the stream skipped are counted in the logs (`skipped_samples`);
 * `evaluate()` runs image-text retrieval (ITC ranking, ITM re-ranking where the model has ITM) on an
   evaluation-layout dataset (one row per image, `captions`).
 
@@ -17,17 +21,26 @@ the step, and the Trainer checkpoints optimizer, scheduler, RNG states and data 
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import gather_object
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader, StreamProgress
 from ..evaluation import evaluate_retrieval
 from ..methods import method_of
 from ..models.training_duties import TrainingDutiesCallback, TrainingDutiesMixin
 from .optim import get_albef_schedule
+
+#: file of a checkpoint that holds the training stream's position
+STREAM_STATE_NAME = "stream_state.json"
 
 
 @dataclass
@@ -68,7 +81,98 @@ class AlignmentTrainer(Trainer):
             self.add_callback(TrainingDutiesCallback(self.data_collator))
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_steps = 0
+        if self._streaming:
+            self.stream_progress = self._new_stream_progress(epoch=self.train_dataset.epoch)
+            self._resumed_stream_checkpoint: str | None = None
 
+    @property
+    def _streaming(self) -> bool:
+        return isinstance(self.train_dataset, ImageTextStream)
+
+    # ------------------------------------------------------------------ streamed training data
+    def get_train_dataloader(self):
+        """A stream shards itself over processes and DataLoader workers, so it skips Accelerate's dataloader
+        preparation (which would shard it again, or read it on one process and dispatch); `Trainer` moves each
+        batch to the device as usual."""
+        if not self._streaming:
+            return super().get_train_dataloader()
+        if self.args.dataloader_persistent_workers:
+            raise ValueError(
+                "dataloader_persistent_workers=True cannot be used with a streamed training set: each epoch's "
+                "workers must start from the stream's new epoch. Set it to False."
+            )
+        stream = self.train_dataset
+        stream.process_index, stream.num_processes = self.args.process_index, self.args.world_size
+        stream.check_split(self.args.world_size)
+        workers = self.args.dataloader_num_workers
+        return StreamDataLoader(
+            stream,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+            drop_last=self.args.dataloader_drop_last,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+            after_first_iter=self._restore_rng_of_resumed_stream,
+        )
+
+    def _restore_rng_of_resumed_stream(self) -> None:
+        # Trainer restores RNG states only when it skips batches itself (or at an epoch start), not for a stream
+        if self._resumed_stream_checkpoint is not None:
+            self._load_rng_state(self._resumed_stream_checkpoint)
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        if self._streaming:
+            # the stream resumes at its saved position itself; Trainer's batch skipping would skip twice
+            self.args.ignore_data_skip = True
+            if resume_from_checkpoint:
+                self._resume_stream(resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint, trial, **kwargs)
+        if self._streaming and (skipped := self._merged_stream_progress().num_skipped):
+            warnings.warn(
+                f"The training stream skipped {skipped} unusable samples (undecodable images or empty captions); "
+                "the warnings above name them.",
+                stacklevel=2,
+            )
+        return output
+
+    def _resume_stream(self, checkpoint: str | bool) -> None:
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                return  # Trainer raises its own error for a missing checkpoint
+        path = os.path.join(checkpoint, STREAM_STATE_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{checkpoint} has no {STREAM_STATE_NAME}, so the stream's position is unknown: it was not saved by "
+                "a streamed run. Resume from a checkpoint of this run, or start without resume_from_checkpoint."
+            )
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        self.train_dataset.load_state_dict(state)
+        self._resumed_stream_checkpoint = checkpoint
+        saved = StreamProgress.from_state_dict(state)
+        self.stream_progress = self._new_stream_progress(saved.epoch, saved.consumed, saved.skipped, saved.batches)
+
+    def _new_stream_progress(self, epoch: int, *args) -> StreamProgress:
+        layout = (self.args.world_size, max(1, self.args.dataloader_num_workers))
+        return StreamProgress(epoch, *args, process_index=self.args.process_index, layout=layout)
+
+    def _merged_stream_progress(self) -> StreamProgress:
+        """The stream progress of all processes (a collective call: every process must make it)."""
+        return StreamProgress.merged(gather_object([self.stream_progress]))
+
+    def _save_checkpoint(self, model, trial):
+        if self._streaming:  # written before Trainer's files, so a checkpoint that looks complete has it
+            state = self._merged_stream_progress().state_dict()
+            if self.args.should_save:
+                folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, STREAM_STATE_NAME), "w", encoding="utf-8") as handle:
+                    json.dump(state, handle, indent=1)
+        super()._save_checkpoint(model, trial)
+
+    # ------------------------------------------------------------------ steps
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch on each process."""
         global_batch = self.args.per_device_train_batch_size * self.args.world_size
@@ -107,6 +211,9 @@ class AlignmentTrainer(Trainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        positions = inputs.pop(STREAM_POSITION, None)
+        if positions is not None and model.training:
+            self.stream_progress.update(positions)
         outputs = model(**inputs)
         if model.training:
             for name in self._loss_names():
@@ -124,6 +231,8 @@ class AlignmentTrainer(Trainer):
                 logs[name] = round(self.accelerator.reduce(total / self._loss_steps, "mean").item(), 4)
             self._loss_sums.clear()
             self._loss_steps = 0
+            if self._streaming:
+                logs["skipped_samples"] = self._merged_stream_progress().num_skipped
             model = self.accelerator.unwrap_model(self.model)
             if isinstance(model, TrainingDutiesMixin):
                 logs.update({name: round(value, 5) for name, value in model.training_log_values().items()})
