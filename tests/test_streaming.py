@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from vlalign.data.collator import AlignmentCollator
 from vlalign.data.streaming import (
     STREAM_POSITION,
     ImageTextStream,
@@ -25,6 +27,8 @@ from vlalign.data.streaming import (
     webdataset_shards,
 )
 from vlalign.data.synthetic import make_synthetic_dataset
+from vlalign.methods import get_method, method_names
+from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 WORKER = Path(__file__).parent / "stream_worker.py"
 NUM_SHARDS, PER_SHARD = 4, 8
@@ -265,3 +269,30 @@ def test_resuming_a_stream_from_a_checkpoint_without_its_position_is_refused(tmp
     )
     assert result.returncode != 0
     assert "has no stream_state.json, so the stream's position is unknown" in result.stderr
+
+
+@pytest.mark.parametrize("method_name", method_names())
+def test_every_method_pretrains_on_a_stream_through_its_registry_collator(tmp_path, shard_dir, method_name):
+    method = get_method(method_name)
+    captions = json.loads((shard_dir / "captions.json").read_text())
+    processor = method.build_processor(method.build_tokenizer(captions), 32)
+    stream = ImageTextStream(webdataset_shards(tar_paths(shard_dir)), seed=2)
+    torch.manual_seed(0)
+    config = method.tiny_config(processor.tokenizer, 32, **{**method.test_overrides, "queue_size": 16})
+    extra = method.pretraining_collator_kwargs(config, processor, stream)  # SIMLA fits its image codes on the stream
+    args = AlignmentTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3, logging_steps=1,
+        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = AlignmentTrainer(
+        model=method.pretraining_class(config),
+        args=args,
+        train_dataset=stream,
+        data_collator=AlignmentCollator(processor, preset="pretrain", **extra),
+        processing_class=processor,
+    )
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    assert sum(trainer.stream_progress.consumed.values()) == 12
+    assert trainer.state.log_history[0]["skipped_samples"] == 0

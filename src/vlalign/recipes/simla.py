@@ -4,8 +4,11 @@ built-in image tokenizer (k-means codes fitted on the training images, no extern
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
+
+import torch
 
 from ..data.masked_image import MaskedImageModelingInputs, PatchCodebookImageTokenizer
 from ..models import SimlaConfig, SimlaImageProcessor, SimlaProcessor, SimlaTokenizer
@@ -71,14 +74,18 @@ def simla_pretraining_inputs(
 ) -> dict[str, MaskedImageModelingInputs]:
     """`AlignmentCollator` arguments for SIMLA pretraining: MIM block masks and the image-tokenizer codes of the
     masked patches. `image_tokenizer` is e.g. a `DalleImageTokenizer` (the official DALL-E dVAE, converted); by
-    default the built-in `PatchCodebookImageTokenizer` is fitted on the first `max_fit_images` training images with
+    default the built-in `PatchCodebookImageTokenizer` is fitted on the first `max_fit_images` training images (of a
+    map-style dataset or a stream, e.g. `vlalign.data.streaming.ImageTextStream`) with
     `config.mim_vocab_size` codes, so no external weights are needed (a documented deviation from the official dVAE).
     """
     if image_tokenizer is None:
         vision = config.vision_config
-        rows = train_dataset.select(range(min(max_fit_images, len(train_dataset))))
+        if isinstance(train_dataset, torch.utils.data.IterableDataset):  # a stream: its first images
+            images = [row[image_column] for row in itertools.islice(train_dataset, max_fit_images)]
+        else:
+            images = train_dataset.select(range(min(max_fit_images, len(train_dataset))))[image_column]
         image_tokenizer = PatchCodebookImageTokenizer.fit(
-            rows[image_column], vision.image_size // vision.patch_size, config.mim_vocab_size
+            images, vision.image_size // vision.patch_size, config.mim_vocab_size
         )
     return {"masked_image_modeling": MaskedImageModelingInputs.for_config(config, image_tokenizer)}
 
