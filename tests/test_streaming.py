@@ -296,3 +296,31 @@ def test_every_method_pretrains_on_a_stream_through_its_registry_collator(tmp_pa
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     assert sum(trainer.stream_progress.consumed.values()) == 12
     assert trainer.state.log_history[0]["skipped_samples"] == 0
+
+
+def test_a_stream_of_known_size_gives_epoch_schedules_their_epoch(tmp_path, shard_dir):
+    """ALBEF's α ramps over the first epoch: with `num_samples` the stream's epoch (32 samples / batch 4 = 8 steps);
+    without, a warning says every step counts as an epoch."""
+    method = get_method("albef")
+    captions = json.loads((shard_dir / "captions.json").read_text())
+    processor = method.build_processor(method.build_tokenizer(captions), 32)
+
+    def alpha_after_two_steps(**stream_kwargs) -> float:
+        config = method.tiny_config(processor.tokenizer, 32, **{**method.test_overrides, "queue_size": 16})
+        args = AlignmentTrainingArguments(
+            output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, logging_steps=1,
+            save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = AlignmentTrainer(
+            model=method.pretraining_class(config),
+            args=args,
+            train_dataset=ImageTextStream(webdataset_shards(tar_paths(shard_dir)), **stream_kwargs),
+            data_collator=AlignmentCollator(processor, preset="pretrain"),
+            processing_class=processor,
+        )
+        trainer.train()
+        return trainer.state.log_history[1]["alpha"]
+
+    assert alpha_after_two_steps(num_samples=NUM_SHARDS * PER_SHARD) == pytest.approx(0.4 * 1 / 8)
+    with pytest.warns(UserWarning, match="take every step as an epoch"):
+        assert alpha_after_two_steps() == pytest.approx(0.4)

@@ -191,6 +191,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             by the trainer) or ``"raise"`` a ``ValueError`` naming the shard and sample.
         process_index, num_processes: this process's place in distributed training; `AlignmentTrainer` sets them
             (default: ``torch.distributed``'s rank and world size, or a single process).
+        num_samples: samples per epoch, when known (e.g. from the shards' index files). Schedules that count in
+            epochs need it: ALBEF's α warm-up over the first epoch and its per-epoch cosine schedule.
 
     Yields rows ``{"image": PIL RGB image, "caption": str, "image_id": sample key, "stream_position": (epoch, shard,
     offset, skipped)}`` for :class:`~vlalign.data.collator.AlignmentCollator`, which passes the positions on.
@@ -205,6 +207,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         on_error: Literal["skip", "raise"] = "skip",
         process_index: int | None = None,
         num_processes: int | None = None,
+        num_samples: int | None = None,
     ) -> None:
         super().__init__()
         if not shards:
@@ -220,6 +223,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         self.on_error = on_error
         self.process_index = process_index
         self.num_processes = num_processes
+        self.num_samples = num_samples
         self.epoch = 0
         self.resume_offsets: dict[int, int] = {}
         self.resume_skipped: dict[int, int] = {}

@@ -13,6 +13,7 @@ This file is shipped with saved models (remote code): it imports only torch and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -90,8 +91,9 @@ class TrainingDutiesCallback(TrainerCallback):
     """Runs a [`TrainingDutiesMixin`] model's duties from `transformers.Trainer` (which hands callbacks the unwrapped
     model). Also tells a collator with `set_epoch` the current epoch, for per-epoch random draws."""
 
-    def __init__(self, data_collator: Any = None):
+    def __init__(self, data_collator: Any = None, steps_per_epoch: Callable[[], int | None] | None = None):
         self.data_collator = data_collator
+        self.steps_per_epoch = steps_per_epoch
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if hasattr(self.data_collator, "set_epoch"):  # state.epoch is fractional when resuming mid-epoch
@@ -100,8 +102,10 @@ class TrainingDutiesCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if isinstance(model, TrainingDutiesMixin):
             steps_per_epoch = state.max_steps // max(1, state.num_train_epochs) if state.max_steps else 1
-            if train_dataloader is not None and has_length(train_dataloader):  # a stream has no length
+            if train_dataloader is not None and has_length(train_dataloader):
                 steps_per_epoch = len(train_dataloader) // max(1, args.gradient_accumulation_steps)
+            elif self.steps_per_epoch is not None:  # a stream has no length, but may know its size
+                steps_per_epoch = self.steps_per_epoch() or steps_per_epoch
             model.set_training_progress(state.global_step, steps_per_epoch)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):

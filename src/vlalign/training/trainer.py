@@ -75,10 +75,11 @@ class AlignmentTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         duties = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingDutiesCallback)]
-        if duties:  # the user passed `model.training_callback()` already: the duties must run once per step
-            duties[0].data_collator = duties[0].data_collator or self.data_collator
-        else:
-            self.add_callback(TrainingDutiesCallback(self.data_collator))
+        if not duties:  # unless the user passed `model.training_callback()`: the duties must run once per step
+            duties = [TrainingDutiesCallback()]
+            self.add_callback(duties[0])
+        duties[0].data_collator = duties[0].data_collator or self.data_collator
+        duties[0].steps_per_epoch = self.steps_per_epoch  # a stream's, which its DataLoader cannot tell
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_steps = 0
         if self._streaming:
@@ -104,6 +105,12 @@ class AlignmentTrainer(Trainer):
         stream = self.train_dataset
         stream.process_index, stream.num_processes = self.args.process_index, self.args.world_size
         stream.check_split(self.args.world_size)
+        if stream.num_samples is None and isinstance(self.model, TrainingDutiesMixin):
+            warnings.warn(
+                "The training stream's size is unknown, so schedules that count in epochs (ALBEF's alpha warm-up "
+                "over the first epoch) take every step as an epoch. Pass ImageTextStream(num_samples=...).",
+                stacklevel=2,
+            )
         workers = self.args.dataloader_num_workers
         return StreamDataLoader(
             stream,
@@ -173,12 +180,13 @@ class AlignmentTrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------ steps
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch on each process."""
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch on each process (None for a stream of unknown size)."""
+        samples = self.train_dataset.num_samples if self._streaming else len(self.train_dataset)
+        if samples is None:
+            return None
         global_batch = self.args.per_device_train_batch_size * self.args.world_size
-        batches = len(self.train_dataset) // global_batch
-        if not self.args.dataloader_drop_last:
-            batches = math.ceil(len(self.train_dataset) / global_batch)
+        batches = samples // global_batch if self.args.dataloader_drop_last else math.ceil(samples / global_batch)
         return max(1, batches // self.args.gradient_accumulation_steps)
 
     def create_optimizer(self, model=None):
@@ -199,6 +207,11 @@ class AlignmentTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and getattr(self.args, "albef_lr_schedule", False):
             steps_per_epoch = self.steps_per_epoch()
+            if steps_per_epoch is None:
+                raise ValueError(
+                    "albef_lr_schedule decays per epoch, but the training stream's size is unknown; pass "
+                    "ImageTextStream(num_samples=...) or use another lr_scheduler_type."
+                )
             self.lr_scheduler = get_albef_schedule(
                 self.optimizer if optimizer is None else optimizer,
                 steps_per_epoch=steps_per_epoch,
