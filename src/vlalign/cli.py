@@ -42,6 +42,14 @@ def _load_model_and_processor(model_dir: str):
     return AutoModel.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
 
 
+def _load_dataset_dir(folder: str, split: str):
+    """A `datasets` folder written by `save_to_disk`: the dataset, or `split` of a DatasetDict."""
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(folder)
+    return dataset[split] if hasattr(dataset, "keys") else dataset
+
+
 def _evaluation_dataset(args: argparse.Namespace):
     from .data.loaders import load_karpathy_json
     from .data.synthetic import make_synthetic_dataset
@@ -51,10 +59,7 @@ def _evaluation_dataset(args: argparse.Namespace):
             raise ValueError("--karpathy-json needs --image-root, the folder its image paths are relative to.")
         return load_karpathy_json(args.karpathy_json, args.image_root, split_layout="eval", on_error=args.on_error)
     if args.dataset_dir:
-        from datasets import load_from_disk
-
-        dataset = load_from_disk(args.dataset_dir)
-        return dataset[args.split] if hasattr(dataset, "keys") else dataset
+        return _load_dataset_dir(args.dataset_dir, args.split)
     return make_synthetic_dataset(num_train=0, num_validation=0, num_test=args.synthetic_size, seed=args.seed)["test"]
 
 
@@ -75,14 +80,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_files(folder: str) -> list[Path]:
+def _image_files(folder: str, flag: str = "--images") -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"--images {folder} is not a folder of images.")
+        raise FileNotFoundError(f"{flag} {folder} is not a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"--images {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        raise ValueError(f"{flag} {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
     return files
+
+
+def _image_folder_dataset(folder: str):
+    """A dataset of a folder's images (searched recursively): an `image` column and each file's `path`."""
+    from datasets import Dataset, Features, Image, Value
+
+    paths = [str(path.resolve()) for path in _image_files(folder, "--image-folder")]
+    features = Features({"image": Image(), "path": Value("string")})
+    return Dataset.from_dict({"image": paths, "path": paths}, features=features)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .evaluation import embed_gallery
+
+    model, processor = _load_model_and_processor(args.model)
+    if args.image_folder:
+        dataset, column = _image_folder_dataset(args.image_folder), "image"
+    else:
+        dataset, column = _load_dataset_dir(args.dataset_dir, args.split), args.column
+    gallery = embed_gallery(
+        model, processor, dataset, column=column, index_type=args.index_type, search_params=args.search_params,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    gallery.save(args.output)
+    print(f"Indexed {len(gallery)} {gallery.modality}s ({args.index_type}) → {args.output}")
+    return 0
 
 
 def _retrieve(args: argparse.Namespace) -> int:
@@ -91,19 +122,36 @@ def _retrieve(args: argparse.Namespace) -> int:
     from .pipelines.retrieval import TASK
 
     model, processor = _load_model_and_processor(args.model)
-    files = _image_files(args.images)
     retriever = pipeline(TASK, model=model, processor=processor)
     rerank = args.rerank and method_of(model).supports_itm
     if args.rerank and not rerank:
         print(f"note: {type(model).__name__} has no ITM head; ranking by embedding cosine only.", file=sys.stderr)
-    ranked = retriever(args.query, candidate_images=[str(f) for f in files], top_k=args.top_k, rerank=rerank)
-    results = [{**hit, "path": str(files[hit["image_index"]])} for hit in ranked]
+    if args.gallery:
+        results = _search_stored_gallery(retriever, args, rerank)
+    else:
+        files = _image_files(args.images)
+        ranked = retriever(args.query, candidate_images=[str(f) for f in files], top_k=args.top_k, rerank=rerank)
+        results = [{**hit, "path": str(files[hit["image_index"]])} for hit in ranked]
     if args.json:
         print(json.dumps(results, indent=1))
     else:
         for hit in results:
-            print(f"{hit['rank']:>3}  {hit['score']:8.4f}  {hit['path']}")
+            item = hit.get("path", hit.get("text", hit.get("image_index")))
+            print(f"{hit['rank']:>3}  {hit['score']:8.4f}  {item}")
     return 0
+
+
+def _search_stored_gallery(retriever, args: argparse.Namespace, rerank: bool) -> list[dict]:
+    """Search a gallery written by `vlalign index` (an image gallery for a caption, a caption gallery for an image
+    file); image hits carry their file `path` where the gallery has one (galleries of an --image-folder)."""
+    from .evaluation import load_gallery
+
+    gallery = load_gallery(args.gallery)
+    ranked = retriever(args.query, candidate_gallery=gallery, top_k=args.top_k, rerank=rerank)
+    if gallery.modality != "image" or "path" not in gallery.dataset.column_names:
+        return ranked
+    paths = gallery.dataset.select_columns(["path"])[[hit["image_index"] for hit in ranked]]["path"]
+    return [{**hit, "path": path} for hit, path in zip(ranked, paths, strict=True)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,14 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="write the metrics JSON here too")
     evaluate.set_defaults(handler=_evaluate)
 
-    retrieve = commands.add_parser("retrieve", help="rank a folder of images for a text query with a saved model")
+    retrieve = commands.add_parser(
+        "retrieve", help="rank a folder of images, or search a stored gallery, for a query with a saved model"
+    )
     retrieve.add_argument("--model", required=True, help="a saved model folder (any method)")
-    retrieve.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    retrieve.add_argument("--query", required=True, help="the text query")
+    candidates = retrieve.add_mutually_exclusive_group(required=True)
+    candidates.add_argument("--images", help="folder of images (searched recursively)")
+    candidates.add_argument("--gallery", help="a gallery folder written by `vlalign index` (FAISS search)")
+    retrieve.add_argument(
+        "--query", required=True, help="the text query (for a gallery of captions: an image file or URL)"
+    )
     retrieve.add_argument("--top-k", type=int, default=5)
     retrieve.add_argument("--rerank", action="store_true", help="re-rank with the ITM head where the model has one")
     retrieve.add_argument("--json", action="store_true", help="print the ranked list as JSON")
     retrieve.set_defaults(handler=_retrieve)
+
+    index = commands.add_parser(
+        "index", help="embed a gallery of images or captions with a saved model and index it with FAISS"
+    )
+    index.add_argument("--model", required=True, help="a saved model folder (any method)")
+    gallery_source = index.add_mutually_exclusive_group(required=True)
+    gallery_source.add_argument("--dataset-dir", help="a `datasets` folder (save_to_disk), one item per row")
+    gallery_source.add_argument("--image-folder", help="a folder of images (searched recursively)")
+    index.add_argument("--split", default="test", help="split of a --dataset-dir DatasetDict")
+    index.add_argument(
+        "--column", default="image", help="the --dataset-dir column to embed: images, or one caption per row"
+    )
+    index.add_argument("--output", required=True, help="the gallery folder to write")
+    index.add_argument(
+        "--index-type",
+        default="exact",
+        choices=["exact", "ivf", "hnsw"],
+        help="exact inner-product search, or approximate: inverted lists (ivf) or a graph (hnsw)",
+    )
+    index.add_argument("--search-params", help='approximate-index search parameters, e.g. "nprobe=64" (FAISS syntax)')
+    index.add_argument("--batch-size", type=int, default=64, help="items per encoder forward")
+    index.set_defaults(handler=_index)
     return parser
 
 

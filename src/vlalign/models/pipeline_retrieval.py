@@ -11,6 +11,8 @@ head (`itm_score`, fusion models such as ALBEF; dual encoders such as FDT rank o
 [{'score': 0.31, 'itc_score': 0.31, 'text': 'a cat on a sofa', 'text_index': 0, 'rank': 1}]
 >>> retriever(["a red circle", "a blue star"], candidate_images=[img0, "img1.png"], top_k=2, rerank=True)
 [[{'score': 4.2, 'itc_score': 0.52, 'image_index': 0, 'rank': 1}, ...], [...]]
+>>> gallery = vlalign.evaluation.load_gallery("coco_gallery")  # embedded once (`vlalign index`), searched with FAISS
+>>> retriever("a red circle", candidate_gallery=gallery, top_k=5, rerank=True)
 ```
 
 Why `__call__` is overridden: the base `Pipeline.__call__` runs `preprocess → _forward → postprocess` once per input
@@ -78,7 +80,10 @@ class ImageTextRetrievalPipeline(Pipeline):
     Call it with the query or queries first and exactly one gallery:
 
     - `pipe(image_or_images, candidate_texts=[...])`: images → ranked captions;
-    - `pipe(text_or_texts, candidate_images=[...])`: captions → ranked images.
+    - `pipe(text_or_texts, candidate_images=[...])`: captions → ranked images;
+    - `pipe(queries, candidate_gallery=gallery)`: a stored gallery (`vlalign.evaluation.Gallery`, from
+      `embed_gallery` / `load_gallery`; captions for an image gallery, images for a caption gallery), searched
+      through its FAISS index instead of encoding the candidates, then ITM re-ranked as above with `rerank=True`.
 
     Images may be PIL images, local paths, URLs or base64 strings (as `transformers.image_utils.load_image` reads
     them), or arrays/tensors the image processor accepts. Texts are cleaned and tokenized with the processor's
@@ -100,8 +105,8 @@ class ImageTextRetrievalPipeline(Pipeline):
     list of lists, like the zero-shot image classification pipeline):
         `score` (the ranking score: ITC cosine, or the re-rank score with `rerank=True`), `itc_score` (ITC cosine
         similarity of the normalised projections, without the temperature), `rank` (1 = best), and `text` and
-        `text_index` (position in `candidate_texts`) or `image_index` (position in `candidate_images`).
-        Equal scores keep gallery order.
+        `text_index` (position in `candidate_texts`) or `image_index` (position in `candidate_images`), or the
+        gallery row. Equal scores keep gallery order (FAISS order for a stored gallery).
 
     The whole gallery's preprocessed inputs, and with `rerank=True` its encoder hidden states, stay in memory for
     the call; for benchmark-sized galleries use `vlalign.evaluation.evaluate_retrieval`, which shards and streams.
@@ -133,14 +138,16 @@ class ImageTextRetrievalPipeline(Pipeline):
         """Whether the model has an image-text matching head to re-rank with."""
         return hasattr(self.model.base_model, "itm_score")
 
-    def __call__(self, inputs=None, *, candidate_texts=None, candidate_images=None, **kwargs):
-        """Rank `candidate_texts` for each query image, or `candidate_images` for each query text.
+    def __call__(self, inputs=None, *, candidate_texts=None, candidate_images=None, candidate_gallery=None, **kwargs):
+        """Rank `candidate_texts` for each query image, `candidate_images` for each query text, or a stored
+        `candidate_gallery` for each query.
 
         Args:
             inputs: one query (an image, or a string with `candidate_images`) or a list (any iterable that is not
                 itself a string, image, array or tensor) of queries.
             candidate_texts: captions to rank for image queries.
             candidate_images: images to rank for text queries.
+            candidate_gallery: a `vlalign.evaluation.Gallery` (embeddings + FAISS index) to search.
             **kwargs: see the class docstring (`top_k`, `rerank`, `k_rerank`, `score_mode`, `batch_size`,
                 `rerank_batch_size`, `timeout`).
 
@@ -158,7 +165,10 @@ class ImageTextRetrievalPipeline(Pipeline):
         if "batch_size" not in kwargs and self._batch_size is not None:
             kwargs["batch_size"] = self._batch_size
         preprocess_params, forward_params, postprocess_params = self._sanitize_parameters(
-            candidate_texts=candidate_texts, candidate_images=candidate_images, **kwargs
+            candidate_texts=candidate_texts,
+            candidate_images=candidate_images,
+            candidate_gallery=candidate_gallery,
+            **kwargs,
         )
         preprocess_params = {**self._preprocess_params, **preprocess_params}
         forward_params = {**self._forward_params, **forward_params}
@@ -171,6 +181,7 @@ class ImageTextRetrievalPipeline(Pipeline):
         self,
         candidate_texts=None,
         candidate_images=None,
+        candidate_gallery=None,
         top_k=None,
         rerank=None,
         itm_rerank=None,
@@ -185,6 +196,8 @@ class ImageTextRetrievalPipeline(Pipeline):
             preprocess_params["candidate_texts"] = candidate_texts
         if candidate_images is not None:
             preprocess_params["candidate_images"] = candidate_images
+        if candidate_gallery is not None:
+            preprocess_params["candidate_gallery"] = candidate_gallery
         if timeout is not None:
             preprocess_params["timeout"] = timeout
 
@@ -229,22 +242,53 @@ class ImageTextRetrievalPipeline(Pipeline):
                 raise ValueError(f"{name}[{position}] could not be loaded as an image{hint}: {error}") from error
         return loaded
 
-    def _tokenize(self, texts: list, name: str, hint: str = ""):
+    @staticmethod
+    def _check_captions(texts: list, name: str, hint: str = "") -> None:
         for position, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"{name}[{position}] is a {type(text).__name__}{hint}; captions must be strings.")
             if not text.strip():
                 raise ValueError(f"{name}[{position}] is an empty caption; pass non-empty strings.")
+
+    def _tokenize(self, texts: list, name: str, hint: str = ""):
+        self._check_captions(texts, name, hint)
         try:
             return self.processor(text=texts, preset="eval", return_tensors="pt")
         except ValueError as error:  # e.g. a caption that the official cleaning empties ("?!")
             raise ValueError(f"{name}: {error}") from error
 
-    def preprocess(self, queries: list, candidate_texts=None, candidate_images=None, timeout=None) -> dict:
+    def _preprocess_gallery(self, queries: list, gallery, timeout) -> dict:
+        """Check (captions) or load (images) the queries of a stored gallery, which encodes them itself."""
+        if not hasattr(gallery, "search") or getattr(gallery, "modality", None) not in ("image", "text"):
+            raise TypeError(
+                f"candidate_gallery is a {type(gallery).__name__}; pass a vlalign.evaluation.Gallery (from "
+                "embed_gallery, or load_gallery(folder) for a folder written by `vlalign index`)."
+            )
+        if gallery.modality == "image":
+            self._check_captions(queries, "queries", " (an image gallery is searched with captions)")
+            return {"direction": TEXT_TO_IMAGE, "gallery": gallery, "queries": queries}
+        hint = " (a caption gallery is searched with images)"
+        return {
+            "direction": IMAGE_TO_TEXT,
+            "gallery": gallery,
+            "queries": self._load_images(queries, "queries", timeout, hint),
+        }
+
+    def preprocess(
+        self, queries: list, candidate_texts=None, candidate_images=None, candidate_gallery=None, timeout=None
+    ) -> dict:
+        if candidate_gallery is not None:
+            if candidate_texts is not None or candidate_images is not None:
+                raise ValueError(
+                    "Pass either candidate_gallery or candidate_texts / candidate_images, not both: one call ranks "
+                    "one gallery."
+                )
+            return self._preprocess_gallery(queries, candidate_gallery, timeout)
         if candidate_texts is None and candidate_images is None:
             raise ValueError(
-                "No candidates given: pass candidate_texts=[...] to rank captions for image queries, or "
-                "candidate_images=[...] to rank images for caption queries."
+                "No candidates given: pass candidate_texts=[...] to rank captions for image queries, "
+                "candidate_images=[...] to rank images for caption queries, or candidate_gallery=... (a stored "
+                "gallery)."
             )
         if candidate_texts is not None and candidate_images is not None:
             raise ValueError(
@@ -296,6 +340,16 @@ class ImageTextRetrievalPipeline(Pipeline):
                 hidden.append(output.last_hidden_state)
         return (torch.cat(hidden) if keep_hidden else None), torch.cat(features)
 
+    def _num_rerank(self, k_rerank: int | None, top_k: int, num_candidates: int) -> int:
+        """Candidates re-scored per query: `k_rerank`, by default `max(config.k_test, top_k)`, capped at the gallery."""
+        num_rerank = max(self.model.base_model.config.k_test, top_k) if k_rerank is None else k_rerank
+        if num_rerank < min(top_k, num_candidates):
+            raise ValueError(
+                f"k_rerank={k_rerank} is smaller than top_k={top_k}: with rerank=True only the k_rerank re-scored "
+                "candidates can be ranked. Raise k_rerank or lower top_k."
+            )
+        return min(num_rerank, num_candidates)
+
     def _forward(
         self,
         model_inputs: dict,
@@ -312,6 +366,19 @@ class ImageTextRetrievalPipeline(Pipeline):
                 f"rerank=True needs an image-text matching head; {type(encoder).__name__} is a dual encoder that "
                 "ranks by embedding cosine only. Call the pipeline without rerank."
             )
+        if "gallery" in model_inputs:
+            num_rerank = self._num_rerank(k_rerank, top_k, len(model_inputs["gallery"])) if rerank else None
+            hits = model_inputs["gallery"].search(
+                self.model,
+                self.processor,
+                model_inputs["queries"],
+                k=top_k,
+                rerank_k=num_rerank,
+                score_mode=score_mode,
+                batch_size=batch_size,
+                rerank_batch_size=rerank_batch_size,
+            )
+            return {"hits": hits}
         direction = model_inputs["direction"]
         image_hidden, image_features = self._encode_images(model_inputs["pixel_values"], batch_size, rerank)
         text_mask = model_inputs["attention_mask"]
@@ -335,13 +402,7 @@ class ImageTextRetrievalPipeline(Pipeline):
                 "itc_scores": itc_scores,
             }
 
-        num_rerank = max(encoder.config.k_test, top_k) if k_rerank is None else k_rerank
-        num_rerank = min(num_rerank, num_candidates)
-        if num_rerank < top_k:
-            raise ValueError(
-                f"k_rerank={k_rerank} is smaller than top_k={top_k}: with rerank=True only the k_rerank re-scored "
-                "candidates can be ranked. Raise k_rerank or lower top_k."
-            )
+        num_rerank = self._num_rerank(k_rerank, top_k, num_candidates)
         candidates = order[:, :num_rerank]  # [queries, k]
         query_index = torch.arange(num_queries, device=candidates.device)[:, None].expand_as(candidates).flatten()
         candidate_index = candidates.flatten()
@@ -376,6 +437,8 @@ class ImageTextRetrievalPipeline(Pipeline):
     # -----------------------------------------------------------------------------------------------------------------
 
     def postprocess(self, model_outputs: dict) -> list[list[dict]]:
+        if "hits" in model_outputs:  # a stored gallery ranks in the same format
+            return model_outputs["hits"]
         texts = model_outputs["texts"]
         results = []
         for indices, scores, itc_scores in zip(
