@@ -167,6 +167,8 @@ def test_errors(setup, data, tmp_path):
         embed_gallery(model, processor, data, column="captions", show_progress=False)
     with pytest.raises(ValueError, match="neither one of"):
         embed_gallery(model, processor, data, index_type="kd-tree", show_progress=False)
+    with pytest.raises(ValueError, match="do not apply to a Flat index"):
+        embed_gallery(model, processor, data, search_params="nprobe=4", show_progress=False)
     with pytest.raises(FileNotFoundError, match="is not a saved gallery"):
         load_gallery(tmp_path)
 

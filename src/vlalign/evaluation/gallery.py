@@ -104,7 +104,10 @@ def build_faiss_index(vectors: np.ndarray, index_type: str = "exact", search_par
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = DEFAULT_HNSW_EF_SEARCH
     if search_params:
-        faiss.ParameterSpace().set_index_parameters(index, search_params)
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, search_params)
+        except RuntimeError as error:
+            raise ValueError(f"search_params={search_params!r} do not apply to a {factory} index: {error}") from error
     if not index.is_trained:
         index.train(vectors)
     return index
