@@ -23,6 +23,14 @@ ALBEF's train augmentation; k_test 256 from the converted config); Flickr30k (`R
 test splits after every epoch and keeps the best epoch by val r_mean (`--metric_for_best_model val_r_mean`), as ALBEF
 selects its checkpoint. `--method fdt --help` shows that method's defaults.
 
+Recipes: `examples/configs/<method>/finetune_{coco,flickr30k}.yaml` hold each method's COCO and Flickr30K fine-tuning
+as argument files (data paths, start folder, every hyperparameter; FDT's are derived, see above). Give one (or any
+YAML / JSON of this script's arguments) as the first argument; flags after it override its values, which override
+the method's defaults:
+
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune_retrieval.py \
+        examples/configs/albef/finetune_flickr30k.yaml --model_name_or_path out/albef-4m
+
 Synthetic shapes (default; no download). Without --model_name_or_path a tiny random model is used (a smoke run);
 fine-tune the output of `examples/pretrain.py --tiny` for a meaningful one:
 
@@ -52,7 +60,7 @@ retrieval config, as the official Retrieval.py loads it (`vlalign convert --meth
 --output albef-4m-coco`: an AlbefForImageTextRetrieval at 384 px with k_test 256), or from an
 `examples/pretrain.py` output (256 px, interpolated to 384 px here), 8 GPUs:
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune_retrieval.py \
         --model_name_or_path albef-4m-coco --train_json data/coco_train.json --val_json data/coco_val.json \
         --test_json data/coco_test.json --image_root /datasets/coco --output_dir out/albef-coco-retrieval \
         --dataloader_num_workers 8
@@ -60,7 +68,7 @@ retrieval config, as the official Retrieval.py loads it (`vlalign convert --meth
 FDT: from an `examples/pretrain.py --method fdt` output or a converted release (`vlalign convert --method fdt`),
 at its own 224 px (FDT models cannot change resolution):
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py --method fdt \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune_retrieval.py --method fdt \
         --model_name_or_path out/fdt-cc3m --train_json data/coco_train.json --val_json data/coco_val.json \
         --test_json data/coco_test.json --image_root /datasets/coco --output_dir out/fdt-coco-retrieval \
         --dataloader_num_workers 8
@@ -69,7 +77,7 @@ CODIS: from an `examples/pretrain.py --method codis` output, or from an ALBEF-4M
 retrieval folder (`vlalign convert --method codis ... --config configs/Retrieval_coco.yaml` as for ALBEF above; the
 prototypes start random, so this is ALBEF's fine-tuning with CODIS's losses, not the paper's model):
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune_retrieval.py \
         --method codis --model_name_or_path out/codis-4m --train_json data/coco_train.json \
         --val_json data/coco_val.json --test_json data/coco_test.json --image_root /datasets/coco \
         --output_dir out/codis-coco-retrieval --dataloader_num_workers 8
@@ -79,7 +87,7 @@ SIMLA: from an `examples/pretrain.py --method simla` output (256 px, interpolate
 convert --method simla --checkpoint simla_4m.pth --config configs/Retrieval_coco.yaml --config
 configs/shared_bert.json --tokenizer bert-base-uncased --output simla-4m-coco`), 8 GPUs (the official run: 2 × 32):
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/finetune_retrieval.py \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune_retrieval.py \
         --method simla --model_name_or_path simla-4m-coco --train_json data/coco_train.json \
         --val_json data/coco_val.json --test_json data/coco_test.json --image_root /datasets/coco \
         --output_dir out/simla-coco-retrieval --dataloader_num_workers 8
@@ -97,7 +105,9 @@ R@1/5/10 and r_mean.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -106,6 +116,7 @@ from typing import Any
 
 import datasets
 import transformers
+import yaml
 from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
@@ -120,6 +131,9 @@ from vlalign.training.script_helpers import apply_config_overrides, wants_teache
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
+
+#: a recipe file given as the first argument: `python script.py examples/configs/albef/pretrain.yaml [--flag ...]`
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
 #: evaluation and best-model selection shared by every method
 SELECTION = dict(
@@ -142,6 +156,7 @@ RETRIEVAL_DEFAULTS: dict[str, dict[str, Any]] = {
         per_device_eval_batch_size=64,
         albef_lr_schedule=True,
         min_lr=1e-6,
+        max_grad_norm=0.0,  # no gradient clipping (the Trainer's default clips at 1.0)
         **SELECTION,
     ),
     "fdt": dict(  # no released recipe: FDT's pretraining optimizer, ALBEF's fine-tuning length and lr
@@ -156,6 +171,7 @@ RETRIEVAL_DEFAULTS: dict[str, dict[str, Any]] = {
         lr_scheduler_type="cosine",
         warmup_steps=0,
         albef_lr_schedule=False,
+        max_grad_norm=0.0,  # no gradient clipping, as in FDT's pretraining
         **SELECTION,
     ),
 }
@@ -250,14 +266,34 @@ class ScriptArguments:
             raise ValueError("real data needs --train_json and --model_name_or_path (a converted/pretrained folder)")
 
 
-def parse_args() -> tuple[ScriptArguments, AlignmentTrainingArguments]:
-    """Read `--method` first, make that method's settings the defaults, then parse everything."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", default="albef", choices=method_names())
-    method = first.parse_known_args()[0].method
+def read_recipe(parser: HfArgumentParser, path: str) -> dict[str, Any]:
+    """The arguments of a YAML / JSON recipe file (`examples/configs/`), each checked to be a flag of the script."""
+    with open(path, encoding="utf-8") as file:
+        values = (json.load(file) if path.endswith(".json") else yaml.safe_load(file)) or {}
+    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"{path}: {unknown} are no arguments of this script (see --help)")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, AlignmentTrainingArguments]:
+    """Defaults in rising priority: the method's settings, a recipe file (an optional first argument), the flags.
+
+    `python script.py recipe.yaml --learning_rate 3e-5` reads the recipe's values as defaults (its `method` picks the
+    method's defaults below them unless `--method` is given), then the command line overrides any of them.
+    """
+    argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ScriptArguments, AlignmentTrainingArguments))
-    parser.set_defaults(**RETRIEVAL_DEFAULTS[method])
-    script_args, training_args = parser.parse_args_into_dataclasses()
+    recipe_file = argv[0] if argv and argv[0].endswith(RECIPE_SUFFIXES) else None
+    recipe = read_recipe(parser, recipe_file) if recipe_file else {}
+    flags = argv[1:] if recipe_file else argv
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method", choices=method_names())
+    method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
+    if method not in method_names():
+        raise ValueError(f"{recipe_file}: method {method!r} is none of {method_names()}")
+    parser.set_defaults(**{**RETRIEVAL_DEFAULTS[method], **recipe})
+    script_args, training_args = parser.parse_args_into_dataclasses(args=flags)
     return script_args, training_args
 
 

@@ -20,8 +20,14 @@ the built-in `PatchCodebookImageTokenizer` (k-means codes fitted on the first 50
 weights; a documented deviation) is fitted and saved to `OUTPUT_DIR/image_tokenizer` (reloaded when resuming or
 continuing from that folder). With augmentation on, the tokenizer sees SIMLA's second, independently augmented view
 (RandomResizedCrop 0.2-1, flip, RandomAugment at the tokenizer's input size). `--method fdt --help` shows the
-defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments`
-flag overrides them.
+defaults of that method; every `TrainingArguments` / `AlignmentTrainingArguments` flag overrides them.
+
+Recipes: `examples/configs/<method>/pretrain.yaml` holds each method's official run as an argument file (data paths,
+tokenizer, every hyperparameter). Give it (or any YAML / JSON of this script's arguments) as the first argument; flags
+after it override its values, which override the method's defaults:
+
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/pretrain.py \
+        examples/configs/albef/pretrain.yaml --output_dir out/albef-4m-run2
 
 Synthetic shapes (default; no download, tokenizer built in-process; a tiny model that learns on a CPU in minutes):
 
@@ -53,7 +59,7 @@ Real data: a json list of {"image": path, "caption": str or [str, ...]} (paths r
 absolute), e.g. ALBEF's pretraining json (`data.tar.gz` of salesforce/ALBEF: coco.json, vg.json, cc3m_train.json,
 sbu.json, ...). ALBEF's ViT-B/16 + BERT-base at 256 px, 8 GPUs:
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/pretrain.py \
         --train_json data/coco.json data/vg.json data/cc3m_train.json data/sbu.json --image_root /datasets \
         --eval_json data/coco_test.json --eval_image_root /datasets/coco \
         --tokenizer_name bert-base-uncased --output_dir out/albef-4m \
@@ -63,7 +69,7 @@ FDT's CC3M run (ViT-B/32 + 12-layer text transformer, 16384 FDT of size 512, 224
 step, 2705 steps per epoch over CC3M's 2.77M pairs, 86,560 steps); `bpe_simple_vocab_16e6.txt.gz` is the released
 BPE file (OpenAI CLIP's, shipped in FDT's `text_info/`), a tokenizer folder works as well:
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py --method fdt \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/pretrain.py --method fdt \
         --train_json data/cc3m_train.json --image_root /datasets/cc3m \
         --eval_json data/coco_test.json --eval_image_root /datasets/coco \
         --tokenizer_name text_info/bpe_simple_vocab_16e6.txt.gz --output_dir out/fdt-cc3m \
@@ -80,7 +86,7 @@ DeiT + BERT):
 
     vlalign convert --method codis --checkpoint ALBEF_4M.pth --config configs/Pretrain.yaml \
         --config configs/config_bert.json --tokenizer bert-base-uncased --output codis-from-albef-4m
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py --method codis \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/pretrain.py --method codis \
         --model_name_or_path codis-from-albef-4m \
         --train_json data/coco.json data/vg.json data/cc3m_train.json data/sbu.json --image_root /datasets \
         --eval_json data/coco_test.json --eval_image_root /datasets/coco --output_dir out/codis-4m \
@@ -89,7 +95,7 @@ DeiT + BERT):
 SIMLA on the 4M data with the official DALL-E dVAE (its `encoder.pkl`, converted once into a folder), 8 GPUs:
 
     python -c "from vlalign.convert.dvae import convert_dalle_encoder; convert_dalle_encoder('encoder.pkl', 'dalle-dvae')"
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/pretrain.py --method simla \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/pretrain.py --method simla \
         --image_tokenizer dalle-dvae \
         --train_json data/coco.json data/vg.json data/cc3m_train.json data/sbu.json --image_root /datasets \
         --eval_json data/coco_test.json --eval_image_root /datasets/coco --output_dir out/simla-4m \
@@ -120,6 +126,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import sys
@@ -131,6 +138,7 @@ from typing import Any
 import datasets
 import torch
 import transformers
+import yaml
 from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
@@ -148,6 +156,9 @@ from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArgument
 
 logger = logging.getLogger(__name__)
 
+#: a recipe file given as the first argument: `python script.py examples/configs/albef/pretrain.yaml [--flag ...]`
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
 #: each method's official pretraining settings, as parser defaults (command-line flags override them)
 PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "albef": dict(  # configs/Pretrain.yaml
@@ -160,6 +171,7 @@ PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
         warmup_steps=2000,
         warmup_lr=1e-5,
         min_lr=1e-5,
+        max_grad_norm=0.0,  # no gradient clipping (the Trainer's default clips at 1.0)
         logging_steps=50,
         save_strategy="epoch",
         ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient at every step
@@ -179,6 +191,7 @@ PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
         num_train_epochs=32,
         per_device_train_batch_size=128,
         per_device_eval_batch_size=128,
+        max_grad_norm=0.0,  # no gradient clipping
         logging_steps=50,
         save_strategy="steps",
         save_steps=2700,
@@ -337,14 +350,34 @@ class PretrainTrainer(AlignmentTrainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
 
-def parse_args() -> tuple[ScriptArguments, AlignmentTrainingArguments]:
-    """Read `--method` first, make that method's official settings the defaults, then parse everything."""
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", default="albef", choices=method_names())
-    method = first.parse_known_args()[0].method
+def read_recipe(parser: HfArgumentParser, path: str) -> dict[str, Any]:
+    """The arguments of a YAML / JSON recipe file (`examples/configs/`), each checked to be a flag of the script."""
+    with open(path, encoding="utf-8") as file:
+        values = (json.load(file) if path.endswith(".json") else yaml.safe_load(file)) or {}
+    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"{path}: {unknown} are no arguments of this script (see --help)")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, AlignmentTrainingArguments]:
+    """Defaults in rising priority: the method's settings, a recipe file (an optional first argument), the flags.
+
+    `python script.py recipe.yaml --learning_rate 3e-5` reads the recipe's values as defaults (its `method` picks the
+    method's defaults below them unless `--method` is given), then the command line overrides any of them.
+    """
+    argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((ScriptArguments, AlignmentTrainingArguments))
-    parser.set_defaults(**PRETRAIN_DEFAULTS[method])
-    script_args, training_args = parser.parse_args_into_dataclasses()
+    recipe_file = argv[0] if argv and argv[0].endswith(RECIPE_SUFFIXES) else None
+    recipe = read_recipe(parser, recipe_file) if recipe_file else {}
+    flags = argv[1:] if recipe_file else argv
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method", choices=method_names())
+    method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
+    if method not in method_names():
+        raise ValueError(f"{recipe_file}: method {method!r} is none of {method_names()}")
+    parser.set_defaults(**{**PRETRAIN_DEFAULTS[method], **recipe})
+    script_args, training_args = parser.parse_args_into_dataclasses(args=flags)
     if script_args.fdt_lr_schedule and training_args.albef_lr_schedule:
         raise ValueError("--fdt_lr_schedule and --albef_lr_schedule exclude each other")
     return script_args, training_args

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoModel
 
@@ -21,6 +22,57 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RECALLS = [f"{side}_r{k}" for side in ("txt", "img") for k in (1, 5, 10)] + ["txt_r_mean", "img_r_mean", "r_mean"]
 #: the smallest synthetic setting every script accepts: 16 training images, 8 per eval split, batches of 8
 SMALL = ["--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "8", "--num_train", "16"]
+
+# The official settings of each recipe in examples/configs/, written out from the specs (independently of the scripts'
+# own defaults), so that the recipes, the scripts' per-method defaults and the specs cannot drift apart.
+_ADAMW = dict(adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=0.0)  # torch defaults, no clipping
+ALBEF_PRETRAIN = dict(  # specs/albef.md §6, Pretrain.yaml (SIMLA's Pretrain.yaml is the same: specs/simla.md §3)
+    learning_rate=1e-4, weight_decay=0.02, num_train_epochs=30, per_device_train_batch_size=64, albef_lr_schedule=True,
+    warmup_steps=2000, warmup_lr=1e-5, min_lr=1e-5, image_size=256, **_ADAMW,
+)  # fmt: skip
+ALBEF_COCO = dict(  # specs/albef.md §6, Retrieval_coco.yaml
+    learning_rate=1e-5, weight_decay=0.02, num_train_epochs=5, per_device_train_batch_size=32,
+    per_device_eval_batch_size=64, albef_lr_schedule=True, min_lr=1e-6, image_size=384, k_test=256, **_ADAMW,
+)  # fmt: skip
+FLICKR = dict(num_train_epochs=10, k_test=128)  # Retrieval_flickr.yaml: COCO's recipe, longer, fewer ITM candidates
+FDT_FINETUNE = dict(  # no released recipe: FDT's pretraining optimizer with ALBEF's fine-tuning lr and lengths
+    learning_rate=1e-5, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-8, max_grad_norm=0.0,
+    num_train_epochs=5, per_device_train_batch_size=128, lr_scheduler_type="cosine", warmup_steps=0, image_size=224,
+)  # fmt: skip
+RECIPE_SPECS: dict[str, dict[str, dict]] = {
+    "albef": dict(pretrain=ALBEF_PRETRAIN, finetune_coco=ALBEF_COCO, finetune_flickr30k={**ALBEF_COCO, **FLICKR}),
+    "codis": dict(  # specs/codis.md §6: ALBEF's recipes
+        pretrain=ALBEF_PRETRAIN, finetune_coco=ALBEF_COCO, finetune_flickr30k={**ALBEF_COCO, **FLICKR}
+    ),
+    "simla": dict(  # specs/simla.md §3: ALBEF's, evaluation batch 32 (COCO) / 64 (Flickr)
+        pretrain=ALBEF_PRETRAIN,
+        finetune_coco={**ALBEF_COCO, "per_device_eval_batch_size": 32},
+        finetune_flickr30k={**ALBEF_COCO, **FLICKR, "per_device_eval_batch_size": 64},
+    ),
+    "fdt": dict(
+        pretrain=dict(  # specs/fdt.md §4.1, config_cc3m.yaml
+            learning_rate=1e-3,
+            warmup_lr=1e-4,
+            min_lr=0.0,
+            warmup_steps=2500,
+            fdt_lr_schedule=True,
+            albef_lr_schedule=False,
+            weight_decay=0.1,
+            adam_beta1=0.9,
+            adam_beta2=0.98,
+            adam_epsilon=1e-8,
+            max_grad_norm=0.0,
+            num_train_epochs=32,
+            per_device_train_batch_size=128,
+            image_size=224,
+            seed=0,
+            save_steps=2700,
+        ),  # fmt: skip
+        finetune_coco=FDT_FINETUNE,
+        finetune_flickr30k={**FDT_FINETUNE, "num_train_epochs": 10},
+    ),
+}
+RECIPES = EXAMPLES / "configs"
 
 
 def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -208,3 +260,111 @@ def test_pretrain_simla_with_dalle_image_tokenizer(pretrained, tmp_path):
     fitted = pretrain.PatchCodebookImageTokenizer.from_pretrained(folder / "image_tokenizer")
     assert (saved.grid, saved.vocab_size) == (8, json.loads((folder / "config.json").read_text())["mim_vocab_size"])
     assert saved.codebook.equal(fitted.codebook) and saved.codebook.abs().sum() > 0
+
+
+def parse_recipe(recipe: Path, *flags: str) -> dict:
+    """The arguments the recipe's script parses from `python SCRIPT RECIPE FLAGS...`, as one dict."""
+    script = load_script("pretrain" if recipe.stem == "pretrain" else "finetune_retrieval")
+    script_args, training_args = script.parse_args([str(recipe), *flags])
+    return {**vars(training_args), **vars(script_args)}
+
+
+def test_recipes_cover_every_method():
+    found = {(path.parent.name, path.stem) for path in RECIPES.glob("*/*.yaml")}
+    assert found == {(method, recipe) for method in method_names() for recipe in RECIPE_SPECS[method]}
+
+
+@pytest.mark.parametrize("recipe", ["pretrain", "finetune_coco", "finetune_flickr30k"])
+@pytest.mark.parametrize("method", method_names())
+def test_recipe_equals_the_spec_and_the_script_defaults(method, recipe):
+    """Every recipe key reaches the parsed arguments unchanged, and the recipe, the official values (specs) and the
+    script's own per-method defaults agree (a Flickr30K recipe differs from the COCO defaults only where its spec
+    does)."""
+    path = RECIPES / method / f"{recipe}.yaml"
+    values = yaml.safe_load(path.read_text())
+    parsed = parse_recipe(path)
+    assert values["method"] == parsed["method"] == method
+    for name, value in values.items():
+        assert parsed[name] == value, name
+    spec = RECIPE_SPECS[method][recipe]
+    for name, value in spec.items():
+        assert parsed[name] == value, name
+    if recipe == "pretrain":
+        defaults = load_script("pretrain").PRETRAIN_DEFAULTS[method]
+    else:
+        defaults = load_script("finetune_retrieval").RETRIEVAL_DEFAULTS[method]
+    if recipe == "finetune_flickr30k":  # the defaults are the COCO recipe; Flickr30K changes what its spec changes
+        defaults = {**defaults, **spec}
+    for name, value in defaults.items():
+        assert parsed[name] == value == spec.get(name, value), name
+
+
+def test_recipe_flags_override_and_unknown_keys_are_refused(tmp_path):
+    """`SCRIPT RECIPE --flag value`: the flag wins over the recipe, which wins over the method's defaults; a JSON
+    recipe works the same; a key that is no argument of the script is refused by name."""
+    coco = RECIPES / "simla" / "finetune_coco.yaml"
+    parsed = parse_recipe(coco, "--learning_rate", "3e-5", "--k_test", "64")
+    assert (parsed["learning_rate"], parsed["k_test"], parsed["num_train_epochs"]) == (3e-5, 64, 5)
+    assert parse_recipe(coco, "--method", "albef")["per_device_eval_batch_size"] == 32  # the recipe's, not ALBEF's
+
+    as_json = tmp_path / "recipe.json"
+    as_json.write_text(json.dumps({"method": "fdt", "num_train_epochs": 2}))
+    parsed = parse_recipe(as_json, "--output_dir", str(tmp_path))
+    assert (parsed["method"], parsed["num_train_epochs"], parsed["weight_decay"]) == ("fdt", 2, 0.1)
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("method: albef\nlearning_rte: 1.0e-4\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        parse_recipe(typo)
+
+
+def test_pretrain_runs_from_a_recipe_file(tmp_path):
+    """`python examples/pretrain.py recipe.yaml --flag ...` as a user runs it, on the synthetic data."""
+    out = tmp_path / "out"
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"method": "albef", "tiny": True, "output_dir": str(out), "max_steps": 50, "num_test": 0})
+    )
+    run_example("pretrain.py", str(recipe), *SMALL, "--max_steps", "1", "--save_strategy", "no")
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+    assert_loads(out, "albef")
+
+
+def test_accelerate_configs():
+    """The launch configs load as Accelerate reads them, run fp32 on 8 processes as the official runs, and FSDP wraps
+    layer classes the ALBEF-family models declare (`_no_split_modules`). The old path still points to DDP's."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    configs = {path.stem: ClusterConfig.from_yaml_file(path) for path in (EXAMPLES / "accelerate").glob("*.yaml")}
+    assert {name: config.distributed_type.name for name, config in configs.items()} == {
+        "ddp": "MULTI_GPU",
+        "fsdp": "FSDP",
+        "deepspeed_zero2": "DEEPSPEED",
+    }
+    for config in configs.values():
+        assert (config.num_processes, config.mixed_precision) == (8, "no")
+    fsdp = configs["fsdp"].fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    for method in ("albef", "codis", "simla"):
+        declared = get_method(method).pretraining_class._no_split_modules
+        assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == declared
+    assert configs["deepspeed_zero2"].deepspeed_config["zero_stage"] == 2
+    assert (EXAMPLES / "accelerate_multi_gpu.yaml").resolve() == (EXAMPLES / "accelerate" / "ddp.yaml").resolve()
+
+
+def test_model_settings_the_recipes_leave_to_the_config():
+    """What the recipes' comments say comes with the config (no flag sets it) is the official value."""
+    for method in ("albef", "codis", "simla"):  # specs/albef.md §6, specs/simla.md §3, specs/codis.md §6
+        config = get_method(method).config_class()
+        official = (256, 65536, 0.995, 0.07, 0.4, 0.15, 256)
+        assert (
+            config.embed_dim, config.queue_size, config.momentum, config.temp, config.alpha, config.mlm_probability,
+            config.vision_config.image_size,
+        ) == official  # fmt: skip
+    fdt = get_method("fdt").config_class()  # specs/fdt.md §4.1
+    assert (fdt.fdt_num_tokens, fdt.fdt_dim, fdt.fdt_temperature, fdt.vision_config.image_size) == (
+        16384,
+        512,
+        1000,
+        224,
+    )
