@@ -104,10 +104,7 @@ R@1/5/10 and r_mean.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import inspect
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -116,8 +113,7 @@ from typing import Any
 
 import datasets
 import transformers
-import yaml
-from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoProcessor, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
 from vlalign.data.collator import AlignmentCollator
@@ -127,13 +123,10 @@ from vlalign.data.transforms import albef_train_transform
 from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
-from vlalign.training.script_helpers import apply_config_overrides, wants_teacher_view
+from vlalign.training.script_helpers import apply_config_overrides, parse_script_args, wants_teacher_view
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
-
-#: a recipe file given as the first argument: `python script.py examples/configs/albef/pretrain.yaml [--flag ...]`
-RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
 #: evaluation and best-model selection shared by every method
 SELECTION = dict(
@@ -266,35 +259,9 @@ class ScriptArguments:
             raise ValueError("real data needs --train_json and --model_name_or_path (a converted/pretrained folder)")
 
 
-def read_recipe(parser: HfArgumentParser, path: str) -> dict[str, Any]:
-    """The arguments of a YAML / JSON recipe file (`examples/configs/`), each checked to be a flag of the script."""
-    with open(path, encoding="utf-8") as file:
-        values = (json.load(file) if path.endswith(".json") else yaml.safe_load(file)) or {}
-    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
-    if unknown := sorted(set(values) - known):
-        raise ValueError(f"{path}: {unknown} are no arguments of this script (see --help)")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, AlignmentTrainingArguments]:
-    """Defaults in rising priority: the method's settings, a recipe file (an optional first argument), the flags.
-
-    `python script.py recipe.yaml --learning_rate 3e-5` reads the recipe's values as defaults (its `method` picks the
-    method's defaults below them unless `--method` is given), then the command line overrides any of them.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ScriptArguments, AlignmentTrainingArguments))
-    recipe_file = argv[0] if argv and argv[0].endswith(RECIPE_SUFFIXES) else None
-    recipe = read_recipe(parser, recipe_file) if recipe_file else {}
-    flags = argv[1:] if recipe_file else argv
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", choices=method_names())
-    method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
-    if method not in method_names():
-        raise ValueError(f"{recipe_file}: method {method!r} is none of {method_names()}")
-    parser.set_defaults(**{**RETRIEVAL_DEFAULTS[method], **recipe})
-    script_args, training_args = parser.parse_args_into_dataclasses(args=flags)
-    return script_args, training_args
+    """The method's defaults, overridden by a recipe file (an optional first argument), overridden by the flags."""
+    return parse_script_args((ScriptArguments, AlignmentTrainingArguments), RETRIEVAL_DEFAULTS, argv)
 
 
 def training_class(method: Method) -> type:

@@ -75,6 +75,13 @@ BPE file (OpenAI CLIP's, shipped in FDT's `text_info/`), a tokenizer folder work
         --tokenizer_name text_info/bpe_simple_vocab_16e6.txt.gz --output_dir out/fdt-cc3m \
         --dataloader_num_workers 5
 
+or, as the official run reads it, from CC3M's webdataset shards (streamed; 2,770,000 pairs per epoch):
+
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/pretrain.py --method fdt \
+        --train_shards '/datasets/cc3m/{00000..00331}.tar' --train_num_samples 2770000 \
+        --tokenizer_name text_info/bpe_simple_vocab_16e6.txt.gz --output_dir out/fdt-cc3m \
+        --dataloader_num_workers 5
+
 (add `--bf16` for bf16 autocast; the official runs are fp32). Continue from a converted checkpoint instead:
 `vlalign convert --method albef --checkpoint ALBEF_4M.pth --config configs/Pretrain.yaml --config
 configs/config_bert.json --tokenizer bert-base-uncased --output albef-4m`, then `--model_name_or_path albef-4m`.
@@ -116,18 +123,20 @@ Notes:
   scratch, as here.
 * Each caption list is sampled once per row per epoch (as the official datasets do); a pair-per-row json
   (one caption string per entry) gives one row per pair.
-* The official FDT run reads CC3M as a webdataset; any json in the layout above (one row per pair) is equivalent.
-* Every image is opened and decoded once when the json is loaded (`--check_images`), on every process. For corpora of
-  millions of images check them once offline and pass `--check_images false`.
+* The official FDT run reads CC3M as a webdataset (`--train_shards`); a json in the layout above is equivalent.
+* Every image a json names is opened (its header read, `--check_images header`) when the json is loaded, on every
+  process: about 4 minutes for CC3M. `--check_images decode` decodes them fully (about an hour for CC3M), `none`
+  skips the check. For web-scale corpora stream shards instead (`--train_shards`, `--train_dataset_name`): nothing is
+  read up front, each DataLoader worker decodes its own shards, unusable samples are skipped, counted and logged
+  (`skipped_samples`), and `--resume_from_checkpoint` continues with the next unseen sample.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -138,26 +147,23 @@ from typing import Any
 import datasets
 import torch
 import transformers
-import yaml
-from transformers import AutoConfig, AutoProcessor, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoProcessor, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.masked_image import DalleImageTokenizer, PatchCodebookImageTokenizer, simla_codebook_view_transform
+from vlalign.data.streaming import ImageTextStream, datasets_shards, webdataset_shards
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.data.transforms import albef_train_transform
 from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.recipes.fdt import fdt_lr_schedule
-from vlalign.training.script_helpers import apply_config_overrides, wants_teacher_view
+from vlalign.training.script_helpers import apply_config_overrides, parse_script_args, wants_teacher_view
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
-
-#: a recipe file given as the first argument: `python script.py examples/configs/albef/pretrain.yaml [--flag ...]`
-RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 
 #: each method's official pretraining settings, as parser defaults (command-line flags override them)
 PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -238,11 +244,40 @@ class ScriptArguments:
     )  # fmt: skip
     dataset: str = field(
         default="synthetic",
-        metadata={"help": "'synthetic' (built-in shapes, no download) or 'json' (implied by --train_json)."},
+        metadata={
+            "help": "'synthetic' (built-in shapes, no download), 'json', 'shards' or 'stream' (implied by "
+            "--train_json, --train_shards, --train_dataset_name)."
+        },
     )
     train_json: list[str] | None = field(
         default=None, metadata={"help": "Pretraining json file(s): [{image, caption (str or list)}, ...]."}
     )
+    train_shards: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "webdataset tar shards to stream (paths, URLs or brace patterns, e.g. "
+            "'cc3m/{000000..000331}.tar'; image in .jpg/.png/.webp, caption in .txt): read and decoded lazily in "
+            "the DataLoader workers, split by shard over processes and workers, resumable mid-epoch."
+        },
+    )
+    train_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A `datasets` dataset to stream (`load_dataset(name, data_files=..., streaming=True)`): a Hub id "
+            "or a builder such as 'parquet' with --train_data_files; columns --image_column and --text_column."
+        },
+    )
+    train_data_files: list[str] | None = field(default=None, metadata={"help": "Data files of --train_dataset_name."})
+    image_column: str = field(default="image", metadata={"help": "Image column of --train_dataset_name."})
+    text_column: str = field(default="caption", metadata={"help": "Caption column of --train_dataset_name."})
+    train_num_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per epoch of a stream, when known: gives epoch-based schedules their epoch and turns "
+            "--num_train_epochs into steps. Without it, pass --max_steps."
+        },
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Samples in a stream's within-shard shuffle buffer."})
     image_root: str = field(default="", metadata={"help": "Directory the json image paths are relative to."})
     eval_json: str | None = field(
         default=None, metadata={"help": "Optional retrieval json (eval layout, e.g. coco_test.json) for evaluate()."}
@@ -301,8 +336,13 @@ class ScriptArguments:
             "choices": ["raise", "skip"],
         },
     )
-    check_images: bool = field(
-        default=True, metadata={"help": "Open and decode every image once when loading the json."}
+    check_images: str = field(
+        default="header",
+        metadata={
+            "help": "How far images are checked when a json is loaded (each problem counted and reported): 'header' "
+            "(open and read the size, ~0.1 ms per image), 'decode' (a full decode, ~1 ms per COCO image) or 'none'.",
+            "choices": ["header", "decode", "none"],
+        },
     )
     num_train: int = field(default=3000, metadata={"help": "Synthetic training images."})
     num_test: int = field(default=100, metadata={"help": "Synthetic test images evaluated at the end (0: none)."})
@@ -317,12 +357,16 @@ class ScriptArguments:
     )
 
     def __post_init__(self):
-        if self.train_json:
-            self.dataset = "json"
-        if self.dataset not in ("synthetic", "json"):
-            raise ValueError(f"--dataset must be 'synthetic' or 'json', got {self.dataset!r}")
-        if self.dataset == "json" and not self.train_json:
-            raise ValueError("--dataset json needs --train_json")
+        sources = {"json": self.train_json, "shards": self.train_shards, "stream": self.train_dataset_name}
+        given = [name for name, value in sources.items() if value]
+        if len(given) > 1:
+            raise ValueError("Pass one of --train_json, --train_shards and --train_dataset_name.")
+        self.dataset = given[0] if given else self.dataset
+        if self.dataset not in ("synthetic", *sources):
+            raise ValueError(f"--dataset must be 'synthetic', 'json', 'shards' or 'stream', got {self.dataset!r}")
+        if self.dataset != "synthetic" and not sources[self.dataset]:
+            flag = {"json": "--train_json", "shards": "--train_shards", "stream": "--train_dataset_name"}
+            raise ValueError(f"--dataset {self.dataset} needs {flag[self.dataset]}")
         if self.tiny and (self.config_name or self.model_name_or_path):
             raise ValueError(
                 "--tiny builds a new model; it cannot be combined with --config_name/--model_name_or_path"
@@ -350,40 +394,44 @@ class PretrainTrainer(AlignmentTrainer):
         return super().create_scheduler(num_training_steps, optimizer)
 
 
-def read_recipe(parser: HfArgumentParser, path: str) -> dict[str, Any]:
-    """The arguments of a YAML / JSON recipe file (`examples/configs/`), each checked to be a flag of the script."""
-    with open(path, encoding="utf-8") as file:
-        values = (json.load(file) if path.endswith(".json") else yaml.safe_load(file)) or {}
-    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
-    if unknown := sorted(set(values) - known):
-        raise ValueError(f"{path}: {unknown} are no arguments of this script (see --help)")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, AlignmentTrainingArguments]:
-    """Defaults in rising priority: the method's settings, a recipe file (an optional first argument), the flags.
-
-    `python script.py recipe.yaml --learning_rate 3e-5` reads the recipe's values as defaults (its `method` picks the
-    method's defaults below them unless `--method` is given), then the command line overrides any of them.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ScriptArguments, AlignmentTrainingArguments))
-    recipe_file = argv[0] if argv and argv[0].endswith(RECIPE_SUFFIXES) else None
-    recipe = read_recipe(parser, recipe_file) if recipe_file else {}
-    flags = argv[1:] if recipe_file else argv
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", choices=method_names())
-    method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
-    if method not in method_names():
-        raise ValueError(f"{recipe_file}: method {method!r} is none of {method_names()}")
-    parser.set_defaults(**{**PRETRAIN_DEFAULTS[method], **recipe})
-    script_args, training_args = parser.parse_args_into_dataclasses(args=flags)
+    """The method's defaults, overridden by a recipe file (an optional first argument), overridden by the flags."""
+    script_args, training_args = parse_script_args(
+        (ScriptArguments, AlignmentTrainingArguments), PRETRAIN_DEFAULTS, argv
+    )
     if script_args.fdt_lr_schedule and training_args.albef_lr_schedule:
         raise ValueError("--fdt_lr_schedule and --albef_lr_schedule exclude each other")
     return script_args, training_args
 
 
-def load_pretraining_json(files: list[str], image_root: str, on_error: str, check_images: bool) -> datasets.Dataset:
+def training_stream(script_args: ScriptArguments, training_args: AlignmentTrainingArguments) -> ImageTextStream:
+    """The streamed training set (`--train_shards` or `--train_dataset_name`), with `max_steps` set from
+    `--num_train_epochs` when the stream's size is known (a stream has no length for the Trainer to count)."""
+    if script_args.dataset == "shards":
+        shards = webdataset_shards(script_args.train_shards)
+    else:
+        source = datasets.load_dataset(
+            script_args.train_dataset_name, data_files=script_args.train_data_files, split="train", streaming=True
+        )
+        shards = datasets_shards(source, script_args.image_column, script_args.text_column)
+    stream = ImageTextStream(
+        shards,
+        seed=training_args.seed,
+        shuffle_buffer=script_args.shuffle_buffer,
+        on_error=script_args.on_error,
+        num_samples=script_args.train_num_samples,
+    )
+    if training_args.max_steps <= 0:
+        if script_args.train_num_samples is None:
+            raise ValueError("A streamed training set has no length: pass --max_steps or --train_num_samples.")
+        global_batch = training_args.per_device_train_batch_size * training_args.world_size
+        steps_per_epoch = script_args.train_num_samples // global_batch // training_args.gradient_accumulation_steps
+        training_args.max_steps = max(1, math.ceil(training_args.num_train_epochs * steps_per_epoch))
+        logger.info("%d samples per epoch: %d steps", script_args.train_num_samples, training_args.max_steps)
+    return stream
+
+
+def load_pretraining_json(files: list[str], image_root: str, on_error: str, check_images: str) -> datasets.Dataset:
     """Pretraining json(s) as one dataset with a `captions` list per row.
 
     `load_karpathy_json` reads both entry kinds: caption strings (train layout: `caption`) and caption lists (eval
@@ -531,9 +579,12 @@ def main() -> None:
         train_dataset = splits["train"]
         eval_dataset = splits["test"] if script_args.num_test > 0 else None
     else:
-        train_dataset = load_pretraining_json(
-            script_args.train_json, script_args.image_root, script_args.on_error, script_args.check_images
-        )
+        if script_args.dataset == "json":
+            train_dataset = load_pretraining_json(
+                script_args.train_json, script_args.image_root, script_args.on_error, script_args.check_images
+            )
+        else:
+            train_dataset = training_stream(script_args, training_args)
         eval_dataset = None
         if script_args.eval_json:
             eval_root = script_args.eval_image_root or script_args.image_root
@@ -544,7 +595,8 @@ def main() -> None:
                 on_error=script_args.on_error,
                 check_images=script_args.check_images,
             )
-    logger.info("train rows: %d, eval images: %s", len(train_dataset), eval_dataset and len(eval_dataset))
+    rows = train_dataset.num_samples if isinstance(train_dataset, ImageTextStream) else len(train_dataset)
+    logger.info("train rows: %s, eval images: %s", rows, eval_dataset and len(eval_dataset))
 
     # ------------------------------------------------------------------------------------------ model, processor
     resume = training_args.resume_from_checkpoint
@@ -615,7 +667,7 @@ def main() -> None:
         processor,
         preset="pretrain",
         image_transform=TRAIN_TRANSFORMS[method.name](image_size) if augment else None,
-        text_column="captions",
+        text_column="caption" if isinstance(train_dataset, ImageTextStream) else "captions",
         teacher_view=wants_teacher_view(model.config, augment),
         **extra_inputs,
     )

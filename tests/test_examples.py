@@ -4,6 +4,7 @@ in a fresh interpreter on the built-in synthetic data (tiny model, a few steps, 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import webdataset as wds
 import yaml
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import AutoModel
@@ -368,3 +370,39 @@ def test_model_settings_the_recipes_leave_to_the_config():
         1000,
         224,
     )
+
+
+def test_pretrain_streams_webdataset_shards_and_resumes(tmp_path):
+    """`--train_shards` on 2 real tar shards with a corrupt sample (SIMLA: its image codes are fitted on the stream):
+    the stream's size sets max_steps from the epochs, the skip is counted in the logs, and a resume continues from the
+    saved stream position. (Every method streams in tests/test_streaming.py.)"""
+    method = "simla"
+    from vlalign.data.synthetic import make_synthetic_dataset
+
+    rows = make_synthetic_dataset(16, 0, 0, image_size=32, seed=3)["train"]
+    tokenizer = get_method(method).build_tokenizer([caption for captions in rows["captions"] for caption in captions])
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / f"part-{shard}.tar")) as writer:
+            for item in range(8):
+                image = io.BytesIO()
+                rows[shard * 8 + item]["image"].save(image, "JPEG")
+                data = image.getvalue()[:50] if (shard, item) == (1, 3) else image.getvalue()  # one truncated JPEG
+                writer.write({"__key__": f"{shard}-{item}", "jpg": data, "txt": rows[shard * 8 + item]["captions"][0]})
+    out = tmp_path / "out"
+    args = [
+        "--method", method, "--tiny", "--train_shards", str(tmp_path / "part-{0..1}.tar"), "--train_num_samples", "16",
+        "--tokenizer_name", str(tmp_path / "tokenizer"), "--image_size", "32", "--output_dir", str(out),
+        "--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
+        "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1", "--on_error", "skip",
+    ]  # fmt: skip
+    run_example("pretrain.py", *args)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["max_steps"] == 4 and state["global_step"] == 4  # 16 samples / batch 4, one epoch
+    assert state["log_history"][-2]["skipped_samples"] == 1
+    stream_state = json.loads((out / "checkpoint-2" / "stream_state.json").read_text())
+    skipped = sum(stream_state["skipped"].get("0", {}).values())
+    assert sum(stream_state["consumed"].values()) - skipped == 8  # 2 steps of 4 trained on, past any skipped sample
+    run_example("pretrain.py", *args, "--resume_from_checkpoint", str(out / "checkpoint-2"), "--num_train_epochs", "2")
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8
+    assert_loads(out, method)

@@ -1,12 +1,60 @@
-"""Settings the training scripts (`examples/pretrain.py`, `examples/finetune_retrieval.py`) share: config overrides
-from the command line, and whether batches need the teacher's second image view."""
+"""Settings the training scripts (`examples/pretrain.py`, `examples/finetune_retrieval.py`) share: recipe files and
+flags over per-method defaults, config overrides from the command line, and whether batches need the teacher's second
+image view."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import logging
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import yaml
+from transformers import HfArgumentParser
+
+from ..methods import method_names
+
 logger = logging.getLogger(__name__)
+
+
+#: a recipe file given as the first argument: `python script.py examples/configs/albef/pretrain.yaml [--flag ...]`
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def read_recipe(parser: HfArgumentParser, path: str) -> dict[str, Any]:
+    """The arguments of a YAML / JSON recipe file (`examples/configs/`), each checked to be a flag of the script."""
+    with open(path, encoding="utf-8") as file:
+        values = (json.load(file) if path.endswith(".json") else yaml.safe_load(file)) or {}
+    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"{path}: {unknown} are no arguments of this script (see --help)")
+    return values
+
+
+def parse_script_args(
+    dataclass_types: Sequence[type], method_defaults: Mapping[str, Mapping[str, Any]], argv: list[str] | None = None
+) -> tuple:
+    """Parse a script's arguments with defaults in rising priority: the method's settings (`method_defaults`), a
+    recipe file (an optional first argument), the flags.
+
+    `python script.py recipe.yaml --learning_rate 3e-5` reads the recipe's values as defaults (its `method` picks the
+    method's defaults below them unless `--method` is given), then the command line overrides any of them.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(dataclass_types)
+    recipe_file = argv[0] if argv and argv[0].endswith(RECIPE_SUFFIXES) else None
+    recipe = read_recipe(parser, recipe_file) if recipe_file else {}
+    flags = argv[1:] if recipe_file else argv
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--method", choices=method_names())
+    method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
+    if method not in method_names():
+        raise ValueError(f"{recipe_file}: method {method!r} is none of {method_names()}")
+    parser.set_defaults(**{**method_defaults[method], **recipe})
+    return parser.parse_args_into_dataclasses(args=flags)
 
 
 def apply_config_overrides(config: Any, overrides: str | None) -> Any:
@@ -32,4 +80,4 @@ def wants_teacher_view(config: Any, augment: bool) -> bool:
     return True
 
 
-__all__ = ["apply_config_overrides", "wants_teacher_view"]
+__all__ = ["RECIPE_SUFFIXES", "apply_config_overrides", "parse_script_args", "read_recipe", "wants_teacher_view"]
