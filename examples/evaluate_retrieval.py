@@ -18,7 +18,7 @@ Synthetic shapes test split (default; no download), e.g. on the output of `examp
 
 COCO 5k test (Karpathy `coco_test.json` from ALBEF's data.tar.gz; k_test 256, Flickr30k 1k test: 128), 8 GPUs:
 
-    accelerate launch --config_file examples/accelerate_multi_gpu.yaml examples/evaluate_retrieval.py \
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/evaluate_retrieval.py \
         --model_name_or_path out/albef-coco-retrieval --test_json data/coco_test.json --image_root /datasets/coco \
         --k_test 256 --output_file out/albef-coco-retrieval/coco_test_retrieval.json
 
@@ -112,7 +112,14 @@ class EvalArguments:
         default="raise",
         metadata={"help": "Unreadable images / empty captions: 'raise' or 'skip'.", "choices": ["raise", "skip"]},
     )
-    check_images: bool = field(default=True, metadata={"help": "Open and decode every image once when loading."})
+    check_images: str = field(
+        default="header",
+        metadata={
+            "help": "How far images are checked when the json is loaded (problems counted and reported): 'header' "
+            "(open and read the size), 'decode' (a full decode) or 'none'.",
+            "choices": ["header", "decode", "none"],
+        },
+    )
     output_file: str = field(
         default="retrieval_results.json", metadata={"help": "Where the first process writes JSON."}
     )

@@ -244,7 +244,14 @@ class ScriptArguments:
         default="raise",
         metadata={"help": "Unreadable images / empty captions: 'raise' or 'skip'.", "choices": ["raise", "skip"]},
     )
-    check_images: bool = field(default=True, metadata={"help": "Open and decode every image once when loading."})
+    check_images: str = field(
+        default="header",
+        metadata={
+            "help": "How far images are checked when the json is loaded (problems counted and reported): 'header' "
+            "(open and read the size), 'decode' (a full decode) or 'none'.",
+            "choices": ["header", "decode", "none"],
+        },
+    )
     num_train: int = field(default=3000, metadata={"help": "Synthetic training images (2 captions each)."})
     num_validation: int = field(default=100, metadata={"help": "Synthetic validation images."})
     num_test: int = field(default=100, metadata={"help": "Synthetic test images."})

@@ -351,7 +351,6 @@ def test_accelerate_configs():
         declared = get_method(method).pretraining_class._no_split_modules
         assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == declared
     assert configs["deepspeed_zero2"].deepspeed_config["zero_stage"] == 2
-    assert (EXAMPLES / "accelerate_multi_gpu.yaml").resolve() == (EXAMPLES / "accelerate" / "ddp.yaml").resolve()
 
 
 def test_model_settings_the_recipes_leave_to_the_config():
