@@ -35,6 +35,7 @@ class QuickstartRecipe:
     warmup_steps: int = 100
     weight_decay: float = 0.02
     image_size: int = 64
+    bf16: bool = False
 
 
 @dataclass(frozen=True)
