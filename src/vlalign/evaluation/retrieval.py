@@ -11,64 +11,22 @@ the official code leave the scores unchanged and make it fast and reproducible:
   instead of every rank summing -100-filled matrices;
 * ranks break score ties deterministically (see `retrieval_ranks`), where the official NumPy sort is
   platform-dependent.
+
+The recalls come from the `retrieval_recall` `evaluate` metric's functions (`vlalign.metrics`), one implementation
+for both.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..methods import method_of
+from ..metrics.retrieval_recall.retrieval_recall import RECALL_KS, recall_metrics, retrieval_ranks
 from ..models.losses import distributed_rank_and_world, gather_without_grad
-
-RECALL_KS = (1, 5, 10)
-
-
-def retrieval_ranks(
-    scores: torch.Tensor, ground_truth: Sequence[Sequence[int]], show_progress: bool = False
-) -> torch.Tensor:
-    """Best 0-based rank of each query's ground-truth candidates.
-
-    Candidates are sorted by descending score; among equal scores the one with the higher index comes first.
-    That is the official `np.argsort(scores)[::-1]` with a stable sort, so ranks do not depend on the platform's
-    sorting algorithm (the fixture shows NumPy's default SIMD sort does not keep tied entries in order).
-    """
-    # A stable ascending sort flipped puts ties in descending index order.
-    order = torch.sort(scores, dim=1, stable=True).indices.flip(dims=[1])
-    positions = torch.empty_like(order)
-    positions.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order).contiguous())
-    ranks = torch.empty(scores.shape[0], dtype=torch.long)
-    for query, targets in enumerate(tqdm(ground_truth, desc="ranking", disable=not show_progress)):
-        if len(targets) == 0:
-            raise ValueError(f"Query {query} has no ground-truth candidate; every image needs at least one caption.")
-        ranks[query] = positions[query, list(targets)].min()
-    return ranks
-
-
-def recall_metrics(
-    score_i2t: torch.Tensor,
-    score_t2i: torch.Tensor,
-    img2txt: Sequence[Sequence[int]],
-    txt2img: Sequence[int],
-    ks: Sequence[int] = RECALL_KS,
-) -> dict[str, float]:
-    """Text retrieval (`txt_r@k`, per image: any of its captions within the top k) and image retrieval
-    (`img_r@k`, per caption: its image within the top k), in percent, with per-direction means and `r_mean`."""
-    text_ranks = retrieval_ranks(score_i2t, img2txt)
-    image_ranks = retrieval_ranks(score_t2i, [[image] for image in txt2img])
-    metrics = {}
-    for k in ks:
-        metrics[f"txt_r{k}"] = 100.0 * (text_ranks < k).double().mean().item()
-    for k in ks:
-        metrics[f"img_r{k}"] = 100.0 * (image_ranks < k).double().mean().item()
-    metrics["txt_r_mean"] = sum(metrics[f"txt_r{k}"] for k in ks) / len(ks)
-    metrics["img_r_mean"] = sum(metrics[f"img_r{k}"] for k in ks) / len(ks)
-    metrics["r_mean"] = (metrics["txt_r_mean"] + metrics["img_r_mean"]) / 2
-    return metrics
 
 
 def flatten_captions(dataset) -> tuple[list[str], list[list[int]], list[int]]:
@@ -249,6 +207,7 @@ def evaluate_retrieval(
 
 
 __all__ = [
+    "RECALL_KS",
     "encode_images",
     "encode_texts",
     "evaluate_retrieval",
