@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from ..models.input_checks import to_rgb
 from .streaming import STREAM_POSITION
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ class AlignmentCollator:
         image_transform: callable mapping one image to a ``[3, H, W]`` tensor, e.g.
             :func:`~vlalign.data.transforms.albef_train_transform`; applied per image and stacked. When ``None``,
             ``processor.image_processor`` (square bicubic resize + normalisation) processes the batch.
-        image_column: column holding the image: a PIL image (any mode; converted to RGB), a
+        image_column: column holding the image: a PIL image (converted to RGB by
+            :func:`~vlalign.models.input_checks.to_rgb`: 16-bit scaled to 8 bits, 32-bit int and float refused), a
             ``{"bytes", "path"}`` dict (a ``datasets.Image(decode=False)`` column), a file path, or anything the
             image processor / transform accepts.
         text_column: column holding a caption string, or a list of captions of which one is drawn per call.
@@ -231,7 +233,7 @@ class AlignmentCollator:
 
     def _pick_caption(self, position: int, row: Mapping[str, Any]) -> Any:
         text = row[self.text_column]
-        if isinstance(text, str):
+        if isinstance(text, (str, bytes, bytearray)):  # not a list of captions; bytes: processor.clean says decode
             return text
         if isinstance(text, Sequence):
             if len(text) == 0:
@@ -280,7 +282,7 @@ class AlignmentCollator:
             elif isinstance(image, (str, os.PathLike)):
                 image = Image.open(image)
             if isinstance(image, Image.Image):
-                image = image.convert("RGB") if image.mode != "RGB" else image
+                image = to_rgb(image, "the image")
                 image.load()
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError for some malformed files
             raise ValueError(f"{where}: the image could not be read ({err}). {_LOADER_HINT}") from err

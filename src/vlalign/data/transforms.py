@@ -62,6 +62,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from ..models.input_checks import to_rgb
+
 __all__ = [
     "ALBEF_AUGMENT_OPS",
     "ALBEF_TRAIN_PRESETS",
@@ -342,7 +344,9 @@ class AlbefRandomAugment(v2.Transform):
 
 
 class ToRGB(v2.Transform):
-    """Validate the input image and convert it to RGB (PIL: ``.convert("RGB")``; uint8 tensor: 1 -> 3 channels).
+    """Validate the input image and convert it to RGB (PIL: :func:`~vlalign.models.input_checks.to_rgb`, i.e.
+    ``.convert("RGB")`` with 16-bit images scaled to 8 bits and 32-bit int / float images refused; uint8 tensor:
+    1 -> 3 channels).
 
     Args:
         pil_output: return tensors as RGB PIL images too, for pipelines of PIL-only operations (FDT's MoCo-v2).
@@ -357,12 +361,7 @@ class ToRGB(v2.Transform):
             raise TypeError(f"The image transform takes a single image, got {len(inputs)} inputs")
         inpt = inputs[0]
         if isinstance(inpt, PIL.Image.Image):
-            if inpt.mode == "RGB":
-                return inpt
-            try:
-                return inpt.convert("RGB")
-            except (ValueError, OSError) as err:
-                raise ValueError(f"Cannot convert PIL image of mode {inpt.mode!r} to RGB: {err}") from err
+            return to_rgb(inpt)
         if _is_image_tensor(inpt):
             if inpt.ndim != 3 or inpt.shape[0] not in (1, 3):
                 raise ValueError(f"Expected an image tensor of shape [1 or 3, H, W], got {tuple(inpt.shape)}")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig, AlbefVisionConfig
 from .frozen import FrozenParametersMixin
+from .input_checks import check_pairs, check_pixel_values, check_text_inputs
 from .losses import (
     QueueContrastiveOutput,
     check_loss_finite,
@@ -229,31 +230,6 @@ class AlbefVisionEmbeddings(nn.Module):
             )
         mask = bool_masked_pos.unsqueeze(-1).to(patches.dtype)
         return patches * (1 - mask) + self.mask_token * mask
-
-
-def check_pixel_values(pixel_values: torch.Tensor, config: AlbefVisionConfig, any_size: bool = False) -> None:
-    """Raise a clear error for images the vision encoder cannot take."""
-    if pixel_values.dim() != 4:
-        raise ValueError(
-            f"pixel_values must be a 4-D tensor [batch, channels, height, width], got shape {tuple(pixel_values.shape)}."
-            " Preprocess images with the model's processor (it returns batched pixel_values)."
-        )
-    channels, height, width = pixel_values.shape[1:]
-    if channels != config.num_channels:
-        raise ValueError(
-            f"pixel_values has {channels} channels but the model expects {config.num_channels}. Convert images to RGB "
-            "(the processor does this) or pass channels-first tensors [batch, channels, height, width]."
-        )
-    if any_size:
-        if height % config.patch_size or width % config.patch_size or height != width:
-            raise ValueError(
-                f"Images of {height}x{width} do not form a square grid of {config.patch_size}-pixel patches."
-            )
-    elif (height, width) != (config.image_size, config.image_size):
-        raise ValueError(
-            f"Images are {height}x{width} but the model expects {config.image_size}x{config.image_size}. Resize them "
-            "with the model's processor, or pass interpolate_pos_encoding=True to run at another square size."
-        )
 
 
 class AlbefVisionLayer(GradientCheckpointingLayer):
@@ -646,6 +622,8 @@ class AlbefTextModel(AlbefPreTrainedModel):
                 states (read by `@capture_outputs`).
         """
         warn_if_attentions_unavailable(self.config, output_attentions)
+        if input_ids is not None:
+            check_text_inputs(input_ids, attention_mask, self.config.vocab_size)
         hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         mask = padding_attention_mask(self.config, hidden_states, attention_mask)
         for layer in self.layers:
@@ -1077,11 +1055,7 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     def _check_inputs(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, pixel_values_teacher: torch.Tensor | None
     ) -> None:
-        if pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts. Alignment objectives take "
-                "image-text pairs: pass one caption per image (repeat images that have several captions)."
-            )
+        check_pairs(pixel_values, input_ids)
         if pixel_values_teacher is not None and pixel_values_teacher.shape != pixel_values.shape:
             raise ValueError(
                 f"pixel_values_teacher has shape {tuple(pixel_values_teacher.shape)} but pixel_values "

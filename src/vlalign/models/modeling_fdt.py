@@ -37,6 +37,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
 from .frozen import FrozenParametersMixin
+from .input_checks import check_pairs, check_pixel_values, check_text_inputs
 from .losses import GatheredContrastiveLoss, check_loss_finite
 from .remote_code import RemoteCodeSaveMixin
 from .sparsemax import sparsemax
@@ -380,12 +381,7 @@ class FdtVisionModel(FdtPreTrainedModel):
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> BaseModelOutput:
-        if pixel_values is None or pixel_values.dim() != 4:
-            shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(
-                f"pixel_values must be a 4-D tensor [batch, channels, height, width], got {shape}. Preprocess images "
-                "with the model's processor."
-            )
+        check_pixel_values(pixel_values, self.config, interpolate_pos_encoding, square_grid=False)
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         encoder_outputs = self.encoder(inputs_embeds=hidden_states, **kwargs)
         return BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state)
@@ -427,6 +423,7 @@ class FdtTextModel(FdtPreTrainedModel):
         r"""`attention_mask` is accepted for API symmetry and ignored here (see the class docstring)."""
         if input_ids is None:
             raise ValueError("FdtTextModel needs input_ids.")
+        check_text_inputs(input_ids, attention_mask, self.config.vocab_size, self.config.max_position_embeddings)
         hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
         causal_mask = create_causal_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=None, cache=None
@@ -516,7 +513,9 @@ class FdtModel(FdtPreTrainedModel):
         **kwargs,
     ) -> tuple[FdtGroundingOutput, BaseModelOutputWithPooling]:
         """FDT grounding of every text position (after `ln_final`); padding handled per `config.fdt_pad_fill`."""
-        text_outputs = self.text_model(input_ids, position_ids=position_ids, return_dict=True, **kwargs)
+        text_outputs = self.text_model(
+            input_ids, attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+        )
         validity = text_validity(input_ids, attention_mask, self.config.text_config.eos_token_id)
         grounded = self.grounding(text_outputs.last_hidden_state, "text", self._temperature(fdt_temperature), validity)
         return grounded, text_outputs
@@ -715,10 +714,7 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
         if kwargs:
             raise TypeError(f"FdtForPreTraining.forward got unexpected arguments {sorted(kwargs)}.")
         self.check_training_duties()
-        if pixel_values.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} captions; pretraining takes pairs."
-            )
+        check_pairs(pixel_values, input_ids)
         fdt = self.fdt
         if fdt_temperature is None and self.training:
             scheduled = self.scheduled_temperature()

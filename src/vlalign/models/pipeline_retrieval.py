@@ -30,6 +30,8 @@ Where vlalign is imported, the task is registered in the process and configs dro
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,8 @@ from transformers import AutoModel
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import requires_backends
+
+from .input_checks import to_rgb
 
 TASK = "zero-shot-image-text-retrieval"
 IMAGE_TO_TEXT = "image-to-text"
@@ -237,6 +241,10 @@ class ImageTextRetrievalPipeline(Pipeline):
                     "base64 strings, arrays or tensors."
                 )
             try:
+                if isinstance(image, str) and os.path.isfile(image):
+                    image = Image.open(image)
+                if isinstance(image, Image.Image):  # 16-bit scaled, not clipped white by `load_image`'s RGB
+                    image = to_rgb(image, f"{name}[{position}]")
                 loaded.append(load_image(image, timeout=timeout))
             except (ValueError, OSError) as error:
                 raise ValueError(f"{name}[{position}] could not be loaded as an image{hint}: {error}") from error

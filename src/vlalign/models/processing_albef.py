@@ -11,6 +11,7 @@ lengths: 25 tokens when pretraining, 30 (padded to 30) when evaluating retrieval
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+from .input_checks import RgbImageProcessorMixin
 from .processing_alignment import AlignmentProcessor
 from .tokenization_albef import pre_caption
 
@@ -25,8 +26,9 @@ TEXT_PRESETS: dict[str, dict] = {
 IMAGE_PRESETS: dict[str, int] = {"pretrain": 256, "train": 384, "eval": 384}
 
 
-class AlbefImageProcessor(PilBackend):
+class AlbefImageProcessor(RgbImageProcessorMixin, PilBackend):
     """Square bicubic resize + CLIP normalisation, as ALBEF's evaluation transform (PIL backend for exact numerics).
+    PIL images are converted to RGB as the official loaders do (alpha dropped; 16-bit scaled; see `input_checks`).
 
     `AlbefImageProcessor.from_preset("pretrain" | "train" | "eval")` gives the official resolutions (256/384/384).
     """

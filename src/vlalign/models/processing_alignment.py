@@ -2,7 +2,7 @@
 training stage, and input checks whose errors name the fix. Each method's processor subclasses it with its presets
 and caption cleaning.
 
-This file is shipped with saved models (remote code): it imports only transformers.
+This file is shipped with saved models (remote code): it imports only transformers and its siblings.
 """
 
 from __future__ import annotations
@@ -10,33 +10,7 @@ from __future__ import annotations
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-
-def check_images(images) -> None:
-    """Reject inputs the image processor would misread, with a message naming the fix."""
-    items = images if isinstance(images, (list, tuple)) else [images]
-    if not items:
-        raise ValueError("images is an empty list; pass at least one image.")
-    for position, image in enumerate(items):
-        shape = getattr(image, "shape", None)
-        if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image: any mode is converted to RGB
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise ValueError(f"Image {position} is empty ({width}×{height}); remove it from the data.")
-            continue
-        if shape is None:
-            raise TypeError(
-                f"Image {position} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors."
-            )
-        dims = tuple(shape)
-        batched = len(dims) == 4 and not isinstance(images, (list, tuple))
-        channel_dims = dims[1:] if batched else dims
-        if len(channel_dims) == 2:
-            continue
-        if len(channel_dims) != 3 or not ({channel_dims[0], channel_dims[-1]} & {1, 3, 4}):
-            raise ValueError(
-                f"Image {position} has shape {dims}; expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) "
-                "(or a batch [B, C, H, W]). Convert it, e.g. `PIL.Image.fromarray(array).convert('RGB')`."
-            )
+from .input_checks import check_caption
 
 
 class AlignmentProcessor(ProcessorMixin):
@@ -55,11 +29,11 @@ class AlignmentProcessor(ProcessorMixin):
         return text.strip()
 
     def clean(self, texts: list[str]) -> list[str]:
-        """Validate captions and clean them; an empty caption is an error, not a silent empty sequence."""
+        """Validate captions ([`check_caption`]) and clean them; an empty caption is an error, not a silent empty
+        sequence."""
         cleaned = []
         for position, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text {position} is a {type(text).__name__}, expected a string.")
+            check_caption(text, f"Text {position}")
             result = self.clean_caption(text)
             if not result:
                 raise ValueError(
@@ -80,7 +54,8 @@ class AlignmentProcessor(ProcessorMixin):
         """Preprocess images and/or captions.
 
         Args:
-            images: PIL images (any mode is converted to RGB), arrays or tensors.
+            images: PIL images (converted to RGB; see `input_checks.to_rgb`), arrays or tensors (float ones finite,
+                in [0, 1]).
             text: one caption or a list.
             preset: one of `text_presets`.
             return_tensors: `"pt"` (default), `"np"` or `None`.
@@ -96,8 +71,7 @@ class AlignmentProcessor(ProcessorMixin):
                 raise ValueError("text is an empty list; pass at least one caption.")
             text_kwargs = {**self.text_presets[preset], **kwargs}
             data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
-        if images is not None:
-            check_images(images)
+        if images is not None:  # the image processor validates them (`RgbImageProcessorMixin`)
             data.update(self.image_processor(images, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
@@ -106,4 +80,4 @@ class AlignmentProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["AlignmentProcessor", "check_images"]
+__all__ = ["AlignmentProcessor"]

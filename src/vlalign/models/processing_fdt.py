@@ -11,10 +11,10 @@ tokenizer's context length (`model_max_length`, 77 in the release), as the offic
 
 from __future__ import annotations
 
-import PIL.Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
+from .input_checks import RgbImageProcessorMixin
 from .processing_alignment import AlignmentProcessor
 
 #: text settings per stage; FDT always pads/truncates to the context length (the tokenizer's `model_max_length`)
@@ -28,12 +28,13 @@ TEXT_PRESETS: dict[str, dict] = {
 RESIZE_TO_CROP = 256 / 224
 
 
-class FdtImageProcessor(PilBackend):
+class FdtImageProcessor(RgbImageProcessorMixin, PilBackend):
     """Shorter-side bilinear resize, center crop, ImageNet normalisation: FDT's evaluation transform (PIL backend).
 
     `FdtImageProcessor()` is the released 256 → 224 setting; `FdtImageProcessor(size={"shortest_edge": s},
     crop_size={"height": c, "width": c})` (or plain integers) changes it, and `from_image_size(c)` picks
-    `s = round(c · 256 / 224)`.
+    `s = round(c · 256 / 224)`. PIL images are converted to RGB as the official loaders do (`image.convert("RGB")`:
+    alpha dropped, not composited on white as transformers does; 16-bit scaled; see `input_checks`).
     """
 
     resample = PILImageResampling.BILINEAR
@@ -55,13 +56,6 @@ class FdtImageProcessor(PilBackend):
         if isinstance(kwargs.get("crop_size"), int):
             kwargs["crop_size"] = {"height": kwargs["crop_size"], "width": kwargs["crop_size"]}
         super().__init__(**kwargs)
-
-    def process_image(self, image, *args, **kwargs):
-        """PIL images are converted with `image.convert("RGB")` like the official loaders (alpha dropped, not
-        composited on white as transformers does); arrays and tensors go through the usual path."""
-        if isinstance(image, PIL.Image.Image) and kwargs.get("do_convert_rgb", self.do_convert_rgb):
-            image = image.convert("RGB")
-        return super().process_image(image, *args, **kwargs)
 
     def center_crop(self, image, size, **kwargs):
         """torchvision's `CenterCrop` offsets, `round((H - h) / 2)` with round-half-to-even (HF floors instead)."""
