@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from vlalign.data.loaders import DataValidationError, LoadReport, load_image_text_dataset, load_karpathy_json
 
@@ -316,3 +317,24 @@ def test_hub_train_layout_reports_bad_rows_of_the_split_only(tmp_path):
     assert [Path(ref).name for ref, _ in report.bad_images] == ["img_2.png"]
     assert report.empty_captions == (f"row 4 ({'row 3: ' + str(tmp_path / 'images' / 'img_3.png')})",)
     assert train["image_id"] == [0, 0] and train["idx"] == [0, 0]
+
+
+def test_sixteen_bit_images_keep_their_mode_until_the_processor_scales_them(tmp_path):
+    """The loaders no longer force RGB on decode (which saturates 16-bit images to white); the collator scales them."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from vlalign.data.collator import AlignmentCollator
+    from vlalign.methods import get_method
+
+    PILImage.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    (tmp_path / "ann.json").write_text(json.dumps([{"image": "grey16.png", "caption": ["a grey square"]}]))
+    dataset = load_karpathy_json(tmp_path / "ann.json", tmp_path, split_layout="eval")
+    assert dataset[0]["image"].mode.startswith("I;16")
+    method = get_method("albef")
+    processor = method.build_processor(method.build_tokenizer(["a grey square"]), 16)
+    batch = AlignmentCollator(processor, text_column="captions")([dataset[0]])
+    mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+    pixels = batch["pixel_values"][0] * std + mean
+    assert torch.allclose(pixels, torch.full_like(pixels, 128 / 255), atol=0.01)

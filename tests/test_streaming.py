@@ -324,3 +324,16 @@ def test_a_stream_of_known_size_gives_epoch_schedules_their_epoch(tmp_path, shar
     assert alpha_after_two_steps(num_samples=NUM_SHARDS * PER_SHARD) == pytest.approx(0.4 * 1 / 8)
     with pytest.warns(UserWarning, match="take every step as an epoch"):
         assert alpha_after_two_steps() == pytest.approx(0.4)
+
+
+def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
+    """A 16-bit greyscale PNG (mode I;16) at mid-grey decodes to mid-grey RGB, not white."""
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(buffer, "PNG")
+    with wds.TarWriter(str(tmp_path / "deep.tar")) as writer:
+        writer.write({"__key__": "grey16", "png": buffer.getvalue(), "txt": "a grey square"})
+    (row,) = list(ImageTextStream(webdataset_shards([str(tmp_path / "deep.tar")])))
+    assert row["image"].mode == "RGB" and row["image"].getpixel((0, 0)) == (128, 128, 128)

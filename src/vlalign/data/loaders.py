@@ -27,8 +27,9 @@ many samples are affected and the first few; with ``on_error="skip"`` the affect
 :class:`UserWarning` says ``"skipped N of M samples: ..."``.  Pass ``return_report=True`` to also get a
 :class:`LoadReport` with the full list of problems.
 
-Images stay lazy: the returned dataset stores file paths (or the source dataset's bytes) and decodes on access,
-converting to RGB.
+Images stay lazy: the returned dataset stores file paths (or the source dataset's bytes) and decodes on access, in
+the file's own mode; the processors and the collator convert to RGB (16-bit images scaled to 8 bits, see
+:func:`vlalign.models.input_checks.to_rgb`).
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ def load_karpathy_json(
     report = LoadReport(source, layout, len(entries), len(keep), tuple(bad_images), tuple(empty), check)
     _finish(report, on_error)
 
-    image_feature = datasets.Image(mode="RGB")
+    image_feature = datasets.Image()
     if layout == "eval":
         features = datasets.Features(
             {
@@ -422,7 +423,7 @@ def _split_rows(dataset: datasets.Dataset, split_column: str, split: str | Seque
 def _image_sources(
     dataset: datasets.Dataset, columns: Sequence[str], image_root: str | os.PathLike[str] | None, rows: list[int]
 ) -> tuple[datasets.Dataset, list[str | bytes | None], list[str]]:
-    """The image column as a one-column RGB :class:`datasets.Image` dataset over *all* source rows, and the raw
+    """The image column as a one-column :class:`datasets.Image` dataset over *all* source rows, and the raw
     source (path or bytes; None when missing) and a reference of each of ``rows``.
 
     ``columns`` is one :class:`datasets.Image` column, or one or more columns of path parts, joined (under
@@ -432,9 +433,7 @@ def _image_sources(
     if len(columns) == 1 and isinstance(feature, datasets.Image):
         if image_root is not None:
             raise ValueError(f"image_root is for columns of paths; image column {columns[0]!r} holds the images")
-        images = dataset.select_columns(list(columns)).cast_column(
-            columns[0], datasets.Image(mode="RGB", decode=feature.decode)
-        )
+        images = dataset.select_columns(list(columns)).cast_column(columns[0], datasets.Image(decode=feature.decode))
         raw = images.cast_column(columns[0], datasets.Image(decode=False)).select(rows).with_format("arrow")
         sources: list[str | bytes | None] = []
         paths: list[str | None] = []
@@ -463,7 +462,7 @@ def _image_sources(
     encoded = pa.StructArray.from_arrays(
         [pa.nulls(len(all_paths), pa.binary()), path_array], names=["bytes", "path"], mask=path_array.is_null()
     )
-    images = _arrow_dataset({"image": encoded}, {"image": datasets.Image(mode="RGB")})
+    images = _arrow_dataset({"image": encoded}, {"image": datasets.Image()})
     sources = [all_paths[row] for row in rows]
     refs = [f"row {row}: {path}" if path else f"row {row}" for row, path in zip(rows, sources, strict=True)]
     return images, sources, refs

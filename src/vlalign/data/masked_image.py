@@ -33,6 +33,7 @@ from torchvision.transforms import InterpolationMode, v2
 from tqdm.auto import tqdm
 from transformers.models.flava.image_processing_flava import FlavaMaskingGenerator
 
+from ..models.input_checks import to_rgb
 from .transforms import ALBEF_TRAIN_PRESETS, AlbefRandomAugment, ToRGB
 
 __all__ = [
@@ -50,7 +51,7 @@ _OFFICIAL_GRID, _OFFICIAL_MASKED, _OFFICIAL_MIN_BLOCK = 16, 75, 16
 def _to_rgb(image: Any, what: str = "image") -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"The {what} must be a PIL image, got {type(image).__name__}.")
-    return image.convert("RGB") if image.mode != "RGB" else image
+    return to_rgb(image, f"the {what}")
 
 
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:

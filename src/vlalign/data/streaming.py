@@ -31,6 +31,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from ..models.input_checks import to_rgb
+
 __all__ = [
     "STREAM_POSITION",
     "ImageTextStream",
@@ -166,7 +168,7 @@ def _decode_image(image: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"expected encoded image bytes, a path or a PIL image, got {type(image).__name__}")
     image.load()
-    return image.convert("RGB") if image.mode != "RGB" else image
+    return to_rgb(image)
 
 
 def _decode_caption(caption: Any) -> str:
