@@ -393,10 +393,14 @@ def test_batch_of_one_trains_and_evaluates(setup, dataset):
     assert metrics["img_r1"] == 100.0  # one image: every caption retrieves it
 
 
-def test_duplicate_images_are_never_their_own_hard_negatives(setup, batch):
-    method, _, config = setup
-    if method.retrieval_class is None:
-        pytest.skip("a dual encoder has no ITM hard negatives")
+@pytest.mark.parametrize("method_name", [name for name in METHODS if get_method(name).retrieval_class is not None])
+def test_duplicate_images_are_never_their_own_hard_negatives(method_name, dataset):
+    """(Methods with ITM hard negatives; a dual encoder has none.)"""
+    method = get_method(method_name)
+    processor = method.build_processor(method.build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
+    config = method.tiny_config(processor.tokenizer, IMAGE_SIZE, **method.test_overrides)
+    rows = [dataset["train"][i] for i in range(2)]
+    batch = processor(images=[r["image"] for r in rows], text=[r["captions"][0] for r in rows], preset="eval")
     retrieval = method.retrieval_class(config).train()
     pixel_values = batch["pixel_values"][:1].expand(4, -1, -1, -1)
     input_ids, mask = batch["input_ids"][:1].expand(4, -1), batch["attention_mask"][:1].expand(4, -1)
