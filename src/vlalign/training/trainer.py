@@ -12,6 +12,10 @@ What it adds to `Trainer`, the same for a fusion model (ALBEF) and a dual encode
   read by the processes' own DataLoader workers, each on its own shards; the stream position of what was trained on
   is saved with every checkpoint (`stream_state.json`) and a resume continues with the next unseen sample; corrupt
   samples the stream skipped are counted in the logs (`skipped_samples`);
+* checkpoints are written atomically: into a staging folder (`tmp-checkpoint-N`), renamed to `checkpoint-N` once
+  every process has written its files, so a save killed halfway never leaves a checkpoint that looks complete (and
+  `resume_from_checkpoint=True` takes the previous one); a resume checks the checkpoint's files first and refuses a
+  truncated or corrupt one with an error naming the file;
 * `evaluate()` runs image-text retrieval (ITC ranking, ITM re-ranking where the model has ITM) on an
   evaluation-layout dataset (one row per image, `captions`).
 
@@ -21,17 +25,24 @@ the step, and the Trainer checkpoints optimizer, scheduler, RNG states and data 
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
+import shutil
 import warnings
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import gather_object
+from safetensors import safe_open
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME
 
 from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader, StreamProgress
 from ..evaluation import evaluate_retrieval
@@ -41,6 +52,9 @@ from .optim import get_albef_schedule
 
 #: file of a checkpoint that holds the training stream's position
 STREAM_STATE_NAME = "stream_state.json"
+#: prefix of the staging folder a checkpoint is written into before its rename to `checkpoint-N`; neither
+#: `get_last_checkpoint` nor checkpoint rotation sees it
+STAGING_PREFIX = "tmp-"
 
 
 @dataclass
@@ -82,6 +96,7 @@ class AlignmentTrainer(Trainer):
         duties[0].steps_per_epoch = self.steps_per_epoch  # a stream's, which its DataLoader cannot tell
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_steps = 0
+        self._staging_dir: str | None = None  # set while a checkpoint is being written (see `_save_checkpoint`)
         if self._streaming:
             self.stream_progress = self._new_stream_progress(epoch=self.train_dataset.epoch)
             self._resumed_stream_checkpoint: str | None = None
@@ -129,6 +144,9 @@ class AlignmentTrainer(Trainer):
             self._load_rng_state(self._resumed_stream_checkpoint)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        self._remove_staging_folders()
+        if resume_from_checkpoint:
+            resume_from_checkpoint = self._verified_checkpoint(resume_from_checkpoint)
         if self._streaming:
             # the stream resumes at its saved position itself; Trainer's batch skipping would skip twice
             self.args.ignore_data_skip = True
@@ -169,15 +187,73 @@ class AlignmentTrainer(Trainer):
         """The stream progress of all processes (a collective call: every process must make it)."""
         return StreamProgress.merged(gather_object([self.stream_progress]))
 
+    # ------------------------------------------------------------------ atomic checkpoints, verified resume
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial):
-        if self._streaming:  # written before Trainer's files, so a checkpoint that looks complete has it
-            state = self._merged_stream_progress().state_dict()
-            if self.args.should_save:
-                folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-                os.makedirs(folder, exist_ok=True)
-                with open(os.path.join(folder, STREAM_STATE_NAME), "w", encoding="utf-8") as handle:
-                    json.dump(state, handle, indent=1)
-        super()._save_checkpoint(model, trial)
+        """Trainer's checkpoint, written into `tmp-checkpoint-N/checkpoint-N` and renamed to `checkpoint-N` by the
+        main process once every process has written its files (model, optimizer, scheduler, RNG states, trainer
+        state, stream position): a save killed halfway leaves only the staging folder, which resumes ignore."""
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save of this step that was killed
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            if self._streaming:  # written before Trainer's files, so a checkpoint that looks complete has it
+                state = self._merged_stream_progress().state_dict()
+                if self.args.should_save:
+                    folder = os.path.join(
+                        self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                    )
+                    os.makedirs(folder, exist_ok=True)
+                    with open(os.path.join(folder, STREAM_STATE_NAME), "w", encoding="utf-8") as handle:
+                        json.dump(state, handle, indent=1)
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        checkpoint = os.path.join(run_dir, name)
+        if self.args.should_save:
+            self._publish_checkpoint(os.path.join(staging, name), checkpoint)
+            shutil.rmtree(staging)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(checkpoint)
+
+    def _publish_checkpoint(self, written: str, checkpoint: str) -> None:
+        """Rename the complete staged checkpoint `written` to `checkpoint` (one `os.replace`)."""
+        if self.state.best_model_checkpoint == written:  # Trainer recorded the staging path
+            self.state.best_model_checkpoint = checkpoint
+            self.state.save_to_json(os.path.join(written, TRAINER_STATE_NAME))
+        if os.path.isdir(checkpoint):  # a checkpoint of this step from an earlier run into the same folder
+            os.replace(checkpoint, os.path.join(os.path.dirname(written), "replaced"))
+        os.replace(written, checkpoint)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if self._staging_dir is None:  # pushed from its final folder, after the rename (the upload runs async)
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def _remove_staging_folders(self) -> None:
+        """Remove what saves killed halfway left in the output folder (main process)."""
+        if self.args.should_save:
+            pattern = os.path.join(glob.escape(self.args.output_dir), f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-*")
+            for folder in glob.glob(pattern):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _verified_checkpoint(self, checkpoint: str | bool) -> str | bool:
+        """The checkpoint a resume starts from (the last complete one for `True`), its files verified."""
+        if checkpoint is True:
+            if not os.path.isdir(self.args.output_dir) or get_last_checkpoint(self.args.output_dir) is None:
+                return checkpoint  # Trainer raises its own error for a missing checkpoint
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        needs_optimizer = not (self.args.save_only_model or self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        verify_checkpoint(checkpoint, needs_optimizer=needs_optimizer)
+        return checkpoint
 
     # ------------------------------------------------------------------ steps
     def steps_per_epoch(self) -> int | None:
@@ -274,8 +350,79 @@ class AlignmentTrainer(Trainer):
         return metrics
 
 
+def verify_checkpoint(folder: str, needs_optimizer: bool = True) -> None:
+    """Raise a `ValueError` naming the file when the Trainer checkpoint `folder` lacks a file a resume reads
+    (trainer state, model weights, optimizer and scheduler when `needs_optimizer`) or holds a truncated or corrupt
+    one: JSON that does not parse, a safetensors file its header does not cover, a torch archive (`.pt`, `.pth`,
+    `.bin`) that is cut short or fails its CRC check, a shard its index lists but the folder lacks."""
+    if not os.path.isdir(folder):
+        return  # Trainer raises its own error for a missing folder
+
+    def refuse(name: str, problem: str) -> None:
+        raise ValueError(f"Cannot resume from {folder}: {name} {problem}. {_previous_checkpoint_hint(folder)}")
+
+    names = sorted(
+        os.path.relpath(os.path.join(root, file), folder) for root, _, files in os.walk(folder) for file in files
+    )
+    required = [TRAINER_STATE_NAME] + ([OPTIMIZER_NAME, SCHEDULER_NAME] if needs_optimizer else [])
+    for name in required:
+        if name not in names:
+            refuse(name, "is missing")
+    if not any(
+        name.startswith(("model.safetensors", "pytorch_model", "adapter_model.")) for name in os.listdir(folder)
+    ):
+        refuse(SAFE_WEIGHTS_NAME, "is missing (the folder holds no model weights)")
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.endswith(".json"):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    content = json.load(handle)
+            except (ValueError, UnicodeDecodeError) as error:
+                refuse(name, f"is truncated or corrupt (not valid JSON: {error})")
+            if name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
+                for shard in sorted(set(content.get("weight_map", {}).values())):
+                    if shard not in names:
+                        refuse(shard, f"is missing (listed in {name})")
+        elif name.endswith(".safetensors"):
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except Exception as error:  # safetensors raises its own SafetensorError
+                refuse(name, f"is truncated or corrupt ({error})")
+        elif name.endswith((".pt", ".pth", ".bin")):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    damaged = archive.testzip()
+            except (zipfile.BadZipFile, OSError) as error:
+                refuse(name, f"is truncated or corrupt (not a complete torch archive: {error})")
+            if damaged is not None:
+                refuse(name, f"is corrupt (CRC mismatch in its record {damaged})")
+
+
+def _previous_checkpoint_hint(folder: str) -> str:
+    """How to resume instead: from the newest checkpoint before `folder` in the same output folder, if any."""
+    parent, name = os.path.split(os.path.normpath(folder))
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    if (match := pattern.fullmatch(name)) is not None:
+        steps = [int(m.group(1)) for other in os.listdir(parent or ".") if (m := pattern.fullmatch(other))]
+        if earlier := [step for step in steps if step < int(match.group(1))]:
+            previous = os.path.join(parent, f"{PREFIX_CHECKPOINT_DIR}-{max(earlier)}")
+            return (
+                f"Resume from {previous}, the previous checkpoint (or delete {folder} and resume with "
+                "resume_from_checkpoint=True)."
+            )
+    return "No earlier checkpoint is left: start the training again without resume_from_checkpoint."
+
+
 #: ALBEF names of the generic classes, kept for existing scripts
 AlbefTrainer = AlignmentTrainer
 AlbefTrainingArguments = AlignmentTrainingArguments
 
-__all__ = ["AlbefTrainer", "AlbefTrainingArguments", "AlignmentTrainer", "AlignmentTrainingArguments"]
+__all__ = [
+    "AlbefTrainer",
+    "AlbefTrainingArguments",
+    "AlignmentTrainer",
+    "AlignmentTrainingArguments",
+    "verify_checkpoint",
+]
