@@ -1,11 +1,14 @@
-"""The `retrieval_recall` `evaluate` metric (`vlalign.metrics`): loadable offline by path, equal to the library's
-recall function on hand-built matrices (ties included), composable with `evaluate.combine`, and usable batch by batch."""
+"""The `evaluate` metrics of `vlalign.metrics`: `retrieval_recall` loadable offline by path, equal to the library's
+recall function on hand-built matrices (ties included), composable with `evaluate.combine`, usable batch by batch and
+as a Trainer's `compute_metrics`; `topk_accuracy` against torch's top-k, with ties and errors."""
 
 from __future__ import annotations
 
 import evaluate
+import numpy as np
 import pytest
 import torch
+from transformers import EvalPrediction
 
 import vlalign.metrics
 from vlalign.evaluation import recall_metrics
@@ -85,3 +88,47 @@ def test_bad_queries_get_clear_errors(recall):
         recall.compute(predictions=[[0.1, 0.2], [0.3]], references=[[0], [0]], query_modality=["image", "image"])
     with pytest.raises(ValueError, match="Unknown vlalign metric"):
         vlalign.metrics.path("bleu")
+
+
+def test_retrieval_compute_metrics_takes_a_trainers_eval_prediction():
+    score_i2t, score_t2i = random_matrices(5, tied=True)
+    expected = recall_metrics(score_i2t, score_t2i, IMG2TXT, TXT2IMG)
+    # what Trainer.evaluate hands compute_metrics: numpy predictions (a tuple of outputs) and label_ids
+    pair = EvalPrediction(predictions=(score_i2t.numpy(), score_t2i.numpy()), label_ids=np.array(TXT2IMG))
+    assert vlalign.metrics.retrieval_compute_metrics(pair) == pytest.approx(expected)
+    # one matrix: image retrieval ranks its transpose (a dual encoder's similarities)
+    single = EvalPrediction(predictions=score_i2t.numpy(), label_ids=np.array(TXT2IMG))
+    assert vlalign.metrics.retrieval_compute_metrics(single) == pytest.approx(
+        recall_metrics(score_i2t, score_i2t.t(), IMG2TXT, TXT2IMG)
+    )
+    with pytest.raises(ValueError, match=r"label_ids \[texts\]"):
+        vlalign.metrics.retrieval_compute_metrics(EvalPrediction(score_i2t.numpy(), np.array(TXT2IMG[:-1])))
+    with pytest.raises(ValueError, match="names no image row"):
+        vlalign.metrics.retrieval_compute_metrics(EvalPrediction(score_i2t.numpy(), np.array([0, 0, 1, 1, 2, 3])))
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    return evaluate.load(vlalign.metrics.path("topk_accuracy"))
+
+
+def test_topk_accuracy_counts_the_class_within_the_top_k(accuracy):
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(40, 7, generator=generator)
+    labels = torch.randint(0, 7, (40,), generator=generator)
+    result = accuracy.compute(predictions=scores.tolist(), references=labels.tolist(), ks=[1, 3, 7])
+    top3 = scores.topk(3, dim=1).indices
+    assert result["top1_accuracy"] == pytest.approx(100.0 * (scores.argmax(1) == labels).double().mean().item())
+    assert result["top3_accuracy"] == pytest.approx(100.0 * (top3 == labels[:, None]).any(1).double().mean().item())
+    assert result["top7_accuracy"] == 100.0
+
+
+def test_topk_accuracy_ties_and_errors(accuracy):
+    # class 0 ties with 1 and 2, which rank before it (higher index first): rank 2
+    assert accuracy.compute(predictions=[[1.0, 1.0, 1.0]], references=[0], ks=[2, 3]) == {
+        "top2_accuracy": 0.0, "top3_accuracy": 100.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="class indices in 0..1"):
+        accuracy.compute(predictions=[[0.1, 0.2]], references=[2])
+    with pytest.raises(ValueError, match="same classes"):
+        accuracy.compute(predictions=[[0.1, 0.2], [0.3]], references=[0, 0])

@@ -1,11 +1,15 @@
 """`evaluate` metrics shipped with vlalign, loadable offline by path:
-``evaluate.load(vlalign.metrics.path("retrieval_recall"))``."""
+``evaluate.load(vlalign.metrics.path("retrieval_recall"))`` (image-text retrieval R@K) and
+``evaluate.load(vlalign.metrics.path("topk_accuracy"))`` (top-K classification accuracy); and
+`retrieval_compute_metrics`, the recalls as a `Trainer` `compute_metrics` function."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-METRICS = ("retrieval_recall",)
+from .compute_metrics import retrieval_compute_metrics
+
+METRICS = ("retrieval_recall", "topk_accuracy")
 
 
 def path(name: str) -> str:
@@ -15,4 +19,4 @@ def path(name: str) -> str:
     return str(Path(__file__).parent / name)
 
 
-__all__ = ["METRICS", "path"]
+__all__ = ["METRICS", "path", "retrieval_compute_metrics"]
