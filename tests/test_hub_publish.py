@@ -49,6 +49,7 @@ PUBLISHED_FILES = {
     "config.json",
     "configuration_albef.py",
     "frozen.py",
+    "input_checks.py",
     "losses.py",
     "model.safetensors",
     "modeling_albef.py",
@@ -191,9 +192,9 @@ def test_card_round_trips_the_measured_metrics(tiny, tmp_path: Path) -> None:
     assert "{{" not in text and "{%" not in text and "{#" not in text
     assert text.startswith("---\n") and "\n---\n\n# user/tiny-albef\n" in text
     assert "| Direction | R@1 | R@5 | R@10 | Mean |" in text
-    assert "| Text retrieval, TR (image → text) | 43.75 | 81.25 | 93.75 | 71.88 |" in text
-    assert "| Image retrieval, IR (text → image) | 14.58 | 56.25 | 77.08 | 49.31 |" in text
-    assert "Mean of all recalls (R@mean): **60.59**" in text
+    assert "| Text retrieval, TR (image → text) | 43.8 | 81.2 | 93.8 | 71.9 |" in text  # percentages to 1 decimal
+    assert "| Image retrieval, IR (text → image) | 14.6 | 56.2 | 77.1 | 49.3 |" in text
+    assert "Mean of all recalls (R@mean): **60.6**" in text
     assert "(16 images, 48 captions)" in text and "(412 image-text pairs)" in text
     assert "| Image encoder | ViT: 1 layer, width 32, 2 heads, patch 16, 32×32 px |" in text
     assert "| Fusion encoder | BERT layer 2, cross-attending to the image tokens |" in text

@@ -7,13 +7,40 @@ import json
 import sys
 from pathlib import Path
 
-from .convert import CheckpointError
+from .hub.publish import normalize_permissions
+from .hub.sources import load_saved_model
 from .methods import get_method, method_names, method_of
+from .threads import ENV_VAR, configure_threads
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (step counts, batch sizes, k, thread counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
+    return value
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{flag} {path} is an existing file, not a folder; pass a folder path (new or existing).")
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    for parent in Path(path).parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; pass a path inside a folder.")
+    if Path(path).is_dir():
+        raise ValueError(f"{flag} {path} is a folder; pass a file path for the JSON.")
+
+
 def _convert(args: argparse.Namespace) -> int:
+    _check_output_folder(args.output, "--output")
     get_method(args.method).converter(
         checkpoint=args.checkpoint,
         config_files=args.config,
@@ -29,25 +56,30 @@ def _convert(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import QuickstartSettings, run_quickstart
 
-    run_quickstart(args.output_dir, QuickstartSettings(method=args.method, seed=args.seed, max_steps=args.max_steps))
+    _check_output_folder(args.output_dir, "--output-dir")
+    settings = QuickstartSettings(method=args.method, seed=args.seed, max_steps=args.max_steps)
+    run_quickstart(args.output_dir, settings, num_threads=args.num_threads)
     return 0
-
-
-def _load_model_and_processor(model_dir: str):
-    """The downstream model and processor of a saved folder (any vlalign method; registered by importing vlalign)."""
-    from transformers import AutoModel, AutoProcessor
-
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(f"--model {model_dir} is not a folder; pass a folder written by save_pretrained.")
-    return AutoModel.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
 
 
 def _load_dataset_dir(folder: str, split: str):
     """A `datasets` folder written by `save_to_disk`: the dataset, or `split` of a DatasetDict."""
     from datasets import load_from_disk
 
-    dataset = load_from_disk(folder)
-    return dataset[split] if hasattr(dataset, "keys") else dataset
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"--dataset-dir {folder} is not a folder; pass a folder written by save_to_disk.")
+    try:
+        dataset = load_from_disk(folder)
+    except (IndexError, KeyError) as error:  # what `datasets` raises for an empty or partly written folder
+        raise ValueError(
+            f"--dataset-dir {folder} cannot be read ({type(error).__name__}: {error}); an empty dataset gives this too. "
+            "Write it with `Dataset.save_to_disk` and check that it has rows."
+        ) from None
+    if not hasattr(dataset, "keys"):
+        return dataset
+    if split not in dataset:
+        raise ValueError(f"--dataset-dir {folder} has no split {split!r}; pass --split with one of {list(dataset)}.")
+    return dataset[split]
 
 
 def _evaluation_dataset(args: argparse.Namespace):
@@ -66,11 +98,15 @@ def _evaluation_dataset(args: argparse.Namespace):
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_retrieval
 
-    model, processor = _load_model_and_processor(args.model)
+    if args.output:
+        _check_output_file(args.output, "--output")
+    model, processor = load_saved_model(args.model)
+    dataset = _evaluation_dataset(args)
+    if len(dataset) == 0:
+        raise ValueError("The evaluation dataset is empty (0 images); pass a dataset with images and captions.")
     metrics = evaluate_retrieval(
-        model, processor, _evaluation_dataset(args), k_test=args.k_test, itc_only=args.itc_only,
-        batch_size=args.batch_size,
-    )  # fmt: skip
+        model, processor, dataset, k_test=args.k_test, itc_only=args.itc_only, batch_size=args.batch_size
+    )
     text = json.dumps(metrics, indent=1)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +138,8 @@ def _image_folder_dataset(folder: str):
 def _index(args: argparse.Namespace) -> int:
     from .evaluation import embed_gallery
 
-    model, processor = _load_model_and_processor(args.model)
+    _check_output_folder(args.output, "--output")
+    model, processor = load_saved_model(args.model)
     if args.image_folder:
         dataset, column = _image_folder_dataset(args.image_folder), "image"
     else:
@@ -112,6 +149,7 @@ def _index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )  # fmt: skip
     gallery.save(args.output)
+    normalize_permissions(args.output)
     print(f"Indexed {len(gallery)} {gallery.modality}s ({args.index_type}) → {args.output}")
     return 0
 
@@ -121,7 +159,8 @@ def _retrieve(args: argparse.Namespace) -> int:
 
     from .pipelines.retrieval import TASK
 
-    model, processor = _load_model_and_processor(args.model)
+    _check_text(args.query, "--query")
+    model, processor = load_saved_model(args.model)
     retriever = pipeline(TASK, model=model, processor=processor)
     rerank = args.rerank and method_of(model).supports_itm
     if args.rerank and not rerank:
@@ -141,6 +180,17 @@ def _retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_text(text: str, flag: str) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates: undecodable bytes in the command line)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{flag} holds characters that are not valid UTF-8 text ({error.object[error.start : error.end]!a} at "
+            f"position {error.start}); check the terminal's encoding (e.g. LANG=C.UTF-8) or the query's bytes."
+        ) from None
+
+
 def _search_stored_gallery(retriever, args: argparse.Namespace, rerank: bool) -> list[dict]:
     """Search a gallery written by `vlalign index` (an image gallery for a caption, a caption gallery for an image
     file); image hits carry their file `path` where the gallery has one (galleries of an --image-folder)."""
@@ -156,10 +206,18 @@ def _search_stored_gallery(retriever, args: argparse.Namespace, rerank: bool) ->
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlalign", description="Vision-language alignment pretraining.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--num-threads",
+        type=_positive_int,
+        help=f"torch CPU threads (default: ${ENV_VAR}, else $OMP_NUM_THREADS, else the CPUs not busy elsewhere)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     methods = method_names()
 
-    convert = commands.add_parser("convert", help="convert an official checkpoint into a Hugging Face folder")
+    convert = commands.add_parser(
+        "convert", parents=[common], help="convert an official checkpoint into a Hugging Face folder"
+    )
     convert.add_argument("--method", required=True, choices=methods)
     convert.add_argument("--checkpoint", required=True, help="the official .pth file")
     convert.add_argument(
@@ -168,20 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--tokenizer", help="folder with vocabulary / tokenizer files, or a Hub id")
     convert.add_argument("--output", required=True, help="output folder")
     convert.add_argument("--task", default="auto", choices=["auto", "pretraining", "retrieval"])
-    convert.add_argument("--image-size", type=int, help="target resolution (default: the config's)")
+    convert.add_argument("--image-size", type=_positive_int, help="target resolution (default: the config's)")
     convert.set_defaults(handler=_convert)
 
     quickstart = commands.add_parser(
-        "quickstart", help="train, evaluate, save, reload and query a tiny model on the built-in synthetic data"
+        "quickstart",
+        parents=[common],
+        help="train, evaluate, save, reload and query a tiny model on the built-in synthetic data",
     )
     quickstart.add_argument("--method", default="albef", choices=methods)
     quickstart.add_argument("--output-dir", default="quickstart_output")
-    quickstart.add_argument("--max-steps", type=int, help="optimizer steps (default: the method's tuned recipe)")
+    quickstart.add_argument(
+        "--max-steps", type=_positive_int, help="optimizer steps (default: the method's tuned recipe)"
+    )
     quickstart.add_argument("--seed", type=int, default=0)
     quickstart.set_defaults(handler=_quickstart)
 
     evaluate = commands.add_parser(
-        "evaluate", help="image-text retrieval recalls (R@1/5/10) of a saved model on a dataset, as JSON"
+        "evaluate",
+        parents=[common],
+        help="image-text retrieval recalls (R@1/5/10) of a saved model on a dataset, as JSON",
     )
     evaluate.add_argument("--model", required=True, help="a saved model folder (any method)")
     source = evaluate.add_mutually_exclusive_group()
@@ -189,17 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset-dir", help="a `datasets` folder (save_to_disk) with `image` and `captions`")
     evaluate.add_argument("--image-root", help="folder the --karpathy-json image paths are relative to")
     evaluate.add_argument("--split", default="test", help="split of a --dataset-dir DatasetDict")
-    evaluate.add_argument("--synthetic-size", type=int, default=100, help="test images of the built-in data")
+    evaluate.add_argument("--synthetic-size", type=_positive_int, default=100, help="test images of the built-in data")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the built-in data")
     evaluate.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="corrupt images")
-    evaluate.add_argument("--k-test", type=int, help="ITM re-rank candidates (default: the config's)")
+    evaluate.add_argument("--k-test", type=_positive_int, help="ITM re-rank candidates (default: the config's)")
     evaluate.add_argument("--itc-only", action="store_true", help="rank by embedding cosine only (no ITM re-rank)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here too")
     evaluate.set_defaults(handler=_evaluate)
 
     retrieve = commands.add_parser(
-        "retrieve", help="rank a folder of images, or search a stored gallery, for a query with a saved model"
+        "retrieve",
+        parents=[common],
+        help="rank a folder of images, or search a stored gallery, for a query with a saved model",
     )
     retrieve.add_argument("--model", required=True, help="a saved model folder (any method)")
     candidates = retrieve.add_mutually_exclusive_group(required=True)
@@ -208,13 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument(
         "--query", required=True, help="the text query (for a gallery of captions: an image file or URL)"
     )
-    retrieve.add_argument("--top-k", type=int, default=5)
+    retrieve.add_argument("--top-k", type=_positive_int, default=5)
     retrieve.add_argument("--rerank", action="store_true", help="re-rank with the ITM head where the model has one")
     retrieve.add_argument("--json", action="store_true", help="print the ranked list as JSON")
     retrieve.set_defaults(handler=_retrieve)
 
     index = commands.add_parser(
-        "index", help="embed a gallery of images or captions with a saved model and index it with FAISS"
+        "index",
+        parents=[common],
+        help="embed a gallery of images or captions with a saved model and index it with FAISS",
     )
     index.add_argument("--model", required=True, help="a saved model folder (any method)")
     gallery_source = index.add_mutually_exclusive_group(required=True)
@@ -232,17 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="exact inner-product search, or approximate: inverted lists (ivf) or a graph (hnsw)",
     )
     index.add_argument("--search-params", help='approximate-index search parameters, e.g. "nprobe=64" (FAISS syntax)')
-    index.add_argument("--batch-size", type=int, default=64, help="items per encoder forward")
+    index.add_argument("--batch-size", type=_positive_int, default=64, help="items per encoder forward")
     index.set_defaults(handler=_index)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a verb. Expected failures (bad arguments, files or folders; `ValueError`/`OSError` and their subclasses,
+    which the loaders and converters raise with the problem and the fix) print one line and exit with 1; anything
+    else is a bug and keeps its traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        configure_threads(args.num_threads)
         return args.handler(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"vlalign {args.command}: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
 
 

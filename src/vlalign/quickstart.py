@@ -15,12 +15,14 @@ import torch
 from datasets import DatasetDict
 from transformers import AutoModel, AutoProcessor, pipeline
 
+from .convert.albef import check_image_size
 from .data.collator import AlignmentCollator
 from .data.synthetic import make_synthetic_dataset
 from .evaluation import evaluate_retrieval
 from .hub import save_for_hub
 from .methods import Method, get_method
 from .recipes import dataset_captions
+from .threads import thread_limit
 from .training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 from .visualization import plot_losses, plot_recalls, plot_text_to_image_results
 
@@ -93,7 +95,9 @@ def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | No
     overrides = dict(settings.config_overrides)
     if settings.k_test is not None:
         overrides["k_test"] = settings.k_test
-    model = method.pretraining_class(method.tiny_config(processor.tokenizer, settings.image_size, **overrides))
+    config = method.tiny_config(processor.tokenizer, settings.image_size, **overrides)
+    check_image_size(config.vision_config)
+    model = method.pretraining_class(config)
     args = AlignmentTrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=settings.batch_size,
@@ -134,14 +138,27 @@ def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | No
     return QuickstartRun(method, dataset, processor, trainer, metrics, train_seconds, eval_seconds)
 
 
-def run_quickstart(output_dir: str | Path = "quickstart_output", settings: QuickstartSettings | None = None) -> dict:
-    """Train → evaluate → save (safetensors, processor, card) → reload → retrieve → plot. Returns a summary."""
-    output_dir = Path(output_dir)
+def run_quickstart(
+    output_dir: str | Path = "quickstart_output",
+    settings: QuickstartSettings | None = None,
+    num_threads: int | None = None,
+) -> dict:
+    """Train → evaluate → save (safetensors, processor, card) → reload → retrieve → plot. Returns a summary.
+
+    Runs on `num_threads` torch threads (default: `vlalign.threads.configure_threads`'s choice from the CPUs this
+    process can use); torch's thread count is restored afterwards."""
+    with thread_limit(num_threads):
+        return _run_quickstart(Path(output_dir), settings)
+
+
+def _run_quickstart(output_dir: Path, settings: QuickstartSettings | None) -> dict:
     settings = settings or QuickstartSettings()
     start = time.perf_counter()
     method = get_method(settings.method)
     print(f"[1/5] Generating the synthetic dataset and pretraining a tiny {method.name} ({settings.max_steps} steps)")
     run = pretrain_synthetic(output_dir / "checkpoints", settings)
+    if not any((output_dir / "checkpoints").iterdir()):  # the Trainer's output_dir; nothing is checkpointed
+        (output_dir / "checkpoints").rmdir()
     test = run.dataset["test"]
     chance = chance_recall_at_1(test)
     metrics = {k: v for k, v in run.metrics.items() if not torch.is_tensor(v)}
@@ -153,7 +170,7 @@ def run_quickstart(output_dir: str | Path = "quickstart_output", settings: Quick
         output_dir / "model",
         metrics=metrics,
         dataset_name=DATASET_NAME,
-        training_args=run.trainer.args,
+        training_args=run.trainer,
         model_id=f"vlalign/{method.name}-tiny-synthetic",
         training_data=SYNTHETIC_DATA_NOTE.format(num_train=settings.num_train, image_size=settings.image_size),
         exist_ok=True,

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..hub.publish import normalize_permissions
+from ..hub.sources import SourceError, check_vocabulary, resolve_pretrained
 from ..models import AlbefConfig, AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefTokenizer
 from ..models.modeling_albef import interpolate_pos_embed
 
@@ -135,6 +137,16 @@ def build_config(
         text_config=text_config,
         **optional,
     )
+
+
+def check_image_size(vision_config, flag: str = "image_size") -> None:
+    """Refuse a resolution the patch size does not divide: the patch embedding would silently drop the remainder."""
+    size, patch = vision_config.image_size, vision_config.patch_size
+    if size % patch:
+        raise ValueError(
+            f"{flag} {size} is not a multiple of the patch size {patch}; the last {size % patch} pixel rows and columns "
+            f"would be ignored. Use e.g. {size - size % patch} or {size - size % patch + patch}."
+        )
 
 
 def convert_state_dict(
@@ -269,14 +281,33 @@ def load_tokenizer(
 ) -> AlbefTokenizer:
     """An `AlbefTokenizer` (or `tokenizer_class`) from a folder/Hub id, else from a `vocab.txt` beside the inputs,
     else bert-base-uncased."""
+    flag = "--tokenizer"
     if tokenizer is None:
         for directory in search_dirs:
             if (directory / "vocab.txt").is_file():
                 tokenizer = directory
                 break
         else:
-            tokenizer = "bert-base-uncased"
-    return tokenizer_class.from_pretrained(str(tokenizer))
+            tokenizer, flag = (
+                "bert-base-uncased",
+                "the default tokenizer (no vocab.txt beside the checkpoint or configs)",
+            )
+    return load_pretrained_tokenizer(tokenizer_class, tokenizer, flag)
+
+
+def load_pretrained_tokenizer(tokenizer_class: type, name: str | Path, flag: str = "--tokenizer"):
+    """`tokenizer_class.from_pretrained(name)` that fails fast and clearly: `name` must be a folder holding a vocab
+    file, a cached Hub id, or a Hub id while the Hub is reachable, and the loaded vocabulary must have words."""
+    source = resolve_pretrained(name, flag)
+    files = tuple(tokenizer_class.vocab_files_names.values())
+    if Path(source).is_dir() and not any((Path(source) / file).is_file() for file in files):
+        raise SourceError(
+            f"{flag} {name} holds no vocabulary file ({' or '.join(files)}); pass the folder of the tokenizer the "
+            "checkpoint was trained with (e.g. a saved bert-base-uncased)."
+        )
+    loaded = tokenizer_class.from_pretrained(source)
+    check_vocabulary(loaded, f"{flag} {name}")
+    return loaded
 
 
 def convert_albef_checkpoint(
@@ -315,6 +346,7 @@ def convert_albef_checkpoint(
     original = load_original_checkpoint(checkpoint)
     processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], method.tokenizer_class)
     config = build_config(yaml_config, bert_config, processor_tokenizer, image_size, method.config_class)
+    check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
     model_class = method.pretraining_class if task == "pretraining" else method.retrieval_class
 
     state_dict, dropped = convert_state_dict(original, config, with_mlm_head=task == "pretraining")
@@ -361,6 +393,20 @@ def save_converted(model, processor, output_dir: str | Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    normalize_permissions(output_dir)
+
+
+def read_config_file(file: Path) -> dict:
+    """A YAML or JSON config file as a dict; a syntax error names the file and the line."""
+    try:
+        content = yaml.safe_load(file.read_text()) if file.suffix != ".json" else json.loads(file.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"Config file {file} cannot be parsed: {' '.join(str(error).split())}. Fix or re-download it."
+        ) from None
+    if not isinstance(content, dict):
+        raise ValueError(f"Config file {file} holds a {type(content).__name__}, not a mapping of settings.")
+    return content
 
 
 def _read_configs(config_files: list[str | Path]) -> tuple[dict, dict, list[Path]]:
@@ -373,9 +419,9 @@ def _read_configs(config_files: list[str | Path]) -> tuple[dict, dict, list[Path
             raise FileNotFoundError(f"Config file {file} does not exist.")
         config_dirs.append(file.parent)
         if file.suffix == ".json":
-            bert_config = json.loads(file.read_text())
+            bert_config = read_config_file(file)
         elif file.suffix in (".yaml", ".yml"):
-            yaml_config = yaml.safe_load(file.read_text())
+            yaml_config = read_config_file(file)
         else:
             raise ValueError(f"{file}: expected the official YAML config or the BERT .json config.")
     if yaml_config is None:
@@ -389,9 +435,9 @@ def _read_configs(config_files: list[str | Path]) -> tuple[dict, dict, list[Path
                 f"The YAML names bert_config={relative!r}, which was not found beside it; pass the BERT json "
                 "(configs/config_bert.json) with another --config."
             )
-        bert_config = json.loads(found.read_text())
+        bert_config = read_config_file(found)
         config_dirs.append(found.parent)
     return yaml_config, bert_config, config_dirs
 
 
-__all__ = ["CheckpointError", "build_config", "convert_albef_checkpoint", "convert_state_dict"]
+__all__ = ["CheckpointError", "build_config", "check_image_size", "convert_albef_checkpoint", "convert_state_dict"]

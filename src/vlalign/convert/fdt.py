@@ -17,11 +17,11 @@ import zipfile
 from pathlib import Path
 
 import torch
-import yaml
 
+from ..hub.publish import normalize_permissions
 from ..models.configuration_fdt import FdtConfig
 from ..models.modeling_fdt import FdtForPreTraining, FdtModel
-from .albef import CheckpointError, _check_fit
+from .albef import CheckpointError, _check_fit, load_pretrained_tokenizer, read_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _read_yaml(config_files: list[str | Path]) -> dict:
             raise FileNotFoundError(f"Config file {file} does not exist.")
         if file.suffix not in (".yaml", ".yml", ".json"):
             raise ValueError(f"{file}: expected the official FDT config (config.yaml, or the run's config.json).")
-        yaml_config = yaml.safe_load(file.read_text())
+        yaml_config = read_config_file(file)
     if not isinstance(yaml_config, dict) or "model" not in yaml_config:
         raise ValueError(
             "Pass the official FDT config with --config (e.g. example/clip_fdt/config_cc3m.yaml, or the config.json a "
@@ -232,7 +232,7 @@ def load_tokenizer(tokenizer: str | Path | None, search_dirs: list[Path], contex
         path = Path(tokenizer)
         if path.is_file():
             return FdtTokenizer.from_bpe_file(str(path), context_length=context_length)
-        return FdtTokenizer.from_pretrained(str(tokenizer))
+        return load_pretrained_tokenizer(FdtTokenizer, tokenizer)
     bpe = find_bpe_file(search_dirs)
     if bpe is None:
         return None
@@ -300,11 +300,11 @@ def convert_fdt_checkpoint(
         wrapper.fdt.load_state_dict(model.state_dict(), strict=True)
         model = wrapper
 
+    search_dirs = [Path(checkpoint).parent, *(Path(file).parent for file in config_files)]
+    processor_tokenizer = load_tokenizer(tokenizer, search_dirs, config.text_config.max_position_embeddings)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    search_dirs = [Path(checkpoint).parent, *(Path(file).parent for file in config_files)]
-    processor_tokenizer = load_tokenizer(tokenizer, search_dirs, config.text_config.max_position_embeddings)
     if processor_tokenizer is None:
         logger.warning(
             "No tokenizer written: pass --tokenizer with the official bpe_simple_vocab_16e6.txt.gz (or place it beside "
@@ -312,6 +312,7 @@ def convert_fdt_checkpoint(
         )
     else:
         _save_processor(processor_tokenizer, config, output_dir)
+    normalize_permissions(output_dir)
     return model
 
 

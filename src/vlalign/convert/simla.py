@@ -27,6 +27,7 @@ from .albef import (
     _convert_bert_key,
     _convert_vit_key,
     _read_configs,
+    check_image_size,
     load_converted_weights,
     load_tokenizer,
     save_converted,
@@ -231,6 +232,7 @@ def convert_simla_checkpoint(
     original, _ = load_official_checkpoint(checkpoint)
     processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], SimlaTokenizer)
     config = simla_config(yaml_config, bert_config, processor_tokenizer, image_size)
+    check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
 
     if task == "pretraining":
         heads = ("mim_head.weight", "concept_head.weight", "text_encoder.cls.predictions.bias")

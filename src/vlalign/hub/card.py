@@ -167,6 +167,7 @@ def build_model_card(
     language: str | list[str] | None = "en",
     tags: Iterable[str] = (),
     template: str | Path | None = None,
+    tokenizer: Any = None,
 ) -> ModelCard:
     """Render the model card of a vlalign checkpoint.
 
@@ -179,7 +180,9 @@ def build_model_card(
             `model-index`, and the card says that no results were reported.
         dataset_name: readable name of the evaluation dataset, e.g. "MS-COCO 5K (Karpathy test)".
         dataset_split: split the metrics were measured on.
-        training_args: a `TrainingArguments` (its main fields are shown) or a dict (shown as given).
+        training_args: the `Trainer` that trained the model (what actually ran is shown: optimizer steps, epochs,
+            global batch, the optimizer object's class and groups, and the main arguments), a `TrainingArguments`
+            (its main fields) or a dict (shown as given).
         model_id: repo id ("namespace/name"); titles the card, fills the code examples and names the model-index.
         base_model: Hub id of the checkpoint this model was fine-tuned from.
         dataset_id: Hub dataset id of the evaluation data, used as `dataset.type` in the model-index and in the
@@ -192,6 +195,7 @@ def build_model_card(
         language: language(s) of the text side.
         tags: extra tags, added to vlalign / image-text-retrieval / vision-language and the method's tags.
         template: a template file to use instead of the packaged one.
+        tokenizer: the tokenizer published with the model; the card describes it (class, model, vocabulary size).
     """
     config = model.config
     method = method_of(model)
@@ -245,6 +249,7 @@ def build_model_card(
         config_rows=config_summary(model),
         training_args_rows=training_args_summary(training_args),
         image_size=config.vision_config.image_size,
+        tokenizer_description=describe_tokenizer(tokenizer),
         vlalign_version=_version("vlalign"),
         transformers_version=_version("transformers"),
     )
@@ -265,18 +270,70 @@ def config_summary(model) -> list[tuple[str, str]]:
 
 
 def training_args_summary(training_args: Mapping[str, Any] | Any | None) -> list[tuple[str, str]] | None:
-    """(argument, value) rows: a dict as given, or the `MAIN_TRAINING_ARGUMENTS` of a `TrainingArguments`."""
+    """(argument, value) rows: a dict as given; for a `Trainer`, what ran (`trainer_summary`) then its arguments; for a
+    `TrainingArguments`, its `MAIN_TRAINING_ARGUMENTS` (without `num_train_epochs` when `max_steps` bounds the run,
+    and without `optim` when vlalign's official optimizer replaces it)."""
     if training_args is None:
         return None
     if isinstance(training_args, Mapping):
         items = list(training_args.items())
+    elif hasattr(training_args, "state") and hasattr(training_args, "args"):
+        ran = trainer_summary(training_args)
+        items = ran + [(n, v) for n, v in _main_arguments(training_args.args) if n not in ("max_steps", "optim")]
     elif hasattr(training_args, "to_dict"):
-        values = training_args.to_dict()
-        items = [(name, values[name]) for name in MAIN_TRAINING_ARGUMENTS if name in values]
-        items = [(name, value) for name, value in items if value is not None and not _unset(name, value)]
+        items = _main_arguments(training_args)
     else:
-        raise TypeError(f"training_args must be a dict or a TrainingArguments, not {type(training_args).__name__}.")
+        raise TypeError(
+            f"training_args must be a Trainer, a TrainingArguments or a dict, not {type(training_args).__name__}."
+        )
     return [(str(name), _cell(_format_value(value))) for name, value in items]
+
+
+def trainer_summary(trainer: Any) -> list[tuple[str, Any]]:
+    """What a `Trainer` actually ran: optimizer steps, epochs (steps × global batch / training samples, 1 decimal),
+    global batch size, and the optimizer object that stepped (class and parameter groups)."""
+    args, steps = trainer.args, trainer.state.global_step
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    rows: list[tuple[str, Any]] = [("optimizer steps", steps), ("global batch size", global_batch)]
+    try:
+        samples = len(trainer.train_dataset)
+    except TypeError:  # a stream of unknown size
+        samples = None
+    if samples:
+        rows.append(("epochs", f"{steps * global_batch / samples:.1f} ({samples} training samples)"))
+    if trainer.optimizer is not None:
+        rows.append(("optimizer", describe_optimizer(trainer.optimizer)))
+    return rows
+
+
+def describe_optimizer(optimizer: Any) -> str:
+    """The optimizer class that ran, its fused/foreach mode and its parameter groups (size, weight decay)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+    kind = type(optimizer)
+    defaults = optimizer.defaults
+    mode = "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else None
+    groups = [
+        f"{sum(p.numel() for p in group['params']):,} parameters, weight decay {group.get('weight_decay', 0):g}"
+        for group in optimizer.param_groups
+    ]
+    name = f"{kind.__module__}.{kind.__qualname__}" + (f" ({mode})" if mode else "")
+    return f"{name}; {len(groups)} parameter group{'s' * (len(groups) != 1)}: {'; '.join(groups)}"
+
+
+def describe_tokenizer(tokenizer: Any) -> str:
+    """`Class` (backend model, N-token vocabulary) of a tokenizer, e.g. "`AlbefTokenizer` (WordPiece, 61 tokens)";
+    "the tokenizer saved with the model" when none is given."""
+    if tokenizer is None:
+        return "the tokenizer saved with the model"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = f"{type(backend.model).__name__}, " if backend is not None else ""
+    return f"`{type(tokenizer).__name__}` ({model}{len(tokenizer):,}-token vocabulary)"
+
+
+def _main_arguments(training_args: Any) -> list[tuple[str, Any]]:
+    values = training_args.to_dict()
+    items = [(name, values[name]) for name in MAIN_TRAINING_ARGUMENTS if name in values]
+    return [(name, value) for name, value in items if value is not None and not _unset(values, name, value)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -372,9 +429,17 @@ def _extra(metrics: Mapping[str, Any], name: str) -> int | None:
     return None
 
 
-def _unset(name: str, value: Any) -> bool:
-    """Fields whose value means "not used" (e.g. `max_steps=-1`, `warmup_steps=0`)."""
-    return (name == "max_steps" and value <= 0) or (name in ("warmup_steps", "warmup_ratio") and value == 0)
+def _unset(values: Mapping[str, Any], name: str, value: Any) -> bool:
+    """Fields whose value means "not used" (e.g. `max_steps=-1`, `warmup_steps=0`), or that something else
+    overrides: `num_train_epochs` under `max_steps`, `optim` under vlalign's official optimizer, the ALBEF schedule's
+    learning rates under another schedule."""
+    return (
+        (name == "max_steps" and value <= 0)
+        or (name in ("warmup_steps", "warmup_ratio") and value == 0)
+        or (name == "num_train_epochs" and values.get("max_steps", -1) > 0)
+        or (name == "optim" and bool(values.get("official_optimizer")))
+        or (name in ("warmup_lr", "min_lr") and not values.get("albef_lr_schedule"))
+    )
 
 
 def _format_value(value: Any) -> str:
@@ -415,8 +480,11 @@ __all__ = [
     "TASK_TYPE",
     "build_model_card",
     "config_summary",
+    "describe_optimizer",
+    "describe_tokenizer",
     "retrieval_eval_results",
     "save_model_card",
     "template_path",
+    "trainer_summary",
     "training_args_summary",
 ]

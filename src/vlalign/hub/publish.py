@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,23 @@ def save_for_hub(
         training_args=training_args,
         model_id=model_id,
         base_model=base_model,
+        tokenizer=getattr(processor, "tokenizer", None),
         **card_kwargs,
     )
     save_model_card(card, folder)
+    normalize_permissions(folder)
     _check_folder(folder)
     return folder
+
+
+def normalize_permissions(folder: str | Path) -> None:
+    """Give everything under `folder` the permissions a new file or folder gets (0644 / 0755 under the usual umask
+    022). Some writers (safetensors, via a temporary file) leave weights readable by their owner only (0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def push_folder_to_hub(
@@ -203,6 +216,7 @@ def _check_folder(folder: Path) -> None:
 __all__ = [
     "DEFAULT_COMMIT_MESSAGE",
     "REQUIRED_FILES",
+    "normalize_permissions",
     "published_model",
     "push_folder_to_hub",
     "required_files",

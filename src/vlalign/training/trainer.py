@@ -81,6 +81,19 @@ class AlignmentTrainingArguments(TrainingArguments):
     min_lr: float = field(default=1e-5, metadata={"help": "Final lr of ALBEF's schedule."})
     k_test: int | None = field(default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test)."})
     itc_only_eval: bool = field(default=False, metadata={"help": "Evaluate with ITC ranking only (no re-rank)."})
+    on_nonfinite_loss: str = field(
+        default="raise",
+        metadata={
+            "help": "A NaN/inf training loss: 'raise' stops with the step and every loss value; 'skip' drops that "
+            "batch's update (no gradient) and counts it in the logs as `nonfinite_skipped`.",
+            "choices": ["raise", "skip"],
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.on_nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {self.on_nonfinite_loss!r}.")
 
 
 class AlignmentTrainer(Trainer):
@@ -96,6 +109,7 @@ class AlignmentTrainer(Trainer):
         duties[0].steps_per_epoch = self.steps_per_epoch  # a stream's, which its DataLoader cannot tell
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_steps = 0
+        self._nonfinite_skipped = 0
         self._staging_dir: str | None = None  # set while a checkpoint is being written (see `_save_checkpoint`)
         if self._streaming:
             self.stream_progress = self._new_stream_progress(epoch=self.train_dataset.epoch)
@@ -303,13 +317,38 @@ class AlignmentTrainer(Trainer):
         positions = inputs.pop(STREAM_POSITION, None)
         if positions is not None and model.training:
             self.stream_progress.update(positions)
-        outputs = model(**inputs)
+        try:
+            outputs = model(**inputs)
+        except FloatingPointError as error:  # the models refuse a non-finite loss, naming it
+            if not model.training:
+                raise
+            return self._nonfinite_loss(str(error), None, return_outputs)
+        if model.training and not torch.isfinite(outputs.loss):
+            names = ("loss", *self._loss_names())
+            values = ", ".join(f"{n}={outputs[n].item():.4g}" for n in names if outputs.get(n) is not None)
+            advice = "Lower the learning rate, set max_grad_norm or check the batch's inputs."
+            return self._nonfinite_loss(f"{values}. {advice}", outputs, return_outputs)
         if model.training:
             for name in self._loss_names():
                 if outputs.get(name) is not None:
                     self._loss_sums[name] += outputs[name].detach()
             self._loss_steps += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _nonfinite_loss(self, problem: str, outputs, return_outputs: bool):
+        """Stop, naming the step and the loss values (`on_nonfinite_loss="raise"`), or give the batch a zero loss with
+        no gradient, so the optimizer leaves the parameters alone, and count it (`"skip"`). The models' per-step duties
+        (momentum update, queues) still run."""
+        step = self.state.global_step + 1
+        if self.args.on_nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"Non-finite training loss at step {step}: {problem} Or pass on_nonfinite_loss='skip' to skip such "
+                "steps."
+            )
+        warnings.warn(f"Skipping the update of step {step}: non-finite training loss ({problem})", stacklevel=2)
+        self._nonfinite_skipped += 1
+        loss = torch.zeros((), device=self.args.device, requires_grad=True)
+        return (loss, outputs) if return_outputs else loss
 
     def _loss_names(self) -> tuple[str, ...]:
         return getattr(self.accelerator.unwrap_model(self.model), "loss_names", ())
@@ -325,6 +364,8 @@ class AlignmentTrainer(Trainer):
             model = self.accelerator.unwrap_model(self.model)
             if isinstance(model, TrainingDutiesMixin):
                 logs.update({name: round(value, 5) for name, value in model.training_log_values().items()})
+        if "loss" in logs and self._nonfinite_skipped:
+            logs["nonfinite_skipped"] = self._nonfinite_skipped
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
