@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -75,3 +76,36 @@ def test_unreadable_inputs_give_clear_errors(saved, tmp_path):
     assert result.returncode == 1 and "holds no image files" in result.stderr
     result = run_cli("evaluate", "--model", str(tmp_path / "missing"), check=False)
     assert result.returncode == 1 and "is not a folder" in result.stderr
+
+
+def test_thread_count_follows_the_cpus_available_and_the_user(monkeypatch, tmp_path):
+    from vlalign import threads
+
+    previous = torch.get_num_threads()
+    try:
+        quota = tmp_path / "cpu.max"
+        quota.write_text("100000 100000\n")  # a cgroup quota of one CPU
+        monkeypatch.setattr(threads, "CGROUP_CPU_MAX", quota)
+        assert threads.available_cpus() == 1
+        quota.write_text("max 100000\n")
+        assert threads.available_cpus() == len(os.sched_getaffinity(0))
+
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv(threads.ENV_VAR, "1")
+        assert threads.configure_threads() == 1 == torch.get_num_threads()
+        assert threads.configure_threads(2) == 2  # --num-threads wins over the variable
+        monkeypatch.setenv(threads.ENV_VAR, "zero")
+        with pytest.raises(ValueError, match="VLALIGN_NUM_THREADS='zero' must be a positive integer"):
+            threads.configure_threads()
+        monkeypatch.delenv(threads.ENV_VAR)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert threads.configure_threads() == 1  # the user's OMP_NUM_THREADS stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert 1 <= threads.default_num_threads() <= torch.get_num_threads()  # never more than the user's setting
+        torch.set_num_threads(2)
+        with threads.thread_limit(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(previous)
