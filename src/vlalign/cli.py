@@ -116,6 +116,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub.push import load_results, measure_results, push_model
+
+    if args.eval_dataset:
+        model, processor = load_saved_model(args.model)
+        dataset, name = _push_dataset(args)
+        results = measure_results(
+            model, processor, dataset, dataset_name=args.dataset_name or name, dataset_split=args.split
+        )
+    else:
+        results = load_results(args.model)
+    commit = push_model(args.model, args.repo_id, results=results, token=args.token, private=args.private)
+    print(json.dumps({k: v for k, v in results.items() if k in ("retrieval", "zero_shot")}, indent=1))
+    print(f"Pushed {args.repo_id}: {commit}")
+    return 0
+
+
+def _push_dataset(args: argparse.Namespace):
+    """(dataset, name) of `push --eval-dataset`: the built-in synthetic test split or a `datasets` folder."""
+    if args.eval_dataset != "synthetic":
+        return _load_dataset_dir(args.eval_dataset, args.split), Path(args.eval_dataset).name
+    from .data.synthetic import make_synthetic_dataset
+    from .quickstart import DATASET_NAME
+
+    test = make_synthetic_dataset(num_train=0, num_validation=0, num_test=args.synthetic_size, seed=args.seed)["test"]
+    return test, DATASET_NAME
+
+
 def _image_files(folder: str, flag: str = "--images") -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
@@ -302,6 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--search-params", help='approximate-index search parameters, e.g. "nprobe=64" (FAISS syntax)')
     index.add_argument("--batch-size", type=_positive_int, default=64, help="items per encoder forward")
     index.set_defaults(handler=_index)
+
+    push = commands.add_parser(
+        "push",
+        parents=[common],
+        help="publish a saved model to the Hub with its results in the model card (model-index)",
+    )
+    push.add_argument("--model", required=True, help="a saved model folder (any method)")
+    push.add_argument("--repo-id", required=True, help='the Hub repository, "namespace/name"')
+    push.add_argument(
+        "--eval-dataset",
+        help='evaluate on "synthetic" (the built-in test split) or a `datasets` folder (save_to_disk) with `image` and '
+        "`captions` and/or a ClassLabel `label` (default: the eval_results.json saved in --model)",
+    )
+    push.add_argument("--dataset-name", help="the evaluation dataset's name in the card (default: the folder's name)")
+    push.add_argument("--split", default="test", help="split of an --eval-dataset DatasetDict")
+    push.add_argument("--synthetic-size", type=_positive_int, default=100, help="test images of the built-in data")
+    push.add_argument("--seed", type=int, default=0, help="seed of the built-in data")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--token", help="a Hub token with write access (default: $HF_TOKEN, else the stored login)")
+    push.set_defaults(handler=_push)
     return parser
 
 

@@ -18,6 +18,7 @@ from .card import (
     save_model_card,
     template_path,
     training_args_summary,
+    zero_shot_eval_results,
 )
 from .publish import DEFAULT_COMMIT_MESSAGE, REQUIRED_FILES, published_model, push_folder_to_hub, save_for_hub
 
@@ -37,4 +38,5 @@ __all__ = [
     "save_model_card",
     "template_path",
     "training_args_summary",
+    "zero_shot_eval_results",
 ]

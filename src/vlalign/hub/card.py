@@ -1,5 +1,5 @@
 """Model cards for published vlalign checkpoints: Hub metadata (library, pipeline tag, tags, datasets, a
-`model-index` with every measured retrieval recall) plus a README rendered from the family's Jinja template.
+`model-index` with every measured retrieval recall and zero-shot accuracy) plus a README rendered from the family's Jinja template.
 
 The template ships inside the package (`vlalign/hub/templates/<model_type>.md`) and is read with
 `importlib.resources`, so it is found from an editable checkout and from an installed wheel alike (the wheel must
@@ -30,6 +30,8 @@ from ..methods import method_of
 
 TASK_TYPE = "image-text-retrieval"
 TASK_NAME = "Image-Text Retrieval"
+ZERO_SHOT_TASK_TYPE = "zero-shot-image-classification"
+ZERO_SHOT_TASK_NAME = "Zero-Shot Image Classification"
 PIPELINE_TAG = "zero-shot-image-classification"
 LIBRARY_NAME = "transformers"
 DEFAULT_TAGS = ("vlalign", "image-text-retrieval", "vision-language")
@@ -61,6 +63,8 @@ MAIN_TRAINING_ARGUMENTS = (
 
 # Recall keys as `evaluate_retrieval` returns them (optionally with the Trainer's "eval_"/"test_" prefix).
 _RECALL_KEY = re.compile(r"^(txt|img)_r(\d+)$")
+# Zero-shot accuracy keys as the `topk_accuracy` metric returns them.
+_ACCURACY_KEY = re.compile(r"^top(\d+)_accuracy$")
 _METRIC_PREFIXES = ("", "eval_", "test_")
 #: direction key -> (short name used in metric names, metric_args direction, row label)
 _DIRECTIONS = {
@@ -150,12 +154,41 @@ def retrieval_eval_results(
     return results
 
 
+def zero_shot_eval_results(
+    metrics: Mapping[str, Any], *, dataset_name: str, dataset_type: str, dataset_split: str = "test"
+) -> list[EvalResult]:
+    """One `EvalResult` per measured zero-shot top-K accuracy (the `topk_accuracy` metric's `top{k}_accuracy` keys,
+    percent; other keys are ignored): `metric_type` "accuracy" for top-1, "top_k_accuracy" otherwise, with
+    `metric_args={"k": k}`."""
+    accuracies = {int(match.group(1)): _percent(key, value) for key, value in metrics.items()
+                  if (match := _ACCURACY_KEY.match(key))}  # fmt: skip
+    if not accuracies:
+        raise ValueError(
+            f"zero_shot_metrics has no top-K accuracy (expected keys like 'top1_accuracy'); got {sorted(metrics)}."
+        )
+    return [
+        EvalResult(
+            task_type=ZERO_SHOT_TASK_TYPE,
+            task_name=ZERO_SHOT_TASK_NAME,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            metric_type="accuracy" if k == 1 else "top_k_accuracy",
+            metric_name=f"top-{k} accuracy",
+            metric_value=value,
+            metric_args={"k": k},
+        )
+        for k, value in sorted(accuracies.items())
+    ]
+
+
 def build_model_card(
     model,
     *,
     metrics: Mapping[str, Any] | None,
     dataset_name: str,
     dataset_split: str = "test",
+    zero_shot_metrics: Mapping[str, Any] | None = None,
     training_args: Mapping[str, Any] | Any | None = None,
     model_id: str | None = None,
     base_model: str | None = None,
@@ -180,6 +213,9 @@ def build_model_card(
             `model-index`, and the card says that no results were reported.
         dataset_name: readable name of the evaluation dataset, e.g. "MS-COCO 5K (Karpathy test)".
         dataset_split: split the metrics were measured on.
+        zero_shot_metrics: zero-shot classification results as `ZeroShotImageClassificationEvaluator` returns them
+            (`top{k}_accuracy`, percent), with `dataset_name` when measured on other data than `metrics` (e.g. a
+            labelled subset); they join the `model-index` as the `zero-shot-image-classification` task.
         training_args: the `Trainer` that trained the model (what actually ran is shown: optimizer steps, epochs,
             global batch, the optimizer object's class and groups, and the main arguments), a `TrainingArguments`
             (its main fields) or a dict (shown as given).
@@ -215,6 +251,13 @@ def build_model_card(
             dataset_config=dataset_config,
         )
         results = _results_table(eval_results, metrics, dataset_name, dataset_split)
+    zero_shot_type = None
+    if zero_shot_metrics is not None:
+        zero_shot_name = zero_shot_metrics.get("dataset_name", dataset_name)
+        zero_shot_type = dataset_type if zero_shot_name == dataset_name else _slug(zero_shot_name)
+        eval_results = (eval_results or []) + zero_shot_eval_results(
+            zero_shot_metrics, dataset_name=zero_shot_name, dataset_type=zero_shot_type, dataset_split=dataset_split
+        )
 
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
@@ -222,7 +265,7 @@ def build_model_card(
         license=license,
         language=language,
         tags=list(dict.fromkeys([DEFAULT_TAGS[0], *method.tags, *DEFAULT_TAGS[1:], *tags])),
-        datasets=list(dict.fromkeys([*train_datasets, dataset_type])),
+        datasets=list(dict.fromkeys([*train_datasets, dataset_type, *([zero_shot_type] if zero_shot_type else [])])),
         base_model=base_model,
         model_name=model_name,
         eval_results=eval_results,
@@ -484,6 +527,7 @@ __all__ = [
     "describe_tokenizer",
     "retrieval_eval_results",
     "save_model_card",
+    "zero_shot_eval_results",
     "template_path",
     "trainer_summary",
     "training_args_summary",

@@ -1,0 +1,141 @@
+"""`vlalign push`: publish a saved model folder with its measured results in one commit.
+
+The results come from evaluating the model (`measure_results`: retrieval recalls with `ImageTextRetrievalEvaluator`,
+zero-shot accuracy with `ZeroShotImageClassificationEvaluator` where the data has class labels) or from the
+`eval_results.json` saved next to the weights (the quick start writes one). `push_model` re-saves the folder with
+`save_for_hub` (weights, processor, remote code, the retrieval pipeline, and a card whose `model-index` holds the
+results with the datasets named) and uploads it with `push_folder_to_hub`.
+
+`eval_results.json`::
+
+    {"dataset_name": "...", "dataset_split": "test",
+     "retrieval": {"txt_r1": ..., "r_mean": ..., "num_images": ..., ...},                 # evaluator outputs
+     "zero_shot": {"top1_accuracy": ..., "top5_accuracy": ..., "num_images": ..., "num_classes": ...,
+                   "dataset_name": "...", "class_names": [...], "templates": [...]},      # optional
+     "training_args": {"optimizer steps": ..., ...}, "training_data": "..."}              # optional, for the card
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import ClassLabel, Dataset
+from huggingface_hub import CommitInfo
+
+from ..data.synthetic import SHAPES
+from ..evaluation import ImageTextRetrievalEvaluator, ZeroShotImageClassificationEvaluator
+from .publish import push_folder_to_hub, save_for_hub
+from .sources import load_saved_model
+
+RESULTS_FILE = "eval_results.json"
+#: prompt templates of the zero-shot shape classification of synthetic data
+SHAPE_TEMPLATES = ("a {}", "a picture of a {}", "one {}")
+
+
+def single_shape_images(dataset: Dataset) -> Dataset:
+    """The images of a synthetic split whose objects all have one shape, labelled with it (`label`, a `ClassLabel`
+    of the shape names): a zero-shot classification set."""
+    rows = [row for row, objects in enumerate(dataset["objects"]) if len({o["shape"] for o in objects}) == 1]
+    subset = dataset.select(rows).select_columns(["image", "objects"])
+    labels = [SHAPES.index(objects[0]["shape"]) for objects in subset["objects"]]
+    return subset.remove_columns("objects").add_column("label", labels, feature=ClassLabel(names=list(SHAPES)))
+
+
+def measure_results(
+    model,
+    processor,
+    dataset: Dataset,
+    *,
+    dataset_name: str,
+    dataset_split: str = "test",
+    label_column: str = "label",
+    templates: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The results a card reports, in `eval_results.json`'s layout: retrieval recalls when `dataset` has `captions`,
+    zero-shot accuracy on its labelled images (a `ClassLabel` `label_column`, else the single-shape images of
+    synthetic data; `templates` default to the shape prompts there and a photo prompt otherwise)."""
+    results: dict[str, Any] = {"dataset_name": dataset_name, "dataset_split": dataset_split}
+    if "captions" in dataset.column_names:
+        results["retrieval"] = ImageTextRetrievalEvaluator().compute((model, processor), dataset)
+    labelled, subset_name = None, dataset_name
+    if isinstance(dataset.features.get(label_column), ClassLabel):
+        labelled = dataset
+    elif "objects" in dataset.column_names:
+        labelled = single_shape_images(dataset)
+        templates = templates or SHAPE_TEMPLATES
+        subset_name = f"{dataset_name}, single-shape images ({len(labelled)} of {len(dataset)})"
+    if labelled is not None and len(labelled):
+        evaluator = ZeroShotImageClassificationEvaluator()
+        class_names = labelled.features[label_column].names
+        templates = list(templates or ("a photo of a {}.",))
+        zero_shot = evaluator.compute((model, processor), labelled, label_column=label_column, templates=templates)
+        results["zero_shot"] = {**zero_shot, "dataset_name": subset_name, "class_names": class_names,
+                                "templates": templates}  # fmt: skip
+    if not {"retrieval", "zero_shot"} & set(results):
+        raise ValueError(
+            f"{dataset_name} has neither a `captions` column (retrieval) nor labelled images (a ClassLabel "
+            f"{label_column!r} column) to evaluate."
+        )
+    return results
+
+
+def save_results(results: dict[str, Any], folder: str | Path) -> Path:
+    path = Path(folder) / RESULTS_FILE
+    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_results(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no saved results ({RESULTS_FILE}); pass --eval-dataset to evaluate the model before pushing."
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def card_kwargs(results: dict[str, Any]) -> dict[str, Any]:
+    """`save_for_hub` / `build_model_card` arguments that put `results` in the card."""
+    return dict(
+        metrics=results.get("retrieval"),
+        zero_shot_metrics=results.get("zero_shot"),
+        dataset_name=results["dataset_name"],
+        dataset_split=results.get("dataset_split", "test"),
+        training_args=results.get("training_args"),
+        training_data=results.get("training_data"),
+    )
+
+
+def push_model(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    results: dict[str, Any] | None = None,
+    token: str | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+) -> CommitInfo:
+    """Publish the saved model in `model_dir` to `repo_id` with `results` (default: its saved `eval_results.json`)
+    in the card's `model-index`; the results file is uploaded too. Returns the commit."""
+    results = results if results is not None else load_results(model_dir)
+    model, processor = load_saved_model(model_dir)
+    with tempfile.TemporaryDirectory(prefix="vlalign-push-") as staging:
+        folder = save_for_hub(model, processor, staging, model_id=repo_id, exist_ok=True, **card_kwargs(results))
+        save_results(results, folder)
+        return push_folder_to_hub(folder, repo_id, token=token, private=private, endpoint=endpoint)
+
+
+__all__ = [
+    "RESULTS_FILE",
+    "SHAPE_TEMPLATES",
+    "card_kwargs",
+    "load_results",
+    "measure_results",
+    "push_model",
+    "save_results",
+    "single_shape_images",
+]
