@@ -1,5 +1,6 @@
 """The main job's wiring on a few steps (its learning targets are measured by `vlalign quickstart` itself, see the
-README): every artefact is written, the card carries the measured recalls, the saved model reloads."""
+README): every artefact is written, the card and the saved results carry the measured recalls and zero-shot accuracy,
+the saved model reloads."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ def test_quickstart_writes_every_artefact(tmp_path, capsys):
     recalls = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert recalls["TR@1"] == pytest.approx(summary["metrics"]["txt_r1"])
     assert recalls["IR@1"] == pytest.approx(summary["metrics"]["img_r1"])
+    zero_shot = summary["zero_shot"]
+    assert "zero-shot shape classification" in printed and zero_shot["num_classes"] == 5
+    assert recalls["top-1 accuracy"] == pytest.approx(zero_shot["top1_accuracy"])
+    assert recalls["top-5 accuracy"] == 100.0  # five shape classes
+    saved = json.loads((tmp_path / "model" / "eval_results.json").read_text())
+    assert saved["zero_shot"]["top1_accuracy"] == zero_shot["top1_accuracy"]
+    assert saved["retrieval"] == pytest.approx(summary["metrics"])
     assert {"model.safetensors", "config.json", "processor_config.json", "modeling_albef.py"} <= {
         p.name for p in (tmp_path / "model").iterdir()
     }

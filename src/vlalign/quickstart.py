@@ -1,5 +1,6 @@
 """The main job on the embedded default, for any registered method: generate the synthetic dataset, pretrain a tiny
-model with `AlignmentTrainer`, evaluate it with the standard retrieval protocol, save it with a model card, reload it
+model with `AlignmentTrainer`, evaluate it with the standard retrieval protocol and zero-shot shape classification
+(`eval_results.json`, what `vlalign push` publishes), save it with a model card, reload it
 with the Auto classes, query it through the retrieval pipeline, and plot the results. Uses exactly the classes a real
 COCO run uses; the method registry supplies the model, processor, tiny config and tuned recipe."""
 
@@ -19,7 +20,8 @@ from .convert.albef import check_image_size
 from .data.collator import AlignmentCollator
 from .data.synthetic import make_synthetic_dataset
 from .evaluation import evaluate_retrieval
-from .hub import save_for_hub
+from .hub import save_for_hub, training_args_summary
+from .hub.push import card_kwargs, save_results, zero_shot_results
 from .methods import Method, get_method
 from .recipes import dataset_captions
 from .threads import thread_limit
@@ -162,19 +164,26 @@ def _run_quickstart(output_dir: Path, settings: QuickstartSettings | None) -> di
     test = run.dataset["test"]
     chance = chance_recall_at_1(test)
     metrics = {k: v for k, v in run.metrics.items() if not torch.is_tensor(v)}
+    zero_shot = zero_shot_results(run.trainer.model, run.processor, test, dataset_name=DATASET_NAME)
+    results = {
+        "dataset_name": DATASET_NAME,
+        "dataset_split": "test",
+        "retrieval": metrics,
+        "zero_shot": zero_shot,
+        "training_args": dict(training_args_summary(run.trainer)),
+        "training_data": SYNTHETIC_DATA_NOTE.format(num_train=settings.num_train, image_size=settings.image_size),
+    }
 
-    print("[2/5] Saving model, processor and model card")
+    print("[2/5] Saving model, processor, model card and results")
     model_dir = save_for_hub(
         run.trainer.model,
         run.processor,
         output_dir / "model",
-        metrics=metrics,
-        dataset_name=DATASET_NAME,
-        training_args=run.trainer,
         model_id=f"vlalign/{method.name}-tiny-synthetic",
-        training_data=SYNTHETIC_DATA_NOTE.format(num_train=settings.num_train, image_size=settings.image_size),
         exist_ok=True,
+        **card_kwargs(results),
     )
+    save_results(results, model_dir)
 
     print("[3/5] Reloading with AutoModel / AutoProcessor and querying the retrieval pipeline")
     reloaded = AutoModel.from_pretrained(model_dir)
@@ -204,6 +213,7 @@ def _run_quickstart(output_dir: Path, settings: QuickstartSettings | None) -> di
     summary = {
         "metrics": metrics,
         "chance_r1": chance,
+        "zero_shot": zero_shot,
         "train_seconds": round(run.train_seconds, 1),
         "eval_seconds": round(run.eval_seconds, 1),
         "total_seconds": round(total, 1),
@@ -217,6 +227,12 @@ def _run_quickstart(output_dir: Path, settings: QuickstartSettings | None) -> di
         recalls = "  ".join(f"R@{k} {metrics[f'{prefix}_r{k}']:5.1f}" for k in (1, 5, 10))
         ratio = metrics[f"{prefix}_r1"] / chance[f"{prefix}_r1"]
         print(f"  {name}: {recalls}   (R@1 chance {chance[f'{prefix}_r1']:.1f}%, {ratio:.0f}x chance)")
+    if zero_shot is not None:
+        print(
+            f"  zero-shot shape classification of the {zero_shot['num_images']} of {len(test)} test images whose "
+            f"objects all have one shape ({zero_shot['num_classes']} classes, {len(zero_shot['templates'])} prompt "
+            f"templates): top-1 {zero_shot['top1_accuracy']:.1f}% (chance {100 / zero_shot['num_classes']:.1f}%)"
+        )
     print(f"  wall time {total:.0f}s (training {run.train_seconds:.0f}s); model, card and plots in {output_dir}/")
     return summary
 

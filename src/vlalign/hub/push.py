@@ -45,6 +45,35 @@ def single_shape_images(dataset: Dataset) -> Dataset:
     return subset.remove_columns("objects").add_column("label", labels, feature=ClassLabel(names=list(SHAPES)))
 
 
+def zero_shot_results(
+    model,
+    processor,
+    dataset: Dataset,
+    *,
+    dataset_name: str,
+    label_column: str = "label",
+    templates: Sequence[str] | None = None,
+) -> dict[str, Any] | None:
+    """Zero-shot accuracy (`eval_results.json`'s `zero_shot`) on the labelled images of `dataset`: a `ClassLabel`
+    `label_column`, else the single-shape images of synthetic data (`templates` default to `SHAPE_TEMPLATES` there,
+    to a photo prompt otherwise); None when it has neither."""
+    if isinstance(dataset.features.get(label_column), ClassLabel):
+        labelled = dataset
+        templates = list(templates or ("a photo of a {}.",))
+    elif "objects" in dataset.column_names:
+        labelled = single_shape_images(dataset)
+        templates = list(templates or SHAPE_TEMPLATES)
+        dataset_name = f"{dataset_name}, single-shape images ({len(labelled)} of {len(dataset)})"
+    else:
+        return None
+    if not len(labelled):
+        return None
+    evaluator = ZeroShotImageClassificationEvaluator()
+    results = evaluator.compute((model, processor), labelled, label_column=label_column, templates=templates)
+    class_names = labelled.features[label_column].names
+    return {**results, "dataset_name": dataset_name, "class_names": class_names, "templates": templates}
+
+
 def measure_results(
     model,
     processor,
@@ -56,25 +85,15 @@ def measure_results(
     templates: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The results a card reports, in `eval_results.json`'s layout: retrieval recalls when `dataset` has `captions`,
-    zero-shot accuracy on its labelled images (a `ClassLabel` `label_column`, else the single-shape images of
-    synthetic data; `templates` default to the shape prompts there and a photo prompt otherwise)."""
+    and `zero_shot_results`."""
     results: dict[str, Any] = {"dataset_name": dataset_name, "dataset_split": dataset_split}
     if "captions" in dataset.column_names:
         results["retrieval"] = ImageTextRetrievalEvaluator().compute((model, processor), dataset)
-    labelled, subset_name = None, dataset_name
-    if isinstance(dataset.features.get(label_column), ClassLabel):
-        labelled = dataset
-    elif "objects" in dataset.column_names:
-        labelled = single_shape_images(dataset)
-        templates = templates or SHAPE_TEMPLATES
-        subset_name = f"{dataset_name}, single-shape images ({len(labelled)} of {len(dataset)})"
-    if labelled is not None and len(labelled):
-        evaluator = ZeroShotImageClassificationEvaluator()
-        class_names = labelled.features[label_column].names
-        templates = list(templates or ("a photo of a {}.",))
-        zero_shot = evaluator.compute((model, processor), labelled, label_column=label_column, templates=templates)
-        results["zero_shot"] = {**zero_shot, "dataset_name": subset_name, "class_names": class_names,
-                                "templates": templates}  # fmt: skip
+    zero_shot = zero_shot_results(
+        model, processor, dataset, dataset_name=dataset_name, label_column=label_column, templates=templates
+    )
+    if zero_shot is not None:
+        results["zero_shot"] = zero_shot
     if not {"retrieval", "zero_shot"} & set(results):
         raise ValueError(
             f"{dataset_name} has neither a `captions` column (retrieval) nor labelled images (a ClassLabel "
@@ -138,4 +157,5 @@ __all__ = [
     "push_model",
     "save_results",
     "single_shape_images",
+    "zero_shot_results",
 ]
