@@ -156,8 +156,22 @@ def test_convert_tokenizer_from_an_unreachable_hub_fails_fast(tmp_path):
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "--tokenizer bert-base-uncased" in result.stderr and "pass the local folder" in result.stderr
-        assert seconds < 90, seconds  # the interpreter's imports included; before: minutes of retries
+        assert seconds < 180, seconds  # the interpreter's imports included (up to a minute under load); before: 245 s
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_hub_ids_resolve_in_seconds_without_network(offline, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub.model_info.__self__, "endpoint", "http://127.0.0.1:9")  # refuses connections
+    start = time.perf_counter()
+    with pytest.raises(SourceError, match="--tokenizer bert-base-uncased: not a local folder"):
+        load_tokenizer("bert-base-uncased", [], AlbefTokenizer)
+    assert time.perf_counter() - start < 10
 
 
 def test_convert_refuses_tokenizers_without_a_vocabulary(tmp_path):
@@ -201,7 +215,7 @@ def test_model_hub_id_with_no_network_fails_fast(tmp_path):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "--model someone/albef-coco: not a local folder" in result.stderr
         assert ("HF_HUB_OFFLINE is set" if offline else "the Hub is unreachable") in result.stderr
-        assert seconds < 90, seconds
+        assert seconds < 180, seconds
 
 
 def test_empty_evaluation_dataset_is_refused(saved_folders, tmp_path, capsys):
