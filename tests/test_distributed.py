@@ -21,7 +21,7 @@ def run(output: Path, processes: int, per_device_batch: int, negatives: str, met
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command = launcher if processes > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for attempt in range(2):
+    for _attempt in range(2):
         result = subprocess.run(
             [*command, str(WORKER), str(output), str(per_device_batch), negatives, method],
             capture_output=True,
