@@ -282,7 +282,7 @@ def _simla() -> Method:
         build_processor=simla_processor,
         tiny_config=tiny_simla_config,
         test_overrides=dict(albef_overrides, mim_vocab_size=16),
-        quickstart=QuickstartRecipe(max_steps=500, learning_rate=2e-3, bf16=True),  # fp32: ~3 min, no margin
+        quickstart=QuickstartRecipe(max_steps=500, learning_rate=2e-3),
         converter=convert_simla_checkpoint,
         parameter_groups=albef_parameter_groups,
         card_config_rows=simla_config_rows,
