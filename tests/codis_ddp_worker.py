@@ -109,4 +109,7 @@ def main(output: str, global_batch: int) -> None:
 
 
 if __name__ == "__main__":
+    from worker_exit import exit_after_success  # tests/ is the script folder, first on sys.path
+
     main(sys.argv[1], int(sys.argv[2]))
+    exit_after_success()

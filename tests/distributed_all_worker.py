@@ -112,4 +112,7 @@ def main(output: str, per_device_batch: int, method_name: str) -> None:
 
 
 if __name__ == "__main__":
+    from worker_exit import exit_after_success  # tests/ is the script folder, first on sys.path
+
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    exit_after_success()

@@ -42,4 +42,7 @@ def main(output: str, method_name: str) -> None:
 
 
 if __name__ == "__main__":
+    from worker_exit import exit_after_success  # tests/ is the script folder, first on sys.path
+
     main(sys.argv[1], sys.argv[2])
+    exit_after_success()

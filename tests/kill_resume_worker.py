@@ -99,4 +99,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from worker_exit import exit_after_success  # tests/ is the script folder, first on sys.path
+
     main()
+    exit_after_success()

@@ -70,4 +70,7 @@ def main(shard_dir: str, output: str, max_steps: int, save_steps: int, resume: s
 
 
 if __name__ == "__main__":
+    from worker_exit import exit_after_success  # tests/ is the script folder, first on sys.path
+
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else None)
+    exit_after_success()
