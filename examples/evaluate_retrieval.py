@@ -66,6 +66,7 @@ from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.evaluation import evaluate_retrieval
 from vlalign.methods import method_of
+from vlalign.training.script_helpers import check_images_field, on_error_field
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +109,8 @@ class EvalArguments:
     rerank_batch_size: int = field(default=256, metadata={"help": "Image-text pairs per fusion (ITM) forward."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype.", "choices": list(DTYPES)})
     use_cpu: bool = field(default=False, metadata={"help": "Run on the CPU even when an accelerator is present."})
-    on_error: str = field(
-        default="raise",
-        metadata={"help": "Unreadable images / empty captions: 'raise' or 'skip'.", "choices": ["raise", "skip"]},
-    )
-    check_images: str = field(
-        default="header",
-        metadata={
-            "help": "How far images are checked when the json is loaded (problems counted and reported): 'header' "
-            "(open and read the size), 'decode' (a full decode) or 'none'.",
-            "choices": ["header", "decode", "none"],
-        },
-    )
+    on_error: str = on_error_field()
+    check_images: str = check_images_field()
     output_file: str = field(
         default="retrieval_results.json", metadata={"help": "Where the first process writes JSON."}
     )

@@ -123,7 +123,13 @@ from vlalign.data.transforms import albef_train_transform
 from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
-from vlalign.training.script_helpers import apply_config_overrides, parse_script_args, wants_teacher_view
+from vlalign.training.script_helpers import (
+    apply_config_overrides,
+    check_images_field,
+    on_error_field,
+    parse_script_args,
+    wants_teacher_view,
+)
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -240,18 +246,8 @@ class ScriptArguments:
             "synthetic data (its captions name positions, which crops and flips would falsify)."
         },
     )
-    on_error: str = field(
-        default="raise",
-        metadata={"help": "Unreadable images / empty captions: 'raise' or 'skip'.", "choices": ["raise", "skip"]},
-    )
-    check_images: str = field(
-        default="header",
-        metadata={
-            "help": "How far images are checked when the json is loaded (problems counted and reported): 'header' "
-            "(open and read the size), 'decode' (a full decode) or 'none'.",
-            "choices": ["header", "decode", "none"],
-        },
-    )
+    on_error: str = on_error_field()
+    check_images: str = check_images_field()
     num_train: int = field(default=3000, metadata={"help": "Synthetic training images (2 captions each)."})
     num_validation: int = field(default=100, metadata={"help": "Synthetic validation images."})
     num_test: int = field(default=100, metadata={"help": "Synthetic test images."})

@@ -160,7 +160,13 @@ from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.recipes.fdt import fdt_lr_schedule
-from vlalign.training.script_helpers import apply_config_overrides, parse_script_args, wants_teacher_view
+from vlalign.training.script_helpers import (
+    apply_config_overrides,
+    check_images_field,
+    on_error_field,
+    parse_script_args,
+    wants_teacher_view,
+)
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -329,21 +335,8 @@ class ScriptArguments:
             "cosine to --min_lr (default on for FDT)."
         },
     )
-    on_error: str = field(
-        default="raise",
-        metadata={
-            "help": "Unreadable images / empty captions: 'raise' or 'skip' (drop them, with a warning).",
-            "choices": ["raise", "skip"],
-        },
-    )
-    check_images: str = field(
-        default="header",
-        metadata={
-            "help": "How far images are checked when a json is loaded (each problem counted and reported): 'header' "
-            "(open and read the size, ~0.1 ms per image), 'decode' (a full decode, ~1 ms per COCO image) or 'none'.",
-            "choices": ["header", "decode", "none"],
-        },
-    )
+    on_error: str = on_error_field()
+    check_images: str = check_images_field()
     num_train: int = field(default=3000, metadata={"help": "Synthetic training images."})
     num_test: int = field(default=100, metadata={"help": "Synthetic test images evaluated at the end (0: none)."})
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data (and so of its vocabulary)."})

@@ -132,6 +132,24 @@ class _RankingEvaluator(Evaluator):
             raise ValueError(f"Expected a `{self.task}` pipeline, got a `{model_or_pipeline.task}` one.")
         return model_or_pipeline
 
+    def prepare(
+        self,
+        model_or_pipeline,
+        processor,
+        device: int | None,
+        data: str | Dataset,
+        subset: str | None,
+        split: str | None,
+        metric,
+        columns: dict[str, str],
+    ) -> tuple[Any, Any, Dataset, Any]:
+        """The steps before scoring that every `compute` shares: `(model, processor)`, the data loaded with its
+        `columns` checked (`{"input_column": name, ...}`), and the metric."""
+        model, processor = self.prepare_model(model_or_pipeline, processor, device)
+        data = self.load_data(data, subset, split)
+        self.check_required_columns(data, columns)
+        return model, processor, data, self.prepare_metric(metric)
+
     @staticmethod
     def rename_columns(data: Dataset, columns: dict[str, str]) -> Dataset:
         """`data` with only the columns the protocol reads, under the names it reads (`columns`: given -> protocol)."""
@@ -206,11 +224,11 @@ class ImageTextRetrievalEvaluator(_RankingEvaluator):
             ks: the K of R@K; `k_test`, `itc_only`, `batch_size`: as in `evaluate_retrieval`.
             strategy, confidence_level, n_resamples, random_state: as in `evaluate.Evaluator.compute`.
         """
-        model, processor = self.prepare_model(model_or_pipeline, processor, device)
-        data = self.load_data(data, subset, split)
-        self.check_required_columns(data, {"input_column": input_column, "label_column": label_column})
+        columns = {"input_column": input_column, "label_column": label_column}
+        model, processor, data, metric = self.prepare(
+            model_or_pipeline, processor, device, data, subset, split, metric, columns
+        )
         data = self.rename_columns(data, {input_column: "image", label_column: "captions"})
-        metric = self.prepare_metric(metric)
 
         start = perf_counter()
         output = evaluate_retrieval(
@@ -287,12 +305,12 @@ class ZeroShotImageClassificationEvaluator(_RankingEvaluator):
             templates: prompt templates (`{}` marks the class name), averaged per class.
             strategy, confidence_level, n_resamples, random_state: as in `evaluate.Evaluator.compute`.
         """
-        model, processor = self.prepare_model(model_or_pipeline, processor, device)
-        data = self.load_data(data, subset, split)
-        self.check_required_columns(data, {"input_column": input_column, "label_column": label_column})
+        columns = {"input_column": input_column, "label_column": label_column}
+        model, processor, data, metric = self.prepare(
+            model_or_pipeline, processor, device, data, subset, split, metric, columns
+        )
         class_names = list(class_names or self.class_names_of(data, label_column))
         labels = list(data[label_column])
-        metric = self.prepare_metric(metric)
 
         start = perf_counter()
         encoder = model.base_model

@@ -1,6 +1,6 @@
-"""Settings the training scripts (`examples/pretrain.py`, `examples/finetune_retrieval.py`) share: recipe files and
-flags over per-method defaults, config overrides from the command line, and whether batches need the teacher's second
-image view."""
+"""Settings the example scripts (`examples/pretrain.py`, `examples/finetune_retrieval.py`,
+`examples/evaluate_retrieval.py`) share: recipe files and flags over per-method defaults, config overrides from the
+command line, the data-checking flags, and whether batches need the teacher's second image view."""
 
 from __future__ import annotations
 
@@ -18,6 +18,29 @@ from transformers import HfArgumentParser
 from ..methods import method_names
 
 logger = logging.getLogger(__name__)
+
+
+def on_error_field() -> Any:
+    """The `--on_error` flag of a script's arguments dataclass: what loading does with a bad sample."""
+    return dataclasses.field(
+        default="raise",
+        metadata={
+            "help": "Unreadable images / empty captions: 'raise' or 'skip' (drop them, counted and reported).",
+            "choices": ["raise", "skip"],
+        },
+    )
+
+
+def check_images_field() -> Any:
+    """The `--check_images` flag of a script's arguments dataclass: how far `load_karpathy_json` checks images."""
+    return dataclasses.field(
+        default="header",
+        metadata={
+            "help": "How far images are checked when a json is loaded (each problem counted and reported): 'header' "
+            "(open and read the size, ~0.1 ms per image), 'decode' (a full decode, ~1 ms per COCO image) or 'none'.",
+            "choices": ["header", "decode", "none"],
+        },
+    )
 
 
 #: a recipe file given as the first argument: `python script.py examples/configs/albef/pretrain.yaml [--flag ...]`
