@@ -28,6 +28,7 @@ from vlalign import AutoModelForImageTextRetrieval
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.evaluation import evaluate_retrieval, zero_shot_class_embeddings, zero_shot_classify
+from vlalign.evaluation.retrieval import encode_images, encode_texts, flatten_captions, rerank_pairs
 from vlalign.methods import all_methods, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
@@ -44,7 +45,17 @@ def dataset():
 @pytest.fixture(scope="module", params=METHODS)
 def setup(request, dataset):
     """(method, processor, a function building a fresh micro training model) for each registered method."""
-    method = get_method(request.param)
+    return method_setup(request.param, dataset)
+
+
+@pytest.fixture(scope="module", params=[name for name in METHODS if get_method(name).supports_itm])
+def fusion_setup(request, dataset):
+    """`setup` for each method with an ITM head (a fusion pass that re-ranks)."""
+    return method_setup(request.param, dataset)
+
+
+def method_setup(name, dataset):
+    method = get_method(name)
     processor = method.build_processor(method.build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
 
     def build(seed: int = 0):
@@ -291,6 +302,35 @@ def test_retrieval_evaluation(setup, dataset):
     assert 0.0 <= metrics["r_mean"] <= 100.0
     assert metrics["num_images"] == 6 and metrics["num_texts"] == 12
     assert (metrics["num_itm_pairs"] > 0) == method.supports_itm
+
+
+def test_rerank_shares_each_images_keys_and_values_with_the_same_scores(fusion_setup, dataset):
+    """The re-rank scores pairs grouped by image, projecting each image's cross-attention keys and values once for
+    all its texts: the scores equal per-pair fusion, in the order the pairs were given."""
+    _, processor, build = fusion_setup
+    model = build().base_model.eval()
+    test = dataset["test"]
+    texts, _, _ = flatten_captions(test)
+    text_hidden, text_masks, _ = encode_texts(model, processor, texts, 4, True, False)
+    image_hidden, _ = encode_images(model, processor, test, 4, True, False)
+    generator = torch.Generator().manual_seed(0)
+    pairs = torch.stack(
+        [torch.randint(len(test), (20,), generator=generator), torch.randint(len(texts), (20,), generator=generator)],
+        dim=1,
+    )
+    with torch.no_grad():
+        per_pair = model.itm_score(text_hidden[pairs[:, 1]], text_masks[pairs[:, 1]], image_hidden[pairs[:, 0]])
+        images, image_index = pairs[:, 0].unique(return_inverse=True)
+        shared = model.itm_score(
+            text_hidden[pairs[:, 1]], text_masks[pairs[:, 1]], image_hidden[images], image_index=image_index
+        )
+    similarities = torch.zeros(len(test), len(texts))
+    grouped = rerank_pairs(model, pairs, text_hidden, text_masks, image_hidden, similarities, "itm_logit", 8, False)
+    assert len(images) < len(pairs)  # images repeat, so keys and values are shared
+    torch.testing.assert_close(shared, per_pair, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grouped, per_pair, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one image index per text"):
+        model.itm_score(text_hidden[:3], text_masks[:3], image_hidden[:2], image_index=torch.tensor([0, 1]))
 
 
 def test_trainer_resume_is_exact(setup, dataset, tmp_path):

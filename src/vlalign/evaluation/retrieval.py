@@ -96,7 +96,11 @@ def rerank_pairs(
     show_progress: bool,
 ) -> torch.Tensor:
     """ITM scores of `pairs` [(image, text), ...], `batch_size` pairs per fusion forward, this process's shard only,
-    then gathered so every process returns all scores."""
+    then gathered so every process returns all scores. The pairs are scored grouped by image, so that each image's
+    cross-attention keys and values are computed once per batch for all its texts: at ALBEF-base sizes these
+    projections of the 577 image tokens are ~3/4 of a pair's fusion FLOPs."""
+    order = pairs[:, 0].argsort(stable=True)
+    pairs = pairs[order]
     rank, world_size = distributed_rank_and_world()
     shard_size = math.ceil(len(pairs) / world_size)
     local_pairs = pairs[rank * shard_size : (rank + 1) * shard_size]
@@ -104,14 +108,17 @@ def rerank_pairs(
     scores = torch.zeros(shard_size, device=device)
     for start in tqdm(range(0, len(local_pairs), batch_size), desc="ITM re-rank", disable=not show_progress):
         images, texts = local_pairs[start : start + batch_size].unbind(dim=1)
+        unique_images, image_index = images.unique(return_inverse=True)
         scores[start : start + len(images)] = model.itm_score(
             text_hidden[texts.to(text_hidden.device)],
             text_masks[texts.to(text_masks.device)],
-            image_hidden[images].to(device),
+            image_hidden[unique_images].to(device),
             itc_similarity=similarities[images, texts],
             score_mode=score_mode,
+            image_index=image_index.to(device),
         )
-    return gather_without_grad(scores)[: len(pairs)].cpu()
+    grouped_scores = gather_without_grad(scores)[: len(pairs)].cpu()
+    return torch.empty_like(grouped_scores).scatter_(0, order, grouped_scores)
 
 
 def _top_k_pairs(

@@ -94,7 +94,9 @@ def padding_attention_mask(
 
 class AlbefAttention(nn.Module):
     """Multi-head attention with separate query/key/value projections and an output projection. Keys and values come
-    from `key_value_states` when given (cross-attention to the image tokens), else from the input itself."""
+    from `key_value_states` when given (cross-attention to the image tokens), else from the input itself; with
+    `key_value_index` they are projected once per row of `key_value_states` and shared by the queries that index it
+    (one image's keys and values for all the texts it is paired with in a re-rank batch)."""
 
     def __init__(self, config, key_value_width: int | None = None, bias: bool = True, dropout: float = 0.0):
         super().__init__()
@@ -118,9 +120,13 @@ class AlbefAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
+        key_value_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, query_length, _ = hidden_states.shape
         source = hidden_states if key_value_states is None else key_value_states
+        keys, values = self.key(source), self.value(source)
+        if key_value_index is not None:
+            keys, values = keys[key_value_index], values[key_value_index]
 
         def split_heads(states: torch.Tensor) -> torch.Tensor:
             return states.view(batch_size, states.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
@@ -131,8 +137,8 @@ class AlbefAttention(nn.Module):
         attn_output, attn_weights = attention_interface(
             self,
             split_heads(self.query(hidden_states)),
-            split_heads(self.key(source)),
-            split_heads(self.value(source)),
+            split_heads(keys),
+            split_heads(values),
             attention_mask,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
@@ -324,11 +330,14 @@ class AlbefTextLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        encoder_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(hidden_states, attention_mask)
         hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attn_output))
         if self.has_cross_attention and encoder_hidden_states is not None:
-            attn_output, _ = self.cross_attn(hidden_states, encoder_attention_mask, encoder_hidden_states)
+            attn_output, _ = self.cross_attn(
+                hidden_states, encoder_attention_mask, encoder_hidden_states, encoder_index
+            )
             hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
         return self.output_layer_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
 
@@ -662,6 +671,7 @@ class AlbefFusionModel(AlbefPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         image_hidden_states: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithCrossAttentions:
@@ -671,6 +681,9 @@ class AlbefFusionModel(AlbefPreTrainedModel):
             image_hidden_states: `[batch, patches, vision width]` ViT outputs of the paired images; None skips the
                 cross-attention in every layer (self-attention and FFN only).
             image_attention_mask: `[batch, patches]` padding mask of the image tokens (None: all real).
+            image_index: `[batch]` with `image_hidden_states` of shape `[images, patches, vision width]`: the image
+                each text is paired with. Each image's cross-attention keys and values are then computed once for
+                all its texts, not once per pair (the same numbers; what the retrieval re-rank uses).
             output_attentions, output_hidden_states: also return each layer's self- and cross-attention maps (eager
                 attention) / states (read by `@capture_outputs`).
         """
@@ -681,9 +694,14 @@ class AlbefFusionModel(AlbefPreTrainedModel):
         mask = padding_attention_mask(self.config, hidden_states, attention_mask)
         image_mask = None
         if image_hidden_states is not None:
-            image_mask = padding_attention_mask(self.config, hidden_states, image_attention_mask, image_hidden_states)
+            pair_images = image_hidden_states
+            if image_index is not None:  # the mask per pair; a broadcast view gives its batch size and dtype
+                pair_images = image_hidden_states[:1].expand(len(image_index), -1, -1)
+                if image_attention_mask is not None:
+                    image_attention_mask = image_attention_mask[image_index]
+            image_mask = padding_attention_mask(self.config, hidden_states, image_attention_mask, pair_images)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask)
+            hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask, image_index)
         return BaseModelOutputWithCrossAttentions(last_hidden_state=hidden_states)
 
 
@@ -772,23 +790,36 @@ class AlbefModel(AlbefPreTrainedModel):
         text_hidden_states: torch.Tensor,
         text_attention_mask: torch.Tensor | None,
         image_hidden_states: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fused multimodal tokens of paired texts (text-encoder outputs) and images (ViT outputs)."""
-        if text_hidden_states.shape[0] != image_hidden_states.shape[0]:
+        """Fused multimodal tokens of paired texts (text-encoder outputs) and images (ViT outputs): text `i` with
+        image `i`, or with image `image_index[i]` (each image's cross-attention keys and values then computed once)."""
+        num_texts = text_hidden_states.shape[0]
+        if image_index is None and num_texts != image_hidden_states.shape[0]:
             raise ValueError(
-                f"Got {text_hidden_states.shape[0]} texts but {image_hidden_states.shape[0]} images; fusion pairs "
-                "them one to one, so both batches must have the same size."
+                f"Got {num_texts} texts but {image_hidden_states.shape[0]} images; fusion pairs them one to one, so "
+                "both batches must have the same size (or pass image_index: the image of each text)."
             )
-        return self.fusion_model(text_hidden_states, text_attention_mask, image_hidden_states).last_hidden_state
+        if image_index is not None and image_index.shape != (num_texts,):
+            raise ValueError(
+                f"image_index has shape {tuple(image_index.shape)}; it needs one image index per text: ({num_texts},)."
+            )
+        fused = self.fusion_model(
+            text_hidden_states, text_attention_mask, image_hidden_states, image_index=image_index
+        )
+        return fused.last_hidden_state
 
     def itm_logits(
         self,
         text_hidden_states: torch.Tensor,
         text_attention_mask: torch.Tensor | None,
         image_hidden_states: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ITM logits `[pairs, 2]` (index 1 = "match") from the fused CLS token of each text-image pair."""
-        return self.itm_head(self.fuse(text_hidden_states, text_attention_mask, image_hidden_states)[:, 0])
+        """ITM logits `[pairs, 2]` (index 1 = "match") from the fused CLS token of each text-image pair (see `fuse`)."""
+        return self.itm_head(
+            self.fuse(text_hidden_states, text_attention_mask, image_hidden_states, image_index)[:, 0]
+        )
 
     def itm_score(
         self,
@@ -797,14 +828,16 @@ class AlbefModel(AlbefPreTrainedModel):
         image_hidden_states: torch.Tensor,
         itc_similarity: torch.Tensor | None = None,
         score_mode: str | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Re-ranking score of each pair: the raw "match" logit (ALBEF), or plus the ITC cosine (BLIP/LAVIS)."""
+        """Re-ranking score of each pair: the raw "match" logit (ALBEF), or plus the ITC cosine (BLIP/LAVIS). Pairs
+        are text `i` with image `i`, or with image `image_index[i]` (see `fuse`)."""
         score_mode = score_mode or self.config.itm_score_mode
         if score_mode == "itc_only":
             if itc_similarity is None:
                 raise ValueError("score_mode='itc_only' needs itc_similarity.")
             return itc_similarity
-        score = self.itm_logits(text_hidden_states, text_attention_mask, image_hidden_states)[:, 1]
+        score = self.itm_logits(text_hidden_states, text_attention_mask, image_hidden_states, image_index)[:, 1]
         if score_mode == "itm_plus_itc":
             if itc_similarity is None:
                 raise ValueError("score_mode='itm_plus_itc' needs itc_similarity.")
