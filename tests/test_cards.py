@@ -98,4 +98,8 @@ def test_descriptions_come_from_the_objects():
         "weight decay 0"
     )
     assert describe_optimizer(torch.optim.SGD(params, lr=0.1)).startswith("torch.optim.sgd.SGD; 1 parameter group: ")
+    two_rates = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "lr": 1e-4}], lr=2e-3)
+    assert describe_optimizer(two_rates).endswith(
+        "3 parameters, weight decay 0.01, learning rate 0.002; 2 parameters, weight decay 0.01, learning rate 0.0001"
+    )
     assert describe_tokenizer(None) == "the tokenizer saved with the model"

@@ -108,6 +108,26 @@ def test_official_optimizer_groups_decay_temperature(data, tmp_path):
     assert id(model.vision_proj_m.weight) not in trained
 
 
+def test_temperature_learning_rate_gives_the_temperature_its_own_scheduled_group(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, temperature_learning_rate=1e-4, save_strategy="no", max_steps=4)
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    groups = trainer.optimizer.param_groups
+    temperature_groups = [group for group in groups if any(p is trainer.model.albef.temp for p in group["params"])]
+    assert len(temperature_groups) == 1 and temperature_groups[0]["params"] == [trainer.model.albef.temp]
+    assert temperature_groups[0]["weight_decay"] == 0.02  # still decayed, as the official rule says
+    assert groups[-1] is temperature_groups[0]
+    assert groups[0]["initial_lr"] == 1e-3 and groups[-1]["initial_lr"] == 1e-4  # warm-up and decay scale both
+    assert sum(len(group["params"]) for group in groups) == sum(
+        p.requires_grad for p in trainer.model.parameters()
+    )  # every trainable parameter once
+    start = trainer.model.albef.temp.item()
+    trainer.train()
+    moved = abs(trainer.model.albef.temp.item() - start)
+    assert 0 < moved <= 4 * 1e-4 * 1.01  # Adam moves a parameter by at most ~lr per step
+    with pytest.raises(ValueError, match="needs official_optimizer"):
+        AlbefTrainingArguments(output_dir=str(tmp_path), temperature_learning_rate=1e-4, official_optimizer=False)
+
+
 def test_evaluate_runs_retrieval_protocol(data, tmp_path):
     trainer = make_trainer(data, tmp_path, max_steps=1, save_strategy="no", k_test=4)
     metrics = trainer.evaluate()

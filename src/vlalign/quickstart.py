@@ -52,13 +52,17 @@ class QuickstartSettings:
     weight_decay: float | None = None
     max_steps: int | None = None
     bf16: bool | None = None
+    temperature_learning_rate: float | None = None
     k_test: int | None = None
     seed: int = 0
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         recipe = get_method(self.method).quickstart
-        for name in ("image_size", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "max_steps", "bf16"):
+        for name in (
+            "image_size", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "max_steps", "bf16",
+            "temperature_learning_rate",
+        ):  # fmt: skip
             if getattr(self, name) is None:
                 setattr(self, name, getattr(recipe, name))
         if self.max_steps <= 0:
@@ -114,6 +118,7 @@ def pretrain_synthetic(output_dir: str | Path, settings: QuickstartSettings | No
         report_to="none",
         use_cpu=True,
         bf16=settings.bf16,
+        temperature_learning_rate=settings.temperature_learning_rate,
         seed=settings.seed,
         dataloader_num_workers=0,
     )

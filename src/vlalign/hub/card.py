@@ -47,6 +47,7 @@ MAIN_TRAINING_ARGUMENTS = (
     "warmup_steps",
     "warmup_ratio",
     "weight_decay",
+    "temperature_learning_rate",
     "optim",
     "adam_beta1",
     "adam_beta2",
@@ -350,14 +351,18 @@ def trainer_summary(trainer: Any) -> list[tuple[str, Any]]:
 
 
 def describe_optimizer(optimizer: Any) -> str:
-    """The optimizer class that ran, its fused/foreach mode and its parameter groups (size, weight decay)."""
+    """The optimizer class that ran, its fused/foreach mode and its parameter groups (size, weight decay, and the
+    base learning rate where the groups' differ)."""
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
     kind = type(optimizer)
     defaults = optimizer.defaults
     mode = "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else None
+    base_lrs = [group.get("initial_lr", group.get("lr")) for group in optimizer.param_groups]
+    show_lr = len(set(base_lrs)) > 1
     groups = [
         f"{sum(p.numel() for p in group['params']):,} parameters, weight decay {group.get('weight_decay', 0):g}"
-        for group in optimizer.param_groups
+        + (f", learning rate {lr:g}" if show_lr else "")
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True)
     ]
     name = f"{kind.__module__}.{kind.__qualname__}" + (f" ({mode})" if mode else "")
     return f"{name}; {len(groups)} parameter group{'s' * (len(groups) != 1)}: {'; '.join(groups)}"

@@ -26,6 +26,7 @@ __all__ = [
     "albef_parameter_groups",
     "create_albef_optimizer",
     "get_albef_schedule",
+    "with_temperature_learning_rate",
 ]
 
 
@@ -103,6 +104,28 @@ def create_albef_optimizer(
     if not any(group["params"] for group in groups):
         raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def with_temperature_learning_rate(groups: list[dict], learning_rate: float) -> list[dict]:
+    """`groups` with the learnable temperatures (0-D parameters: ALBEF's `temp`, FDT's `logit_scale`) moved to groups
+    of their own at `learning_rate`, keeping their weight decay; these come after the given groups, so the optimizer's
+    structure depends only on the model."""
+    kept, moved = [], []
+    for group in groups:
+        names = group.get("param_names") or [""] * len(group["params"])
+        split = {True: ([], []), False: ([], [])}
+        for name, param in zip(names, group["params"], strict=True):
+            split[param.ndim == 0][0].append(param)
+            split[param.ndim == 0][1].append(name)
+        for is_temperature, (params, param_names) in split.items():
+            rebuilt = {**group, "params": params}
+            if "param_names" in group:
+                rebuilt["param_names"] = param_names
+            if is_temperature and params:
+                moved.append({**rebuilt, "lr": learning_rate})
+            elif not is_temperature:
+                kept.append(rebuilt)
+    return kept + moved
 
 
 class AlbefLRLambda:

@@ -48,7 +48,7 @@ from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader,
 from ..evaluation import evaluate_retrieval
 from ..methods import method_of
 from ..models.training_duties import TrainingDutiesCallback, TrainingDutiesMixin
-from .optim import get_albef_schedule
+from .optim import get_albef_schedule, with_temperature_learning_rate
 
 #: file of a checkpoint that holds the training stream's position
 STREAM_STATE_NAME = "stream_state.json"
@@ -81,6 +81,14 @@ class AlignmentTrainingArguments(TrainingArguments):
     min_lr: float = field(default=1e-5, metadata={"help": "Final lr of ALBEF's schedule."})
     k_test: int | None = field(default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test)."})
     itc_only_eval: bool = field(default=False, metadata={"help": "Evaluate with ITC ranking only (no re-rank)."})
+    temperature_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the learnable contrastive temperature (ALBEF's `temp`, FDT's `logit_scale`), "
+            "scheduled like the others; default: learning_rate. From scratch at a high learning rate the temperature "
+            "can fall to its floor within a few hundred steps, and ITC with it."
+        },
+    )
     on_nonfinite_loss: str = field(
         default="raise",
         metadata={
@@ -94,6 +102,11 @@ class AlignmentTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.on_nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {self.on_nonfinite_loss!r}.")
+        if self.temperature_learning_rate is not None and not self.official_optimizer:
+            raise ValueError(
+                "temperature_learning_rate sets a parameter group of the method's optimizer; it needs "
+                "official_optimizer=True."
+            )
 
 
 class AlignmentTrainer(Trainer):
@@ -283,6 +296,8 @@ class AlignmentTrainer(Trainer):
         if self.optimizer is None and getattr(self.args, "official_optimizer", False):
             model = self.model if model is None else model
             groups = method_of(model).parameter_groups(model, self.args.weight_decay)
+            if self.args.temperature_learning_rate is not None:
+                groups = with_temperature_learning_rate(groups, self.args.temperature_learning_rate)
             if not any(group["params"] for group in groups):
                 raise ValueError("The model has no trainable parameters (all have requires_grad=False).")
             self.optimizer = torch.optim.AdamW(
