@@ -1,0 +1,217 @@
+"""ALBEF pretraining step, side by side with the official code: the official model (imported from a local checkout of
+github.com/salesforce/ALBEF, never vendored) and vlalign's, holding the same weights (converted from the official
+model's initial state with `vlalign.convert.albef`) and stepping on the same batch with the same AdamW, interleaved
+step block by step block in one run, fp32 and under bf16 autocast, with each process's peak memory (whole process,
+and above the loaded model: the training step's own memory; peaks are cumulative, so bf16's include fp32's).
+
+    python benchmarks/vs_official.py --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
+        [--sizes small base] [--batch-size 8] [--steps 2] [--rounds 3] [--threads 2]
+
+`--official-python` is a Python whose site-packages have what the official code was written for (transformers
+4.x with `transformers.file_utils`, e.g. 4.30.2, and timm 0.4.12) plus torch; the same torch as vlalign's makes the
+comparison about the code, not the kernels. Each implementation runs in its own worker process
+(`albef_step_worker.py`), idle while the other runs. Both first compute the ITC loss with dropout off, which must
+agree (same weights, inputs and queues; no random choice); MLM masking, ITM negatives and dropout then draw from each
+code's own RNG.
+Prints a markdown table, writes JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import torch
+from safetensors.torch import save_file
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+WORKER = Path(__file__).with_name("albef_step_worker.py")
+#: vision (width, depth, heads) and BERT (width, layers, heads, fusion layer) of each size; 256-px pretraining images
+SIZES = {
+    "small": ((384, 12, 6), (512, 8, 8, 4)),  # ViT-S/16, a BERT-medium-like text tower
+    "base": ((768, 12, 12), (768, 12, 12, 6)),  # ALBEF: ViT-B/16, BERT-base
+}
+IMAGE_SIZE = 256
+TEXT_TOKENS = 30
+VOCAB_SIZE = 30522
+
+
+def write_spec(directory: Path, size: str, batch_size: int) -> Path:
+    (vision_width, vision_depth, vision_heads), (width, layers, heads, fusion_layer) = SIZES[size]
+    bert = {
+        "architectures": ["BertForMaskedLM"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": width,
+        "initializer_range": 0.02,
+        "intermediate_size": 4 * width,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": VOCAB_SIZE,
+        "fusion_layer": fusion_layer,
+        "encoder_width": vision_width,
+    }
+    yaml = {  # configs/Pretrain.yaml, with the ViT's size (which the official constructor hard-codes) added
+        "image_res": IMAGE_SIZE,
+        "vision_width": vision_width,
+        "vision_depth": vision_depth,
+        "vision_heads": vision_heads,
+        "embed_dim": 256,
+        "temp": 0.07,
+        "mlm_probability": 0.15,
+        "queue_size": 65536,
+        "momentum": 0.995,
+        "alpha": 0.4,
+    }
+    (directory / "config_bert.json").write_text(json.dumps(bert))
+    spec = {
+        "dir": str(directory),
+        "yaml": yaml,
+        "bert": bert,
+        "alpha": 0.4,
+        "vision": {"width": vision_width, "depth": vision_depth, "heads": vision_heads},
+    }
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, VOCAB_SIZE, (batch_size, TEXT_TOKENS), generator=generator)
+    input_ids[:, 0] = 101
+    lengths = torch.randint(10, TEXT_TOKENS + 1, (batch_size,), generator=generator)
+    attention_mask = (torch.arange(TEXT_TOKENS)[None] < lengths[:, None]).long()
+    batch = {
+        "pixel_values": torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "input_ids": input_ids * attention_mask,
+        "attention_mask": attention_mask,
+    }
+    save_file(batch, str(directory / "batch.safetensors"))
+    path = directory / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+class Worker:
+    def __init__(self, python: str, impl: str, spec: Path, official_src: str, threads: int):
+        command = [python, str(WORKER), "--impl", impl, "--spec", str(spec), "--threads", str(threads)]
+        command += ["--official-src", official_src]
+        self.impl = impl
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = self.read()
+
+    def read(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("@@"):
+                return json.loads(line[2:])
+        raise RuntimeError(f"the {self.impl} worker exited with code {self.process.wait()} (its stderr is above)")
+
+    def ask(self, **command) -> dict:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def benchmark(size: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as directory:
+        spec = write_spec(Path(directory), size, args.batch_size)
+        official = Worker(args.official_python, "official", spec, args.official_src, args.threads)
+        ours = Worker(sys.executable, "vlalign", spec, args.official_src, args.threads)
+        workers = {"official": official, "vlalign": ours}
+        first_itc = {name: worker.ask(cmd="itc")["loss_itc"] for name, worker in workers.items()}
+        for worker in workers.values():  # warm-up: allocations, oneDNN kernel choices
+            worker.ask(cmd="steps", n=1, bf16=False)
+        result = {"size": size, "batch_size": args.batch_size, "parameters": official.ready["parameters"]}
+        for precision in ("fp32", "bf16"):
+            best = {name: float("inf") for name in workers}
+            for _ in range(args.rounds):
+                for name, worker in workers.items():
+                    reply = worker.ask(cmd="steps", n=args.steps, bf16=precision == "bf16")
+                    best[name] = min(best[name], reply["seconds_per_step"])
+            result[precision] = {
+                "seconds_per_step": best,
+                "speedup": best["official"] / best["vlalign"],
+                "peak_rss_mib": {name: worker.ask(cmd="rss")["peak_rss_mib"] for name, worker in workers.items()},
+                "loaded_rss_mib": {name: worker.ready["rss_mib"] for name, worker in workers.items()},
+            }
+        result["first_step_loss_itc"] = first_itc
+        for worker in workers.values():
+            worker.close()
+    return result
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    labels, official, ours = [], [], []
+    for row in rows:
+        for precision in ("fp32", "bf16"):
+            labels.append(f"{row['size']}\n{precision}")
+            official.append(row[precision]["seconds_per_step"]["official"])
+            ours.append(row[precision]["seconds_per_step"]["vlalign"])
+    positions = range(len(labels))
+    axis.bar([p - 0.2 for p in positions], official, 0.4, label="official ALBEF")
+    axis.bar([p + 0.2 for p in positions], ours, 0.4, label="vlalign")
+    axis.set_xticks(list(positions), labels)
+    axis.set_ylabel("seconds per training step")
+    axis.set_title("ALBEF pretraining step, same weights and batch")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official-src", required=True, help="a local checkout of github.com/salesforce/ALBEF")
+    parser.add_argument("--official-python", required=True, help="a Python with the official code's dependencies")
+    parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=list(SIZES))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=3, help="timed blocks per implementation (best counts)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default="benchmarks/results/vs_official.json")
+    args = parser.parse_args()
+
+    rows = [benchmark(size, args) for size in args.sizes]
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, {IMAGE_SIZE}-px images")
+    print(
+        "| size | precision | official s/step | vlalign s/step | speedup | peak RSS official / vlalign (MiB) "
+        "| training memory above the loaded model, official / vlalign (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        for precision in ("fp32", "bf16"):
+            seconds, peak, loaded = (
+                row[precision][key] for key in ("seconds_per_step", "peak_rss_mib", "loaded_rss_mib")
+            )
+            extra = {name: peak[name] - loaded[name] for name in peak}
+            print(
+                f"| {row['size']} | {precision} | {seconds['official']:.2f} | {seconds['vlalign']:.2f} | "
+                f"{row[precision]['speedup']:.2f}x | {peak['official']:.0f} / {peak['vlalign']:.0f} "
+                f"({peak['vlalign'] / peak['official']:.2f}x) | {extra['official']:.0f} / {extra['vlalign']:.0f} "
+                f"({extra['vlalign'] / extra['official']:.2f}x) |"
+            )
+        itc = row["first_step_loss_itc"]
+        print(f"| {row['size']} | ITC loss, initial weights | {itc['official']:.6f} | {itc['vlalign']:.6f} | | | |")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": args.threads, "image_size": IMAGE_SIZE, "text_tokens": TEXT_TOKENS}
+    output.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=1))
+    plot(rows, output.with_suffix(".png"))
+    print(f"wrote {output} and {output.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
