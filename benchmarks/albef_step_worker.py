@@ -127,7 +127,7 @@ def main() -> None:
     model, loss_fn = official_model(spec, args.official_src) if args.impl == "official" else vlalign_model(spec)
     model.train()
     batch = load_file(str(Path(spec["dir"]) / "batch.safetensors"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.02)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec["lr"], weight_decay=0.02)
     duties = getattr(loss_fn, "duties", None)
     reply(ready=True, parameters=sum(p.numel() for p in model.parameters()), rss_mib=current_rss_mib())
     for line in sys.stdin:
@@ -144,7 +144,7 @@ def main() -> None:
             model.train()
             continue
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if command["bf16"] else contextlib.nullcontext()
-        itc = []
+        itc, losses = [], []
         start = time.perf_counter()
         for _ in range(command["n"]):
             with autocast:
@@ -157,7 +157,8 @@ def main() -> None:
                 duties(before=False)
             optimizer.zero_grad(set_to_none=True)
             itc.append(loss_itc)
-        reply(seconds_per_step=(time.perf_counter() - start) / command["n"], loss_itc=itc)
+            losses.append(loss.item())
+        reply(seconds_per_step=(time.perf_counter() - start) / command["n"], loss_itc=itc, loss=losses)
 
 
 if __name__ == "__main__":

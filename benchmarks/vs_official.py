@@ -5,7 +5,7 @@ step block by step block in one run, fp32 and under bf16 autocast, with each pro
 and above the loaded model: the training step's own memory; peaks are cumulative, so bf16's include fp32's).
 
     python benchmarks/vs_official.py --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
-        [--sizes small base] [--batch-size 8] [--steps 2] [--rounds 3] [--threads 2]
+        [--sizes small base] [--batch-size 8] [--steps 2] [--rounds 3] [--threads 2] [--curve-steps 200]
 
 `--official-python` is a Python whose site-packages have what the official code was written for (transformers
 4.x with `transformers.file_utils`, e.g. 4.30.2, and timm 0.4.12) plus torch; the same torch as vlalign's makes the
@@ -13,7 +13,8 @@ comparison about the code, not the kernels. Each implementation runs in its own 
 (`albef_step_worker.py`), idle while the other runs. Both first compute the ITC loss with dropout off, which must
 agree (same weights, inputs and queues; no random choice); MLM masking, ITM negatives and dropout then draw from each
 code's own RNG.
-Prints a markdown table, writes JSON and a PNG.
+With `--curve-steps N`, fresh workers of `--curve-size` (default tiny) train N bf16 steps each and their losses are
+overlaid in a second PNG. Prints a markdown table, writes JSON and the PNGs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 WORKER = Path(__file__).with_name("albef_step_worker.py")
 #: vision (width, depth, heads) and BERT (width, layers, heads, fusion layer) of each size; 256-px pretraining images
 SIZES = {
+    "tiny": ((192, 4, 3), (256, 4, 4, 2)),  # for the quick loss-curve comparison (`--curve-steps`)
     "small": ((384, 12, 6), (512, 8, 8, 4)),  # ViT-S/16, a BERT-medium-like text tower
     "base": ((768, 12, 12), (768, 12, 12, 6)),  # ALBEF: ViT-B/16, BERT-base
 }
@@ -82,6 +84,7 @@ def write_spec(directory: Path, size: str, batch_size: int) -> Path:
         "yaml": yaml,
         "bert": bert,
         "alpha": 0.4,
+        "lr": 1e-4,  # Pretrain.yaml's
         "vision": {"width": vision_width, "depth": vision_depth, "heads": vision_heads},
     }
     generator = torch.Generator().manual_seed(0)
@@ -153,6 +156,34 @@ def benchmark(size: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def loss_curves(size: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """The training loss of each implementation over `--curve-steps` bf16 steps from the same weights, fresh workers."""
+    with tempfile.TemporaryDirectory() as directory:
+        spec = write_spec(Path(directory), size, args.batch_size)
+        workers = {
+            "official": Worker(args.official_python, "official", spec, args.official_src, args.threads),
+            "vlalign": Worker(sys.executable, "vlalign", spec, args.official_src, args.threads),
+        }
+        curves = {
+            name: worker.ask(cmd="steps", n=args.curve_steps, bf16=True)["loss"] for name, worker in workers.items()
+        }
+        for worker in workers.values():
+            worker.close()
+    return curves
+
+
+def plot_curves(size: str, curves: dict[str, list[float]], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for name, losses in curves.items():
+        axis.plot(range(1, len(losses) + 1), losses, label="official ALBEF" if name == "official" else name, alpha=0.8)
+    axis.set_xlabel("step")
+    axis.set_ylabel("total loss (ITC + ITM + MLM)")
+    axis.set_title(f"ALBEF {size}, bf16 autocast, same weights and batch, lr 1e-4")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 3.5))
     labels, official, ours = [], [], []
@@ -181,10 +212,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=3, help="timed blocks per implementation (best counts)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--curve-steps", type=int, default=0, help="also overlay this many bf16 training losses of both (0: skip)"
+    )
+    parser.add_argument("--curve-size", default="tiny", choices=list(SIZES), help="model size of the loss curves")
     parser.add_argument("--output", default="benchmarks/results/vs_official.json")
     args = parser.parse_args()
 
     rows = [benchmark(size, args) for size in args.sizes]
+    curves = loss_curves(args.curve_size, args) if args.curve_steps else None
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, {IMAGE_SIZE}-px images")
     print(
         "| size | precision | official s/step | vlalign s/step | speedup | peak RSS official / vlalign (MiB) "
@@ -208,9 +244,17 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": args.threads, "image_size": IMAGE_SIZE, "text_tokens": TEXT_TOKENS}
-    output.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows}, indent=1))
+    output.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows, "loss_curves": curves}, indent=1))
     plot(rows, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
+    if curves:
+        curve_path = output.with_name(f"{output.stem}_loss_curves.png")
+        plot_curves(args.curve_size, curves, curve_path)
+        last = {name: sum(losses[-20:]) / len(losses[-20:]) for name, losses in curves.items()}
+        print(
+            f"loss curves ({args.curve_size}, {args.curve_steps} bf16 steps): mean of the last 20 official "
+            f"{last['official']:.4f}, vlalign {last['vlalign']:.4f}; wrote {curve_path}"
+        )
 
 
 if __name__ == "__main__":
