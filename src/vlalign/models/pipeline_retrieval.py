@@ -422,12 +422,14 @@ class ImageTextRetrievalPipeline(Pipeline):
         pair_scores = torch.empty_like(pair_itc)
         for start in range(0, len(pair_itc), rerank_batch_size):
             batch = slice(start, start + rerank_batch_size)
+            images, pair_images = image_index[batch].unique(return_inverse=True)  # keys/values once per image
             pair_scores[batch] = encoder.itm_score(
                 text_hidden[text_index[batch]],
                 text_mask[text_index[batch]],
-                image_hidden[image_index[batch]],
+                image_hidden[images],
                 itc_similarity=pair_itc[batch],
                 score_mode=score_mode,
+                image_index=pair_images,
             )
         pair_scores = pair_scores.view(num_queries, num_rerank)
         best = torch.sort(pair_scores, dim=1, descending=True, stable=True).indices[:, :top_k]
