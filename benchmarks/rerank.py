@@ -24,38 +24,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlalign.evaluation.retrieval import _top_k_pairs, rerank_pairs
-from vlalign.models import AlbefConfig, AlbefModel
+from vlalign.models import AlbefModel
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from albef_sizes import SIZES, TEXT_TOKENS, albef_config  # noqa: E402
 
-#: (vision width, vision heads, image size, text width, text heads, text layers, fusion layer)
-SIZES = {
-    "small": (384, 6, 224, 512, 8, 8, 4),  # ViT-S/16 at 224 (197 tokens), a BERT-medium-like text tower
-    "base": (768, 12, 384, 768, 12, 12, 6),  # ALBEF's retrieval model: ViT-B/16 at 384 (577 tokens), BERT-base
-}
-TEXT_TOKENS = 30  # ALBEF's retrieval max_words (captions padded to the longest, ~15-30 tokens on COCO)
+#: image size of each size's re-rank: ALBEF's retrieval fine-tuning runs at 384 px (577 tokens)
+IMAGE_SIZES = {"tiny": 224, "small": 224, "base": 384}
 
 
 def build_model(size: str) -> AlbefModel:
-    vision_width, vision_heads, image_size, width, heads, layers, fusion_layer = SIZES[size]
-    config = AlbefConfig(
-        vision_config=dict(
-            hidden_size=vision_width,
-            num_attention_heads=vision_heads,
-            intermediate_size=4 * vision_width,
-            image_size=image_size,
-        ),
-        text_config=dict(
-            hidden_size=width,
-            num_attention_heads=heads,
-            intermediate_size=4 * width,
-            num_hidden_layers=layers,
-            fusion_layer=fusion_layer,
-        ),
-    )
     torch.manual_seed(0)
-    return AlbefModel(config).eval()
+    return AlbefModel(albef_config(size, IMAGE_SIZES[size])).eval()
 
 
 @torch.no_grad()

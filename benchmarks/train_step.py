@@ -28,37 +28,14 @@ from vlalign.models import AlbefConfig, AlbefForPreTraining
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, albef_config  # noqa: E402
 
-#: (vision width, vision heads, image size, text width, text heads, text layers, fusion layer)
-SIZES = {
-    "small": (384, 6, 256, 512, 8, 8, 4),  # ViT-S/16 at ALBEF's 256-px pretraining size, a BERT-medium-like text tower
-    "base": (768, 12, 256, 768, 12, 12, 6),  # ALBEF pretraining: ViT-B/16 at 256 px (257 tokens), BERT-base
-}
-TEXT_TOKENS = 30
-VOCAB_SIZE = 30522
+IMAGE_SIZE = 256  # ALBEF's pretraining resolution (257 tokens)
 
 
 def build_model(size: str) -> AlbefForPreTraining:
-    vision_width, vision_heads, image_size, width, heads, layers, fusion_layer = SIZES[size]
-    config = AlbefConfig(
-        vision_config=dict(
-            hidden_size=vision_width,
-            num_attention_heads=vision_heads,
-            intermediate_size=4 * vision_width,
-            image_size=image_size,
-        ),
-        text_config=dict(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=width,
-            num_attention_heads=heads,
-            intermediate_size=4 * width,
-            num_hidden_layers=layers,
-            fusion_layer=fusion_layer,
-        ),
-        queue_size=1024,
-    )
     torch.manual_seed(0)
-    return AlbefForPreTraining(config).train()
+    return AlbefForPreTraining(albef_config(size, IMAGE_SIZE, queue_size=1024)).train()
 
 
 def random_batch(config: AlbefConfig, batch_size: int) -> dict[str, torch.Tensor]:

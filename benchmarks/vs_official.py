@@ -32,45 +32,38 @@ from safetensors.torch import save_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE  # noqa: E402
 
 WORKER = Path(__file__).with_name("albef_step_worker.py")
-#: vision (width, depth, heads) and BERT (width, layers, heads, fusion layer) of each size; 256-px pretraining images
-SIZES = {
-    "tiny": ((192, 4, 3), (256, 4, 4, 2)),  # for the quick loss-curve comparison (`--curve-steps`)
-    "small": ((384, 12, 6), (512, 8, 8, 4)),  # ViT-S/16, a BERT-medium-like text tower
-    "base": ((768, 12, 12), (768, 12, 12, 6)),  # ALBEF: ViT-B/16, BERT-base
-}
 IMAGE_SIZE = 256
-TEXT_TOKENS = 30
-VOCAB_SIZE = 30522
 
 
 def write_spec(directory: Path, size: str, batch_size: int) -> Path:
-    (vision_width, vision_depth, vision_heads), (width, layers, heads, fusion_layer) = SIZES[size]
+    shape = SIZES[size]
     bert = {
         "architectures": ["BertForMaskedLM"],
         "attention_probs_dropout_prob": 0.1,
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1,
-        "hidden_size": width,
+        "hidden_size": shape.text_width,
         "initializer_range": 0.02,
-        "intermediate_size": 4 * width,
+        "intermediate_size": 4 * shape.text_width,
         "layer_norm_eps": 1e-12,
         "max_position_embeddings": 512,
         "model_type": "bert",
-        "num_attention_heads": heads,
-        "num_hidden_layers": layers,
+        "num_attention_heads": shape.text_heads,
+        "num_hidden_layers": shape.text_layers,
         "pad_token_id": 0,
         "type_vocab_size": 2,
         "vocab_size": VOCAB_SIZE,
-        "fusion_layer": fusion_layer,
-        "encoder_width": vision_width,
+        "fusion_layer": shape.fusion_layer,
+        "encoder_width": shape.vision_width,
     }
     yaml = {  # configs/Pretrain.yaml, with the ViT's size (which the official constructor hard-codes) added
         "image_res": IMAGE_SIZE,
-        "vision_width": vision_width,
-        "vision_depth": vision_depth,
-        "vision_heads": vision_heads,
+        "vision_width": shape.vision_width,
+        "vision_depth": shape.vision_depth,
+        "vision_heads": shape.vision_heads,
         "embed_dim": 256,
         "temp": 0.07,
         "mlm_probability": 0.15,
@@ -85,7 +78,7 @@ def write_spec(directory: Path, size: str, batch_size: int) -> Path:
         "bert": bert,
         "alpha": 0.4,
         "lr": 1e-4,  # Pretrain.yaml's
-        "vision": {"width": vision_width, "depth": vision_depth, "heads": vision_heads},
+        "vision": {"width": shape.vision_width, "depth": shape.vision_depth, "heads": shape.vision_heads},
     }
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1000, VOCAB_SIZE, (batch_size, TEXT_TOKENS), generator=generator)
