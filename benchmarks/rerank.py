@@ -19,16 +19,13 @@ import platform
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
+from albef_sizes import SIZES, TEXT_TOKENS, albef_config
+from plotting import paired_bars
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlalign.evaluation.retrieval import _top_k_pairs, rerank_pairs
 from vlalign.models import AlbefModel
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from albef_sizes import SIZES, TEXT_TOKENS, albef_config  # noqa: E402
 
 #: image size of each size's re-rank: ALBEF's retrieval fine-tuning runs at 384 px (577 tokens)
 IMAGE_SIZES = {"tiny": 224, "small": 224, "base": 384}
@@ -102,17 +99,13 @@ def benchmark(size: str, num_images: int, captions_per_image: int, k: int, batch
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    labels = [f"{row['size']}\nk={row['k']}" for row in rows]
-    positions = range(len(rows))
-    for offset, name in ((-0.2, "per_pair"), (0.2, "grouped")):
-        axis.bar([p + offset for p in positions], [row["ms_per_pair"][name] for row in rows], 0.4, label=name)
-    axis.set_xticks(list(positions), labels)
-    axis.set_ylabel("ms per re-ranked pair")
-    axis.set_title("ITM re-rank on CPU: per-pair vs image keys/values shared")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    paired_bars(
+        path,
+        [f"{row['size']}\nk={row['k']}" for row in rows],
+        {name: [row["ms_per_pair"][name] for row in rows] for name in ("per_pair", "grouped")},
+        "ms per re-ranked pair",
+        "ITM re-rank on CPU: per-pair vs image keys/values shared",
+    )
 
 
 def main() -> None:

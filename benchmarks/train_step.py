@@ -20,15 +20,12 @@ import platform
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
+from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, albef_config
+from plotting import paired_bars
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlalign.models import AlbefConfig, AlbefForPreTraining
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, albef_config  # noqa: E402
 
 IMAGE_SIZE = 256  # ALBEF's pretraining resolution (257 tokens)
 
@@ -136,18 +133,13 @@ def benchmark(size: str, batch_size: int, steps: int, rounds: int) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    positions = range(len(rows))
-    for offset, name in ((-0.2, "fp32"), (0.2, "bf16")):
-        axis.bar(
-            [p + offset for p in positions], [100 * row["fraction_of_limit"][name] for row in rows], 0.4, label=name
-        )
-    axis.set_xticks(list(positions), [f"{row['size']}, batch {row['batch_size']}" for row in rows])
-    axis.set_ylabel("% of the GEMM rate at the model's shapes")
-    axis.set_title("ALBEF training step vs this machine's matmul limit")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    paired_bars(
+        path,
+        [f"{row['size']}, batch {row['batch_size']}" for row in rows],
+        {name: [100 * row["fraction_of_limit"][name] for row in rows] for name in ("fp32", "bf16")},
+        "% of the GEMM rate at the model's shapes",
+        "ALBEF training step vs this machine's matmul limit",
+    )
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE  # noqa: E402
+from plotting import paired_bars  # noqa: E402
 
 WORKER = Path(__file__).with_name("albef_step_worker.py")
 IMAGE_SIZE = 256
@@ -178,22 +179,12 @@ def plot_curves(size: str, curves: dict[str, list[float]], path: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    labels, official, ours = [], [], []
-    for row in rows:
-        for precision in ("fp32", "bf16"):
-            labels.append(f"{row['size']}\n{precision}")
-            official.append(row[precision]["seconds_per_step"]["official"])
-            ours.append(row[precision]["seconds_per_step"]["vlalign"])
-    positions = range(len(labels))
-    axis.bar([p - 0.2 for p in positions], official, 0.4, label="official ALBEF")
-    axis.bar([p + 0.2 for p in positions], ours, 0.4, label="vlalign")
-    axis.set_xticks(list(positions), labels)
-    axis.set_ylabel("seconds per training step")
-    axis.set_title("ALBEF pretraining step, same weights and batch")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    labels = [f"{row['size']}\n{precision}" for row in rows for precision in ("fp32", "bf16")]
+    series = {
+        label: [row[precision]["seconds_per_step"][name] for row in rows for precision in ("fp32", "bf16")]
+        for name, label in (("official", "official ALBEF"), ("vlalign", "vlalign"))
+    }
+    paired_bars(path, labels, series, "seconds per training step", "ALBEF pretraining step, same weights and batch")
 
 
 def main() -> None:
