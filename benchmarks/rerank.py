@@ -2,7 +2,7 @@
 in every fusion layer, as the official `evaluation()` does) against vlalign's `rerank_pairs`, which scores the pairs
 grouped by image and projects each image's keys and values once per batch for all its texts.
 
-    python benchmarks/rerank.py [--sizes small base] [--images 32] [--captions-per-image 5] [--k 16 32]
+    python benchmarks/rerank.py [--sizes small base] [--images 8] [--captions-per-image 5] [--k 8]
                                 [--batch-size 256] [--rounds 2] [--output benchmarks/results/rerank.json]
 
 Random weights and random encoder states of the real shapes (nothing is downloaded): the re-rank's cost depends on
@@ -111,9 +111,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=list(SIZES))
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--captions-per-image", type=int, default=5)
-    parser.add_argument("--k", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--k", type=int, nargs="+", default=[8])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output", default="benchmarks/results/rerank.json")
