@@ -304,9 +304,10 @@ def test_retrieval_evaluation(setup, dataset):
     assert (metrics["num_itm_pairs"] > 0) == method.supports_itm
 
 
-def test_rerank_shares_each_images_keys_and_values_with_the_same_scores(fusion_setup, dataset):
+def test_rerank_shares_image_keys_values_and_text_self_attention_with_the_same_scores(fusion_setup, dataset):
     """The re-rank scores pairs grouped by image, projecting each image's cross-attention keys and values once for
-    all its texts: the scores equal per-pair fusion, in the order the pairs were given."""
+    all its texts, and runs the first fusion layer's self-attention once per text: the scores equal per-pair fusion,
+    in the order the pairs were given."""
     _, processor, build = fusion_setup
     model = build().base_model.eval()
     test = dataset["test"]
@@ -324,10 +325,16 @@ def test_rerank_shares_each_images_keys_and_values_with_the_same_scores(fusion_s
         shared = model.itm_score(
             text_hidden[pairs[:, 1]], text_masks[pairs[:, 1]], image_hidden[images], image_index=image_index
         )
+        self_attended = model.fusion_model.self_attend_text(text_hidden, text_masks)[pairs[:, 1]]
+        texts_shared = model.itm_score(
+            self_attended, text_masks[pairs[:, 1]], image_hidden[pairs[:, 0]], text_self_attended=True
+        )
     similarities = torch.zeros(len(test), len(texts))
     grouped = rerank_pairs(model, pairs, text_hidden, text_masks, image_hidden, similarities, "itm_logit", 8, False)
     assert len(images) < len(pairs)  # images repeat, so keys and values are shared
+    assert not torch.equal(self_attended, text_hidden[pairs[:, 1]])  # the block does change the states
     torch.testing.assert_close(shared, per_pair, rtol=0, atol=1e-5)
+    torch.testing.assert_close(texts_shared, per_pair, rtol=0, atol=1e-5)
     torch.testing.assert_close(grouped, per_pair, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="one image index per text"):
         model.itm_score(text_hidden[:3], text_masks[:3], image_hidden[:2], image_index=torch.tensor([0, 1]))

@@ -324,6 +324,11 @@ class AlbefTextLayer(GradientCheckpointingLayer):
         self.output_layer_norm = nn.LayerNorm(config.hidden_size, eps=eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def self_attention_block(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The self-attention sub-block (attention → dropout → residual → LayerNorm)."""
+        attn_output, _ = self.self_attn(hidden_states, attention_mask)
+        return self.self_attn_layer_norm(hidden_states + self.dropout(attn_output))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -331,9 +336,11 @@ class AlbefTextLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         encoder_index: torch.Tensor | None = None,
+        self_attended: bool = False,
     ) -> torch.Tensor:
-        attn_output, _ = self.self_attn(hidden_states, attention_mask)
-        hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attn_output))
+        """`self_attended`: `hidden_states` already went through this layer's `self_attention_block`."""
+        if not self_attended:
+            hidden_states = self.self_attention_block(hidden_states, attention_mask)
         if self.has_cross_attention and encoder_hidden_states is not None:
             attn_output, _ = self.cross_attn(
                 hidden_states, encoder_attention_mask, encoder_hidden_states, encoder_index
@@ -672,6 +679,7 @@ class AlbefFusionModel(AlbefPreTrainedModel):
         image_hidden_states: torch.Tensor | None = None,
         image_attention_mask: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
+        text_self_attended: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> BaseModelOutputWithCrossAttentions:
@@ -684,6 +692,8 @@ class AlbefFusionModel(AlbefPreTrainedModel):
             image_index: `[batch]` with `image_hidden_states` of shape `[images, patches, vision width]`: the image
                 each text is paired with. Each image's cross-attention keys and values are then computed once for
                 all its texts, not once per pair (the same numbers; what the retrieval re-rank uses).
+            text_self_attended: `text_hidden_states` are `self_attend_text`'s output: the first layer's
+                self-attention, which depends on the text alone, was computed once per text instead of once per pair.
             output_attentions, output_hidden_states: also return each layer's self- and cross-attention maps (eager
                 attention) / states (read by `@capture_outputs`).
         """
@@ -700,9 +710,16 @@ class AlbefFusionModel(AlbefPreTrainedModel):
                 if image_attention_mask is not None:
                     image_attention_mask = image_attention_mask[image_index]
             image_mask = padding_attention_mask(self.config, hidden_states, image_attention_mask, pair_images)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask, image_index)
+        for position, layer in enumerate(self.layers):
+            self_attended = text_self_attended and position == 0
+            hidden_states = layer(hidden_states, mask, image_hidden_states, image_mask, image_index, self_attended)
         return BaseModelOutputWithCrossAttentions(last_hidden_state=hidden_states)
+
+    def self_attend_text(self, text_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The first layer's self-attention block on text-encoder outputs: the part of fusion that does not see the
+        image, so a re-rank computes it once per text and passes `text_self_attended=True`."""
+        mask = padding_attention_mask(self.config, text_hidden_states, attention_mask)
+        return self.layers[0].self_attention_block(text_hidden_states, mask)
 
 
 def warn_if_attentions_unavailable(config: PreTrainedConfig, output_attentions: bool | None) -> None:
@@ -791,9 +808,11 @@ class AlbefModel(AlbefPreTrainedModel):
         text_attention_mask: torch.Tensor | None,
         image_hidden_states: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        text_self_attended: bool = False,
     ) -> torch.Tensor:
         """Fused multimodal tokens of paired texts (text-encoder outputs) and images (ViT outputs): text `i` with
-        image `i`, or with image `image_index[i]` (each image's cross-attention keys and values then computed once)."""
+        image `i`, or with image `image_index[i]` (each image's cross-attention keys and values then computed once).
+        `text_self_attended`: the texts are `fusion_model.self_attend_text`'s output (computed once per text)."""
         num_texts = text_hidden_states.shape[0]
         if image_index is None and num_texts != image_hidden_states.shape[0]:
             raise ValueError(
@@ -805,7 +824,11 @@ class AlbefModel(AlbefPreTrainedModel):
                 f"image_index has shape {tuple(image_index.shape)}; it needs one image index per text: ({num_texts},)."
             )
         fused = self.fusion_model(
-            text_hidden_states, text_attention_mask, image_hidden_states, image_index=image_index
+            text_hidden_states,
+            text_attention_mask,
+            image_hidden_states,
+            image_index=image_index,
+            text_self_attended=text_self_attended,
         )
         return fused.last_hidden_state
 
@@ -815,11 +838,13 @@ class AlbefModel(AlbefPreTrainedModel):
         text_attention_mask: torch.Tensor | None,
         image_hidden_states: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        text_self_attended: bool = False,
     ) -> torch.Tensor:
         """ITM logits `[pairs, 2]` (index 1 = "match") from the fused CLS token of each text-image pair (see `fuse`)."""
-        return self.itm_head(
-            self.fuse(text_hidden_states, text_attention_mask, image_hidden_states, image_index)[:, 0]
+        fused = self.fuse(
+            text_hidden_states, text_attention_mask, image_hidden_states, image_index, text_self_attended
         )
+        return self.itm_head(fused[:, 0])
 
     def itm_score(
         self,
@@ -829,15 +854,19 @@ class AlbefModel(AlbefPreTrainedModel):
         itc_similarity: torch.Tensor | None = None,
         score_mode: str | None = None,
         image_index: torch.Tensor | None = None,
+        text_self_attended: bool = False,
     ) -> torch.Tensor:
         """Re-ranking score of each pair: the raw "match" logit (ALBEF), or plus the ITC cosine (BLIP/LAVIS). Pairs
-        are text `i` with image `i`, or with image `image_index[i]` (see `fuse`)."""
+        are text `i` with image `i`, or with image `image_index[i]`; `text_self_attended` as in `fuse`."""
         score_mode = score_mode or self.config.itm_score_mode
         if score_mode == "itc_only":
             if itc_similarity is None:
                 raise ValueError("score_mode='itc_only' needs itc_similarity.")
             return itc_similarity
-        score = self.itm_logits(text_hidden_states, text_attention_mask, image_hidden_states, image_index)[:, 1]
+        logits = self.itm_logits(
+            text_hidden_states, text_attention_mask, image_hidden_states, image_index, text_self_attended
+        )
+        score = logits[:, 1]
         if score_mode == "itm_plus_itc":
             if itc_similarity is None:
                 raise ValueError("score_mode='itm_plus_itc' needs itc_similarity.")

@@ -420,6 +420,9 @@ class ImageTextRetrievalPipeline(Pipeline):
             text_index, image_index = query_index, candidate_index
         pair_itc = similarities.gather(1, candidates).flatten()
         pair_scores = torch.empty_like(pair_itc)
+        text_hidden = encoder.fusion_model.self_attend_text(
+            text_hidden, text_mask
+        )  # the image-free part, once per text
         for start in range(0, len(pair_itc), rerank_batch_size):
             batch = slice(start, start + rerank_batch_size)
             images, pair_images = image_index[batch].unique(return_inverse=True)  # keys/values once per image
@@ -430,6 +433,7 @@ class ImageTextRetrievalPipeline(Pipeline):
                 itc_similarity=pair_itc[batch],
                 score_mode=score_mode,
                 image_index=pair_images,
+                text_self_attended=True,
             )
         pair_scores = pair_scores.view(num_queries, num_rerank)
         best = torch.sort(pair_scores, dim=1, descending=True, stable=True).indices[:, :top_k]
