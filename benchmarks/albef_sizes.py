@@ -1,5 +1,5 @@
-"""The ALBEF model sizes the benchmarks share (`rerank.py`, `train_step.py`, `vs_official.py`), and their configs
-with random weights: nothing is downloaded, and a benchmark's cost depends on shapes alone."""
+"""The ALBEF model sizes the benchmarks share (`rerank.py`, `train_step.py`, `vs_official.py`, `eval_vs_official.py`),
+and their configs with random weights: nothing is downloaded, and a benchmark's cost depends on shapes alone."""
 
 from __future__ import annotations
 
@@ -50,3 +50,33 @@ def albef_config(size: str, image_size: int, **overrides) -> AlbefConfig:
         ),
         **overrides,
     )
+
+
+def official_bert_config(size: str, vocab_size: int = VOCAB_SIZE) -> dict:
+    """The official `config_bert.json` of the named size (`fusion_layer` and `encoder_width` are ALBEF's additions)."""
+    shape = SIZES[size]
+    return {
+        "architectures": ["BertForMaskedLM"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": shape.text_width,
+        "initializer_range": 0.02,
+        "intermediate_size": 4 * shape.text_width,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": shape.text_heads,
+        "num_hidden_layers": shape.text_layers,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": vocab_size,
+        "fusion_layer": shape.fusion_layer,
+        "encoder_width": shape.vision_width,
+    }
+
+
+def official_vision(size: str) -> dict:
+    """The ViT shape the official constructors are patched to (`official_albef.size_official_model`)."""
+    shape = SIZES[size]
+    return {"width": shape.vision_width, "depth": shape.vision_depth, "heads": shape.vision_heads}

@@ -5,9 +5,8 @@ stdin (`{"cmd": "steps", "n": 3, "bf16": false}`, `{"cmd": "itc"}`, `{"cmd": "rs
 prefixed by `@@`, so the driver can interleave the two implementations step by step in one run.
 
 Nothing of the official repository is copied: its modules are imported from `--official-src` at run time, with
-environment shims only (transformers 4.30 renamed a docstring decorator's keyword; the ViT's width and depth, which
-the official constructor hard-codes to ViT-B, come from the spec; BERT is built from its config, not downloaded; a
-one-process gloo group stands in for the distributed gather of the queues).
+environment shims only (`official_albef.py`; here also a one-process gloo group that stands in for the distributed
+gather of the queues).
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from official_albef import import_official, size_official_model
+from worker_client import reply
 
 
 def current_rss_mib() -> float:
@@ -30,10 +31,6 @@ def current_rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("VmRSS not found in /proc/self/status (Linux only)")
-
-
-def reply(**payload) -> None:
-    print("@@" + json.dumps(payload), flush=True)
 
 
 class TinyTokenizer:
@@ -47,24 +44,12 @@ class TinyTokenizer:
 
 
 def official_model(spec: dict, src: str) -> tuple[torch.nn.Module, callable]:
-    sys.path.insert(0, src)
-    import transformers.file_utils
-
-    transformers.file_utils.add_code_sample_docstrings = lambda *args, **kwargs: lambda function: function
-    import models.model_pretrain as official  # noqa: E402  (from --official-src)
+    official = import_official(src, "models.model_pretrain")
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=f"file://{spec['dir']}/gloo_init", rank=0, world_size=1)
-    vision = spec["vision"]
-    official_vit = official.VisionTransformer
-
-    def vit(*args, **kwargs):  # the official constructor hard-codes ViT-B's width, depth and heads
-        kwargs.update(embed_dim=vision["width"], depth=vision["depth"], num_heads=vision["heads"])
-        return official_vit(*args, **kwargs)
-
-    official.VisionTransformer = vit
-    official.BertForMaskedLM.from_pretrained = classmethod(lambda cls, name, config: cls(config=config))
+    size_official_model(official, spec["vision"])
     config = dict(spec["yaml"], bert_config=str(Path(spec["dir"]) / "config_bert.json"))
     torch.manual_seed(0)
     model = official.ALBEF(

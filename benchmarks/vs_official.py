@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,8 +31,9 @@ from safetensors.torch import save_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE  # noqa: E402
+from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, official_bert_config, official_vision  # noqa: E402
 from plotting import paired_bars  # noqa: E402
+from worker_client import Worker  # noqa: E402
 
 WORKER = Path(__file__).with_name("albef_step_worker.py")
 IMAGE_SIZE = 256
@@ -41,25 +41,7 @@ IMAGE_SIZE = 256
 
 def write_spec(directory: Path, size: str, batch_size: int) -> Path:
     shape = SIZES[size]
-    bert = {
-        "architectures": ["BertForMaskedLM"],
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": shape.text_width,
-        "initializer_range": 0.02,
-        "intermediate_size": 4 * shape.text_width,
-        "layer_norm_eps": 1e-12,
-        "max_position_embeddings": 512,
-        "model_type": "bert",
-        "num_attention_heads": shape.text_heads,
-        "num_hidden_layers": shape.text_layers,
-        "pad_token_id": 0,
-        "type_vocab_size": 2,
-        "vocab_size": VOCAB_SIZE,
-        "fusion_layer": shape.fusion_layer,
-        "encoder_width": shape.vision_width,
-    }
+    bert = official_bert_config(size)
     yaml = {  # configs/Pretrain.yaml, with the ViT's size (which the official constructor hard-codes) added
         "image_res": IMAGE_SIZE,
         "vision_width": shape.vision_width,
@@ -79,7 +61,7 @@ def write_spec(directory: Path, size: str, batch_size: int) -> Path:
         "bert": bert,
         "alpha": 0.4,
         "lr": 1e-4,  # Pretrain.yaml's
-        "vision": {"width": shape.vision_width, "depth": shape.vision_depth, "heads": shape.vision_heads},
+        "vision": official_vision(size),
     }
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1000, VOCAB_SIZE, (batch_size, TEXT_TOKENS), generator=generator)
@@ -97,36 +79,25 @@ def write_spec(directory: Path, size: str, batch_size: int) -> Path:
     return path
 
 
-class Worker:
-    def __init__(self, python: str, impl: str, spec: Path, official_src: str, threads: int):
-        command = [python, str(WORKER), "--impl", impl, "--spec", str(spec), "--threads", str(threads)]
-        command += ["--official-src", official_src]
-        self.impl = impl
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.ready = self.read()
-
-    def read(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith("@@"):
-                return json.loads(line[2:])
-        raise RuntimeError(f"the {self.impl} worker exited with code {self.process.wait()} (its stderr is above)")
-
-    def ask(self, **command) -> dict:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-        self.process.stdin.close()
-        self.process.wait()
+def step_worker(python: str, impl: str, spec: Path, args: argparse.Namespace) -> Worker:
+    arguments = [
+        "--impl",
+        impl,
+        "--spec",
+        str(spec),
+        "--threads",
+        str(args.threads),
+        "--official-src",
+        args.official_src,
+    ]
+    return Worker(python, WORKER, impl, arguments)
 
 
 def benchmark(size: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         spec = write_spec(Path(directory), size, args.batch_size)
-        official = Worker(args.official_python, "official", spec, args.official_src, args.threads)
-        ours = Worker(sys.executable, "vlalign", spec, args.official_src, args.threads)
+        official = step_worker(args.official_python, "official", spec, args)
+        ours = step_worker(sys.executable, "vlalign", spec, args)
         workers = {"official": official, "vlalign": ours}
         first_itc = {name: worker.ask(cmd="itc")["loss_itc"] for name, worker in workers.items()}
         for worker in workers.values():  # warm-up: allocations, oneDNN kernel choices
@@ -155,8 +126,8 @@ def loss_curves(size: str, args: argparse.Namespace) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as directory:
         spec = write_spec(Path(directory), size, args.batch_size)
         workers = {
-            "official": Worker(args.official_python, "official", spec, args.official_src, args.threads),
-            "vlalign": Worker(sys.executable, "vlalign", spec, args.official_src, args.threads),
+            "official": step_worker(args.official_python, "official", spec, args),
+            "vlalign": step_worker(sys.executable, "vlalign", spec, args),
         }
         curves = {
             name: worker.ask(cmd="steps", n=args.curve_steps, bf16=True)["loss"] for name, worker in workers.items()
