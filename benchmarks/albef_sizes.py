@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlalign.models import AlbefConfig
-
 VOCAB_SIZE = 30522  # bert-base-uncased's
 TEXT_TOKENS = 30  # ALBEF's max_words (COCO captions padded to the longest: ~15-30 tokens)
 
@@ -29,8 +27,10 @@ SIZES = {
 }
 
 
-def albef_config(size: str, image_size: int, **overrides) -> AlbefConfig:
+def albef_config(size: str, image_size: int, **overrides):
     """An `AlbefConfig` of the named size at `image_size` (16-px patches, 4x-wide MLPs, BERT's vocabulary)."""
+    from vlalign.models import AlbefConfig  # here: the official code's workers import this module without vlalign
+
     shape = SIZES[size]
     return AlbefConfig(
         vision_config=dict(

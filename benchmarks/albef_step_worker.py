@@ -1,8 +1,7 @@
-"""One side of `benchmarks/vs_official.py`: a process holding either the official ALBEF pretraining model (imported
-from a local checkout, `--official-src`, in a Python environment with the transformers/timm it was written for) or
-vlalign's `AlbefForPreTraining` converted from the official model's initial weights. It answers JSON commands on
-stdin (`{"cmd": "steps", "n": 3, "bf16": false}`, `{"cmd": "itc"}`, `{"cmd": "rss"}`, `{"cmd": "quit"}`) with JSON lines on stdout
-prefixed by `@@`, so the driver can interleave the two implementations step by step in one run.
+"""ALBEF's side of `benchmarks/vs_official.py`: `write_spec` (the driver's: configs and one batch) and a worker process
+holding either the official ALBEF pretraining model (imported from a local checkout, `--official-src`, in a Python
+environment with the transformers/timm it was written for) or vlalign's `AlbefForPreTraining` converted from the
+official model's initial weights, answering the commands of `step_protocol.py`.
 
 Nothing of the official repository is copied: its modules are imported from `--official-src` at run time, with
 environment shims only (`official_albef.py`; here also a one-process gloo group that stands in for the distributed
@@ -11,26 +10,57 @@ gather of the queues).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import resource
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, official_bert_config, official_vision
 from official_albef import import_official, size_official_model
-from worker_client import reply
+from safetensors.torch import save_file
+from step_protocol import serve
+
+IMAGE_SIZE = 256  # Pretrain.yaml's image_res
 
 
-def current_rss_mib() -> float:
-    """This process's resident memory now (Linux `/proc/self/status`)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmRSS not found in /proc/self/status (Linux only)")
+def write_spec(directory: Path, size: str, batch_size: int) -> Path:
+    shape = SIZES[size]
+    bert = official_bert_config(size)
+    yaml = {  # configs/Pretrain.yaml, with the ViT's size (which the official constructor hard-codes) added
+        "image_res": IMAGE_SIZE,
+        "vision_width": shape.vision_width,
+        "vision_depth": shape.vision_depth,
+        "vision_heads": shape.vision_heads,
+        "embed_dim": 256,
+        "temp": 0.07,
+        "mlm_probability": 0.15,
+        "queue_size": 65536,
+        "momentum": 0.995,
+        "alpha": 0.4,
+    }
+    (directory / "config_bert.json").write_text(json.dumps(bert))
+    spec = {
+        "dir": str(directory),
+        "yaml": yaml,
+        "bert": bert,
+        "alpha": 0.4,
+        "lr": 1e-4,  # Pretrain.yaml's
+        "vision": official_vision(size),
+    }
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, VOCAB_SIZE, (batch_size, TEXT_TOKENS), generator=generator)
+    input_ids[:, 0] = 101
+    lengths = torch.randint(10, TEXT_TOKENS + 1, (batch_size,), generator=generator)
+    attention_mask = (torch.arange(TEXT_TOKENS)[None] < lengths[:, None]).long()
+    batch = {
+        "pixel_values": torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "input_ids": input_ids * attention_mask,
+        "attention_mask": attention_mask,
+    }
+    save_file(batch, str(directory / "batch.safetensors"))
+    path = directory / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
 
 
 class TinyTokenizer:
@@ -98,53 +128,5 @@ def vlalign_model(spec: dict) -> tuple[torch.nn.Module, callable]:
     return model, loss
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--impl", choices=["official", "vlalign"], required=True)
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--official-src")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    spec = json.loads(Path(args.spec).read_text())
-    from safetensors.torch import load_file
-
-    model, loss_fn = official_model(spec, args.official_src) if args.impl == "official" else vlalign_model(spec)
-    model.train()
-    batch = load_file(str(Path(spec["dir"]) / "batch.safetensors"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec["lr"], weight_decay=0.02)
-    duties = getattr(loss_fn, "duties", None)
-    reply(ready=True, parameters=sum(p.numel() for p in model.parameters()), rss_mib=current_rss_mib())
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "quit":
-            break
-        if command["cmd"] == "rss":
-            reply(peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-            continue
-        if command["cmd"] == "itc":  # dropout off: the ITC loss is then a deterministic function of the weights
-            model.eval()
-            with torch.no_grad():
-                reply(loss_itc=loss_fn(batch)[1])
-            model.train()
-            continue
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if command["bf16"] else contextlib.nullcontext()
-        itc, losses = [], []
-        start = time.perf_counter()
-        for _ in range(command["n"]):
-            with autocast:
-                loss, loss_itc = loss_fn(batch)
-            loss.backward()
-            if duties:
-                duties(before=True)
-            optimizer.step()
-            if duties:
-                duties(before=False)
-            optimizer.zero_grad(set_to_none=True)
-            itc.append(loss_itc)
-            losses.append(loss.item())
-        reply(seconds_per_step=(time.perf_counter() - start) / command["n"], loss_itc=itc, loss=losses)
-
-
 if __name__ == "__main__":
-    main()
+    serve(official_model, vlalign_model)

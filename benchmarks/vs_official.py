@@ -1,18 +1,20 @@
-"""ALBEF pretraining step, side by side with the official code: the official model (imported from a local checkout of
-github.com/salesforce/ALBEF, never vendored) and vlalign's, holding the same weights (converted from the official
-model's initial state with `vlalign.convert.albef`) and stepping on the same batch with the same AdamW, interleaved
-step block by step block in one run, fp32 and under bf16 autocast, with each process's peak memory (whole process,
-and above the loaded model: the training step's own memory; peaks are cumulative, so bf16's include fp32's).
+"""Pretraining step, side by side with the official code: the official model (imported from a local checkout of the
+method's repository, never vendored: github.com/salesforce/ALBEF, codezakh/SIMLA, yuxiaochen1103/FDT) and vlalign's,
+holding the same weights (converted from the official model's initial state with `vlalign.convert.<method>`) and
+stepping on the same batch with the same AdamW, interleaved step block by step block in one run, fp32 and under bf16
+autocast, with each process's peak memory (whole process, and above the loaded model: the training step's own memory;
+peaks are cumulative, so bf16's include fp32's).
 
     python benchmarks/vs_official.py --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
-        [--sizes small base] [--batch-size 8] [--steps 2] [--rounds 3] [--threads 2] [--curve-steps 200]
+        [--method albef] [--sizes small base] [--batch-size 8] [--steps 2] [--rounds 3] [--threads 2] \\
+        [--curve-steps 200]
 
 `--official-python` is a Python whose site-packages have what the official code was written for (transformers
 4.x with `transformers.file_utils`, e.g. 4.30.2, and timm 0.4.12) plus torch; the same torch as vlalign's makes the
 comparison about the code, not the kernels. Each implementation runs in its own worker process
-(`albef_step_worker.py`), idle while the other runs. Both first compute the ITC loss with dropout off, which must
-agree (same weights, inputs and queues; no random choice); MLM masking, ITM negatives and dropout then draw from each
-code's own RNG.
+(`<method>_step_worker.py`, protocol in `step_protocol.py`), idle while the other runs. Both first compute the ITC
+loss with dropout off, which must agree (same weights, inputs and queues; no random choice); masking, ITM negatives
+and dropout then draw from each code's own RNG.
 With `--curve-steps N`, fresh workers of `--curve-size` (default tiny) train N bf16 steps each and their losses are
 overlaid in a second PNG. Prints a markdown table, writes JSON and the PNGs.
 """
@@ -20,6 +22,7 @@ overlaid in a second PNG. Prints a markdown table, writes JSON and the PNGs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import tempfile
@@ -27,56 +30,15 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from safetensors.torch import save_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, official_bert_config, official_vision  # noqa: E402
+from albef_sizes import SIZES  # noqa: E402
 from plotting import paired_bars  # noqa: E402
 from worker_client import Worker  # noqa: E402
 
-WORKER = Path(__file__).with_name("albef_step_worker.py")
-IMAGE_SIZE = 256
-
-
-def write_spec(directory: Path, size: str, batch_size: int) -> Path:
-    shape = SIZES[size]
-    bert = official_bert_config(size)
-    yaml = {  # configs/Pretrain.yaml, with the ViT's size (which the official constructor hard-codes) added
-        "image_res": IMAGE_SIZE,
-        "vision_width": shape.vision_width,
-        "vision_depth": shape.vision_depth,
-        "vision_heads": shape.vision_heads,
-        "embed_dim": 256,
-        "temp": 0.07,
-        "mlm_probability": 0.15,
-        "queue_size": 65536,
-        "momentum": 0.995,
-        "alpha": 0.4,
-    }
-    (directory / "config_bert.json").write_text(json.dumps(bert))
-    spec = {
-        "dir": str(directory),
-        "yaml": yaml,
-        "bert": bert,
-        "alpha": 0.4,
-        "lr": 1e-4,  # Pretrain.yaml's
-        "vision": official_vision(size),
-    }
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1000, VOCAB_SIZE, (batch_size, TEXT_TOKENS), generator=generator)
-    input_ids[:, 0] = 101
-    lengths = torch.randint(10, TEXT_TOKENS + 1, (batch_size,), generator=generator)
-    attention_mask = (torch.arange(TEXT_TOKENS)[None] < lengths[:, None]).long()
-    batch = {
-        "pixel_values": torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
-        "input_ids": input_ids * attention_mask,
-        "attention_mask": attention_mask,
-    }
-    save_file(batch, str(directory / "batch.safetensors"))
-    path = directory / "spec.json"
-    path.write_text(json.dumps(spec))
-    return path
+METHODS = ("albef", "simla", "fdt")
+NAMES = {"albef": "ALBEF", "simla": "SIMLA", "fdt": "FDT"}
 
 
 def step_worker(python: str, impl: str, spec: Path, args: argparse.Namespace) -> Worker:
@@ -90,12 +52,17 @@ def step_worker(python: str, impl: str, spec: Path, args: argparse.Namespace) ->
         "--official-src",
         args.official_src,
     ]
-    return Worker(python, WORKER, impl, arguments)
+    return Worker(python, Path(__file__).with_name(f"{args.method}_step_worker.py"), impl, arguments)
+
+
+def write_spec(directory: Path, size: str, args: argparse.Namespace) -> Path:
+    """The method worker's spec (configs, one batch) for this size, written by the driver."""
+    return importlib.import_module(f"{args.method}_step_worker").write_spec(directory, size, args.batch_size)
 
 
 def benchmark(size: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as directory:
-        spec = write_spec(Path(directory), size, args.batch_size)
+        spec = write_spec(Path(directory), size, args)
         official = step_worker(args.official_python, "official", spec, args)
         ours = step_worker(sys.executable, "vlalign", spec, args)
         workers = {"official": official, "vlalign": ours}
@@ -124,7 +91,7 @@ def benchmark(size: str, args: argparse.Namespace) -> dict:
 def loss_curves(size: str, args: argparse.Namespace) -> dict[str, list[float]]:
     """The training loss of each implementation over `--curve-steps` bf16 steps from the same weights, fresh workers."""
     with tempfile.TemporaryDirectory() as directory:
-        spec = write_spec(Path(directory), size, args.batch_size)
+        spec = write_spec(Path(directory), size, args)
         workers = {
             "official": step_worker(args.official_python, "official", spec, args),
             "vlalign": step_worker(sys.executable, "vlalign", spec, args),
@@ -137,30 +104,33 @@ def loss_curves(size: str, args: argparse.Namespace) -> dict[str, list[float]]:
     return curves
 
 
-def plot_curves(size: str, curves: dict[str, list[float]], path: Path) -> None:
+def plot_curves(method: str, size: str, curves: dict[str, list[float]], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 3.5))
     for name, losses in curves.items():
-        axis.plot(range(1, len(losses) + 1), losses, label="official ALBEF" if name == "official" else name, alpha=0.8)
+        label = f"official {NAMES[method]}" if name == "official" else name
+        axis.plot(range(1, len(losses) + 1), losses, label=label, alpha=0.8)
     axis.set_xlabel("step")
-    axis.set_ylabel("total loss (ITC + ITM + MLM)")
-    axis.set_title(f"ALBEF {size}, bf16 autocast, same weights and batch, lr 1e-4")
+    axis.set_ylabel("total training loss")
+    axis.set_title(f"{NAMES[method]} {size}, bf16 autocast, same weights and batch")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(method: str, rows: list[dict], path: Path) -> None:
     labels = [f"{row['size']}\n{precision}" for row in rows for precision in ("fp32", "bf16")]
     series = {
         label: [row[precision]["seconds_per_step"][name] for row in rows for precision in ("fp32", "bf16")]
-        for name, label in (("official", "official ALBEF"), ("vlalign", "vlalign"))
+        for name, label in (("official", f"official {NAMES[method]}"), ("vlalign", "vlalign"))
     }
-    paired_bars(path, labels, series, "seconds per training step", "ALBEF pretraining step, same weights and batch")
+    title = f"{NAMES[method]} pretraining step, same weights and batch"
+    paired_bars(path, labels, series, "seconds per training step", title)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official-src", required=True, help="a local checkout of github.com/salesforce/ALBEF")
+    parser.add_argument("--official-src", required=True, help="a local checkout of the method's official repository")
+    parser.add_argument("--method", default="albef", choices=METHODS)
     parser.add_argument("--official-python", required=True, help="a Python with the official code's dependencies")
     parser.add_argument("--sizes", nargs="+", default=["small", "base"], choices=list(SIZES))
     parser.add_argument("--batch-size", type=int, default=8)
@@ -171,12 +141,20 @@ def main() -> None:
         "--curve-steps", type=int, default=0, help="also overlay this many bf16 training losses of both (0: skip)"
     )
     parser.add_argument("--curve-size", default="tiny", choices=list(SIZES), help="model size of the loss curves")
-    parser.add_argument("--output", default="benchmarks/results/vs_official.json")
+    parser.add_argument(
+        "--output", help="default: benchmarks/results/vs_official.json (ALBEF), vs_official_<method>.json"
+    )
     args = parser.parse_args()
+    suffix = "" if args.method == "albef" else f"_{args.method}"
+    args.output = args.output or f"benchmarks/results/vs_official{suffix}.json"
+    image_size = importlib.import_module(f"{args.method}_step_worker").IMAGE_SIZE
 
     rows = [benchmark(size, args) for size in args.sizes]
     curves = loss_curves(args.curve_size, args) if args.curve_steps else None
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, {IMAGE_SIZE}-px images")
+    print(
+        f"{NAMES[args.method]}: torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, "
+        f"{image_size}-px images"
+    )
     print(
         "| size | precision | official s/step | vlalign s/step | speedup | peak RSS official / vlalign (MiB) "
         "| training memory above the loaded model, official / vlalign (MiB) |"
@@ -198,13 +176,13 @@ def main() -> None:
         print(f"| {row['size']} | ITC loss, initial weights | {itc['official']:.6f} | {itc['vlalign']:.6f} | | | |")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": args.threads, "image_size": IMAGE_SIZE, "text_tokens": TEXT_TOKENS}
+    meta = {"method": args.method, "torch": torch.__version__, "threads": args.threads, "image_size": image_size}
     output.write_text(json.dumps({"meta": meta, "args": vars(args), "rows": rows, "loss_curves": curves}, indent=1))
-    plot(rows, output.with_suffix(".png"))
+    plot(args.method, rows, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
     if curves:
         curve_path = output.with_name(f"{output.stem}_loss_curves.png")
-        plot_curves(args.curve_size, curves, curve_path)
+        plot_curves(args.method, args.curve_size, curves, curve_path)
         last = {name: sum(losses[-20:]) / len(losses[-20:]) for name, losses in curves.items()}
         print(
             f"loss curves ({args.curve_size}, {args.curve_steps} bf16 steps): mean of the last 20 official "
