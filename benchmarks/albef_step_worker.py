@@ -18,7 +18,7 @@ import torch
 from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, official_bert_config, official_vision
 from official_albef import import_official, size_official_model
 from safetensors.torch import save_file
-from step_protocol import serve
+from step_protocol import join_single_process_group, serve, training_duties
 
 IMAGE_SIZE = 256  # Pretrain.yaml's image_res
 
@@ -75,10 +75,7 @@ class TinyTokenizer:
 
 def official_model(spec: dict, src: str) -> tuple[torch.nn.Module, callable]:
     official = import_official(src, "models.model_pretrain")
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"file://{spec['dir']}/gloo_init", rank=0, world_size=1)
+    join_single_process_group(spec["dir"])
     size_official_model(official, spec["vision"])
     config = dict(spec["yaml"], bert_config=str(Path(spec["dir"]) / "config_bert.json"))
     torch.manual_seed(0)
@@ -95,7 +92,7 @@ def official_model(spec: dict, src: str) -> tuple[torch.nn.Module, callable]:
     def loss(batch: dict) -> tuple[torch.Tensor, float]:
         text = SimpleNamespace(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss_mlm, loss_ita, loss_itm = model(batch["pixel_values"], text, alpha=spec["alpha"])
-        return loss_mlm + loss_ita + loss_itm, float(loss_ita)
+        return loss_mlm + loss_ita + loss_itm, loss_ita.item()
 
     return model, loss
 
@@ -114,17 +111,12 @@ def vlalign_model(spec: dict) -> tuple[torch.nn.Module, callable]:
     original = load_original_checkpoint(Path(spec["dir"]) / "official.pth")
     state_dict, _ = convert_state_dict(original, config, with_mlm_head=True)
     model = load_converted_weights(AlbefForPreTraining, config, state_dict, [], has_momentum=True)
-    step = {"count": 0}
 
     def loss(batch: dict) -> tuple[torch.Tensor, float]:
         output = model(**batch, alpha=spec["alpha"])
-        return output.loss, float(output.loss_itc)
+        return output.loss, output.loss_itc.item()
 
-    def duties(before: bool) -> None:
-        (model.before_optimizer_step if before else model.after_optimizer_step)(step["count"])
-        step["count"] += not before
-
-    loss.duties = duties
+    loss.duties = training_duties(model)
     return model, loss
 
 

@@ -34,6 +34,27 @@ def current_rss_mib() -> float:
     raise RuntimeError("VmRSS not found in /proc/self/status (Linux only)")
 
 
+def join_single_process_group(directory: str) -> None:
+    """A one-process gloo group (file rendezvous in `directory`), so that the official codes' distributed gathers
+    (ALBEF/SIMLA queues, FDT embeddings) run unmodified as gathers over one process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"file://{directory}/gloo_init", rank=0, world_size=1)
+
+
+def training_duties(model) -> Callable[[bool], None]:
+    """`loss.duties` for a vlalign model: its `before_optimizer_step` / `after_optimizer_step` with a step count, as
+    `AlignmentTrainer` calls them."""
+    step = {"count": 0}
+
+    def duties(before: bool) -> None:
+        (model.before_optimizer_step if before else model.after_optimizer_step)(step["count"])
+        step["count"] += not before
+
+    return duties
+
+
 def run_steps(model, loss_fn, optimizer, batch: dict, n: int, bf16: bool) -> dict:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     duties = getattr(loss_fn, "duties", None)
@@ -60,12 +81,15 @@ def serve(official_model: Callable, vlalign_model: Callable) -> None:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--official-src")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="vlalign only: recompute activations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = json.loads(Path(args.spec).read_text())
     from safetensors.torch import load_file
 
     model, loss_fn = official_model(spec, args.official_src) if args.impl == "official" else vlalign_model(spec)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     batch = load_file(str(Path(spec["dir"]) / "batch.safetensors"))
     weight_decay = spec.get("weight_decay", 0.02)

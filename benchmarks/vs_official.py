@@ -41,8 +41,11 @@ METHODS = ("albef", "simla", "fdt")
 NAMES = {"albef": "ALBEF", "simla": "SIMLA", "fdt": "FDT"}
 
 
-def step_worker(python: str, impl: str, spec: Path, args: argparse.Namespace) -> Worker:
-    arguments = [
+def step_worker(
+    python: str, impl: str, spec: Path, args: argparse.Namespace, gradient_checkpointing: bool = False
+) -> Worker:
+    arguments = ["--gradient-checkpointing"] if gradient_checkpointing else []
+    arguments += [
         "--impl",
         impl,
         "--spec",
@@ -52,7 +55,8 @@ def step_worker(python: str, impl: str, spec: Path, args: argparse.Namespace) ->
         "--official-src",
         args.official_src,
     ]
-    return Worker(python, Path(__file__).with_name(f"{args.method}_step_worker.py"), impl, arguments)
+    name = f"{impl} (gradient checkpointing)" if gradient_checkpointing else impl
+    return Worker(python, Path(__file__).with_name(f"{args.method}_step_worker.py"), name, arguments)
 
 
 def write_spec(directory: Path, size: str, args: argparse.Namespace) -> Path:
@@ -66,6 +70,8 @@ def benchmark(size: str, args: argparse.Namespace) -> dict:
         official = step_worker(args.official_python, "official", spec, args)
         ours = step_worker(sys.executable, "vlalign", spec, args)
         workers = {"official": official, "vlalign": ours}
+        if args.gradient_checkpointing:
+            workers["vlalign_checkpointed"] = step_worker(sys.executable, "vlalign", spec, args, True)
         first_itc = {name: worker.ask(cmd="itc")["loss_itc"] for name, worker in workers.items()}
         for worker in workers.values():  # warm-up: allocations, oneDNN kernel choices
             worker.ask(cmd="steps", n=1, bf16=False)
@@ -140,6 +146,11 @@ def main() -> None:
     parser.add_argument(
         "--curve-steps", type=int, default=0, help="also overlay this many bf16 training losses of both (0: skip)"
     )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="also run vlalign with gradient checkpointing (a third worker): its step time and memory",
+    )
     parser.add_argument("--curve-size", default="tiny", choices=list(SIZES), help="model size of the loss curves")
     parser.add_argument(
         "--output", help="default: benchmarks/results/vs_official.json (ALBEF), vs_official_<method>.json"
@@ -172,6 +183,14 @@ def main() -> None:
                 f"({peak['vlalign'] / peak['official']:.2f}x) | {extra['official']:.0f} / {extra['vlalign']:.0f} "
                 f"({extra['vlalign'] / extra['official']:.2f}x) |"
             )
+            if "vlalign_checkpointed" in seconds:
+                print(
+                    f"| {row['size']} | {precision}, vlalign with gradient checkpointing | | "
+                    f"{seconds['vlalign_checkpointed']:.2f} | "
+                    f"{seconds['official'] / seconds['vlalign_checkpointed']:.2f}x | "
+                    f"{peak['vlalign_checkpointed']:.0f} | {extra['vlalign_checkpointed']:.0f} "
+                    f"({extra['vlalign_checkpointed'] / extra['official']:.2f}x) |"
+                )
         itc = row["first_step_loss_itc"]
         print(f"| {row['size']} | ITC loss, initial weights | {itc['official']:.6f} | {itc['vlalign']:.6f} | | | |")
     output = Path(args.output)

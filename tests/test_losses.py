@@ -105,7 +105,9 @@ class TestHardNegativeMatchingLoss:
         batch = len(idx)
         seen = {}
 
-        def score_pairs(texts, masks, images):
+        def score_pairs(texts, masks, images, image_index):
+            assert len(images) == batch  # each image once, indexed by its pairs
+            images = images[image_index]
             seen.update(texts=texts, masks=masks, images=images)
             return torch.stack([texts[:, 0, 0] - images[:, 0, 0], images[:, 0, 0] - texts[:, 0, 0]], dim=1)
 

@@ -135,3 +135,29 @@ def test_evaluate_runs_retrieval_protocol(data, tmp_path):
         assert 0.0 <= metrics[key] <= 100.0
     assert metrics["eval_num_images"] == 12 and metrics["eval_num_texts"] == 24
     assert metrics["eval_num_itm_pairs"] <= 12 * 4 + 24 * 4
+
+
+def test_torch_compile_option_trains_like_eager(data, tmp_path):
+    """Trainer's `torch_compile` compiles the model (dynamo graphs, AOT autograd) and trains it to the same losses as
+    eager. The `aot_eager` backend skips inductor's C++ build, which `benchmarks/train_step.py --compile` times."""
+
+    def losses(trainer: AlbefTrainer) -> list[float]:
+        trainer.train()
+        return [log["loss"] for log in trainer.state.log_history if "loss" in log]
+
+    eager = losses(make_trainer(data, tmp_path / "eager", max_steps=3, logging_steps=1, save_strategy="no"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_trainer = make_trainer(
+        data,
+        tmp_path / "compiled",
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        torch_compile_backend="aot_eager",
+    )
+    compiled = losses(compiled_trainer)
+    assert compiled_trainer.args.torch_compile
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # dynamo did compile the forward
+    assert len(compiled) == len(eager) == 3
+    assert compiled == pytest.approx(eager, rel=1e-4)

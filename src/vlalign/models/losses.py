@@ -53,9 +53,13 @@ def gather_without_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_loss_finite(losses: dict[str, torch.Tensor | None]) -> None:
-    """Fail fast on a diverged step instead of silently training on NaNs."""
-    for name, value in losses.items():
-        if value is not None and not torch.isfinite(value).all():
+    """Fail fast on a diverged step instead of silently training on NaNs. One host sync for all the losses (an
+    accelerator waits for the forward once per step, not once per loss); the names only on failure."""
+    present = {name: value for name, value in losses.items() if value is not None}
+    if not present or torch.isfinite(torch.stack([value.detach().float().sum() for value in present.values()])).all():
+        return
+    for name, value in present.items():
+        if not torch.isfinite(value).all():
             raise FloatingPointError(
                 f"{name} is not finite ({value.item()}). Lower the learning rate, check the inputs for NaN/inf "
                 "pixels, or train in float32 instead of float16."
@@ -210,8 +214,10 @@ def queue_contrastive_loss(
     )
 
 
-#: scores image-text pairs: (text token states, text mask or None, image token states) -> `[pairs, 2]` ITM logits
-PairScorer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+#: scores image-text pairs: (text token states `[pairs, ...]`, their mask or None, image token states `[images, ...]`,
+#: `[pairs]` index of each pair's image) -> `[pairs, 2]` ITM logits. Each image comes once however many pairs use it,
+#: so a fusion encoder projects its cross-attention keys and values once (`AlbefFusionModel(image_index=...)`).
+PairScorer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -263,8 +269,8 @@ def hard_negative_matching_loss(
     masks = None
     if text_mask is not None:
         masks = torch.cat([text_mask, text_mask[text_rows], text_mask[negative_texts]])
-    images = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
-    logits = score_pairs(texts, masks, images)
+    positives = torch.arange(batch_size, device=image_states.device)
+    logits = score_pairs(texts, masks, image_states, torch.cat([positives, negative_images, image_rows]))
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     labels[:batch_size] = 1
     return HardNegativeMatchingOutput(loss=F.cross_entropy(logits, labels), logits=logits, labels=labels)

@@ -1205,8 +1205,10 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
         local = itc.batch_columns
         fusion_outputs = []
 
-        def score_pairs(texts: torch.Tensor, masks: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
-            fusion_outputs.append(albef.fusion_model(texts, masks, images, **output_flags))
+        def score_pairs(
+            texts: torch.Tensor, masks: torch.Tensor | None, images: torch.Tensor, image_index: torch.Tensor
+        ) -> torch.Tensor:
+            fusion_outputs.append(albef.fusion_model(texts, masks, images, image_index=image_index, **output_flags))
             return albef.itm_head(fusion_outputs[-1].last_hidden_state[:, 0])
 
         itm = hard_negative_matching_loss(
@@ -1261,6 +1263,7 @@ class AlbefForPreTraining(AlbefMomentumMixin, AlbefPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.albef.get_input_embeddings()
 
+    @torch.compiler.disable  # random draws with an optional generator, which dynamo cannot trace at dynamic shapes
     def mask_tokens(
         self, input_ids: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,7 @@ class TrainingDutiesMixin:
         parameter = max((p for p in self.parameters() if p.requires_grad), key=lambda p: p.numel())
         return id(parameter), parameter._version
 
+    @torch.compiler.disable  # bookkeeping on version counters, which a compiled graph would freeze as constants
     def check_training_duties(self) -> None:
         """Raise if an optimizer changed the weights since the duties last ran. Called by training forwards.
 
@@ -87,6 +88,13 @@ class TrainingDutiesMixin:
         return "per-step updates"
 
 
+def duties_model(model: Any) -> TrainingDutiesMixin | None:
+    """The model whose duties run: `model` itself, or the module inside a `torch.compile` wrapper (Trainer's
+    `torch_compile=True` hands callbacks the compiled model); None when it has no duties."""
+    model = getattr(model, "_orig_mod", model)
+    return model if isinstance(model, TrainingDutiesMixin) else None
+
+
 class TrainingDutiesCallback(TrainerCallback):
     """Runs a [`TrainingDutiesMixin`] model's duties from `transformers.Trainer` (which hands callbacks the unwrapped
     model). Also tells a collator with `set_epoch` the current epoch, for per-epoch random draws."""
@@ -100,7 +108,7 @@ class TrainingDutiesCallback(TrainerCallback):
             self.data_collator.set_epoch(int(state.epoch + 1e-6))
 
     def on_step_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        if isinstance(model, TrainingDutiesMixin):
+        if model := duties_model(model):
             steps_per_epoch = state.max_steps // max(1, state.num_train_epochs) if state.max_steps else 1
             if train_dataloader is not None and has_length(train_dataloader):
                 steps_per_epoch = len(train_dataloader) // max(1, args.gradient_accumulation_steps)
@@ -109,11 +117,11 @@ class TrainingDutiesCallback(TrainerCallback):
             model.set_training_progress(state.global_step, steps_per_epoch)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if isinstance(model, TrainingDutiesMixin):
+        if model := duties_model(model):
             model.before_optimizer_step(state.global_step)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if isinstance(model, TrainingDutiesMixin):
+        if model := duties_model(model):
             model.after_optimizer_step(state.global_step)
 
 
