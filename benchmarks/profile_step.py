@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import matplotlib
@@ -66,6 +67,23 @@ def profile_step(step: Step) -> tuple[dict[str, float], list[dict]]:
     return shares, operators
 
 
+def attention_step_seconds(model, batch: dict, implementations: list[str], repeats: int = 2) -> dict:
+    """Best bf16 step time with each attention implementation (`set_attn_implementation`), same weights."""
+    seconds = {}
+    for implementation in implementations:
+        model.set_attn_implementation(implementation)
+        step = Step(model, batch, bf16=True)
+        step()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - start)
+        seconds[implementation] = best
+    model.set_attn_implementation("sdpa")
+    return seconds
+
+
 def plot(size: str, results: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
     labels = list(CATEGORIES) + ["other"]
@@ -87,6 +105,9 @@ def main() -> None:
     parser.add_argument("--size", default="base", choices=list(SIZES))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--top", type=int, default=12, help="operators listed per precision")
+    parser.add_argument(
+        "--attention", nargs="*", default=["sdpa", "eager"], help="also time a bf16 step with each implementation"
+    )
     parser.add_argument("--output", default="benchmarks/results/profile_step.json")
     args = parser.parse_args()
 
@@ -116,10 +137,13 @@ def main() -> None:
         for operator in results[name]["top"][: args.top]:
             print(f"| {operator['name']} | {operator['category']} | {operator['calls']} | {operator['seconds']:.3f} |")
         results[name]["top"] = results[name]["top"][:40]
+    attention = attention_step_seconds(model, batch, args.attention) if args.attention else {}
+    if attention:
+        print("\nbf16 step by attention implementation: " + ", ".join(f"{k} {v:.2f} s" for k, v in attention.items()))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args)}
-    output.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    output.write_text(json.dumps({"meta": meta, "results": results, "bf16_step_by_attention": attention}, indent=1))
     plot(args.size, results, output.with_suffix(".png"))
     print(f"wrote {output} and {output.with_suffix('.png')}")
 

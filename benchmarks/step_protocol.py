@@ -82,6 +82,7 @@ def serve(official_model: Callable, vlalign_model: Callable) -> None:
     parser.add_argument("--official-src")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="vlalign only: recompute activations")
+    parser.add_argument("--attn-implementation", help="vlalign only: e.g. eager (default: the model's, sdpa)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = json.loads(Path(args.spec).read_text())
@@ -90,6 +91,8 @@ def serve(official_model: Callable, vlalign_model: Callable) -> None:
     model, loss_fn = official_model(spec, args.official_src) if args.impl == "official" else vlalign_model(spec)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if args.attn_implementation:
+        model.set_attn_implementation(args.attn_implementation)
     model.train()
     batch = load_file(str(Path(spec["dir"]) / "batch.safetensors"))
     weight_decay = spec.get("weight_decay", 0.02)

@@ -106,11 +106,13 @@ def model_gemm_shapes(config: AlbefConfig, batch_size: int) -> list[tuple[int, i
 
 def analytic_flops(config: AlbefConfig, batch_size: int, queue_size: int) -> float:
     """FLOPs of one pretraining step from the shapes alone (matmuls and attention, 2 per multiply-add; a backward is
-    twice its forward): the online ViT, text encoder, ITM fusion (the positives and 2 hard negatives per pair), MLM
-    (masked text, fusion, vocabulary head) and ITC similarities with backward; their momentum copies without."""
+    twice its forward): the online ViT, text encoder, ITM fusion (the positives and 2 hard negatives per pair, each
+    image's cross-attention keys and values projected once), MLM (masked text, fusion, vocabulary head) and ITC
+    similarities with backward; their momentum copies without."""
     vision, text = config.vision_config, config.text_config
     image_tokens = 1 + (vision.image_size // vision.patch_size) ** 2
     d, e, length = vision.hidden_size, text.hidden_size, TEXT_TOKENS
+    fusion_layers = text.num_hidden_layers - text.fusion_layer
 
     def encoder_layer(tokens: int, width: int, mlp: int) -> float:  # q, k, v, out; the MLP; QK^T and AV
         return 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
@@ -118,14 +120,17 @@ def analytic_flops(config: AlbefConfig, batch_size: int, queue_size: int) -> flo
     patch_embedding = 2 * (image_tokens - 1) * 3 * vision.patch_size**2 * d
     vit = patch_embedding + vision.num_hidden_layers * encoder_layer(image_tokens, d, vision.intermediate_size)
     text_encoder = text.fusion_layer * encoder_layer(length, e, text.intermediate_size)
-    cross_attention = 2 * length * 2 * e * e + 2 * image_tokens * 2 * d * e + 4 * length * image_tokens * e
-    fusion = (text.num_hidden_layers - text.fusion_layer) * (
-        encoder_layer(length, e, text.intermediate_size) + cross_attention
+    # per text: the fusion layers with cross-attention queries, outputs and scores; per image: its keys and values
+    fusion_text = fusion_layers * (
+        encoder_layer(length, e, text.intermediate_size) + 2 * length * 2 * e * e + 4 * length * image_tokens * e
     )
+    image_keys_values = fusion_layers * 2 * image_tokens * 2 * d * e
     mlm_head = 2 * length * (e * e + e * text.vocab_size)
     itc = 2 * 2 * batch_size * (batch_size + queue_size) * config.embed_dim  # image-to-text and text-to-image
-    online = vit + text_encoder + 3 * fusion + text_encoder + fusion + mlm_head
-    momentum = vit + text_encoder + text_encoder + fusion + mlm_head
+    itm = 3 * fusion_text + image_keys_values
+    mlm = text_encoder + fusion_text + image_keys_values + mlm_head
+    online = vit + text_encoder + itm + mlm
+    momentum = vit + text_encoder + mlm
     return batch_size * (3 * online + momentum) + 3 * itc + itc
 
 

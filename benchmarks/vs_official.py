@@ -45,6 +45,8 @@ def step_worker(
     python: str, impl: str, spec: Path, args: argparse.Namespace, gradient_checkpointing: bool = False
 ) -> Worker:
     arguments = ["--gradient-checkpointing"] if gradient_checkpointing else []
+    if impl == "vlalign" and args.vlalign_attention:
+        arguments += ["--attn-implementation", args.vlalign_attention]
     arguments += [
         "--impl",
         impl,
@@ -150,6 +152,9 @@ def main() -> None:
         "--gradient-checkpointing",
         action="store_true",
         help="also run vlalign with gradient checkpointing (a third worker): its step time and memory",
+    )
+    parser.add_argument(
+        "--vlalign-attention", help="vlalign's attention implementation (default: sdpa; eager is faster on CPU bf16)"
     )
     parser.add_argument("--curve-size", default="tiny", choices=list(SIZES), help="model size of the loss curves")
     parser.add_argument(
