@@ -1,5 +1,6 @@
-"""The ALBEF model sizes the benchmarks share (`rerank.py`, `train_step.py`, `vs_official.py`, `eval_vs_official.py`),
-and their configs with random weights: nothing is downloaded, and a benchmark's cost depends on shapes alone."""
+"""The ALBEF model sizes the benchmarks share (`performance/rerank.py`, `performance/train_step.py`,
+`against_official/vs_official.py`, `against_official/eval_vs_official.py`), and their configs with random weights:
+nothing is downloaded, and a benchmark's cost depends on shapes alone."""
 
 from __future__ import annotations
 

@@ -2,14 +2,15 @@
 transform: random resized crop, flip, RandAugment(2, 7), normalisation; caption cleaning and tokenisation) through a
 `torch.utils.data.DataLoader` with 0, 1, 2... worker processes, against the training step's own rate.
 
-    python benchmarks/dataloading.py [--images 256] [--source-size 480] [--batch-size 32] [--workers 0 1 2]
-                                     [--step-json benchmarks/results/train_step.json]
+    python benchmarks/performance/dataloading.py [--images 256] [--source-size 480] [--batch-size 32]
+        [--workers 0 1 2] [--step-json benchmarks/performance/results/train_step.json]
 
 The images are the synthetic dataset's, rendered at `--source-size` px (COCO-like inputs: the crop and RandAugment
 cost depends on the input size). With `--step-json`, the table adds how many images per second `train_step.py`'s
 recorded steps consume, so the number of workers a run needs reads directly: workers ≥ step rate / per-worker rate.
 On a GPU, Trainer's `dataloader_num_workers` and `dataloader_pin_memory` (vlalign's loaders pin only when CUDA is
-present) are the knobs. Prints a markdown table and writes JSON.
+present) are the knobs. Prints a markdown table and writes JSON (default:
+`benchmarks/performance/results/dataloading.json`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +29,9 @@ from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.data.transforms import albef_train_transform
 from vlalign.recipes.albef import albef_processor, build_tokenizer, dataset_captions
+
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 
 def images_per_second(dataset, collator, batch_size: int, workers: int) -> float:
@@ -52,8 +57,8 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=480, help="side of the source images in pixels")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--step-json", default="benchmarks/results/train_step.json")
-    parser.add_argument("--output", default="benchmarks/results/dataloading.json")
+    parser.add_argument("--step-json", default=str(RESULTS / "train_step.json"))
+    parser.add_argument("--output", default=str(RESULTS / "dataloading.json"))
     args = parser.parse_args()
 
     dataset = make_synthetic_dataset(args.images, 0, 0, image_size=args.source_size, captions_per_image=5)

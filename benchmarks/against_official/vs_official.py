@@ -5,7 +5,8 @@ stepping on the same batch with the same AdamW, interleaved step block by step b
 autocast, with each process's peak memory (whole process, and above the loaded model: the training step's own memory;
 peaks are cumulative, so bf16's include fp32's).
 
-    python benchmarks/vs_official.py --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
+    python benchmarks/against_official/vs_official.py \\
+        --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
         [--method albef] [--sizes small base] [--batch-size 8] [--steps 2] [--rounds 3] [--threads 2] \\
         [--curve-steps 200]
 
@@ -16,7 +17,8 @@ comparison about the code, not the kernels. Each implementation runs in its own 
 loss with dropout off, which must agree (same weights, inputs and queues; no random choice); masking, ITM negatives
 and dropout then draw from each code's own RNG.
 With `--curve-steps N`, fresh workers of `--curve-size` (default tiny) train N bf16 steps each and their losses are
-overlaid in a second PNG. Prints a markdown table, writes JSON and the PNGs.
+overlaid in a second PNG. Prints a markdown table, writes JSON and the PNGs (default:
+`benchmarks/against_official/results/vs_official[_<method>].json`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,12 +36,16 @@ import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from albef_sizes import SIZES  # noqa: E402
-from plotting import paired_bars  # noqa: E402
-from worker_client import Worker  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from against_official.worker_client import Worker  # noqa: E402
+from common.albef_sizes import SIZES  # noqa: E402
+from common.plotting import paired_bars  # noqa: E402
 
 METHODS = ("albef", "simla", "fdt")
 NAMES = {"albef": "ALBEF", "simla": "SIMLA", "fdt": "FDT"}
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 
 def step_worker(
@@ -61,9 +68,14 @@ def step_worker(
     return Worker(python, Path(__file__).with_name(f"{args.method}_step_worker.py"), name, arguments)
 
 
+def step_module(method: str):
+    """The method's worker module (`<method>_step_worker.py`), imported in this process for its `write_spec`."""
+    return importlib.import_module(f"against_official.{method}_step_worker")
+
+
 def write_spec(directory: Path, size: str, args: argparse.Namespace) -> Path:
     """The method worker's spec (configs, one batch) for this size, written by the driver."""
-    return importlib.import_module(f"{args.method}_step_worker").write_spec(directory, size, args.batch_size)
+    return step_module(args.method).write_spec(directory, size, args.batch_size)
 
 
 def benchmark(size: str, args: argparse.Namespace) -> dict:
@@ -157,13 +169,11 @@ def main() -> None:
         "--vlalign-attention", help="vlalign's attention implementation (default: sdpa; eager is faster on CPU bf16)"
     )
     parser.add_argument("--curve-size", default="tiny", choices=list(SIZES), help="model size of the loss curves")
-    parser.add_argument(
-        "--output", help="default: benchmarks/results/vs_official.json (ALBEF), vs_official_<method>.json"
-    )
+    parser.add_argument("--output", help=f"default: {RESULTS}/vs_official.json (ALBEF), vs_official_<method>.json")
     args = parser.parse_args()
     suffix = "" if args.method == "albef" else f"_{args.method}"
-    args.output = args.output or f"benchmarks/results/vs_official{suffix}.json"
-    image_size = importlib.import_module(f"{args.method}_step_worker").IMAGE_SIZE
+    args.output = args.output or str(RESULTS / f"vs_official{suffix}.json")
+    image_size = step_module(args.method).IMAGE_SIZE
 
     rows = [benchmark(size, args) for size in args.sizes]
     curves = loss_curves(args.curve_size, args) if args.curve_steps else None

@@ -2,24 +2,26 @@
 from a local checkout of github.com/salesforce/ALBEF, never vendored) and vlalign's `evaluate_retrieval`, on the same
 model (the official retrieval model's initial weights, converted with `vlalign.convert.albef`), the same gallery and
 the same k, each in its own worker process (`albef_eval_worker.py`), interleaved round by round: the official in fp32
-(it fails under bf16 autocast), vlalign in fp32 and under bf16 autocast. The recalls and the re-rank scores are compared: a query whose rank differs counts as a near-tie when its
-ground truth's official score is within 1e-6 of another candidate's (bf16: within twice the largest bf16 score
-error).
+(it fails under bf16 autocast), vlalign in fp32 and under bf16 autocast. The recalls and the re-rank scores are
+compared: a query whose rank differs counts as a near-tie when its ground truth's official score is within 1e-6 of
+another candidate's (bf16: within twice the largest bf16 score error).
 
-    python benchmarks/eval_vs_official.py --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
+    python benchmarks/against_official/eval_vs_official.py \\
+        --official-src ~/src/ALBEF --official-python ~/venvs/albef/bin/python \\
         [--sizes small base] [--images 16] [--k 8] [--image-size 384] [--rounds 2] [--threads 2] \\
         [--scaling-size small --scaling-images 16 32 64 --scaling-k 4 8 16]
 
 The gallery is the synthetic shapes test split (5 captions per image) rendered at `--image-size`; the weights are
 random, so the recalls are near chance and the comparison is about the computation, not the model. `--scaling-*`
 adds a grid of evaluation times (one round each, fp32) over gallery size and k. Prints markdown tables, writes JSON
-and a PNG.
+and a PNG (default: `benchmarks/against_official/results/eval_vs_official.json`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,15 +32,19 @@ from safetensors.torch import load_file, save_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from albef_sizes import SIZES, official_bert_config, official_vision  # noqa: E402
-from worker_client import Worker  # noqa: E402
 
 from vlalign.data.synthetic import make_synthetic_dataset  # noqa: E402
 from vlalign.evaluation.retrieval import flatten_captions  # noqa: E402
 from vlalign.metrics.retrieval_recall.retrieval_recall import retrieval_ranks  # noqa: E402
 from vlalign.recipes.albef import albef_processor, build_tokenizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from against_official.worker_client import Worker  # noqa: E402
+from common.albef_sizes import SIZES, official_bert_config, official_vision  # noqa: E402
+
 WORKER = Path(__file__).with_name("albef_eval_worker.py")
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 NEAR_TIE = 1e-6
 #: the official `evaluation()` runs in fp32 only: under bf16 autocast it fails writing bf16 scores into its fp32
 #: score matrix (an index_put dtype error), so vlalign's bf16 evaluation is compared with the official fp32 one
@@ -279,7 +285,7 @@ def main() -> None:
     parser.add_argument("--scaling-size", default="small", choices=list(SIZES))
     parser.add_argument("--scaling-images", type=int, nargs="*", default=[], help="gallery sizes of the scaling grid")
     parser.add_argument("--scaling-k", type=int, nargs="*", default=[4, 8, 16], help="k values of the scaling grid")
-    parser.add_argument("--output", default="benchmarks/results/eval_vs_official.json")
+    parser.add_argument("--output", default=str(RESULTS / "eval_vs_official.json"))
     args = parser.parse_args()
 
     rows = [evaluate_side_by_side(size, args) for size in args.sizes]

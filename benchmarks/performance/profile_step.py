@@ -3,8 +3,8 @@ grouped into matmuls (linear layers, the ITC/queue similarity), attention kernel
 elementwise ops, the optimizer and the rest, plus the top operators. This is what bounds `train_step.py`'s "fraction
 of the limit": only the matmul share runs at the GEMM rate.
 
-    python benchmarks/profile_step.py [--size base] [--batch-size 8] [--top 12]
-                                      [--output benchmarks/results/profile_step.json]
+    python benchmarks/performance/profile_step.py [--size base] [--batch-size 8] [--top 12]
+        [--output benchmarks/performance/results/profile_step.json]
 
 Same model, batch and step as `train_step.py` (random weights and inputs of the real shapes). Prints markdown
 tables, writes JSON and a PNG (stacked shares per precision).
@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import matplotlib
 import torch
-from albef_sizes import SIZES
 from torch.profiler import ProfilerActivity, profile
-from train_step import Step, build_model, random_batch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from common.albef_sizes import SIZES  # noqa: E402
+from performance.train_step import Step, build_model, random_batch  # noqa: E402
+
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 #: operator-name fragments of each category, first match wins (self time only, so parents are never counted twice)
 CATEGORIES = {
@@ -108,7 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--attention", nargs="*", default=["sdpa", "eager"], help="also time a bf16 step with each implementation"
     )
-    parser.add_argument("--output", default="benchmarks/results/profile_step.json")
+    parser.add_argument("--output", default=str(RESULTS / "profile_step.json"))
     args = parser.parse_args()
 
     model = build_model(args.size)

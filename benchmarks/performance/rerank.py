@@ -2,8 +2,8 @@
 in every fusion layer, as the official `evaluation()` does) against vlalign's `rerank_pairs`, which scores the pairs
 grouped by image and projects each image's keys and values once per batch for all its texts.
 
-    python benchmarks/rerank.py [--sizes small base] [--images 8] [--captions-per-image 5] [--k 8]
-                                [--batch-size 256] [--rounds 2] [--output benchmarks/results/rerank.json]
+    python benchmarks/performance/rerank.py [--sizes small base] [--images 8] [--captions-per-image 5] [--k 8]
+        [--batch-size 256] [--rounds 2] [--output benchmarks/performance/results/rerank.json]
 
 Random weights and random encoder states of the real shapes (nothing is downloaded): the re-rank's cost depends on
 shapes alone. The candidate pairs are each query's ITC top-k of a random similarity matrix, both directions, each pair
@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
-from albef_sizes import SIZES, TEXT_TOKENS, albef_config
-from plotting import paired_bars
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlalign.evaluation.retrieval import _top_k_pairs, rerank_pairs
 from vlalign.models import AlbefModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from common.albef_sizes import SIZES, TEXT_TOKENS, albef_config
+from common.plotting import paired_bars
+
 #: image size of each size's re-rank: ALBEF's retrieval fine-tuning runs at 384 px (577 tokens)
 IMAGE_SIZES = {"tiny": 224, "small": 224, "base": 384}
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 
 def build_model(size: str) -> AlbefModel:
@@ -116,7 +122,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[8])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--output", default="benchmarks/results/rerank.json")
+    parser.add_argument("--output", default=str(RESULTS / "rerank.json"))
     args = parser.parse_args()
 
     rows = [

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from worker_client import reply
+from against_official.worker_client import reply
 
 
 def current_rss_mib() -> float:

@@ -3,7 +3,8 @@ alternative code-alignment loss, each pretrained from scratch with the quick sta
 data, learning rate and tiny model sizes), then evaluated zero-shot on the synthetic test split (ITC top-k with ITM
 re-ranking, R@1/5/10 both ways).
 
-    python benchmarks/codis_ablation.py [--max-steps N] [--seeds 0 1] [--output benchmarks/results/codis_ablation.json]
+    python benchmarks/experiments/codis_ablation.py [--max-steps N] [--seeds 0 1]
+        [--output benchmarks/experiments/results/codis_ablation.json]
 
 Prints a markdown table and writes it with the raw numbers as JSON. The synthetic data is a smoke test for the
 objectives, not a benchmark of real-image retrieval: differences of a few points between variants are within the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -30,6 +32,8 @@ VARIANTS = (
     ("CODIS, assignment-contrast code loss", "codis", {"code_loss_type": "assignment_contrast"}),
 )
 METRICS = ("txt_r1", "img_r1", "txt_r5", "img_r5", "txt_r10", "img_r10")
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 
 def run_variant(method: str, overrides: dict, max_steps: int, seed: int) -> dict:
@@ -68,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-steps", type=int, default=get_method("codis").quickstart.max_steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/codis_ablation.json"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "codis_ablation.json")
     args = parser.parse_args()
 
     rows = []

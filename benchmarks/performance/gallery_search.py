@@ -3,7 +3,8 @@ index (`IndexFlatIP`) and the approximate ones (`ivf`: inverted lists, `hnsw`: g
 the approximate indexes' recall@1/10 against exact search; plus the measured per-item embedding time of a micro model
 (the part of `vlalign index` that runs the model).
 
-    python benchmarks/gallery_search.py [--sizes 1000 10000 100000] [--dim 256] [--output benchmarks/results/gallery_search.json]
+    python benchmarks/performance/gallery_search.py [--sizes 1000 10000 100000] [--dim 256]
+        [--output benchmarks/performance/results/gallery_search.json]
 
 The index part uses random unit vectors of a real model's embedding size (ALBEF/SIMLA/CODIS: 256), built with
 `vlalign.evaluation.gallery.build_faiss_index` and searched through `datasets`' `search_batch`, exactly as galleries
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -39,6 +41,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 NUM_QUERIES = 100
 K = 10
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 
 def unit_vectors(generator: np.random.Generator, count: int, dim: int) -> np.ndarray:
@@ -130,7 +134,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--dim", type=int, default=256, help="embedding size (ALBEF/SIMLA/CODIS base: 256)")
     parser.add_argument("--method", default="albef", help="the micro model whose embedding time is measured")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/gallery_search.json"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "gallery_search.json")
     args = parser.parse_args()
 
     generator = np.random.default_rng(0)

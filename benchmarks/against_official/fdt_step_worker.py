@@ -1,4 +1,4 @@
-"""FDT's side of `benchmarks/vs_official.py --method fdt`: `write_spec` (the driver's: the official-format config and one
+"""FDT's side of `vs_official.py --method fdt`: `write_spec` (the driver's: the official-format config and one
 batch) and a worker process holding either the official `Clip_FDT` (imported from a local checkout of
 github.com/yuxiaochen1103/FDT, `--official-src`, in a Python with the dependencies it was written for) or vlalign's
 `FdtForPreTraining` converted from the official model's initial weights, answering the commands of `step_protocol.py`.
@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import save_file
-from step_protocol import join_single_process_group, serve, training_duties
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from against_official.step_protocol import join_single_process_group, serve, training_duties
 
 IMAGE_SIZE = 224  # the official ViT builders' input_resolution
 CONTEXT_LENGTH = 77  # the official text_transformers' context_length

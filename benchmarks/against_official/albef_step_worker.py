@@ -1,4 +1,4 @@
-"""ALBEF's side of `benchmarks/vs_official.py`: `write_spec` (the driver's: configs and one batch) and a worker process
+"""ALBEF's side of `vs_official.py`: `write_spec` (the driver's: configs and one batch) and a worker process
 holding either the official ALBEF pretraining model (imported from a local checkout, `--official-src`, in a Python
 environment with the transformers/timm it was written for) or vlalign's `AlbefForPreTraining` converted from the
 official model's initial weights, answering the commands of `step_protocol.py`.
@@ -11,14 +11,17 @@ gather of the queues).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, official_bert_config, official_vision
-from official_albef import import_official, size_official_model
 from safetensors.torch import save_file
-from step_protocol import join_single_process_group, serve, training_duties
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from against_official.official_albef import import_official, size_official_model
+from against_official.step_protocol import join_single_process_group, serve, training_duties
+from common.albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, official_bert_config, official_vision
 
 IMAGE_SIZE = 256  # Pretrain.yaml's image_res
 

@@ -1,4 +1,4 @@
-"""SIMLA's side of `benchmarks/vs_official.py --method simla`: `write_spec` (the driver's: configs and one batch) and a
+"""SIMLA's side of `vs_official.py --method simla`: `write_spec` (the driver's: configs and one batch) and a
 worker process holding either the official SIMLA pretraining model (`models/simla/pretrain.py`, imported from a local
 checkout of codezakh/SIMLA, `--official-src`, in a Python environment with the transformers/timm it was written for)
 or vlalign's `SimlaForPreTraining` converted from the official model's initial weights, answering the commands of
@@ -6,24 +6,27 @@ or vlalign's `SimlaForPreTraining` converted from the official model's initial w
 
 Nothing of the official repository is copied: its modules are imported from `--official-src` at run time, with
 environment shims only (`official_albef.py`: the ViT's shape from the spec, BERT built from its config;
-`step_protocol.py`: a one-process gloo group for the queues' gather). The batch carries what the official `Pretrain.py` feeds the model besides the
-images and captions: masked patch positions and the dVAE token ids of the patches (random ids here: the dVAE only
-labels the masked patches, and the step's cost does not depend on the labels).
+`step_protocol.py`: a one-process gloo group for the queues' gather). The batch carries what the official
+`Pretrain.py` feeds the model besides the images and captions: masked patch positions and the dVAE token ids of the
+patches (random ids here: the dVAE only labels the masked patches, and the step's cost does not depend on the labels).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from albef_sizes import VOCAB_SIZE, official_bert_config
-from albef_step_worker import TinyTokenizer
-from official_albef import import_official, size_official_model
 from safetensors.torch import save_file
-from step_protocol import join_single_process_group, serve, training_duties
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from against_official.albef_step_worker import TinyTokenizer
+from against_official.official_albef import import_official, size_official_model
+from against_official.step_protocol import join_single_process_group, serve, training_duties
+from common.albef_sizes import VOCAB_SIZE, official_bert_config
 
 IMAGE_SIZE = 256  # Pretrain.yaml's image_res
 PATCH_SIZE = 16  # the official ViT's (hard-coded)

@@ -1,4 +1,4 @@
-"""One side of `benchmarks/eval_vs_official.py`: a process holding either the official ALBEF retrieval model and its
+"""One side of `eval_vs_official.py`: a process holding either the official ALBEF retrieval model and its
 `Retrieval.py` `evaluation()` (imported from a local checkout, `--official-src`, in a Python with the official code's
 dependencies; shims in `official_albef.py`) or vlalign's `AlbefForImageTextRetrieval` converted from the official
 model's initial weights and `evaluate_retrieval`. It answers `{"cmd": "evaluate", "bf16": false, "k": 8}` with the
@@ -20,9 +20,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from official_albef import import_official, size_official_model
 from safetensors.torch import load_file, save_file
-from worker_client import reply
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from against_official.official_albef import import_official, size_official_model
+from against_official.worker_client import reply
 
 
 class PrecomputedTokenizer:

@@ -1,6 +1,6 @@
-"""The driver's end of the benchmark workers (`albef_step_worker.py`, `albef_eval_worker.py`): each implementation runs
-in its own process (the official code in a Python with its own dependencies), answering one JSON command per line on
-stdin with one `@@`-prefixed JSON line on stdout, so a driver can interleave both implementations in one run."""
+"""The driver's end of the benchmark workers (`<method>_step_worker.py`, `albef_eval_worker.py`): each implementation
+runs in its own process (the official code in a Python with its own dependencies), answering one JSON command per line
+on stdin with one `@@`-prefixed JSON line on stdout, so a driver can interleave both implementations in one run."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 AdamW, the momentum/queue duties) in fp32 and under bf16 autocast, its FLOPs (`torch.utils.flop_counter`), the FLOP/s
 it reaches, and the matmul FLOP/s this machine reaches at the model's own GEMM shapes in each precision.
 
-    python benchmarks/train_step.py [--sizes small base] [--batch-size 8] [--steps 3] [--rounds 2]
-                                    [--scaling-size small --scaling-batches 4 8 16 --scaling-image-sizes 224 384]
-                                    [--output benchmarks/results/train_step.json]
+    python benchmarks/performance/train_step.py [--sizes small base] [--batch-size 8] [--steps 3] [--rounds 2]
+        [--scaling-size small --scaling-batches 4 8 16 --scaling-image-sizes 224 384]
+        [--output benchmarks/performance/results/train_step.json]
 
 Random weights and random inputs of the real shapes (nothing downloaded). The precisions run interleaved in one
 process, best of `--rounds`. "Fraction of the limit" is the step's FLOP/s over the GEMM rate of the same precision:
@@ -18,19 +18,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
-from albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, albef_config
-from plotting import paired_bars
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlalign.models import AlbefConfig, AlbefForPreTraining
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: imports name their folder
+from common.albef_sizes import SIZES, TEXT_TOKENS, VOCAB_SIZE, albef_config
+from common.plotting import paired_bars
+
 IMAGE_SIZE = 256  # ALBEF's pretraining resolution (257 tokens)
 QUEUE_SIZE = 1024
+#: this folder's results/, as a path from the working directory (the repository root in the README's commands)
+RESULTS = Path(os.path.relpath(Path(__file__).parent / "results"))
 
 
 def build_model(size: str, image_size: int = IMAGE_SIZE) -> AlbefForPreTraining:
@@ -216,7 +222,7 @@ def main() -> None:
         "--scaling-batches", type=int, nargs="*", default=[], help="batch sizes at 256 px, e.g. 4 8 16"
     )
     parser.add_argument("--scaling-image-sizes", type=int, nargs="*", default=[], help="image sizes at batch 8")
-    parser.add_argument("--output", default="benchmarks/results/train_step.json")
+    parser.add_argument("--output", default=str(RESULTS / "train_step.json"))
     args = parser.parse_args()
 
     rows = [benchmark(size, args.batch_size, args.steps, args.rounds, args.compile) for size in args.sizes]
