@@ -166,8 +166,8 @@ def main() -> None:
             )
         model.set_image_size(image_size)
         processor = method.build_processor(processor.tokenizer, image_size)
-    rerank = method.supports_itm and not args.itc_only
-    if not method.supports_itm and (args.k_test is not None or args.score_mode is not None):
+    rerank = method.supports_itm_rerank and not args.itc_only
+    if not method.supports_itm_rerank and (args.k_test is not None or args.score_mode is not None):
         logger.warning("%s has no ITM head: --k_test and --score_mode are ignored (cosine ranking)", method.name)
     model.to(state.device).eval()
 

@@ -101,7 +101,7 @@ def main(output: str, mode: str, method_name: str) -> None:
         wrapped = nn.parallel.DistributedDataParallel(model)
     else:
         wrapped = model
-    optimizer = torch.optim.AdamW(method.parameter_groups(model, 0.02), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.optimizer_parameter_groups(0.02), lr=1e-3)
 
     model.train()
     torch.manual_seed(100)  # one global seed: the collator draws each row's caption from it and the row's id

@@ -19,10 +19,10 @@ from vlalign.cli import main
 from vlalign.convert.albef import load_tokenizer
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.synthetic import make_synthetic_dataset
-from vlalign.hub.sources import SourceError
 from vlalign.methods import get_method
 from vlalign.models import AlbefTokenizer
 from vlalign.recipes import dataset_captions
+from vlalign.sources import SourceError
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 ORIGINAL = ALBEF_FIXTURES / "original"

@@ -39,7 +39,7 @@ def test_evaluate_writes_the_recalls_of_the_python_api(saved, tmp_path):
     expected = evaluate_retrieval(model, processor, test, k_test=4, show_progress=False)
     for key in ("txt_r1", "txt_r5", "img_r1", "img_r10", "r_mean", "num_images", "num_texts", "num_itm_pairs"):
         assert written[key] == pytest.approx(expected[key], abs=1e-9), key
-    assert (written["num_itm_pairs"] > 0) == method.supports_itm
+    assert (written["num_itm_pairs"] > 0) == method.supports_itm_rerank
 
 
 def test_retrieve_ranks_a_folder_of_images(saved, tmp_path):

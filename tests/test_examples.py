@@ -141,7 +141,7 @@ def test_evaluate_retrieval(pretrained, tmp_path):
     assert result["method"] == method
     assert_recalls(result["metrics"])
     assert result["metrics"]["num_images"] == 8
-    assert (result["metrics"]["num_itm_pairs"] > 0) == get_method(method).supports_itm  # re-rank only with ITM
+    assert (result["metrics"]["num_itm_pairs"] > 0) == get_method(method).supports_itm_rerank  # re-rank only with ITM
 
 
 def test_finetune_retrieval(pretrained, tmp_path):

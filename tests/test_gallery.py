@@ -183,7 +183,7 @@ def test_errors(setup, data, tmp_path):
         search_gallery(model, processor, images, [data[0]["image"]])
     with pytest.raises(ValueError, match="k ≤ rerank_k"):
         search_gallery(model, processor, images, query, k=4, rerank_k=2)
-    if not method.supports_itm:
+    if not method.supports_itm_rerank:
         with pytest.raises(ValueError, match="dual encoder"):
             search_gallery(model, processor, images, query, k=2, rerank_k=4)
 

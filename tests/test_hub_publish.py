@@ -51,6 +51,7 @@ PUBLISHED_FILES = {
     "frozen.py",
     "input_checks.py",
     "losses.py",
+    "parameter_groups.py",
     "model.safetensors",
     "modeling_albef.py",
     "pipeline_retrieval.py",

@@ -48,7 +48,7 @@ def setup(request, dataset):
     return method_setup(request.param, dataset)
 
 
-@pytest.fixture(scope="module", params=[name for name in METHODS if get_method(name).supports_itm])
+@pytest.fixture(scope="module", params=[name for name in METHODS if get_method(name).supports_itm_rerank])
 def fusion_setup(request, dataset):
     """`setup` for each method with an ITM head (a fusion pass that re-ranks)."""
     return method_setup(request.param, dataset)
@@ -247,9 +247,9 @@ def test_pipelines(setup, dataset):
     ranked = retriever(test[0]["image"], candidate_texts=captions, top_k=3)
     assert [hit["rank"] for hit in ranked] == [1, 2, 3]
     assert ranked[0]["score"] >= ranked[1]["score"] >= ranked[2]["score"]
-    images = retriever(captions[:2], candidate_images=list(test["image"]), top_k=2, rerank=method.supports_itm)
+    images = retriever(captions[:2], candidate_images=list(test["image"]), top_k=2, rerank=method.supports_itm_rerank)
     assert len(images) == 2 and all(len(hits) == 2 for hits in images)
-    if not method.supports_itm:
+    if not method.supports_itm_rerank:
         with pytest.raises(ValueError, match="dual encoder"):
             retriever(captions[0], candidate_images=list(test["image"]), rerank=True)
     classifier = pipeline(
@@ -301,7 +301,7 @@ def test_retrieval_evaluation(setup, dataset):
     metrics = evaluate_retrieval(build(), processor, dataset["test"], k_test=3, show_progress=False)
     assert 0.0 <= metrics["r_mean"] <= 100.0
     assert metrics["num_images"] == 6 and metrics["num_texts"] == 12
-    assert (metrics["num_itm_pairs"] > 0) == method.supports_itm
+    assert (metrics["num_itm_pairs"] > 0) == method.supports_itm_rerank
 
 
 def test_rerank_shares_image_keys_values_and_text_self_attention_with_the_same_scores(fusion_setup, dataset):

@@ -85,7 +85,7 @@ def test_push_evaluates_and_uploads_everything_in_one_commit(hub, tmp_path, mode
     assert HfApi(endpoint=hub.endpoint, token=DEFAULT_TOKEN).model_info(REPO_ID).private
 
     results = json.loads(stored[RESULTS_FILE])
-    from vlalign.hub.sources import load_saved_model
+    from vlalign.sources import load_saved_model
 
     model, processor = load_saved_model(model_dir)
     expected = evaluate_retrieval(model, processor, test_split, show_progress=False)
@@ -102,7 +102,7 @@ def test_push_evaluates_and_uploads_everything_in_one_commit(hub, tmp_path, mode
 
 
 def test_push_uses_the_saved_results(hub, tmp_path, model_dir, test_split, monkeypatch, capsys):
-    from vlalign.hub.sources import load_saved_model
+    from vlalign.sources import load_saved_model
 
     model, processor = load_saved_model(model_dir)
     results = measure_results(model, processor, test_split, dataset_name="Twelve shapes")

@@ -156,7 +156,7 @@ def test_train_and_evaluate_every_method(files, tmp_path, method_name, source):
 
     metrics = evaluate_retrieval(trainer.model, processor, test, k_test=2, show_progress=False)
     assert (metrics["num_images"], metrics["num_texts"]) == (TEST_ROWS, 2 * TEST_ROWS)
-    assert (metrics["num_itm_pairs"] > 0) == method.supports_itm
+    assert (metrics["num_itm_pairs"] > 0) == method.supports_itm_rerank
     for key in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"):
         assert 0.0 <= metrics[key] <= 100.0, key
     assert metrics["txt_r10"] == metrics["img_r10"] == 100.0  # 3 images, 6 captions: everything is in the top 10

@@ -1,17 +1,28 @@
 """vlalign: Hugging Face-native vision-language alignment pretraining (ALBEF, SIMLA, CODIS, FDT).
 
-Importing vlalign registers every method of the registry (`vlalign.methods`) with the transformers Auto classes and
-adds the `zero-shot-image-text-retrieval` pipeline.
+Importing vlalign registers every model family (`vlalign.auto.MODEL_FAMILIES`) with the transformers Auto classes and
+adds the `zero-shot-image-text-retrieval` pipeline. It imports the models only: training (`vlalign.training`),
+evaluation, hub publishing and the method registry (`vlalign.methods`) load when first used.
 """
 
-from . import methods
-from .auto import AutoModelForImageTextRetrieval
+import importlib
+
+from .auto import AutoModelForImageTextRetrieval, register_auto_classes
 from .models import *  # noqa: F403
 from .models import __all__ as _models_all
-from .pipelines.retrieval import register_pipelines
+from .models.pipeline_retrieval import register_pipelines
 
-methods.register_auto_classes()
+register_auto_classes()
 register_pipelines()
 
 __version__ = "0.1.0"
 __all__ = [*_models_all, "AutoModelForImageTextRetrieval", "__version__"]
+
+_SUBMODULES = ("cli", "convert", "data", "evaluation", "hub", "methods", "quickstart", "recipes", "training")
+
+
+def __getattr__(name: str):
+    """`vlalign.methods`, `vlalign.training`, ... without importing them at `import vlalign`."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

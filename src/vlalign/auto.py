@@ -1,21 +1,172 @@
-"""`AutoModelForImageTextRetrieval`: the Auto class transformers does not have, for retrieval fine-tuned folders.
+"""The model families vlalign registers with transformers' Auto classes, and `AutoModelForImageTextRetrieval`.
 
-transformers maps a config to one class per Auto class; a retrieval fine-tuned ALBEF folder would load as the
-pretraining model through `AutoModelForPreTraining` (dropping its image-index queue, adding an MLM head) and as the
-bare encoders through `AutoModel`. This Auto class loads it as what it is, `AlbefForImageTextRetrieval`; for a dual
-encoder (FDT) the retrieval model is its `<Method>Model`. The method registry fills the mapping.
+`import vlalign` registers each family of `MODEL_FAMILIES` (config, models, processor, image processor, tokenizer)
+with the Auto classes and for remote code, so saved folders load through `AutoModel.from_pretrained` in this process
+and with `trust_remote_code=True` where vlalign is not installed. This is the models' own table: it imports nothing
+above `vlalign.models`. The method registry (`vlalign.methods`) points at these families.
+
+`AutoModelForImageTextRetrieval` is the Auto class transformers does not have: a retrieval fine-tuned ALBEF folder
+would load as the pretraining model through `AutoModelForPreTraining` (dropping its image-index queue, adding an MLM
+head) and as the bare encoders through `AutoModel`; this class loads it as what it is, `AlbefForImageTextRetrieval`.
+For a dual encoder (FDT) the retrieval model is its `<Method>Model`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+    AutoTokenizer,
+)
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+from . import models
 
 
 class AutoModelForImageTextRetrieval(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
 
 
-__all__ = ["AutoModelForImageTextRetrieval"]
+@dataclass(frozen=True)
+class ModelFamily:
+    """The classes of one method: what each Auto class loads for its `config_class`.
+
+    `retrieval_class` is the retrieval fine-tuning model; None for dual encoders, whose `model_class` is the
+    retrieval model.
+    """
+
+    config_class: type
+    model_class: type
+    pretraining_class: type
+    retrieval_class: type | None
+    processor_class: type
+    image_processor_class: type
+    tokenizer_class: type
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+    @property
+    def retrieval_model_class(self) -> type:
+        """What `AutoModelForImageTextRetrieval` loads: the retrieval fine-tuning model, or the dual encoder."""
+        return self.retrieval_class or self.model_class
+
+    @property
+    def training_classes(self) -> tuple[type, ...]:
+        """The models with training duties (momentum encoders, queues, codebooks): pretraining and retrieval."""
+        return tuple(c for c in (self.pretraining_class, self.retrieval_class) if c is not None)
+
+    @property
+    def remote_code_files(self) -> tuple[str, ...]:
+        """The code files named after the method that a saved folder carries for `trust_remote_code=True` (their
+        relative imports travel with them)."""
+        return tuple(
+            f"{kind}_{self.model_type}.py" for kind in ("configuration", "modeling", "processing", "tokenization")
+        )
+
+    def register(self) -> None:
+        """Register with the Auto classes, and for remote code so that saved folders carry their code."""
+        config_class = self.config_class
+        AutoConfig.register(self.model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, self.model_class, exist_ok=True)
+        AutoModelForPreTraining.register(config_class, self.pretraining_class, exist_ok=True)
+        AutoModelForZeroShotImageClassification.register(config_class, self.model_class, exist_ok=True)
+        AutoImageProcessor.register(config_class, image_processor_classes={"pil": self.image_processor_class},
+                                    exist_ok=True)  # fmt: skip
+        AutoTokenizer.register(config_class, tokenizer_class=self.tokenizer_class, exist_ok=True)
+        AutoProcessor.register(config_class, self.processor_class, exist_ok=True)
+        AutoModelForImageTextRetrieval.register(config_class, self.retrieval_model_class, exist_ok=True)
+
+        config_class.register_for_auto_class()
+        self.model_class.register_for_auto_class("AutoModel")
+        self.pretraining_class.register_for_auto_class("AutoModelForPreTraining")
+        self.image_processor_class.register_for_auto_class("AutoImageProcessor")
+        self.tokenizer_class.register_for_auto_class("AutoTokenizer")
+        self.processor_class.register_for_auto_class()
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    family.model_type: family
+    for family in (
+        ModelFamily(
+            config_class=models.AlbefConfig,
+            model_class=models.AlbefModel,
+            pretraining_class=models.AlbefForPreTraining,
+            retrieval_class=models.AlbefForImageTextRetrieval,
+            processor_class=models.AlbefProcessor,
+            image_processor_class=models.AlbefImageProcessor,
+            tokenizer_class=models.AlbefTokenizer,
+        ),
+        ModelFamily(
+            config_class=models.CodisConfig,
+            model_class=models.CodisModel,
+            pretraining_class=models.CodisForPreTraining,
+            retrieval_class=models.CodisForImageTextRetrieval,
+            processor_class=models.CodisProcessor,
+            image_processor_class=models.CodisImageProcessor,
+            tokenizer_class=models.CodisTokenizer,
+        ),
+        ModelFamily(
+            config_class=models.FdtConfig,
+            model_class=models.FdtModel,
+            pretraining_class=models.FdtForPreTraining,
+            retrieval_class=None,
+            processor_class=models.FdtProcessor,
+            image_processor_class=models.FdtImageProcessor,
+            tokenizer_class=models.FdtTokenizer,
+        ),
+        ModelFamily(
+            config_class=models.SimlaConfig,
+            model_class=models.SimlaModel,
+            pretraining_class=models.SimlaForPreTraining,
+            retrieval_class=models.SimlaForImageTextRetrieval,
+            processor_class=models.SimlaProcessor,
+            image_processor_class=models.SimlaImageProcessor,
+            tokenizer_class=models.SimlaTokenizer,
+        ),
+    )
+}
+
+
+def model_family(model_type: str) -> ModelFamily:
+    """The family of `model_type`; a clear error naming the choices otherwise."""
+    if model_type not in MODEL_FAMILIES:
+        raise ValueError(f"Unknown model type {model_type!r}; vlalign has {', '.join(sorted(MODEL_FAMILIES))}.")
+    return MODEL_FAMILIES[model_type]
+
+
+def family_of(model_or_config) -> ModelFamily:
+    """The family of a model, config, or anything with a `.config` (by `model_type`); a clear error otherwise."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FAMILIES:
+        raise ValueError(
+            f"{type(model_or_config).__name__} (model_type {model_type!r}) is not a vlalign model; vlalign has "
+            f"{', '.join(sorted(MODEL_FAMILIES))}."
+        )
+    return MODEL_FAMILIES[model_type]
+
+
+def register_auto_classes() -> None:
+    """Register every family with the Auto classes (idempotent)."""
+    for family in MODEL_FAMILIES.values():
+        family.register()
+
+
+__all__ = [
+    "MODEL_FAMILIES",
+    "AutoModelForImageTextRetrieval",
+    "ModelFamily",
+    "family_of",
+    "model_family",
+    "register_auto_classes",
+]

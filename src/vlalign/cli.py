@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from .hub.publish import normalize_permissions
-from .hub.sources import load_saved_model
-from .methods import get_method, method_names, method_of
+from .files import normalize_permissions
+from .methods import get_method, method_names
+from .sources import load_saved_model
 from .threads import ENV_VAR, configure_threads
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -190,7 +190,7 @@ def _retrieve(args: argparse.Namespace) -> int:
     _check_text(args.query, "--query")
     model, processor = load_saved_model(args.model)
     retriever = pipeline(TASK, model=model, processor=processor)
-    rerank = args.rerank and method_of(model).supports_itm
+    rerank = args.rerank and model.supports_itm_rerank
     if args.rerank and not rerank:
         print(f"note: {type(model).__name__} has no ITM head; ranking by embedding cosine only.", file=sys.stderr)
     if args.gallery:

@@ -1,28 +1,21 @@
-"""The method registry: one declaration per alignment method, read by everything above the models.
+"""The method registry: one entry per alignment method, at the top of the package.
 
-Auto-class registration, the CLI (`--method`), the quick start, the Trainer's optimizer groups, evaluation (ITM
-re-rank or not), the retrieval pipeline, model cards and the registry-parametrised tests all look a method up here,
-by name or by a config's `model_type`. Adding a method means writing its model files and one `Method` entry.
+The CLI (`--method`), the quick start and the registry-parametrised tests look a method up here, by name or by a
+config's `model_type`. An entry only points: at the method's classes (`vlalign.auto.MODEL_FAMILIES`, which importing
+vlalign registers with the Auto classes), its tiny recipe, its converter and its quick-start plots. Everything below
+(models, data, conversion, training, evaluation, hub) asks the model classes themselves, never this module.
+Adding a method: docs/adding_a_method.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForPreTraining,
-    AutoModelForZeroShotImageClassification,
-    AutoProcessor,
-    AutoTokenizer,
-)
-
-from .auto import AutoModelForImageTextRetrieval
+from .auto import MODEL_FAMILIES, ModelFamily, family_of
 
 
 @dataclass(frozen=True)
@@ -41,16 +34,15 @@ class QuickstartRecipe:
 
 @dataclass(frozen=True)
 class Method:
-    """Everything vlalign needs to know about one alignment method.
+    """What the CLI, the quick start and the tests need to know about one alignment method, beyond its models.
+
+    The models answer for themselves (`vlalign.auto.MODEL_FAMILIES`, class attributes such as `supports_itm_rerank`,
+    `model.optimizer_parameter_groups(weight_decay)`, the config class's `method_title` / `method_paper` /
+    `hub_tags`); the registry points at them and adds the tiny recipe, the converter and the quick start's plots.
 
     Args:
-        name: the method's name and its configs' `model_type`.
-        title: human-readable name with its paper, for cards and help texts.
-        config_class, model_class, pretraining_class: the `PretrainedConfig`, the downstream `AutoModel` (encoders
-            and projections; what gets published) and the `AutoModelForPreTraining` training model.
-        retrieval_class: the retrieval fine-tuning model (`AutoModelForImageTextRetrieval`-like), None for dual
-            encoders whose `model_class` is the retrieval model.
-        processor_class, image_processor_class, tokenizer_class: preprocessing, registered with the Auto classes.
+        family: the method's classes (config, models, processor, image processor, tokenizer), as registered with the
+            Auto classes.
         build_tokenizer: closed-vocabulary tokenizer over a list of captions (built offline, for synthetic data).
         build_processor: `(tokenizer, image_size) -> processor` with the official preprocessing at that size.
         tiny_config: `(tokenizer, image_size, **overrides) -> config`, a model that learns on a CPU in minutes.
@@ -58,10 +50,7 @@ class Method:
         quickstart: the tuned settings of `vlalign quickstart --method NAME`.
         converter: `(checkpoint, config_files, output_dir, tokenizer, task, image_size) -> folder` for official
             checkpoints (`vlalign convert --method NAME`).
-        parameter_groups: `(model, weight_decay) -> [param groups]`, the official optimizer grouping.
-        card_config_rows: `model -> [(setting, value)]`, the "Model configuration" table of model cards.
-        loss_names: named losses the training output carries (logged separately, listed in cards).
-        supports_itm: whether retrieval can re-rank candidates with an image-text matching head.
+        loss_names: named losses the pretraining output carries (logged separately, listed in cards).
         example_plots: `(model, processor, eval dataset, folder, log_history) -> [png paths]`, method-specific
             pictures the quick start draws for a trained model (e.g. FDT's activated codebook tokens, CODIS's codebook
             usage and prototype gallery), or None. `model` is the reloaded `model_class`, `log_history` the training
@@ -69,48 +58,75 @@ class Method:
         pretraining_inputs: `(config, processor, train_dataset) -> dict` of extra `AlignmentCollator` arguments that
             pretraining needs beyond image-caption pairs (SIMLA: the masked-image-modelling masks and image-tokenizer
             targets, with the built-in tokenizer fitted on `train_dataset`'s images), or None.
-        paper: citation line for model cards.
-        tags: extra Hub tags for model cards.
     """
 
-    name: str
-    title: str
-    config_class: type
-    model_class: type
-    pretraining_class: type
-    retrieval_class: type | None
-    processor_class: type
-    image_processor_class: type
-    tokenizer_class: type
+    family: ModelFamily
     build_tokenizer: Callable[[Iterable[str]], Any]
     build_processor: Callable[[Any, int], Any]
     tiny_config: Callable[..., Any]
     test_overrides: dict[str, Any]
     quickstart: QuickstartRecipe
     converter: Callable[..., Any]
-    parameter_groups: Callable[[Any, float], list[dict]]
-    card_config_rows: Callable[[Any], list[tuple[str, str]]]
     loss_names: tuple[str, ...]
-    supports_itm: bool
-    paper: str
-    tags: tuple[str, ...] = field(default_factory=tuple)
     example_plots: Callable[..., list[Path]] | None = None
     pretraining_inputs: Callable[..., dict[str, Any]] | None = None
 
     @property
-    def card_template(self) -> Path:
-        """The method's model-card template (`model_cards/<name>.md` in the repository, shipped in the package)."""
-        return Path(__file__).parent / "hub" / "templates" / f"{self.name}.md"
+    def name(self) -> str:
+        """The method's name: its configs' `model_type`."""
+        return self.family.model_type
 
     @property
-    def remote_code_files(self) -> tuple[str, ...]:
-        """The code files a saved folder of this method carries for `trust_remote_code=True`."""
-        return tuple(f"{kind}_{self.name}.py" for kind in ("configuration", "modeling", "processing", "tokenization"))
+    def config_class(self) -> type:
+        return self.family.config_class
+
+    @property
+    def model_class(self) -> type:
+        """The downstream `AutoModel` (encoders and projections; what gets published)."""
+        return self.family.model_class
+
+    @property
+    def pretraining_class(self) -> type:
+        return self.family.pretraining_class
+
+    @property
+    def retrieval_class(self) -> type | None:
+        return self.family.retrieval_class
 
     @property
     def retrieval_model_class(self) -> type:
-        """What `AutoModelForImageTextRetrieval` loads: the retrieval fine-tuning model, or the dual encoder."""
-        return self.retrieval_class or self.model_class
+        return self.family.retrieval_model_class
+
+    @property
+    def processor_class(self) -> type:
+        return self.family.processor_class
+
+    @property
+    def image_processor_class(self) -> type:
+        return self.family.image_processor_class
+
+    @property
+    def tokenizer_class(self) -> type:
+        return self.family.tokenizer_class
+
+    @property
+    def title(self) -> str:
+        return self.config_class.method_title
+
+    @property
+    def supports_itm_rerank(self) -> bool:
+        """Whether retrieval can re-rank candidates with an image-text matching head (the model class says so)."""
+        return self.model_class.supports_itm_rerank
+
+    @property
+    def supports_itm(self) -> bool:
+        """Deprecated: `supports_itm_rerank` (or the model class's own attribute)."""
+        warnings.warn(
+            "Method.supports_itm is deprecated; use Method.supports_itm_rerank or the model's supports_itm_rerank.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.supports_itm_rerank
 
     def pretraining_collator_kwargs(self, config: Any, processor: Any, train_dataset: Any) -> dict[str, Any]:
         """The extra `AlignmentCollator` arguments of this method's pretraining (`pretraining_inputs`), or {}."""
@@ -119,34 +135,15 @@ class Method:
         return self.pretraining_inputs(config, processor, train_dataset)
 
     def training_classes(self) -> tuple[type, ...]:
-        return tuple(c for c in (self.pretraining_class, self.retrieval_class) if c is not None)
+        return self.family.training_classes
 
 
 def _albef() -> Method:
     from .convert.albef import convert_albef_checkpoint
-    from .hub.summaries import albef_config_rows
-    from .models import (
-        AlbefConfig,
-        AlbefForImageTextRetrieval,
-        AlbefForPreTraining,
-        AlbefImageProcessor,
-        AlbefModel,
-        AlbefProcessor,
-        AlbefTokenizer,
-    )
     from .recipes.albef import albef_processor, build_tokenizer, tiny_albef_config
-    from .training.optim import albef_parameter_groups
 
     return Method(
-        name="albef",
-        title="ALBEF (Li et al., NeurIPS 2021): Align before Fuse",
-        config_class=AlbefConfig,
-        model_class=AlbefModel,
-        pretraining_class=AlbefForPreTraining,
-        retrieval_class=AlbefForImageTextRetrieval,
-        processor_class=AlbefProcessor,
-        image_processor_class=AlbefImageProcessor,
-        tokenizer_class=AlbefTokenizer,
+        family=MODEL_FAMILIES["albef"],
         build_tokenizer=build_tokenizer,
         build_processor=albef_processor,
         tiny_config=tiny_albef_config,
@@ -162,34 +159,17 @@ def _albef() -> Method:
         ),
         quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
         converter=convert_albef_checkpoint,
-        parameter_groups=albef_parameter_groups,
-        card_config_rows=albef_config_rows,
         loss_names=("loss_itc", "loss_itm", "loss_mlm"),
-        supports_itm=True,
-        paper="Li et al., Align before Fuse: Vision and Language Representation Learning with Momentum "
-        "Distillation, NeurIPS 2021 (arXiv:2107.07651)",
-        tags=("albef",),
     )
 
 
 def _fdt() -> Method:
     from .convert.fdt import convert_fdt_checkpoint
-    from .hub.summaries import fdt_config_rows
-    from .models import FdtConfig, FdtForPreTraining, FdtImageProcessor, FdtModel, FdtProcessor, FdtTokenizer
-    from .models.modeling_fdt import fdt_parameter_groups
     from .recipes.fdt import build_fdt_tokenizer, fdt_processor, tiny_fdt_config
     from .visualization import fdt_example_plots
 
     return Method(
-        name="fdt",
-        title="FDT (Chen et al., CVPR 2023): CLIP with Finite Discrete Tokens",
-        config_class=FdtConfig,
-        model_class=FdtModel,
-        pretraining_class=FdtForPreTraining,
-        retrieval_class=None,
-        processor_class=FdtProcessor,
-        image_processor_class=FdtImageProcessor,
-        tokenizer_class=FdtTokenizer,
+        family=MODEL_FAMILIES["fdt"],
         build_tokenizer=build_fdt_tokenizer,
         build_processor=fdt_processor,
         tiny_config=tiny_fdt_config,
@@ -198,87 +178,37 @@ def _fdt() -> Method:
         ),  # fmt: skip
         quickstart=QuickstartRecipe(max_steps=500, learning_rate=2e-3),
         converter=convert_fdt_checkpoint,
-        parameter_groups=fdt_parameter_groups,
-        card_config_rows=fdt_config_rows,
         loss_names=("loss_itc",),
-        supports_itm=False,
-        paper="Chen et al., Revisiting Multimodal Representation in Contrastive Learning: From Patch and Token "
-        "Embeddings to Finite Discrete Tokens, CVPR 2023 (arXiv:2303.14865)",
-        tags=("fdt", "clip"),
         example_plots=fdt_example_plots,
     )
 
 
 def _codis() -> Method:
     from .convert.codis import convert_albef_to_codis
-    from .hub.summaries import codis_config_rows
-    from .models import (
-        CodisConfig,
-        CodisForImageTextRetrieval,
-        CodisForPreTraining,
-        CodisImageProcessor,
-        CodisModel,
-        CodisProcessor,
-        CodisTokenizer,
-    )
     from .recipes.codis import build_codis_tokenizer, codis_processor, tiny_codis_config
-    from .training.optim import albef_parameter_groups
     from .visualization import codis_example_plots
 
-    albef = get_method("albef")
     return Method(
-        name="codis",
-        title="CODIS (Duan et al., CVPR 2022): Multi-modal Alignment using Representation Codebook",
-        config_class=CodisConfig,
-        model_class=CodisModel,
-        pretraining_class=CodisForPreTraining,
-        retrieval_class=CodisForImageTextRetrieval,
-        processor_class=CodisProcessor,
-        image_processor_class=CodisImageProcessor,
-        tokenizer_class=CodisTokenizer,
+        family=MODEL_FAMILIES["codis"],
         build_tokenizer=build_codis_tokenizer,
         build_processor=codis_processor,
         tiny_config=tiny_codis_config,
-        test_overrides=dict(albef.test_overrides, codebook_size=12),
+        test_overrides=dict(get_method("albef").test_overrides, codebook_size=12),
         quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
         converter=convert_albef_to_codis,
-        parameter_groups=albef_parameter_groups,
-        card_config_rows=codis_config_rows,
         loss_names=("loss_align", "loss_code", "loss_ot", "loss_itm", "loss_mlm"),
-        supports_itm=True,
-        paper="Duan et al., Multi-modal Alignment using Representation Codebook, CVPR 2022 (arXiv:2203.00048)",
-        tags=("codis", "albef"),
         example_plots=codis_example_plots,
     )
 
 
 def _simla() -> Method:
     from .convert.simla import convert_simla_checkpoint
-    from .hub.summaries import simla_config_rows
-    from .models import (
-        SimlaConfig,
-        SimlaForImageTextRetrieval,
-        SimlaForPreTraining,
-        SimlaImageProcessor,
-        SimlaModel,
-        SimlaProcessor,
-        SimlaTokenizer,
-    )
     from .recipes.simla import build_simla_tokenizer, simla_pretraining_inputs, simla_processor, tiny_simla_config
-    from .training.optim import albef_parameter_groups
     from .visualization import simla_example_plots
 
     albef_overrides = {k: v for k, v in get_method("albef").test_overrides.items() if k != "fusion_layer"}
     return Method(
-        name="simla",
-        title="SIMLA (Khan et al., ECCV 2022): Single-Stream Multi-Level Alignment",
-        config_class=SimlaConfig,
-        model_class=SimlaModel,
-        pretraining_class=SimlaForPreTraining,
-        retrieval_class=SimlaForImageTextRetrieval,
-        processor_class=SimlaProcessor,
-        image_processor_class=SimlaImageProcessor,
-        tokenizer_class=SimlaTokenizer,
+        family=MODEL_FAMILIES["simla"],
         build_tokenizer=build_simla_tokenizer,
         build_processor=simla_processor,
         tiny_config=tiny_simla_config,
@@ -286,13 +216,7 @@ def _simla() -> Method:
         # the temperature at the official 1e-4: at 2e-3 it fell to ~0.007 within 500 steps and ITC stalled
         quickstart=QuickstartRecipe(max_steps=400, learning_rate=2e-3, temperature_learning_rate=1e-4),
         converter=convert_simla_checkpoint,
-        parameter_groups=albef_parameter_groups,
-        card_config_rows=simla_config_rows,
         loss_names=("loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_psl"),
-        supports_itm=True,
-        paper="Khan et al., Single-Stream Multi-Level Alignment for Vision-Language Pretraining, ECCV 2022 "
-        "(arXiv:2203.14395)",
-        tags=("simla", "albef"),
         example_plots=simla_example_plots,
         pretraining_inputs=simla_pretraining_inputs,
     )
@@ -321,44 +245,7 @@ def all_methods() -> list[Method]:
 
 def method_of(model_or_config: Any) -> Method:
     """The method of a model, config, or anything with a `.config` (by `model_type`)."""
-    config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _FACTORIES:
-        raise ValueError(
-            f"{type(model_or_config).__name__} (model_type {model_type!r}) is not a vlalign model; vlalign has "
-            f"{', '.join(method_names())}."
-        )
-    return get_method(model_type)
+    return get_method(family_of(model_or_config).model_type)
 
 
-def register_auto_classes(methods: Sequence[Method] | None = None) -> None:
-    """Register every method with the Auto classes, and for remote code so saved folders ship their code."""
-    for method in methods or all_methods():
-        config_class = method.config_class
-        AutoConfig.register(method.name, config_class, exist_ok=True)
-        AutoModel.register(config_class, method.model_class, exist_ok=True)
-        AutoModelForPreTraining.register(config_class, method.pretraining_class, exist_ok=True)
-        AutoModelForZeroShotImageClassification.register(config_class, method.model_class, exist_ok=True)
-        AutoImageProcessor.register(config_class, image_processor_classes={"pil": method.image_processor_class},
-                                    exist_ok=True)  # fmt: skip
-        AutoTokenizer.register(config_class, tokenizer_class=method.tokenizer_class, exist_ok=True)
-        AutoProcessor.register(config_class, method.processor_class, exist_ok=True)
-        AutoModelForImageTextRetrieval.register(config_class, method.retrieval_model_class, exist_ok=True)
-
-        config_class.register_for_auto_class()
-        method.model_class.register_for_auto_class("AutoModel")
-        method.pretraining_class.register_for_auto_class("AutoModelForPreTraining")
-        method.image_processor_class.register_for_auto_class("AutoImageProcessor")
-        method.tokenizer_class.register_for_auto_class("AutoTokenizer")
-        method.processor_class.register_for_auto_class()
-
-
-__all__ = [
-    "Method",
-    "QuickstartRecipe",
-    "all_methods",
-    "get_method",
-    "method_names",
-    "method_of",
-    "register_auto_classes",
-]
+__all__ = ["Method", "QuickstartRecipe", "all_methods", "get_method", "method_names", "method_of"]

@@ -195,7 +195,7 @@ def _run_quickstart(output_dir: Path, settings: QuickstartSettings | None) -> di
     processor = AutoProcessor.from_pretrained(model_dir)
     retriever = pipeline("zero-shot-image-text-retrieval", model=reloaded, processor=processor)
     queries = [captions[0] for captions in test.select(range(5))["captions"]]
-    rerank = method.supports_itm
+    rerank = method.supports_itm_rerank
     protocol = "ITC top-k, ITM re-rank" if rerank else "embedding cosine ranking"
     results = retriever(queries, candidate_images=list(test["image"]), top_k=5, rerank=rerank)
     for query, ranked in zip(queries, results, strict=True):

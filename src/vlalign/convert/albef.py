@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..hub.publish import normalize_permissions
-from ..hub.sources import SourceError, check_vocabulary, resolve_pretrained
+from ..auto import model_family
+from ..files import normalize_permissions
 from ..models import AlbefConfig, AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefTokenizer
 from ..models.modeling_albef import interpolate_pos_embed
+from ..recipes.albef import albef_processor
+from ..sources import SourceError, check_vocabulary, resolve_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -335,19 +337,17 @@ def convert_albef_checkpoint(
             own modules (`"codis"`), which keep their fresh initialisation.
         new_modules: regular expressions matching the target's weight names that ALBEF checkpoints lack.
     """
-    from ..methods import get_method
-
-    method = get_method(target)
+    family = model_family(target)
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
     if task == "auto":
         task = "retrieval" if "k_test" in yaml_config else "pretraining"
     if task not in ("pretraining", "retrieval"):
         raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval' or 'auto'.")
     original = load_original_checkpoint(checkpoint)
-    processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], method.tokenizer_class)
-    config = build_config(yaml_config, bert_config, processor_tokenizer, image_size, method.config_class)
+    processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], family.tokenizer_class)
+    config = build_config(yaml_config, bert_config, processor_tokenizer, image_size, family.config_class)
     check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
-    model_class = method.pretraining_class if task == "pretraining" else method.retrieval_class
+    model_class = family.pretraining_class if task == "pretraining" else family.retrieval_class
 
     state_dict, dropped = convert_state_dict(original, config, with_mlm_head=task == "pretraining")
     unknown = [k for k in dropped if not re.search(r"(cls\.predictions\.|position_ids$|itm_head_m)", k)]
@@ -362,7 +362,10 @@ def convert_albef_checkpoint(
     has_momentum = any("_m." in key for key in state_dict)
     allowed_missing = [r"_queue$", r"^queue_ptr$", *new_modules, *([] if has_momentum else [r"_m\."])]
     model = load_converted_weights(model_class, config, state_dict, allowed_missing, has_momentum)
-    save_converted(model, method.build_processor(processor_tokenizer, config.vision_config.image_size), output_dir)
+    processor = albef_processor(
+        processor_tokenizer, config.vision_config.image_size, family.processor_class, family.image_processor_class
+    )
+    save_converted(model, processor, output_dir)
     return model
 
 

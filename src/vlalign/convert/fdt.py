@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..hub.publish import normalize_permissions
+from ..files import normalize_permissions
 from ..models.configuration_fdt import FdtConfig
 from ..models.modeling_fdt import FdtForPreTraining, FdtModel
 from .albef import CheckpointError, _check_fit, load_pretrained_tokenizer, read_config_file

@@ -21,6 +21,7 @@ import torch
 from ..models.configuration_simla import SimlaConfig, SimlaTextConfig, SimlaVisionConfig
 from ..models.modeling_simla import SimlaForImageTextRetrieval, SimlaForPreTraining
 from ..models.tokenization_simla import SimlaTokenizer
+from ..recipes.simla import simla_processor
 from .albef import (
     BERT_CONFIG_KEYS,
     CheckpointError,
@@ -262,10 +263,8 @@ def convert_simla_checkpoint(
 
 
 def _build_processor(tokenizer: SimlaTokenizer, image_size: int):
-    """The registered SIMLA processor at `image_size` (official normalisation, caption cleaning)."""
-    from ..methods import get_method
-
-    return get_method("simla").build_processor(tokenizer, image_size)
+    """The SIMLA processor at `image_size` (official normalisation, caption cleaning)."""
+    return simla_processor(tokenizer, image_size)
 
 
 def convert_encoder_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -32,7 +32,6 @@ import torch
 from datasets.table import InMemoryTable
 from transformers.image_utils import load_image
 
-from ..methods import method_of
 from .retrieval import encode_images, encode_texts, rerank_pairs
 
 EMBEDDINGS_COLUMN = "embeddings"
@@ -311,7 +310,7 @@ def search_gallery(
         raise ValueError(f"Need 1 ≤ k ≤ rerank_k; got k={k}, rerank_k={rerank_k}.")
     encoder = model.base_model
     rerank = rerank_k is not None
-    if rerank and not method_of(encoder).supports_itm:
+    if rerank and not encoder.supports_itm_rerank:
         raise ValueError(
             f"rerank_k needs an image-text matching head; {type(encoder).__name__} is a dual encoder that ranks by "
             "embedding cosine only. Search without rerank_k."

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..methods import method_of
 from ..metrics.retrieval_recall.retrieval_recall import RECALL_KS, recall_metrics, retrieval_ranks
 from ..models.losses import distributed_rank_and_world, gather_without_grad
 
@@ -187,7 +186,7 @@ def evaluate_retrieval(
     was_training = encoder.training
     encoder.eval()
     texts, img2txt, txt2img = flatten_captions(dataset)
-    if itc_only or not method_of(encoder).supports_itm:
+    if itc_only or not encoder.supports_itm_rerank:
         score_mode = "itc_only"
     score_mode = score_mode or encoder.config.itm_score_mode
     rerank = score_mode != "itc_only"

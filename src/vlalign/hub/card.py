@@ -26,7 +26,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..methods import method_of
+from ..auto import family_of
+from .summaries import config_rows
 
 TASK_TYPE = "image-text-retrieval"
 TASK_NAME = "Image-Text Retrieval"
@@ -235,11 +236,12 @@ def build_model_card(
         tokenizer: the tokenizer published with the model; the card describes it (class, model, vocabulary size).
     """
     config = model.config
-    method = method_of(model)
+    family = family_of(model)
+    config_class = family.config_class
     train_datasets = [train_datasets] if isinstance(train_datasets, str) else list(train_datasets)
     tags = [tags] if isinstance(tags, str) else list(tags)
     dataset_type = dataset_id or _slug(dataset_name)
-    model_name = (model_id or method.name).rstrip("/").split("/")[-1]
+    model_name = (model_id or family.model_type).rstrip("/").split("/")[-1]
 
     eval_results = None
     results = None
@@ -265,7 +267,7 @@ def build_model_card(
         pipeline_tag=PIPELINE_TAG,
         license=license,
         language=language,
-        tags=list(dict.fromkeys([DEFAULT_TAGS[0], *method.tags, *DEFAULT_TAGS[1:], *tags])),
+        tags=list(dict.fromkeys([DEFAULT_TAGS[0], *config_class.hub_tags, *DEFAULT_TAGS[1:], *tags])),
         datasets=list(dict.fromkeys([*train_datasets, dataset_type, *([zero_shot_type] if zero_shot_type else [])])),
         base_model=base_model,
         model_name=model_name,
@@ -274,7 +276,7 @@ def build_model_card(
     if template is not None:
         template_text = Path(template).read_text(encoding="utf-8")
     else:
-        template_text = _template_resource(method.name).read_text(encoding="utf-8")
+        template_text = _template_resource(family.model_type).read_text(encoding="utf-8")
     return ModelCard.from_template(
         card_data,
         template_str=template_text,
@@ -282,9 +284,9 @@ def build_model_card(
         repo_id=model_id or "<namespace>/<model-name>",
         model_name=model_name,
         published_class=type(model).__name__,
-        includes_training_state=isinstance(model, method.training_classes()),
-        method_title=method.title,
-        paper=method.paper,
+        includes_training_state=isinstance(model, family.training_classes),
+        method_title=config_class.method_title,
+        paper=config_class.method_paper,
         results=results,
         dataset_name=dataset_name,
         dataset_split=dataset_split,
@@ -310,7 +312,7 @@ def save_model_card(card: ModelCard, folder: str | Path) -> Path:
 
 def config_summary(model) -> list[tuple[str, str]]:
     """(setting, value) rows describing the model's architecture and alignment settings (the method's own)."""
-    return [(name, _cell(value)) for name, value in method_of(model).card_config_rows(model)]
+    return [(name, _cell(value)) for name, value in config_rows(model)]
 
 
 def training_args_summary(training_args: Mapping[str, Any] | Any | None) -> list[tuple[str, str]] | None:

@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitInfo, HfApi
 
-from ..methods import get_method
+from ..auto import model_family
+from ..files import normalize_permissions
 from .card import build_model_card, save_model_card
 
 logger = logging.getLogger(__name__)
@@ -139,16 +139,6 @@ def save_for_hub(
     return folder
 
 
-def normalize_permissions(folder: str | Path) -> None:
-    """Give everything under `folder` the permissions a new file or folder gets (0644 / 0755 under the usual umask
-    022). Some writers (safetensors, via a temporary file) leave weights readable by their owner only (0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [Path(folder), *Path(folder).rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def push_folder_to_hub(
     folder: str | Path,
     repo_id: str,
@@ -197,7 +187,7 @@ def required_files(folder: Path) -> tuple[str, ...]:
     if not config_file.is_file():
         return REQUIRED_FILES
     model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    return (*REQUIRED_FILES, *get_method(model_type).remote_code_files)
+    return (*REQUIRED_FILES, *model_family(model_type).remote_code_files)
 
 
 def _check_folder(folder: Path) -> None:
@@ -216,7 +206,6 @@ def _check_folder(folder: Path) -> None:
 __all__ = [
     "DEFAULT_COMMIT_MESSAGE",
     "REQUIRED_FILES",
-    "normalize_permissions",
     "published_model",
     "push_folder_to_hub",
     "required_files",

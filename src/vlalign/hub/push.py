@@ -28,8 +28,8 @@ from huggingface_hub import CommitInfo
 
 from ..data.synthetic import SHAPES
 from ..evaluation import ImageTextRetrievalEvaluator, ZeroShotImageClassificationEvaluator
+from ..sources import load_saved_model
 from .publish import push_folder_to_hub, save_for_hub
-from .sources import load_saved_model
 
 RESULTS_FILE = "eval_results.json"
 #: prompt templates of the zero-shot shape classification of synthetic data

@@ -1,4 +1,4 @@
-"""Per-method rows of the model card's "Model configuration" table. The method registry points at these."""
+"""Per-method rows of the model card's "Model configuration" table, chosen by the model's `model_type`."""
 
 from __future__ import annotations
 
@@ -175,4 +175,21 @@ def fdt_config_rows(model) -> list[tuple[str, str]]:
     ]
 
 
-__all__ = ["albef_config_rows", "codis_config_rows", "fdt_config_rows", "simla_config_rows"]
+#: model_type -> the rows of its "Model configuration" table
+CONFIG_ROWS = {
+    "albef": albef_config_rows,
+    "codis": codis_config_rows,
+    "fdt": fdt_config_rows,
+    "simla": simla_config_rows,
+}
+
+
+def config_rows(model) -> list[tuple[str, str]]:
+    """(setting, value) rows describing `model`'s architecture and alignment settings, its method's own."""
+    model_type = model.config.model_type
+    if model_type not in CONFIG_ROWS:
+        raise ValueError(f"No model-card configuration rows for model type {model_type!r}; add them to CONFIG_ROWS.")
+    return CONFIG_ROWS[model_type](model)
+
+
+__all__ = ["CONFIG_ROWS", "albef_config_rows", "codis_config_rows", "config_rows", "fdt_config_rows", "simla_config_rows"]

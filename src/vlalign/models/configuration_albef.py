@@ -146,6 +146,13 @@ class AlbefConfig(PreTrainedConfig):
     """
 
     model_type = "albef"
+    #: what model cards and help texts call the method, its citation and its extra Hub tags
+    method_title = "ALBEF (Li et al., NeurIPS 2021): Align before Fuse"
+    method_paper = (
+        "Li et al., Align before Fuse: Vision and Language Representation Learning with Momentum Distillation, "
+        "NeurIPS 2021 (arXiv:2107.07651)"
+    )
+    hub_tags = ("albef",)
     sub_configs_defaults = {"vision_config": AlbefVisionConfig, "text_config": AlbefTextConfig}
 
     vision_config: dict | PreTrainedConfig | None = None

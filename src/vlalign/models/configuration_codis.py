@@ -57,6 +57,9 @@ class CodisConfig(AlbefConfig):
     """
 
     model_type = "codis"
+    method_title = "CODIS (Duan et al., CVPR 2022): Multi-modal Alignment using Representation Codebook"
+    method_paper = "Duan et al., Multi-modal Alignment using Representation Codebook, CVPR 2022 (arXiv:2203.00048)"
+    hub_tags = ("codis", "albef")
 
     codebook_size: int = 3000
     codebook_dim: int | None = None

@@ -153,6 +153,13 @@ class FdtConfig(PreTrainedConfig):
     """
 
     model_type = "fdt"
+    #: what model cards and help texts call the method, its citation and its extra Hub tags
+    method_title = "FDT (Chen et al., CVPR 2023): CLIP with Finite Discrete Tokens"
+    method_paper = (
+        "Chen et al., Revisiting Multimodal Representation in Contrastive Learning: From Patch and Token "
+        "Embeddings to Finite Discrete Tokens, CVPR 2023 (arXiv:2303.14865)"
+    )
+    hub_tags = ("fdt", "clip")
     sub_configs_defaults = {"vision_config": FdtVisionConfig, "text_config": FdtTextConfig}
 
     vision_config: dict | PreTrainedConfig | None = None

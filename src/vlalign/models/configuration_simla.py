@@ -65,6 +65,12 @@ class SimlaConfig(AlbefConfig):
     """
 
     model_type = "simla"
+    method_title = "SIMLA (Khan et al., ECCV 2022): Single-Stream Multi-Level Alignment"
+    method_paper = (
+        "Khan et al., Single-Stream Multi-Level Alignment for Vision-Language Pretraining, ECCV 2022 "
+        "(arXiv:2203.14395)"
+    )
+    hub_tags = ("simla", "albef")
     sub_configs_defaults = {"vision_config": SimlaVisionConfig, "text_config": SimlaTextConfig}
 
     mim_vocab_size: int = 8192

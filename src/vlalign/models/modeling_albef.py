@@ -49,6 +49,7 @@ from .losses import (
     hard_negative_matching_loss,
     queue_contrastive_loss,
 )
+from .parameter_groups import albef_parameter_groups
 from .remote_code import RemoteCodeSaveMixin
 from .training_duties import TrainingDutiesMixin
 
@@ -474,6 +475,12 @@ class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTraine
     # Losses are per-batch means (not sums over tokens), so Trainer must scale them for gradient accumulation itself.
     accepts_loss_kwargs = False
     remote_code_auto_map = REMOTE_CODE_AUTO_MAP
+    #: whether retrieval can re-rank ITC candidates with this model's image-text matching head (`itm_score`)
+    supports_itm_rerank = False
+
+    def optimizer_parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The official AdamW parameter groups `[decay, no_decay]` (see `albef_parameter_groups`)."""
+        return albef_parameter_groups(self, weight_decay)
 
     def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> dict[str, bool]:
         """`output_attentions` / `output_hidden_states` resolved against the config, to pass to the towers."""
@@ -746,6 +753,8 @@ class AlbefModel(AlbefPreTrainedModel):
     # Loading from a pretraining/retrieval checkpoint keeps the online weights and leaves the training-only state.
     _keys_to_ignore_on_load_unexpected = [r"_m\.", r"^mlm_head\.", r"_queue$", r"^queue_ptr$"]
 
+    supports_itm_rerank = True
+
     def __init__(self, config: AlbefConfig):
         super().__init__(config)
         self.vision_model = AlbefVisionModel._from_config(config.vision_config)
@@ -946,6 +955,7 @@ class AlbefMomentumMixin(TrainingDutiesMixin):
     `TrainingDutiesCallback` or a hand-written loop) the momentum encoders take one EMA step and the momentum features
     of that step's training forwards enter the queues."""
 
+    supports_itm_rerank = True
     #: the online model the training models wrap (as `self.albef`)
     base_model_class: type[AlbefModel] = AlbefModel
     #: what the training forwards return

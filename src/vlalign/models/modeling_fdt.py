@@ -287,6 +287,12 @@ class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedM
     remote_code_auto_map = REMOTE_CODE_AUTO_MAP
     # The loss is a per-batch mean, so Trainer must scale it for gradient accumulation itself.
     accepts_loss_kwargs = False
+    #: a dual encoder: retrieval ranks by embedding cosine only, there is no image-text matching head to re-rank with
+    supports_itm_rerank = False
+
+    def optimizer_parameter_groups(self, weight_decay: float) -> list[dict]:
+        """The official AdamW parameter groups `[decay, no_decay]` (see `fdt_parameter_groups`)."""
+        return fdt_parameter_groups(self, weight_decay)
 
     def frozen_modules(self) -> list[nn.Module]:
         """What FDT keeps frozen (the official `VisualTransformer.train()` re-freezes the patch embedding): the patch

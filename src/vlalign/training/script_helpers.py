@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from ..methods import method_names
+from ..auto import MODEL_FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ def parse_script_args(
     recipe = read_recipe(parser, recipe_file) if recipe_file else {}
     flags = argv[1:] if recipe_file else argv
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--method", choices=method_names())
+    first.add_argument("--method", choices=sorted(MODEL_FAMILIES))
     method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
-    if method not in method_names():
-        raise ValueError(f"{recipe_file}: method {method!r} is none of {method_names()}")
+    if method not in MODEL_FAMILIES:
+        raise ValueError(f"{recipe_file}: method {method!r} is none of {sorted(MODEL_FAMILIES)}")
     parser.set_defaults(**{**method_defaults[method], **recipe})
     return parser.parse_args_into_dataclasses(args=flags)
 

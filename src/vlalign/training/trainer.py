@@ -46,7 +46,6 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGH
 
 from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader, StreamProgress
 from ..evaluation import evaluate_retrieval
-from ..methods import method_of
 from ..models.training_duties import TrainingDutiesCallback, TrainingDutiesMixin
 from .optim import get_albef_schedule, with_temperature_learning_rate
 
@@ -295,7 +294,7 @@ class AlignmentTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None and getattr(self.args, "official_optimizer", False):
             model = self.model if model is None else model
-            groups = method_of(model).parameter_groups(model, self.args.weight_decay)
+            groups = model.optimizer_parameter_groups(self.args.weight_decay)
             if self.args.temperature_learning_rate is not None:
                 groups = with_temperature_learning_rate(groups, self.args.temperature_learning_rate)
             if not any(group["params"] for group in groups):

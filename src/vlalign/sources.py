@@ -90,15 +90,15 @@ def load_saved_model(name: str | Path, flag: str = "--model") -> tuple[Any, Any]
     checking that it is one: a vlalign model type, readable weights, a tokenizer with a vocabulary."""
     from transformers import AutoModel, AutoProcessor, PreTrainedConfig
 
-    from ..methods import method_names
+    from .auto import MODEL_FAMILIES
 
     source = resolve_pretrained(name, flag)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise SourceError(f"{flag} {name} has no config.json; pass a folder written by save_pretrained.")
     model_type = PreTrainedConfig.get_config_dict(source)[0].get("model_type")
-    if model_type not in method_names():
+    if model_type not in MODEL_FAMILIES:
         raise SourceError(
-            f"{flag} {name} holds a {model_type!r} model, not a vlalign one ({', '.join(method_names())}); pass a "
+            f"{flag} {name} holds a {model_type!r} model, not a vlalign one ({', '.join(sorted(MODEL_FAMILIES))}); pass a "
             "folder written by a vlalign model's save_pretrained or by `vlalign convert`."
         )
     if Path(source).is_dir():

@@ -1,0 +1,56 @@
+"""The package's layering, as users meet it: `import vlalign` loads the models and the Auto registrations only, and
+what upper layers ask of a model is the model's own attribute (the import-linter contract in pyproject.toml checks
+the imports themselves)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vlalign.auto import MODEL_FAMILIES
+from vlalign.methods import all_methods, get_method
+
+
+def test_import_vlalign_loads_no_trainer_plots_hub_or_registry():
+    probe = (
+        "import sys, vlalign\n"
+        "heavy = ('transformers.trainer', 'matplotlib', 'vlalign.hub', 'vlalign.methods', 'vlalign.training',\n"
+        "         'vlalign.evaluation', 'vlalign.convert')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+def test_submodules_load_on_first_use():
+    probe = "import vlalign\nprint(vlalign.methods.get_method('albef').name)\n"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "albef"
+
+
+def test_registry_points_at_the_registered_families():
+    assert sorted(MODEL_FAMILIES) == [method.name for method in all_methods()]
+    for method in all_methods():
+        assert method.family is MODEL_FAMILIES[method.name]
+        assert method.config_class.model_type == method.name
+        assert method.title == method.config_class.method_title
+        assert method.supports_itm_rerank == method.model_class.supports_itm_rerank
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FAMILIES))
+def test_capabilities_are_class_attributes(name):
+    family = MODEL_FAMILIES[name]
+    for model_class in (family.model_class, *family.training_classes):
+        assert model_class.supports_itm_rerank is (name != "fdt"), model_class
+        assert callable(model_class.optimizer_parameter_groups)
+    for attribute in ("method_title", "method_paper", "hub_tags"):
+        assert getattr(family.config_class, attribute)
+    assert family.remote_code_files[1] == f"modeling_{name}.py"
+
+
+def test_deprecated_registry_flag_warns_and_answers():
+    method = get_method("fdt")
+    with pytest.warns(FutureWarning, match="supports_itm_rerank"):
+        assert method.supports_itm is False
