@@ -192,4 +192,11 @@ def config_rows(model) -> list[tuple[str, str]]:
     return CONFIG_ROWS[model_type](model)
 
 
-__all__ = ["CONFIG_ROWS", "albef_config_rows", "codis_config_rows", "config_rows", "fdt_config_rows", "simla_config_rows"]
+__all__ = [
+    "CONFIG_ROWS",
+    "albef_config_rows",
+    "codis_config_rows",
+    "config_rows",
+    "fdt_config_rows",
+    "simla_config_rows",
+]
