@@ -4,30 +4,14 @@ The fixture checkpoint is converted through `vlalign convert --method fdt`, load
 deterministic quantity the official code recorded is matched (tests/fixtures/fdt/README.md): encoder features, FDT
 queries, scores, pooled logits, weights and embeddings, logits and loss at T=1000 and T=1, gradients, the parameters
 after one AdamW step with the official groups and logit-scale clamps, zero-shot class embeddings and predictions, and
-the retrieval similarity matrix and recalls. The computations live in `benchmarks/fdt_parity.py`, which prints the
-same table; this test asserts each row against its tolerance.
+the retrieval similarity matrix and recalls. The computations live in `fdt_parity_rows.py` (one row per quantity);
+this test asserts each row against its tolerance.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import fdt_parity_rows as parity
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_parity_module():
-    spec = importlib.util.spec_from_file_location("fdt_parity", ROOT / "benchmarks" / "fdt_parity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fdt_parity"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-parity = _load_parity_module()
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +77,10 @@ def test_parity(rows, name):
     assert diff <= tolerance, f"{name}: max |diff| {diff:.3e} > {tolerance:.0e}"
 
 
+def test_every_measured_row_is_asserted(rows):
+    assert set(rows) == set(FORWARD_ROWS + TRAINING_ROWS + EVALUATOR_ROWS)
+
+
 def test_converted_folder_loads_with_both_auto_classes(tmp_path):
     from transformers import AutoModel, AutoModelForPreTraining
 
@@ -114,14 +102,14 @@ def test_converter_refuses_foreign_keys(tmp_path):
     from vlalign.convert import CheckpointError
     from vlalign.convert.fdt import convert_fdt_checkpoint
 
-    original = torch.load(parity.FIXTURES / "original" / "checkpoint.pth", weights_only=True)
+    original = torch.load(parity.FDT_FIXTURES / "original" / "checkpoint.pth", weights_only=True)
     original["model"]["module.some_other_head.weight"] = torch.zeros(3)
     bad = tmp_path / "bad.pth"
     torch.save(original, bad)
     with pytest.raises(CheckpointError, match="not CLIP\\+FDT keys"):
-        convert_fdt_checkpoint(bad, [parity.FIXTURES / "original" / "config.yaml"], tmp_path / "out")
+        convert_fdt_checkpoint(bad, [parity.FDT_FIXTURES / "original" / "config.yaml"], tmp_path / "out")
     del original["model"]["module.some_other_head.weight"]
     del original["model"]["module.space_dict"]
     torch.save(original, bad)
     with pytest.raises(CheckpointError, match="missing keys"):
-        convert_fdt_checkpoint(bad, [parity.FIXTURES / "original" / "config.yaml"], tmp_path / "out")
+        convert_fdt_checkpoint(bad, [parity.FDT_FIXTURES / "original" / "config.yaml"], tmp_path / "out")

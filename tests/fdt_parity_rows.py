@@ -1,37 +1,31 @@
-"""Parity table: vlalign's FDT against the official code's golden outputs (tests/fixtures/fdt).
+"""The FDT parity table: vlalign's FDT against the official code's golden outputs (tests/fixtures/fdt).
 
 Converts the fixture checkpoint with `vlalign convert --method fdt`, loads it with the Auto classes, runs the recorded
-inputs and prints (and writes as JSON) the max |difference| of every deterministic quantity the official code recorded:
-encoder features, FDT queries/scores/pooled logits/weights, embeddings, logits and loss at T=1000 and T=1, gradients,
-the parameters after one optimizer step, zero-shot classification and retrieval. `tests/test_fdt_parity.py` asserts
-each row against its tolerance.
-
-    python benchmarks/fdt_parity.py [--output benchmarks/results/fdt_parity.json]
+inputs and measures the max |difference| of every deterministic quantity the official code recorded: encoder
+features, FDT queries/scores/pooled logits/weights, embeddings, logits and loss at T=1000 and T=1, gradients, the
+parameters after one optimizer step, zero-shot classification and retrieval. `test_fdt_parity.py` asserts each row
+against its tolerance.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from conftest import FIXTURES, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
-from vlalign import methods  # importing vlalign registers the Auto classes
+import vlalign  # noqa: F401  (importing vlalign registers the Auto classes)
 from vlalign.convert.fdt import convert_fdt_checkpoint, convert_state_dict
 from vlalign.evaluation import zero_shot_class_embeddings
 from vlalign.evaluation.retrieval import recall_metrics
 from vlalign.models.modeling_fdt import fdt_parameter_groups, l2_normalize
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "fdt"
-BPE_FILE = ROOT / "tests" / "fixtures" / "fdt_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+FDT_FIXTURES = FIXTURES / "fdt"
+BPE_FILE = FIXTURES / "fdt_tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
 ATOL = 1e-5
 #: tolerances of rows that are not plain fp32 forward values (see tests/fixtures/fdt/README.md)
 #: The logit-scale gradient (-4.8e-5 here) is a sum of nearly cancelling terms at T=1000 (all embeddings are close),
@@ -39,31 +33,17 @@ ATOL = 1e-5
 TOLERANCES = {"after one AdamW step": 1e-4}
 
 
-def fdt_in_cli() -> bool:
-    """Whether `vlalign convert --method fdt` exists (the method registry lists FDT)."""
-    return "fdt" in methods.method_names()
-
-
-if not fdt_in_cli():  # until the registry lists FDT, register its Auto classes directly
-    from vlalign.models import register_auto_classes
-
-    register_auto_classes()
-
-
 def convert(output: Path, with_global_heads: bool = False) -> None:
-    """The fixture checkpoint through the CLI (the Python converter for the optional global heads, and while the
-    method registry does not list FDT yet)."""
-    checkpoint, config = FIXTURES / "original" / "checkpoint.pth", FIXTURES / "original" / "config.yaml"
-    if with_global_heads or not fdt_in_cli():
+    """The fixture checkpoint through the CLI (the Python converter for the optional global heads, which the CLI
+    does not offer)."""
+    checkpoint, config = FDT_FIXTURES / "original" / "checkpoint.pth", FDT_FIXTURES / "original" / "config.yaml"
+    if with_global_heads:
         convert_fdt_checkpoint(checkpoint, [config], output, tokenizer=_tokenizer_arg(), with_global_heads=True)
         return
-    command = [sys.executable, "-m", "vlalign", "convert", "--method", "fdt", "--checkpoint", str(checkpoint),
-               "--config", str(config), "--output", str(output)]  # fmt: skip
+    arguments = ["convert", "--method", "fdt", "--checkpoint", str(checkpoint), "--config", str(config)]
     if _tokenizer_arg():
-        command += ["--tokenizer", _tokenizer_arg()]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"vlalign convert failed:\n{result.stdout}\n{result.stderr}")
+        arguments += ["--tokenizer", _tokenizer_arg()]
+    run_cli(*arguments, "--output", str(output))
 
 
 def _tokenizer_arg() -> str | None:
@@ -85,7 +65,7 @@ def official_pad_validity(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def forward_rows(folder: Path) -> list[tuple[str, float]]:
-    inputs, expected = load_file(FIXTURES / "inputs.safetensors"), load_file(FIXTURES / "outputs.safetensors")
+    inputs, expected = load_file(FDT_FIXTURES / "inputs.safetensors"), load_file(FDT_FIXTURES / "outputs.safetensors")
     model = AutoModel.from_pretrained(folder).eval()
     pixels, ids, mask = inputs["pixel_values"], inputs["input_ids"], official_pad_validity(inputs)
     patches = model.vision_model(pixels).last_hidden_state[:, 1:]
@@ -132,7 +112,7 @@ def forward_rows(folder: Path) -> list[tuple[str, float]]:
 @torch.no_grad()
 def global_head_rows(folder: Path) -> list[tuple[str, float]]:
     """The untrained CLIP heads kept with `with_global_heads=True` (not used by FDT; conversion completeness)."""
-    inputs, expected = load_file(FIXTURES / "inputs.safetensors"), load_file(FIXTURES / "outputs.safetensors")
+    inputs, expected = load_file(FDT_FIXTURES / "inputs.safetensors"), load_file(FDT_FIXTURES / "outputs.safetensors")
     model = AutoModel.from_pretrained(folder).eval()
     cls = model.vision_model(inputs["pixel_values"]).last_hidden_state[:, 0]
     eot = model.text_model(inputs["input_ids"]).pooler_output
@@ -153,7 +133,7 @@ def official_to_vlalign_grads(model) -> dict[str, torch.Tensor]:
     for name, grad in ours.items():
         result[name] = grad
     fused: dict[str, torch.Tensor] = {}
-    for key in load_file(FIXTURES / "grads.safetensors"):
+    for key in load_file(FDT_FIXTURES / "grads.safetensors"):
         official = key.removeprefix("grad.").split("[")[0]
         if official.endswith(("in_proj_weight", "in_proj_bias")):
             kind = "weight" if official.endswith("weight") else "bias"
@@ -166,8 +146,8 @@ def official_to_vlalign_grads(model) -> dict[str, torch.Tensor]:
 
 def train_step_model(folder: Path):
     """Load the training model, run the official step: forward, backward, clamp, AdamW step, clamp."""
-    inputs = load_file(FIXTURES / "inputs.safetensors")
-    meta = json.loads((FIXTURES / "run_meta.json").read_text())
+    inputs = load_file(FDT_FIXTURES / "inputs.safetensors")
+    meta = json.loads((FDT_FIXTURES / "run_meta.json").read_text())
     model = AutoModelForPreTraining.from_pretrained(folder).train()
     kwargs = meta["optimizer_kwargs"]
     groups = fdt_parameter_groups(model, kwargs["weight_decay"])
@@ -185,9 +165,9 @@ def train_step_model(folder: Path):
 
 
 def gradient_and_step_rows(folder: Path) -> list[tuple[str, float]]:
-    expected_grads = load_file(FIXTURES / "grads.safetensors")
-    after = torch.load(FIXTURES / "after_step.pth", weights_only=True)
-    original = torch.load(FIXTURES / "original" / "checkpoint.pth", weights_only=True)["model"]
+    expected_grads = load_file(FDT_FIXTURES / "grads.safetensors")
+    after = torch.load(FDT_FIXTURES / "after_step.pth", weights_only=True)
+    original = torch.load(FDT_FIXTURES / "original" / "checkpoint.pth", weights_only=True)["model"]
     model, out, grads, _ = train_step_model(folder)
     grads = {name.removeprefix("fdt."): grad for name, grad in grads.items()}
     # Expected gradients in our layout (the converter's mapping; token-embedding rows compared separately)
@@ -231,9 +211,9 @@ def gradient_and_step_rows(folder: Path) -> list[tuple[str, float]]:
 def evaluator_rows(folder: Path) -> list[tuple[str, float]]:
     from vlalign.models.tokenization_fdt import FdtTokenizer
 
-    inputs, expected = load_file(FIXTURES / "inputs.safetensors"), load_file(FIXTURES / "outputs.safetensors")
-    zeroshot = json.loads((FIXTURES / "zeroshot.json").read_text())
-    retrieval = json.loads((FIXTURES / "retrieval_metrics.json").read_text())
+    inputs, expected = load_file(FDT_FIXTURES / "inputs.safetensors"), load_file(FDT_FIXTURES / "outputs.safetensors")
+    zeroshot = json.loads((FDT_FIXTURES / "zeroshot.json").read_text())
+    retrieval = json.loads((FDT_FIXTURES / "retrieval_metrics.json").read_text())
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = FdtTokenizer.from_pretrained(folder)
     class_embeds, class_weights = zero_shot_class_embeddings(
@@ -283,27 +263,3 @@ def parity_rows(workdir: Path) -> list[tuple[str, float, float]]:
     if _tokenizer_arg():
         rows += evaluator_rows(folder)
     return [(name, diff, TOLERANCES.get(name, ATOL)) for name, diff in rows]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "fdt_parity.json"))
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        rows = parity_rows(Path(workdir))
-    width = max(len(name) for name, _, _ in rows)
-    print(f"{'quantity':<{width}}  max |diff|   tolerance  ok")
-    for name, diff, tol in rows:
-        print(f"{name:<{width}}  {diff:10.3e}  {tol:9.0e}  {'yes' if diff <= tol else 'NO'}")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "fixture": "tests/fixtures/fdt (yuxiaochen1103/FDT @ ccf69830, tiny random Clip_FDT, CPU fp32)",
-        "torch": torch.__version__,
-        "rows": [{"quantity": n, "max_abs_diff": d, "tolerance": t, "ok": d <= t} for n, d, t in rows],
-    }
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
-
-
-if __name__ == "__main__":
-    main()
