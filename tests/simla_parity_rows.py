@@ -1,24 +1,18 @@
-"""Parity table: vlalign's SIMLA against the official code's golden outputs (tests/fixtures/simla).
+"""The SIMLA parity table: vlalign's SIMLA against the official code's golden outputs (tests/fixtures/simla).
 
 Converts the fixture checkpoints (pretraining, and the fine-tuned retrieval layout) with `vlalign convert --method
 simla`, loads them with the Auto classes, runs the recorded inputs (replaying the official forward's random choices)
-and prints (and writes as JSON) the max |difference| of every deterministic quantity the official code recorded.
-
-    python benchmarks/simla_parity.py [--output benchmarks/results/simla_parity.json]
+and measures the max |difference| of every deterministic quantity the official code recorded, one row each.
+`test_simla_parity.py` asserts every row against its tolerance.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conftest import FIXTURES, run_cli
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining, BatchEncoding
@@ -27,7 +21,7 @@ import vlalign
 from vlalign.evaluation import evaluate_retrieval
 from vlalign.models import losses
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "simla"
+SIMLA_FIXTURES = FIXTURES / "simla"
 ATOL = 1e-5
 METRICS = ("txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean")
 
@@ -35,11 +29,10 @@ Row = tuple[str, tuple[int, ...], float, float]
 
 
 def convert(output: Path, checkpoint: Path, yaml_file: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "vlalign", "convert", "--method", "simla", "--checkpoint", str(checkpoint),
-         "--config", str(yaml_file), "--config", str(FIXTURES / "original" / "shared_bert.json"),
-         "--tokenizer", str(FIXTURES / "original"), "--output", str(output)],
-        check=True, capture_output=True,
+    run_cli(
+        "convert", "--method", "simla", "--checkpoint", str(checkpoint), "--config", str(yaml_file),
+        "--config", str(SIMLA_FIXTURES / "original" / "shared_bert.json"),
+        "--tokenizer", str(SIMLA_FIXTURES / "original"), "--output", str(output),
     )  # fmt: skip
 
 
@@ -64,7 +57,10 @@ def replay_negatives(*draws: torch.Tensor):
 
 
 def pretraining_rows(folder: Path) -> list[Row]:
-    inputs, expected = load_file(FIXTURES / "inputs.safetensors"), load_file(FIXTURES / "outputs.safetensors")
+    inputs, expected = (
+        load_file(SIMLA_FIXTURES / "inputs.safetensors"),
+        load_file(SIMLA_FIXTURES / "outputs.safetensors"),
+    )
     model = AutoModelForPreTraining.from_pretrained(folder, attn_implementation="eager").train()
     albef, pixels, ids, mask = model.albef, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
     masked_pos, mim_labels = inputs["masked_visual_token_pos"], inputs["masked_visual_token_labels"]
@@ -164,8 +160,8 @@ def pretraining_rows(folder: Path) -> list[Row]:
 
 
 def retrieval_rows(folder: Path) -> list[Row]:
-    inputs = load_file(FIXTURES / "retrieval" / "inputs.safetensors")
-    expected = load_file(FIXTURES / "retrieval" / "outputs.safetensors")
+    inputs = load_file(SIMLA_FIXTURES / "retrieval" / "inputs.safetensors")
+    expected = load_file(SIMLA_FIXTURES / "retrieval" / "outputs.safetensors")
 
     def processor(text=None, images=None, preset=None):  # replays the official tokenisation and pixels by index
         if text is None:
@@ -213,39 +209,14 @@ def retrieval_rows(folder: Path) -> list[Row]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "simla_parity.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    start, sampler = time.perf_counter(), losses.sample_hard_negatives
+def parity_rows(workdir: Path) -> list[Row]:
+    """(quantity, shape, max |diff|, tolerance) for every row; converts into `workdir`. The replayed negatives are
+    undone afterwards."""
+    sampler = losses.sample_hard_negatives
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            original, retrieval = FIXTURES / "original", FIXTURES / "retrieval"
-            convert(tmp / "pretrain", original / "checkpoint.pth", original / "Pretrain.yaml")
-            convert(tmp / "retrieval", retrieval / "checkpoint_retrieval_layout.pth", retrieval / "Retrieval.yaml")
-            rows = pretraining_rows(tmp / "pretrain") + retrieval_rows(tmp / "retrieval")
+        original, retrieval = SIMLA_FIXTURES / "original", SIMLA_FIXTURES / "retrieval"
+        convert(workdir / "pretrain", original / "checkpoint.pth", original / "Pretrain.yaml")
+        convert(workdir / "retrieval", retrieval / "checkpoint_retrieval_layout.pth", retrieval / "Retrieval.yaml")
+        return pretraining_rows(workdir / "pretrain") + retrieval_rows(workdir / "retrieval")
     finally:
         losses.sample_hard_negatives = sampler
-    width = max(len(name) for name, *_ in rows)
-    print(f"| {'quantity'.ljust(width)} | shape        | max abs diff | tolerance | ok  |")
-    print(f"|{'-' * (width + 2)}|--------------|--------------|-----------|-----|")
-    for name, shape, diff, tol in rows:
-        ok = "yes" if diff <= tol else "NO"
-        print(f"| {name.ljust(width)} | {str(list(shape)):<12} | {diff:12.2e} | {tol:9.0e} | {ok:<3} |")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "fixture": "tests/fixtures/simla (codezakh/SIMLA @ 44c700d, tiny random config, CPU fp32)",
-        "torch": torch.__version__,
-        "rows": [{"quantity": n, "shape": list(s), "max_abs_diff": d, "tolerance": t, "ok": d <= t}
-                 for n, s, d, t in rows],
-    }  # fmt: skip
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    failed = [name for name, _, diff, tol in rows if diff > tol]
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} rows within tolerance ({time.perf_counter() - start:.1f} s); "
-          f"wrote {args.output}" + (f"\nFAILED: {failed}" if failed else ""))  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
