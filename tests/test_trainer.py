@@ -139,7 +139,8 @@ def test_evaluate_runs_retrieval_protocol(data, tmp_path):
 
 def test_torch_compile_option_trains_like_eager(data, tmp_path):
     """Trainer's `torch_compile` compiles the model (dynamo graphs, AOT autograd) and trains it to the same losses as
-    eager. The `aot_eager` backend skips inductor's C++ build, which `benchmarks/train_step.py --compile` times."""
+    eager. The `aot_eager` backend skips inductor's C++ build, which `benchmarks/performance/train_step.py --compile`
+    times."""
 
     def losses(trainer: AlbefTrainer) -> list[float]:
         trainer.train()
