@@ -10,7 +10,7 @@ pretrained with, ITC over the batch, in which two captions of one image in a bat
 as in CLIP fine-tuning).
 
 ALBEF defaults follow the official `Retrieval_coco.yaml`: lr 1e-5, weight decay 0.02, 5 epochs, batch 32 per GPU (eval
-64), per-epoch cosine to min_lr 1e-6 without warm-up (`--albef_lr_schedule`), 384 px with the official augmentation
+64), per-epoch cosine to min_lr 1e-6 without warm-up (`--epoch_lr_schedule`), 384 px with the official augmentation
 (RandomResizedCrop 0.5-1, flip, RandomAugment). Flickr30k: `--num_train_epochs 10 --k_test 128`. COCO uses `--k_test
 256` (the converted config's default). FDT released no fine-tuning recipe; its defaults here are its pretraining
 optimizer (AdamW betas (0.9, 0.98), eps 1e-8, weight decay 0.1, batch 128 per GPU) with ALBEF's fine-tuning length and
@@ -153,7 +153,7 @@ RETRIEVAL_DEFAULTS: dict[str, dict[str, Any]] = {
         num_train_epochs=5,
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
-        albef_lr_schedule=True,
+        epoch_lr_schedule=True,
         min_lr=1e-6,
         max_grad_norm=0.0,  # no gradient clipping (the Trainer's default clips at 1.0)
         **SELECTION,
@@ -169,7 +169,7 @@ RETRIEVAL_DEFAULTS: dict[str, dict[str, Any]] = {
         per_device_eval_batch_size=128,
         lr_scheduler_type="cosine",
         warmup_steps=0,
-        albef_lr_schedule=False,
+        epoch_lr_schedule=False,
         max_grad_norm=0.0,  # no gradient clipping, as in FDT's pretraining
         **SELECTION,
     ),

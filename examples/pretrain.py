@@ -33,16 +33,16 @@ Synthetic shapes (default; no download, tokenizer built in-process; a tiny model
 
     python examples/pretrain.py --tiny --output_dir out/albef-synthetic --use_cpu \
         --max_steps 700 --per_device_train_batch_size 32 --learning_rate 1e-3 \
-        --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
+        --epoch_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
     python examples/pretrain.py --method fdt --tiny --output_dir out/fdt-synthetic --use_cpu \
         --max_steps 800 --per_device_train_batch_size 32 --learning_rate 2e-3 --weight_decay 0.02 \
         --fdt_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
     python examples/pretrain.py --method codis --tiny --output_dir out/codis-synthetic --use_cpu \
         --max_steps 600 --per_device_train_batch_size 32 --learning_rate 2e-3 \
-        --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
+        --epoch_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
     python examples/pretrain.py --method simla --tiny --output_dir out/simla-synthetic --use_cpu \
         --max_steps 600 --per_device_train_batch_size 32 --learning_rate 2e-3 \
-        --albef_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
+        --epoch_lr_schedule false --lr_scheduler_type cosine --warmup_steps 100 --logging_steps 25
 
 Smoke runs (seconds):
 
@@ -179,7 +179,7 @@ PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
         num_train_epochs=30,
         per_device_train_batch_size=64,
         per_device_eval_batch_size=64,
-        albef_lr_schedule=True,
+        epoch_lr_schedule=True,
         warmup_steps=2000,
         warmup_lr=1e-5,
         min_lr=1e-5,
@@ -195,7 +195,7 @@ PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
         min_lr=0.0,
         warmup_steps=2500,
         fdt_lr_schedule=True,
-        albef_lr_schedule=False,
+        epoch_lr_schedule=False,
         weight_decay=0.1,
         adam_beta1=0.9,
         adam_beta2=0.98,
@@ -367,7 +367,7 @@ class ScriptArguments:
 
 
 class PretrainTrainer(AlignmentTrainer):
-    """`AlignmentTrainer` that can also build FDT's official LR schedule (ALBEF's is `--albef_lr_schedule`)."""
+    """`AlignmentTrainer` that can also build FDT's official LR schedule (ALBEF's is `--epoch_lr_schedule`)."""
 
     def __init__(self, *args, fdt_lr_schedule: bool = False, **kwargs):
         self.fdt_lr_schedule = fdt_lr_schedule
@@ -392,8 +392,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Alignmen
     script_args, training_args = parse_script_args(
         (ScriptArguments, AlignmentTrainingArguments), PRETRAIN_DEFAULTS, argv
     )
-    if script_args.fdt_lr_schedule and training_args.albef_lr_schedule:
-        raise ValueError("--fdt_lr_schedule and --albef_lr_schedule exclude each other")
+    if script_args.fdt_lr_schedule and training_args.epoch_lr_schedule:
+        raise ValueError("--fdt_lr_schedule and --epoch_lr_schedule exclude each other")
     return script_args, training_args
 
 

@@ -29,12 +29,12 @@ SMALL = ["--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "8
 # own defaults), so that the recipes, the scripts' per-method defaults and the specs cannot drift apart.
 _ADAMW = dict(adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=0.0)  # torch defaults, no clipping
 ALBEF_PRETRAIN = dict(  # specs/albef.md §6, Pretrain.yaml (SIMLA's Pretrain.yaml is the same: specs/simla.md §3)
-    learning_rate=1e-4, weight_decay=0.02, num_train_epochs=30, per_device_train_batch_size=64, albef_lr_schedule=True,
+    learning_rate=1e-4, weight_decay=0.02, num_train_epochs=30, per_device_train_batch_size=64, epoch_lr_schedule=True,
     warmup_steps=2000, warmup_lr=1e-5, min_lr=1e-5, image_size=256, **_ADAMW,
 )  # fmt: skip
 ALBEF_COCO = dict(  # specs/albef.md §6, Retrieval_coco.yaml
     learning_rate=1e-5, weight_decay=0.02, num_train_epochs=5, per_device_train_batch_size=32,
-    per_device_eval_batch_size=64, albef_lr_schedule=True, min_lr=1e-6, image_size=384, k_test=256, **_ADAMW,
+    per_device_eval_batch_size=64, epoch_lr_schedule=True, min_lr=1e-6, image_size=384, k_test=256, **_ADAMW,
 )  # fmt: skip
 FLICKR = dict(num_train_epochs=10, k_test=128)  # Retrieval_flickr.yaml: COCO's recipe, longer, fewer ITM candidates
 FDT_FINETUNE = dict(  # no released recipe: FDT's pretraining optimizer with ALBEF's fine-tuning lr and lengths
@@ -58,7 +58,7 @@ RECIPE_SPECS: dict[str, dict[str, dict]] = {
             min_lr=0.0,
             warmup_steps=2500,
             fdt_lr_schedule=True,
-            albef_lr_schedule=False,
+            epoch_lr_schedule=False,
             weight_decay=0.1,
             adam_beta1=0.9,
             adam_beta2=0.98,
@@ -175,7 +175,7 @@ def test_official_defaults_per_method(method, monkeypatch, tmp_path):
         assert (training_args.weight_decay, training_args.per_device_train_batch_size) == (0.1, 128)
         assert (training_args.num_train_epochs, training_args.warmup_steps) == (32, 2500)
         assert (training_args.warmup_lr, training_args.learning_rate, training_args.min_lr) == (1e-4, 1e-3, 0.0)
-        assert script_args.fdt_lr_schedule and not training_args.albef_lr_schedule
+        assert script_args.fdt_lr_schedule and not training_args.epoch_lr_schedule
     monkeypatch.setattr(sys, "argv", [*argv, "--learning_rate", "3e-4"])
     assert pretrain.parse_args()[1].learning_rate == 3e-4
 

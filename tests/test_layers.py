@@ -54,3 +54,16 @@ def test_deprecated_registry_flag_warns_and_answers():
     method = get_method("fdt")
     with pytest.warns(FutureWarning, match="supports_itm_rerank"):
         assert method.supports_itm is False
+
+
+def test_deprecated_training_names_warn_and_work(tmp_path):
+    from vlalign.training import optim
+    from vlalign.training.trainer import AlignmentTrainingArguments
+
+    with pytest.warns(FutureWarning, match="epoch_lr_schedule"):
+        args = AlignmentTrainingArguments(output_dir=str(tmp_path), albef_lr_schedule=True, report_to=[])
+    assert args.epoch_lr_schedule is True
+    with pytest.warns(FutureWarning, match="get_epoch_schedule"):
+        assert optim.get_albef_schedule is optim.get_epoch_schedule
+    with pytest.warns(FutureWarning, match="EpochScheduleLambda"):
+        assert optim.AlbefLRLambda is optim.EpochScheduleLambda

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from vlalign.training.optim import (
-    AlbefLRLambda,
+    EpochScheduleLambda,
     albef_alpha,
     albef_parameter_groups,
     create_albef_optimizer,
-    get_albef_schedule,
+    get_epoch_schedule,
 )
 
 # ALBEF pretraining recipe (configs/Pretrain.yaml): lr 1e-4, warmup_lr 1e-5, min_lr 1e-5, 30 epochs, warm-up over
@@ -190,7 +190,7 @@ def _lr_at(scheduler, step: int, group: int = 0) -> float:
 
 
 def test_pretraining_schedule_hand_computed_values():
-    scheduler = get_albef_schedule(_optimizer(), **PRETRAIN)
+    scheduler = get_epoch_schedule(_optimizer(), **PRETRAIN)
     lrs = [row[0] for row in _run(scheduler, 2502)]
     stage = 9e-5 / 20  # (lr - warmup_lr) / num_stages
     expected = {
@@ -229,7 +229,7 @@ def test_pretraining_schedule_hand_computed_values():
 
 def test_coco_retrieval_schedule():
     spe = 7
-    scheduler = get_albef_schedule(_optimizer((1e-5,)), steps_per_epoch=spe, num_epochs=5, min_lr=1e-6)
+    scheduler = get_epoch_schedule(_optimizer((1e-5,)), steps_per_epoch=spe, num_epochs=5, min_lr=1e-6)
     lrs = [row[0] for row in _run(scheduler, 5 * spe)]
     precise = [1e-05, 9.140576474687265e-06, 6.890576474687264e-06, 4.109423525312737e-06, 1.8594235253127369e-06]
     rounded = [1e-5, 9.14e-6, 6.89e-6, 4.11e-6, 1.86e-6]
@@ -241,9 +241,9 @@ def test_coco_retrieval_schedule():
 
 def test_flickr_retrieval_schedule_and_noop_warmup():
     spe = 3
-    plain = get_albef_schedule(_optimizer((1e-5,)), steps_per_epoch=spe, num_epochs=10, min_lr=1e-6)
+    plain = get_epoch_schedule(_optimizer((1e-5,)), steps_per_epoch=spe, num_epochs=10, min_lr=1e-6)
     # the official retrieval config warms up from warmup_lr == lr, which must change nothing
-    noop = get_albef_schedule(
+    noop = get_epoch_schedule(
         _optimizer((1e-5,)), steps_per_epoch=spe, num_epochs=10, warmup_steps=2, warmup_lr=1e-5, min_lr=1e-6
     )
     a = [row[0] for row in _run(plain, 10 * spe)]
@@ -255,8 +255,8 @@ def test_flickr_retrieval_schedule_and_noop_warmup():
 
 
 def test_two_param_groups_scale_consistently():
-    single = get_albef_schedule(_optimizer((1e-4,)), **PRETRAIN)
-    double = get_albef_schedule(_optimizer((1e-4, 2.5e-5)), **PRETRAIN)
+    single = get_epoch_schedule(_optimizer((1e-4,)), **PRETRAIN)
+    double = get_epoch_schedule(_optimizer((1e-4, 2.5e-5)), **PRETRAIN)
     ref = _run(single, 2600)
     got = _run(double, 2600)
     for step in range(2600):
@@ -268,16 +268,16 @@ def test_two_param_groups_scale_consistently():
 
 def test_reference_lr_override():
     optimizer = _optimizer((5e-5,))
-    scheduler = get_albef_schedule(optimizer, steps_per_epoch=10, num_epochs=2, min_lr=1e-5, base_lr=1e-4)
+    scheduler = get_epoch_schedule(optimizer, steps_per_epoch=10, num_epochs=2, min_lr=1e-5, base_lr=1e-4)
     # min_lr / base_lr = 0.1 is applied to the group's 5e-5 (step 20 is past the last epoch: min_lr)
     assert _lr_at(scheduler, 20) == pytest.approx(5e-6, rel=1e-12)
     assert _lr_at(scheduler, 10) == pytest.approx(0.5 * (5e-5 + 5e-6), rel=1e-12)
-    default = get_albef_schedule(_optimizer((5e-5,)), steps_per_epoch=10, num_epochs=2, min_lr=1e-5)
+    default = get_epoch_schedule(_optimizer((5e-5,)), steps_per_epoch=10, num_epochs=2, min_lr=1e-5)
     assert _lr_at(default, 20) == pytest.approx(1e-5, rel=1e-12)
 
 
 def test_smooth_warmup():
-    scheduler = get_albef_schedule(_optimizer(), warmup_stages=None, **PRETRAIN)
+    scheduler = get_epoch_schedule(_optimizer(), warmup_stages=None, **PRETRAIN)
     lrs = [row[0] for row in _run(scheduler, 2001)]
     assert lrs[0] == pytest.approx(1e-5, rel=1e-12)
     assert lrs[1] == pytest.approx(1e-5 + 9e-5 / 2000, rel=1e-12)
@@ -289,7 +289,7 @@ def test_smooth_warmup():
 
 def test_staircase_with_uneven_stages_and_defaults():
     # 50 steps in 20 stages: stage k starts at ceil(2.5 * k)
-    scheduler = get_albef_schedule(_optimizer(), steps_per_epoch=100, num_epochs=3, warmup_steps=50, min_lr=1e-5)
+    scheduler = get_epoch_schedule(_optimizer(), steps_per_epoch=100, num_epochs=3, warmup_steps=50, min_lr=1e-5)
     stage = 9e-5 / 20  # warmup_lr defaults to min_lr
     assert _lr_at(scheduler, 0) == pytest.approx(1e-5, rel=1e-12)
     assert _lr_at(scheduler, 2) == pytest.approx(1e-5, rel=1e-12)
@@ -300,7 +300,7 @@ def test_staircase_with_uneven_stages_and_defaults():
 
 
 def test_warmup_is_cut_at_the_end_of_epoch_zero():
-    scheduler = get_albef_schedule(_optimizer(), steps_per_epoch=1000, num_epochs=30, warmup_steps=2000)
+    scheduler = get_epoch_schedule(_optimizer(), steps_per_epoch=1000, num_epochs=30, warmup_steps=2000)
     assert _lr_at(scheduler, 999) == pytest.approx(1e-5 + 9 * 9e-5 / 20, rel=1e-12)
     assert _lr_at(scheduler, 1000) == pytest.approx(9.97534852915723e-05, rel=1e-9)
 
@@ -317,7 +317,7 @@ def test_warmup_is_cut_at_the_end_of_epoch_zero():
 )
 def test_invalid_schedule_arguments(kwargs):
     with pytest.raises(ValueError):
-        get_albef_schedule(_optimizer(), **kwargs)
+        get_epoch_schedule(_optimizer(), **kwargs)
 
 
 def _save_load(obj):
@@ -331,8 +331,8 @@ def _save_load(obj):
 def test_scheduler_state_dict_round_trip_and_resume(resume_at):
     model = _Tiny()
     optimizer = create_albef_optimizer(model, lr=1e-4, weight_decay=0.02)
-    scheduler = get_albef_schedule(optimizer, **PRETRAIN)
-    assert isinstance(scheduler.lr_lambdas[0], AlbefLRLambda)
+    scheduler = get_epoch_schedule(optimizer, **PRETRAIN)
+    assert isinstance(scheduler.lr_lambdas[0], EpochScheduleLambda)
     _run(scheduler, resume_at)
     scheduler_state = _save_load(scheduler.state_dict())
     optimizer_state = _save_load(optimizer.state_dict())
@@ -342,7 +342,7 @@ def test_scheduler_state_dict_round_trip_and_resume(resume_at):
 
     # a fresh run, built from scratch as the Trainer does on resume_from_checkpoint
     resumed_optimizer = create_albef_optimizer(model, lr=1e-4, weight_decay=0.02)
-    resumed = get_albef_schedule(resumed_optimizer, **PRETRAIN)
+    resumed = get_epoch_schedule(resumed_optimizer, **PRETRAIN)
     resumed_optimizer.load_state_dict(optimizer_state)
     resumed.load_state_dict(scheduler_state)
     assert resumed.last_epoch == resume_at
@@ -352,11 +352,11 @@ def test_scheduler_state_dict_round_trip_and_resume(resume_at):
 
 def test_lambda_state_is_restored_from_the_checkpoint():
     """The checkpointed schedule wins over the arguments the resumed scheduler was built with."""
-    scheduler = get_albef_schedule(_optimizer(), **PRETRAIN)
+    scheduler = get_epoch_schedule(_optimizer(), **PRETRAIN)
     _run(scheduler, 10)
     state = _save_load(scheduler.state_dict())
     optimizer_state = _save_load(scheduler.optimizer.state_dict())
-    other = get_albef_schedule(_optimizer(), steps_per_epoch=5, num_epochs=2, min_lr=1e-6)
+    other = get_epoch_schedule(_optimizer(), steps_per_epoch=5, num_epochs=2, min_lr=1e-6)
     other.optimizer.load_state_dict(optimizer_state)
     other.load_state_dict(state)
     assert vars(other.lr_lambdas[0]) == vars(scheduler.lr_lambdas[0])
@@ -397,7 +397,7 @@ def test_trainer_checkpoint_and_resume(tmp_path):
         torch.manual_seed(0)
         model = _Regression()
         optimizer = create_albef_optimizer(model, lr=1e-4, weight_decay=0.02)
-        scheduler = get_albef_schedule(
+        scheduler = get_epoch_schedule(
             optimizer, steps_per_epoch=4, num_epochs=3, warmup_steps=3, warmup_lr=1e-5, min_lr=1e-5, warmup_stages=3
         )
         args = TrainingArguments(
@@ -435,7 +435,7 @@ def test_trainer_checkpoint_and_resume(tmp_path):
 
 
 def test_lr_lambda_pickles():
-    lam = get_albef_schedule(_optimizer(), **PRETRAIN).lr_lambdas[0]
+    lam = get_epoch_schedule(_optimizer(), **PRETRAIN).lr_lambdas[0]
     clone = pickle.loads(pickle.dumps(lam))
     assert [clone(s) for s in (0, 100, 2000, 2500, 74999)] == [lam(s) for s in (0, 100, 2000, 2500, 74999)]
     assert all(isinstance(v, (int, float, type(None))) for v in vars(lam).values())

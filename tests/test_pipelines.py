@@ -122,8 +122,12 @@ def test_itm_rerank_both_directions(retriever, data, manual):
         assert_ranked(ranked, manual["itm"][query], 4)
         for r in ranked:
             assert r["itc_score"] == pytest.approx(manual["itc"][query, r["text_index"]].item(), abs=ATOL)
-    for query, ranked in enumerate(retriever(captions[:2], candidate_images=images, top_k=3, itm_rerank=True)):
+    for query, ranked in enumerate(retriever(captions[:2], candidate_images=images, top_k=3, rerank=True)):
         assert_ranked(ranked, manual["itm"][:, query], 3)
+    with pytest.warns(FutureWarning, match="itm_rerank is deprecated"):  # the old name still re-ranks
+        assert retriever(captions[:2], candidate_images=images, top_k=3, itm_rerank=True) == retriever(
+            captions[:2], candidate_images=images, top_k=3, rerank=True
+        )
 
     # only the top k_rerank ITC candidates are re-scored, then ordered by their ITM score
     ranked = retriever(images[1], candidate_texts=captions, top_k=3, k_rerank=3, rerank=True)
@@ -172,7 +176,6 @@ def test_gallery_encoded_once_per_call(retriever, data):
         (lambda p, im, tx: p(im[0], candidate_texts=tx, top_k=0), ValueError, "top_k must be a positive integer"),
         (lambda p, im, tx: p(im[0], candidate_texts=tx, top_k=2.5), ValueError, "top_k must be a positive integer"),
         (lambda p, im, tx: p(im[0], candidate_texts=tx, top_k=3, k_rerank=2, rerank=True), ValueError, "k_rerank=2"),
-        (lambda p, im, tx: p(im[0], candidate_texts=tx, rerank=True, itm_rerank=False), ValueError, "disagree"),
         (lambda p, im, tx: p(im[0], candidate_texts=tx, score_mode="x"), ValueError, "score_mode='x'"),
         (lambda p, im, tx: p("a red circle", candidate_texts=tx), ValueError, "the queries are images"),
         (lambda p, im, tx: p(im[0], candidate_images=im), TypeError, "the queries are captions"),

@@ -58,7 +58,7 @@ MAIN_TRAINING_ARGUMENTS = (
     "fp16",
     "seed",
     "official_optimizer",
-    "albef_lr_schedule",
+    "epoch_lr_schedule",
     "warmup_lr",
     "min_lr",
 )
@@ -488,7 +488,7 @@ def _unset(values: Mapping[str, Any], name: str, value: Any) -> bool:
         or (name in ("warmup_steps", "warmup_ratio") and value == 0)
         or (name == "num_train_epochs" and values.get("max_steps", -1) > 0)
         or (name == "optim" and bool(values.get("official_optimizer")))
-        or (name in ("warmup_lr", "min_lr") and not values.get("albef_lr_schedule"))
+        or (name in ("warmup_lr", "min_lr") and not values.get("epoch_lr_schedule"))
     )
 
 

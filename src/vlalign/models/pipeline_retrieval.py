@@ -31,6 +31,7 @@ Where vlalign is imported, the task is registered in the process and configs dro
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ class ImageTextRetrievalPipeline(Pipeline):
 
     Keyword arguments (at construction, or per call):
         top_k (`int`, defaults to 5): results per query (capped at the gallery size).
-        rerank / itm_rerank (`bool`, defaults to False): re-score the top `k_rerank` ITC candidates of each query
+        rerank (`bool`, defaults to False): re-score the top `k_rerank` ITC candidates of each query
             with `model.itm_score` and rank them by that score (ALBEF's retrieval protocol).
         k_rerank (`int`): candidates re-scored per query; defaults to `max(config.k_test, top_k)`, capped at the
             gallery size. Must be at least `top_k` (only re-scored candidates can be ranked by the re-rank score).
@@ -139,8 +140,8 @@ class ImageTextRetrievalPipeline(Pipeline):
 
     @property
     def can_rerank(self) -> bool:
-        """Whether the model has an image-text matching head to re-rank with."""
-        return hasattr(self.model.base_model, "itm_score")
+        """Whether the model has an image-text matching head to re-rank with (its class's `supports_itm_rerank`)."""
+        return getattr(self.model.base_model, "supports_itm_rerank", False)
 
     def __call__(self, inputs=None, *, candidate_texts=None, candidate_images=None, candidate_gallery=None, **kwargs):
         """Rank `candidate_texts` for each query image, `candidate_images` for each query text, or a stored
@@ -205,9 +206,11 @@ class ImageTextRetrievalPipeline(Pipeline):
         if timeout is not None:
             preprocess_params["timeout"] = timeout
 
-        if rerank is not None and itm_rerank is not None and bool(rerank) != bool(itm_rerank):
-            raise ValueError(f"rerank={rerank!r} and itm_rerank={itm_rerank!r} disagree; pass one of them.")
-        rerank = rerank if rerank is not None else itm_rerank
+        if itm_rerank is not None:
+            warnings.warn("itm_rerank is deprecated; pass rerank.", FutureWarning, stacklevel=3)
+            if rerank is not None and bool(rerank) != bool(itm_rerank):
+                raise ValueError(f"rerank={rerank!r} and itm_rerank={itm_rerank!r} disagree; pass rerank only.")
+            rerank = itm_rerank if rerank is None else rerank
         if rerank is not None:
             forward_params["rerank"] = bool(rerank)
         for name, value in (

@@ -1,4 +1,5 @@
-"""ALBEF's optimizer parameter groups, learning-rate schedule and distillation-weight warm-up.
+"""The ALBEF family's official optimizer parameter groups, the per-epoch learning-rate schedule (ALBEF's, kept by
+SIMLA and CODIS, usable by any method) and the distillation-weight warm-up.
 
 These re-implement what the official salesforce/ALBEF training scripts *actually run*, in a form that plugs into a
 :class:`transformers.Trainer` (``Trainer(..., optimizers=(optimizer, scheduler))``) and that survives the Trainer's
@@ -6,7 +7,7 @@ checkpoint / resume cycle.
 
 * :func:`albef_parameter_groups` / :func:`create_albef_optimizer`: AdamW whose weight decay follows ALBEF's
   ``optim_factory`` rule (no decay for 1-D tensors and ``*.bias``; everything else, 0-D ``temp`` included, is decayed).
-* :func:`get_albef_schedule`: a per-optimizer-step :class:`~torch.optim.lr_scheduler.LambdaLR` reproducing the
+* :func:`get_epoch_schedule`: a per-optimizer-step :class:`~torch.optim.lr_scheduler.LambdaLR` reproducing the
   staircase linear warm-up of epoch 0 and the per-epoch (constant within an epoch) cosine decay.
 * :func:`albef_alpha`: the momentum-distillation weight ramp of the first epoch.
 """
@@ -14,6 +15,7 @@ checkpoint / resume cycle.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -22,11 +24,11 @@ from ..models.modeling_albef import albef_alpha
 from ..models.parameter_groups import albef_parameter_groups
 
 __all__ = [
-    "AlbefLRLambda",
+    "EpochScheduleLambda",
     "albef_alpha",
     "albef_parameter_groups",
     "create_albef_optimizer",
-    "get_albef_schedule",
+    "get_epoch_schedule",
     "with_temperature_learning_rate",
 ]
 
@@ -41,7 +43,7 @@ def create_albef_optimizer(
     """AdamW over :func:`albef_parameter_groups` with ALBEF's hyper-parameters (torch-default betas and eps).
 
     ALBEF uses ``lr=1e-4, weight_decay=0.02`` for pretraining and ``lr=1e-5, weight_decay=0.02`` for retrieval
-    fine-tuning. Pass the result (with :func:`get_albef_schedule`) as ``Trainer(optimizers=(optimizer, scheduler))``.
+    fine-tuning. Pass the result (with :func:`get_epoch_schedule`) as ``Trainer(optimizers=(optimizer, scheduler))``.
     """
     groups = albef_parameter_groups(model, weight_decay)
     if not any(group["params"] for group in groups):
@@ -71,8 +73,8 @@ def with_temperature_learning_rate(groups: list[dict], learning_rate: float) -> 
     return kept + moved
 
 
-class AlbefLRLambda:
-    """Picklable lr multiplier for :class:`~torch.optim.lr_scheduler.LambdaLR` (see :func:`get_albef_schedule`).
+class EpochScheduleLambda:
+    """Picklable lr multiplier for :class:`~torch.optim.lr_scheduler.LambdaLR` (see :func:`get_epoch_schedule`).
 
     All state lives in plain ``int`` / ``float`` / ``None`` attributes, because ``LambdaLR.state_dict()`` stores
     ``self.__dict__`` of callable objects and the Trainer reloads it with ``torch.load(..., weights_only=True)``.
@@ -125,7 +127,7 @@ def _reference_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(lr)
 
 
-def get_albef_schedule(
+def get_epoch_schedule(
     optimizer: torch.optim.Optimizer,
     steps_per_epoch: int,
     num_epochs: int,
@@ -165,7 +167,7 @@ def get_albef_schedule(
     exactly ``k`` times the schedule of the reference group. ``warmup_lr=None`` means ``warmup_lr = min_lr`` (as in
     ALBEF pretraining, where both are 1e-5).
 
-    The multiplier is an :class:`AlbefLRLambda` instance (a top-level class holding plain numbers, not a closure), so
+    The multiplier is an :class:`EpochScheduleLambda` instance (a top-level class holding plain numbers, not a closure), so
     ``scheduler.state_dict()`` contains it, survives ``torch.save`` / ``torch.load(weights_only=True)`` and a resumed
     run continues with identical learning rates.
     """
@@ -184,7 +186,7 @@ def get_albef_schedule(
         raise ValueError(f"the reference base lr must be > 0, got {reference}")
     if warmup_lr is None:
         warmup_lr = min_lr
-    lr_lambda = AlbefLRLambda(
+    lr_lambda = EpochScheduleLambda(
         steps_per_epoch=steps_per_epoch,
         num_epochs=num_epochs,
         warmup_steps=warmup_steps,
@@ -193,3 +195,15 @@ def get_albef_schedule(
         warmup_stages=warmup_stages,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+#: old names kept as deprecated aliases: the schedule serves every method, not ALBEF only
+_DEPRECATED_NAMES = {"get_albef_schedule": "get_epoch_schedule", "AlbefLRLambda": "EpochScheduleLambda"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED_NAMES:
+        new_name = _DEPRECATED_NAMES[name]
+        warnings.warn(f"{name} is deprecated; use {new_name}.", FutureWarning, stacklevel=2)
+        return globals()[new_name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGH
 from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader, StreamProgress
 from ..evaluation import evaluate_retrieval
 from ..models.training_duties import TrainingDutiesCallback, TrainingDutiesMixin
-from .optim import get_albef_schedule, with_temperature_learning_rate
+from .optim import get_epoch_schedule, with_temperature_learning_rate
 
 #: file of a checkpoint that holds the training stream's position
 STREAM_STATE_NAME = "stream_state.json"
@@ -72,10 +72,14 @@ class AlignmentTrainingArguments(TrainingArguments):
     official_optimizer: bool = field(
         default=True, metadata={"help": "AdamW over the method's official parameter groups (weight-decay rule)."}
     )
-    albef_lr_schedule: bool = field(
+    epoch_lr_schedule: bool = field(
         default=False,
-        metadata={"help": "ALBEF's schedule: staircase warm-up from warmup_lr, then a per-epoch cosine to min_lr."},
+        metadata={
+            "help": "The official per-epoch schedule of ALBEF, SIMLA and CODIS: staircase warm-up from warmup_lr, "
+            "then a cosine to min_lr that steps once per epoch."
+        },
     )
+    albef_lr_schedule: bool | None = field(default=None, metadata={"help": "Deprecated name of epoch_lr_schedule."})
     warmup_lr: float | None = field(default=None, metadata={"help": "Warm-up start lr of ALBEF's schedule."})
     min_lr: float = field(default=1e-5, metadata={"help": "Final lr of ALBEF's schedule."})
     k_test: int | None = field(default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test)."})
@@ -99,6 +103,14 @@ class AlignmentTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.albef_lr_schedule is not None:
+            warnings.warn(
+                "albef_lr_schedule is deprecated (the schedule serves every method); use epoch_lr_schedule.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.epoch_lr_schedule = self.albef_lr_schedule
+            self.albef_lr_schedule = None
         if self.on_nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite_loss must be 'raise' or 'skip', got {self.on_nonfinite_loss!r}.")
         if self.temperature_learning_rate is not None and not self.official_optimizer:
@@ -309,14 +321,14 @@ class AlignmentTrainer(Trainer):
         return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None and getattr(self.args, "albef_lr_schedule", False):
+        if self.lr_scheduler is None and getattr(self.args, "epoch_lr_schedule", False):
             steps_per_epoch = self.steps_per_epoch()
             if steps_per_epoch is None:
                 raise ValueError(
-                    "albef_lr_schedule decays per epoch, but the training stream's size is unknown; pass "
+                    "epoch_lr_schedule decays per epoch, but the training stream's size is unknown; pass "
                     "ImageTextStream(num_samples=...) or use another lr_scheduler_type."
                 )
-            self.lr_scheduler = get_albef_schedule(
+            self.lr_scheduler = get_epoch_schedule(
                 self.optimizer if optimizer is None else optimizer,
                 steps_per_epoch=steps_per_epoch,
                 num_epochs=max(1, math.ceil(num_training_steps / steps_per_epoch)),
