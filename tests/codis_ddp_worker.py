@@ -79,7 +79,7 @@ def run_variant(overrides: dict, tokenizer, data: dict, rows: slice, world_size:
         "losses": {name: mean_over_processes(getattr(out, name), world_size) for name in LOSSES},
         "transport_i2p": gather_rows(out.transport_i2p, world_size),
         "transport_t2p": gather_rows(out.transport_t2p, world_size),
-        "teacher_scores_image": gather_rows(model.albef.codebook.scores(out.image_feat_m), world_size),
+        "teacher_scores_image": gather_rows(model.base_model.codebook.scores(out.image_feat_m), world_size),
         "grads": grads,
     }
 

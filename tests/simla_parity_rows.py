@@ -62,7 +62,7 @@ def pretraining_rows(folder: Path) -> list[Row]:
         load_file(SIMLA_FIXTURES / "outputs.safetensors"),
     )
     model = AutoModelForPreTraining.from_pretrained(folder, attn_implementation="eager").train()
-    albef, pixels, ids, mask = model.albef, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+    albef, pixels, ids, mask = model.base_model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
     masked_pos, mim_labels = inputs["masked_visual_token_pos"], inputs["masked_visual_token_labels"]
     mlm_ids, mlm_labels, alpha = inputs["mlm_input_ids_fixed"], inputs["mlm_labels_fixed"], float(inputs["alpha"])
     with torch.no_grad():
@@ -171,9 +171,9 @@ def retrieval_rows(folder: Path) -> list[Row]:
     model = vlalign.AutoModelForImageTextRetrieval.from_pretrained(folder, attn_implementation="eager").eval()
     ids, mask, pixels = inputs["eval_input_ids"], inputs["eval_attention_mask"], inputs["eval_pixel_values"]
     with torch.no_grad():
-        text, vision = model.albef.get_text_features(ids, mask), model.albef.get_image_features(pixels)
+        text, vision = model.base_model.get_text_features(ids, mask), model.base_model.get_image_features(pixels)
         n_images, n_texts = pixels.shape[0], ids.shape[0]
-        itm = model.albef.itm_logits(
+        itm = model.base_model.itm_logits(
             text.last_hidden_state.repeat(n_images, 1, 1), mask.repeat(n_images, 1),
             vision.last_hidden_state.repeat_interleave(n_texts, dim=0),
         ).view(n_images, n_texts, 2)  # fmt: skip

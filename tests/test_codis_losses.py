@@ -308,7 +308,7 @@ def test_uniform_code_scores_give_two_log_k(tokenizer):
     whatever the targets, and L_code (sum) = 2 log K; the OT cost is then 1 − cosine to that prototype, per modality."""
     model = codis_model(micro_codis_config(tokenizer, codebook_size=8))
     with torch.no_grad():
-        model.albef.codebook.prototypes.copy_(unit_rows(1, 16, seed=3).expand(8, 16) * 2.5)
+        model.base_model.codebook.prototypes.copy_(unit_rows(1, 16, seed=3).expand(8, 16) * 2.5)
     out = forward(model, make_batch(tokenizer))
     assert abs(out.loss_t2p.item() - math.log(8)) < 1e-5 and abs(out.loss_i2p.item() - math.log(8)) < 1e-5
     assert abs(out.loss_code.item() - 2 * math.log(8)) < 1e-5
@@ -347,7 +347,7 @@ def test_forward_losses_match_a_hand_recomputation(tokenizer, code_loss_type):
     config = micro_codis_config(tokenizer, code_loss_type=code_loss_type)
     model = codis_model(config)
     out = forward(model, make_batch(tokenizer))
-    prototypes = F.normalize(model.albef.codebook.prototypes.detach().double(), dim=-1)
+    prototypes = F.normalize(model.base_model.codebook.prototypes.detach().double(), dim=-1)
     eps, iterations, tau = config.sinkhorn_epsilon, config.sinkhorn_iterations, config.prototype_temperature
     plan_image = swav_plan(out.image_feat_m.double() @ prototypes.t(), eps, iterations)
     plan_text = swav_plan(out.text_feat_m.double() @ prototypes.t(), eps, iterations)
@@ -378,18 +378,18 @@ def test_gradient_flow_of_the_codebook_losses(tokenizer, loss_name):
     model = codis_model(micro_codis_config(tokenizer))
     out = forward(model, make_batch(tokenizer))
     getattr(out, loss_name).backward()
-    albef = model.albef
+    online = model.base_model
     for name, parameter in [
-        ("codebook.prototypes", albef.codebook.prototypes),
-        ("vision_proj.weight", albef.vision_proj.weight),
-        ("text_proj.weight", albef.text_proj.weight),
+        ("codebook.prototypes", online.codebook.prototypes),
+        ("vision_proj.weight", online.vision_proj.weight),
+        ("text_proj.weight", online.text_proj.weight),
     ]:
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (
             f"{loss_name} sends no gradient to {name}"
         )
     momentum = [(name, p) for module in model.momentum_modules() for name, p in module.named_parameters()]
     assert momentum and all(p.grad is None for _, p in momentum), [n for n, p in momentum if p.grad is not None]
-    assert albef.itm_head.weight.grad is None and model.mlm_head.dense.weight.grad is None
+    assert online.itm_head.weight.grad is None and model.mlm_head.dense.weight.grad is None
     for plan in (out.transport_i2p, out.transport_t2p):
         assert not plan.requires_grad
         torch.testing.assert_close(plan.sum(dim=1), torch.ones(4), atol=1e-6, rtol=0)
@@ -401,8 +401,9 @@ def test_with_every_codis_addition_off_it_is_albef_bit_for_bit(tokenizer):
     codis = codis_model(
         micro_codis_config(tokenizer, align_intra_modal=False, code_loss_weight=0.0, ot_loss_weight=0.0), seed=5
     )
-    result = codis.load_state_dict(albef.state_dict(), strict=False)
-    assert result.missing_keys == ["albef.codebook.prototypes"] and result.unexpected_keys == []
+    albef_state = {key.replace("albef.", "codis.", 1): value for key, value in albef.state_dict().items()}
+    result = codis.load_state_dict(albef_state, strict=False)
+    assert result.missing_keys == ["codis.codebook.prototypes"] and result.unexpected_keys == []
     batch = make_batch(tokenizer)
     mlm_input_ids, mlm_labels = albef.mask_tokens(batch["input_ids"], torch.Generator().manual_seed(3))
     assert (mlm_labels != -100).any()

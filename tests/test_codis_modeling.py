@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -103,7 +104,21 @@ def decouple_teacher(model) -> None:
             linear.weight.add_(0.5 * torch.randn(linear.weight.shape, generator=generator))
 
 
-def normalized_codebook(model, name: str = "albef.codebook") -> torch.Tensor:
+def albef_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CODIS state dict in ALBEF's names (the online model under `albef.`), without the codebook."""
+    return {
+        re.sub(r"^codis\.", "albef.", key): value
+        for key, value in state.items()
+        if not key.startswith("codis.codebook.")
+    }
+
+
+def codis_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ALBEF state dict in CODIS's names (the online model under `codis.`)."""
+    return {re.sub(r"^albef\.", "codis.", key): value for key, value in state.items()}
+
+
+def normalized_codebook(model, name: str = "codis.codebook") -> torch.Tensor:
     return F.normalize(model.get_submodule(name).prototypes.detach(), dim=-1)
 
 
@@ -283,7 +298,7 @@ def test_albef_fields_keep_their_meaning():
 
 
 def test_codebook_starts_as_distinct_unit_rows(processor):
-    prototypes = build(processor).albef.codebook.prototypes
+    prototypes = build(processor).base_model.codebook.prototypes
     assert prototypes.shape == (CODEBOOK_SIZE, 16) and prototypes.requires_grad
     assert_unit_rows(prototypes)
     cosines = prototypes.detach() @ prototypes.detach().t()
@@ -293,15 +308,15 @@ def test_codebook_starts_as_distinct_unit_rows(processor):
 def test_codebook_is_kept_out_of_weight_decay(processor):
     model = build(processor)
     decay, no_decay = albef_parameter_groups(model, 0.02)
-    assert "albef.codebook.prototypes" in no_decay["param_names"]
-    assert "albef.codebook.prototypes" not in decay["param_names"]
-    assert any(p is model.albef.codebook.prototypes for p in no_decay["params"]) and no_decay["weight_decay"] == 0
-    assert "albef.vision_proj.weight" in decay["param_names"]  # other matrices keep ALBEF's rule
+    assert "codis.codebook.prototypes" in no_decay["param_names"]
+    assert "codis.codebook.prototypes" not in decay["param_names"]
+    assert any(p is model.base_model.codebook.prototypes for p in no_decay["params"]) and no_decay["weight_decay"] == 0
+    assert "codis.vision_proj.weight" in decay["param_names"]  # other matrices keep ALBEF's rule
 
 
 def test_hand_written_loop_keeps_the_codebook_on_the_sphere(processor, batch):
     model = build(processor)
-    prototypes = model.albef.codebook.prototypes
+    prototypes = model.base_model.codebook.prototypes
     initial = prototypes.detach().clone()
     optimizer = adamw(model)
     for step in range(3):
@@ -330,7 +345,7 @@ def test_a_loop_that_skips_the_duties_is_refused(processor, batch):
 
 def test_frozen_codebook_holds_still_for_the_first_steps(processor, batch):
     model = build(processor, freeze_codebook_steps=2)
-    prototypes, projection = model.albef.codebook.prototypes, model.albef.vision_proj.weight
+    prototypes, projection = model.base_model.codebook.prototypes, model.base_model.vision_proj.weight
     codebooks, projections = [prototypes.detach().clone()], [projection.detach().clone()]
     optimizer = adamw(model)
     for step in range(3):
@@ -348,12 +363,12 @@ class _RecordCodebook(TrainerCallback):
         self.model, self.codebooks = model, []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.codebooks.append(self.model.albef.codebook.prototypes.detach().clone())
+        self.codebooks.append(self.model.base_model.codebook.prototypes.detach().clone())
 
 
 def test_alignment_trainer_runs_the_codebook_duties_and_logs_its_health(processor, dataset, collator, tmp_path):
     model = build(processor, freeze_codebook_steps=1)
-    initial = model.albef.codebook.prototypes.detach().clone()
+    initial = model.base_model.codebook.prototypes.detach().clone()
     record = _RecordCodebook(model)
     args = AlignmentTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, logging_steps=1,
@@ -367,7 +382,7 @@ def test_alignment_trainer_runs_the_codebook_duties_and_logs_its_health(processo
     assert len(record.codebooks) == 2
     close(record.codebooks[0], initial, rtol=0, atol=1e-6)
     assert differs(record.codebooks[1], initial, by=1e-3)
-    assert_unit_rows(model.albef.codebook.prototypes)
+    assert_unit_rows(model.base_model.codebook.prototypes)
 
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2
@@ -446,7 +461,7 @@ def test_without_codebook_and_intra_modal_terms_codis_is_albef(processor, batch)
     """Spec §10.4.10: the three switches off give the ALBEF port's loss bit for bit."""
     codis = build(processor, code_loss_weight=0.0, ot_loss_weight=0.0, align_intra_modal=False)
     albef = vlalign.AlbefForPreTraining(tiny_albef_config(processor.tokenizer, IMAGE_SIZE, **ALBEF_SIZES)).train()
-    albef.load_state_dict({k: v for k, v in codis.state_dict().items() if not k.startswith("albef.codebook.")})
+    albef.load_state_dict(albef_keys(codis.state_dict()))
     ours, theirs = run(codis, batch), run(albef, batch)
     for name in ("loss", "loss_itc", "loss_itm", "loss_mlm"):
         assert torch.equal(ours[name], theirs[name]), name
@@ -472,8 +487,8 @@ def test_swapped_prediction_by_hand(processor, batch):
     close(mean.loss_code.detach(), (loss_t2p + loss_i2p) / 2)
     # gradients reach the codebook and the student projections, never the momentum encoders
     outputs.loss_code.backward()
-    assert model.albef.codebook.prototypes.grad.abs().sum() > 0
-    assert model.albef.text_proj.weight.grad.abs().sum() > 0
+    assert model.base_model.codebook.prototypes.grad.abs().sum() > 0
+    assert model.base_model.text_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for m in model.momentum_modules() for p in m.parameters())
 
 
@@ -522,7 +537,7 @@ def test_intra_modal_negatives_from_the_queue_or_the_batch(processor, batch, oth
     assert int(model.queue_ptr) == 4
     with_queue = run(model, batch)
     batch_only = run(variant(model, intra_modal_negatives="batch"), batch)
-    temp, targets = model.albef.temp.detach(), torch.arange(4)
+    temp, targets = model.base_model.temp.detach(), torch.arange(4)
     for name, feat, feat_m, queue in [
         ("loss_i2i", with_queue.image_feat, with_queue.image_feat_m, model.image_queue),
         ("loss_t2t", with_queue.text_feat, with_queue.text_feat_m, model.text_queue),
@@ -539,7 +554,7 @@ def test_intra_modal_soft_targets(processor, batch):
     decouple_teacher(model)
     soft_model = variant(model, intra_soft_targets=True)
     hard, soft = run(model, batch, alpha=0.4), run(soft_model, batch, alpha=0.4)
-    temp = model.albef.temp.detach()
+    temp = model.base_model.temp.detach()
     bank = torch.cat([hard.image_feat_m.t(), model.image_queue], dim=1)
     one_hot = F.one_hot(torch.arange(4), bank.shape[1]).float()
     logits = hard.image_feat.detach() @ bank / temp
@@ -602,10 +617,10 @@ def test_joint_sinkhorn(processor, batch):
 
 def test_momentum_codebook(processor, batch, tmp_path):
     model = build(processor, momentum_codebook=True)
-    online, ema = model.albef.codebook.prototypes, model.codebook_m.prototypes
+    online, ema = model.base_model.codebook.prototypes, model.codebook_m.prototypes
     assert not ema.requires_grad and torch.equal(ema, online)  # starts as a frozen copy, like the other pairs
     names = [name for group in albef_parameter_groups(model, 0.02) for name in group["param_names"]]
-    assert "albef.codebook.prototypes" in names and not any("codebook_m" in name for name in names)
+    assert "codis.codebook.prototypes" in names and not any("codebook_m" in name for name in names)
     assert not hasattr(build(processor), "codebook_m")
 
     with torch.no_grad():  # make the copies differ: the teacher plans are scored against the EMA codebook
@@ -629,7 +644,7 @@ def test_momentum_codebook(processor, batch, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = CodisForPreTraining.from_pretrained(tmp_path)
     assert torch.equal(reloaded.codebook_m.prototypes, ema) and not reloaded.codebook_m.prototypes.requires_grad
-    assert torch.equal(reloaded.albef.codebook.prototypes, online)
+    assert torch.equal(reloaded.base_model.codebook.prototypes, online)
 
 
 def test_momentum_codebook_missing_from_a_checkpoint_starts_as_a_copy(processor, tmp_path):
@@ -639,9 +654,9 @@ def test_momentum_codebook_missing_from_a_checkpoint_starts_as_a_copy(processor,
     model = build(processor)
     model.save_pretrained(tmp_path)
     reloaded = CodisForPreTraining.from_pretrained(tmp_path, momentum_codebook=True)
-    assert torch.equal(reloaded.albef.codebook.prototypes, model.albef.codebook.prototypes)
+    assert torch.equal(reloaded.base_model.codebook.prototypes, model.base_model.codebook.prototypes)
     assert not reloaded.codebook_m.prototypes.requires_grad
-    assert torch.equal(reloaded.codebook_m.prototypes, reloaded.albef.codebook.prototypes)
+    assert torch.equal(reloaded.codebook_m.prototypes, reloaded.base_model.codebook.prototypes)
 
 
 def test_augmented_teacher_view(processor, batch):
@@ -691,10 +706,10 @@ def test_retrieval_with_the_albef_objective(processor, batch):
         assert getattr(outputs, name) is None, name
     close(outputs.loss, outputs.loss_itc + outputs.loss_itm)
     outputs.loss.backward()
-    assert model.albef.codebook.prototypes.grad is None
+    assert model.base_model.codebook.prototypes.grad is None
     # exactly ALBEF's retrieval fine-tuning
     albef = vlalign.AlbefForImageTextRetrieval(tiny_albef_config(processor.tokenizer, IMAGE_SIZE, **ALBEF_SIZES))
-    albef.train().load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("albef.codebook.")})
+    albef.train().load_state_dict(albef_keys(model.state_dict()))
     assert torch.equal(run(albef, batch, idx=idx).loss, outputs.loss)
 
 
@@ -729,11 +744,11 @@ def test_assignment_contrast_treats_pairs_of_one_image_as_positives(processor, b
 def test_codis_model_loads_a_pretraining_save_and_gives_code_probabilities(processor, batch, tmp_path):
     model = build(processor).eval()
     with torch.no_grad():
-        model.albef.temp.fill_(0.05)  # not the config's value, so that loading it is visible
+        model.base_model.temp.fill_(0.05)  # not the config's value, so that loading it is visible
     model.save_pretrained(tmp_path)
     base = CodisModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(base.codebook.prototypes, model.albef.codebook.prototypes)
-    assert torch.equal(base.temp, model.albef.temp)
+    assert torch.equal(base.codebook.prototypes, model.base_model.codebook.prototypes)
+    assert torch.equal(base.temp, model.base_model.temp)
     with torch.no_grad():
         embeds = base.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
         probabilities = base.code_probabilities(embeds)
@@ -751,11 +766,11 @@ def test_an_albef_save_initialises_codis_with_a_unit_norm_codebook(processor, tm
     albef.save_pretrained(tmp_path)
     codis = CodisForPreTraining.from_pretrained(tmp_path, codebook_size=CODEBOOK_SIZE)
     assert isinstance(codis.config, CodisConfig) and codis.config.codebook_size == CODEBOOK_SIZE
-    state, albef_state = codis.state_dict(), albef.state_dict()
-    assert set(state) - set(albef_state) == {"albef.codebook.prototypes"}
+    state, albef_state = codis.state_dict(), codis_keys(albef.state_dict())
+    assert set(state) - set(albef_state) == {"codis.codebook.prototypes"}
     for key, value in albef_state.items():
         assert torch.equal(state[key], value), key
-    prototypes = state["albef.codebook.prototypes"]
+    prototypes = state["codis.codebook.prototypes"]
     assert torch.isfinite(prototypes).all()
     assert_unit_rows(prototypes)
     assert torch.unique(prototypes, dim=0).shape[0] == CODEBOOK_SIZE
@@ -777,17 +792,17 @@ def test_converter_turns_the_official_albef_checkpoint_into_codis(converted_pret
     )  # fmt: skip
     reference = AutoModelForPreTraining.from_pretrained(converted_pretrain_dir)
     assert type(reference) is vlalign.AlbefForPreTraining
-    reference_state = reference.state_dict()
+    reference_state = codis_keys(reference.state_dict())
     for folder in (tmp_path / "api", tmp_path / "cli"):
         assert json.loads((folder / "config.json").read_text())["model_type"] == "codis"
         model = AutoModelForPreTraining.from_pretrained(folder)
         assert type(model) is CodisForPreTraining and model.config.model_type == "codis"
         assert type(AutoProcessor.from_pretrained(folder)).__name__ == "CodisProcessor"
         state = model.state_dict()
-        assert set(state) - set(reference_state) == {"albef.codebook.prototypes"}, folder.name
+        assert set(state) - set(reference_state) == {"codis.codebook.prototypes"}, folder.name
         for key, value in reference_state.items():
             assert torch.equal(state[key], value), f"{folder.name}: {key}"
-        prototypes = state["albef.codebook.prototypes"]
+        prototypes = state["codis.codebook.prototypes"]
         assert prototypes.shape == (model.config.codebook_size, reference.config.embed_dim)
         assert_unit_rows(prototypes)
         assert torch.unique(prototypes, dim=0).shape[0] == model.config.codebook_size
@@ -799,9 +814,9 @@ def test_converter_turns_the_official_albef_checkpoint_into_codis(converted_pret
     assert type(retrieval) is CodisForImageTextRetrieval and retrieval.config.model_type == "codis"
     retrieval_state = retrieval.state_dict()
     for key, value in reference_state.items():
-        if key.startswith("albef."):
+        if key.startswith("codis."):
             assert torch.equal(retrieval_state[key], value), key
-    assert_unit_rows(retrieval_state["albef.codebook.prototypes"])
+    assert_unit_rows(retrieval_state["codis.codebook.prototypes"])
 
 
 @pytest.mark.parametrize(
@@ -817,7 +832,7 @@ def test_converter_turns_the_official_albef_checkpoint_into_codis(converted_pret
 def test_a_codebook_no_loss_trains_is_frozen(processor, batch, model_class, overrides, trained):
     """An unused trainable codebook would stall DDP's gradient reduction: it is frozen and left out of the optimizer."""
     model = build(processor, model_class, **overrides)
-    prototypes = model.albef.codebook.prototypes
+    prototypes = model.base_model.codebook.prototypes
     assert prototypes.requires_grad is trained
     in_optimizer = any(p is prototypes for group in albef_parameter_groups(model, 0.02) for p in group["params"])
     assert in_optimizer is trained

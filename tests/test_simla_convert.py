@@ -222,10 +222,10 @@ def test_retrieval_evaluation_matches_official(folders, retrieval_golden, folder
     model = _retrieval_model(folders[folder]).eval()
     ids, mask, pixels = inputs["eval_input_ids"], inputs["eval_attention_mask"], inputs["eval_pixel_values"]
     with torch.no_grad():
-        text = model.albef.get_text_features(ids, mask)
-        vision = model.albef.get_image_features(pixels)
+        text = model.base_model.get_text_features(ids, mask)
+        vision = model.base_model.get_image_features(pixels)
         n_images, n_texts = pixels.shape[0], ids.shape[0]
-        itm = model.albef.itm_logits(
+        itm = model.base_model.itm_logits(
             text.last_hidden_state.repeat(n_images, 1, 1),
             mask.repeat(n_images, 1),
             vision.last_hidden_state.repeat_interleave(n_texts, dim=0),
@@ -299,7 +299,7 @@ def test_non_simla_checkpoint_is_refused_naming_keys(tmp_path, capsys):
     assert main(args) == 1
     message = capsys.readouterr().err
     assert "does not fit the config" in message and "token_type_embeddings" in message
-    with pytest.raises(CheckpointError, match=r"missing keys \(first: albef.vision_model.embeddings.mask_token"):
+    with pytest.raises(CheckpointError, match=r"missing keys \(first: simla.vision_model.embeddings.mask_token"):
         convert_simla_checkpoint(
             ALBEF_FIXTURES / "original" / "checkpoint.pth",
             [ORIGINAL / "Pretrain.yaml", BERT_JSON],
@@ -358,5 +358,5 @@ def test_weights_without_momentum_copies_or_queues_start_the_momentum_model_from
     )
     assert isinstance(model, SimlaForImageTextRetrieval)
     assert all(torch.equal(online, momentum) for online, momentum in model.momentum_parameter_pairs())
-    assert torch.equal(model.albef.itm_head.weight, state["itm_head.weight"])
+    assert torch.equal(model.base_model.itm_head.weight, state["itm_head.weight"])
     assert torch.equal(model.idx_queue, torch.full((1, 8), -100))

@@ -70,7 +70,7 @@ def run(original):
 
 def test_conversion_ties_the_mlm_heads_to_the_word_embeddings(original):
     converted, _ = convert_pretraining_state_dict(original)
-    for suffix, text_model in (("", "albef.text_model"), ("_m", "text_model_m")):
+    for suffix, text_model in (("", "simla.text_model"), ("_m", "text_model_m")):
         assert torch.equal(
             converted[f"{text_model}.embeddings.word_embeddings.weight"],
             original[f"text_encoder{suffix}.cls.predictions.decoder.weight"],
@@ -117,9 +117,9 @@ def test_matching_loss_with_the_official_negatives(run):
         outputs["fwd_itm_neg_text_idx_for_image"],
     )
     with torch.no_grad():
-        text = model.albef.get_text_features(ids, mask).last_hidden_state
-        image = model.albef.get_image_features(inputs["pixel_values"]).last_hidden_state
-        logits = model.albef.itm_logits(
+        text = model.base_model.get_text_features(ids, mask).last_hidden_state
+        image = model.base_model.get_image_features(inputs["pixel_values"]).last_hidden_state
+        logits = model.base_model.itm_logits(
             torch.cat([text, text, text[negative_texts]]),
             torch.cat([mask, mask, mask[negative_texts]]),
             torch.cat([image, image[negative_images], image]),
@@ -133,4 +133,4 @@ def test_queues_after_the_duties_match_official(run):
     assert_close(model.image_queue, outputs["post_image_queue"])
     assert_close(model.text_queue, outputs["post_text_queue"])
     assert torch.equal(model.queue_ptr, outputs["post_queue_ptr"])
-    assert model.albef.mim_head.weight.grad is not None and model.albef.concept_head.weight.grad is not None
+    assert model.base_model.mim_head.weight.grad is not None and model.base_model.concept_head.weight.grad is not None

@@ -382,6 +382,9 @@ def load_converted_weights(
     vision = config.vision_config
     _fit_position_embeddings(state_dict, (vision.image_size // vision.patch_size) ** 2)
     model = model_class(config)
+    # the key functions write ALBEF's layout, the online model under `albef.`: a family names it after itself
+    prefix = f"{model.base_model_prefix}."
+    state_dict = {re.sub(r"^albef\.", prefix, key): value for key, value in state_dict.items()}
     _check_fit(model, state_dict, allowed_missing)
     model.load_state_dict(state_dict, strict=False)
     if not has_momentum:

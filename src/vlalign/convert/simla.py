@@ -73,7 +73,7 @@ _YAML_KEYS = (
 
 #: converted keys of the pretraining-only modules, which the retrieval model lacks (`Retrieval.py` drops them too)
 _PRETRAINING_ONLY = re.compile(
-    r"^(mlm_head(_m)?\.|albef\.(mim|concept)_head\.|(mim|concept)_head_m\.|.*\.mask_token$)"
+    r"^(mlm_head(_m)?\.|simla\.(mim|concept)_head\.|(mim|concept)_head_m\.|.*\.mask_token$)"
 )
 
 #: official keys a conversion may leave out: the tied MLM decoders (checked equal to the word embeddings) and the
@@ -143,11 +143,11 @@ def convert_online_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[s
 
 
 def convert_pretraining_state_dict(original: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The official pretraining weights of `SimlaForPreTraining`: the online model under `albef.`, the momentum
+    """The official pretraining weights of `SimlaForPreTraining`: the online model under `simla.`, the momentum
     encoders and heads, the queues and both MLM heads (transform and bias; the decoder is the word-embedding matrix,
     checked equal). Return (state dict, dropped keys): the tied decoders and the `position_ids` buffers."""
     online, left_over = convert_online_state_dict(original)
-    converted = {f"albef.{key}": value for key, value in online.items()}
+    converted = {f"simla.{key}": value for key, value in online.items()}
     encoders, _ = convert_encoder_state_dict(original)
     converted |= {key: value for key, value in encoders.items() if key.split(".", 1)[0].endswith("_m")}
     dropped = []

@@ -35,14 +35,13 @@ from .losses import (
     swapped_prediction_loss,
     transport_cost_loss,
 )
-from .modeling_albef import (
-    AlbefForImageTextRetrieval,
-    AlbefForPreTraining,
+from .modeling_albef import AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefModel
+from .modeling_albef_encoders import AlbefPreTrainedModel
+from .modeling_albef_training import (
     AlbefForPreTrainingOutput,
-    AlbefModel,
-    AlbefMomentumMixin,
-    AlbefPreTrainedModel,
+    ContrastiveMatchingOutput,
     PairFeatures,
+    legacy_albef_attribute,
 )
 from .sinkhorn import transport_plans
 
@@ -118,7 +117,11 @@ class CodisPreTrainedModel(AlbefPreTrainedModel):
     checkpoint initialises a CODIS model (the codebook starts random)."""
 
     config_class = CodisConfig
+    base_model_prefix = "codis"
     remote_code_auto_map = REMOTE_CODE_AUTO_MAP
+    # The training models held their online model as `albef` before it was named after the family; the same
+    # renaming loads ALBEF training folders into CODIS training models.
+    legacy_key_mapping = {r"^albef\.": "codis."}
     #: parameter-name suffixes kept out of weight decay: re-normalised after every step, decay would only fight it
     no_weight_decay_suffixes = ("codebook.prototypes",)
 
@@ -149,21 +152,24 @@ class CodisModel(AlbefModel, CodisPreTrainedModel):
         return F.softmax(scores / self.config.prototype_temperature, dim=-1)
 
 
-class CodisMomentumMixin(AlbefMomentumMixin):
-    """ALBEF's momentum training machinery with CODIS's alignment: the four teacher-student contrastive terms,
-    code alignment against Sinkhorn assignments of the (globally gathered) teacher features, and the OT loss. Per-step
-    duties add the codebook re-normalisation (and its freeze at the start, if configured)."""
+class CodisMomentumMixin:
+    """What CODIS's training models (pretraining and retrieval) change in ALBEF's momentum-distilled training
+    ([`AlbefMomentumDistilledModel`]): the online model is a [`CodisModel`]; the alignment adds the four
+    teacher-student contrastive terms, code alignment against Sinkhorn assignments of the (globally gathered) teacher
+    features, and the OT loss. Per-step duties add the codebook re-normalisation (and its freeze at the start, if
+    configured)."""
 
     base_model_class = CodisModel
     output_class = CodisForPreTrainingOutput
+    albef = legacy_albef_attribute()
 
     def _build_momentum_encoders(self, config: CodisConfig) -> None:
+        """ALBEF's momentum towers, and an EMA codebook with `config.momentum_codebook`."""
         super()._build_momentum_encoders(config)
         #: detached codebook statistics of the last training forward, logged by the Trainer
         self._codebook_stats: dict[str, torch.Tensor] = {}
         if config.momentum_codebook:
             self.codebook_m = CodisCodebook(config.codebook_size, config.embed_dim)
-            self._momentum_modules = (*self._momentum_modules, ("albef.codebook", "codebook_m"))
 
     @property
     def uses_codis_objective(self) -> bool:
@@ -175,7 +181,7 @@ class CodisMomentumMixin(AlbefMomentumMixin):
         codebook losses off): an unused trainable parameter would stall DDP's gradient reduction."""
         config = self.config
         trained = self.uses_codis_objective and (config.code_loss_weight > 0 or config.ot_loss_weight > 0)
-        return super().frozen_modules() + ([] if trained else [self.albef.codebook])
+        return super().frozen_modules() + ([] if trained else [self.base_model.codebook])
 
     def loss_weight(self, name: str) -> float:
         """λ_code (ramped over `code_loss_warmup_steps`) and λ_ot; 1 for the others."""
@@ -187,16 +193,18 @@ class CodisMomentumMixin(AlbefMomentumMixin):
             return self.config.ot_loss_weight
         return 1.0
 
-    def _check_inputs(
-        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, pixel_values_teacher: torch.Tensor | None
-    ) -> None:
-        super()._check_inputs(pixel_values, input_ids, pixel_values_teacher)
+    def _contrastive_and_matching(
+        self, *args, pixel_values_teacher: torch.Tensor | None = None, **kwargs
+    ) -> ContrastiveMatchingOutput:
+        """ALBEF's step; in training with `teacher_image_view='augmented'` the momentum encoder's own view of each
+        image is required."""
         if self.config.teacher_image_view == "augmented" and pixel_values_teacher is None and self.training:
             raise ValueError(
                 "teacher_image_view='augmented' needs pixel_values_teacher, a second augmented view of each image "
                 "for the momentum encoder (AlignmentCollator(..., teacher_view=True) provides it); or set "
                 "teacher_image_view='same'."
             )
+        return super()._contrastive_and_matching(*args, pixel_values_teacher=pixel_values_teacher, **kwargs)
 
     def _alignment_losses(
         self, itc: QueueContrastiveOutput, features: PairFeatures, idx: torch.Tensor, alpha: float
@@ -208,7 +216,7 @@ class CodisMomentumMixin(AlbefMomentumMixin):
         if config.align_intra_modal:
             columns = slice(None) if config.intra_modal_negatives == "queue" else slice(0, itc.num_batch_columns)
             bank_idx, intra_alpha = itc.bank_idx[columns], alpha if config.intra_soft_targets else 0.0
-            temp = self.albef.temp
+            temp = self.base_model.temp
             terms["loss_i2i"], _ = bank_contrastive_loss(
                 features.image, features.image_m, itc.image_bank[:, columns], idx, bank_idx, temp, intra_alpha
             )
@@ -235,7 +243,8 @@ class CodisMomentumMixin(AlbefMomentumMixin):
         rank, _ = distributed_rank_and_world()
         batch_size = features.image.shape[0]
         local = slice(rank * batch_size, (rank + 1) * batch_size)
-        scores = [self.albef.codebook.scores(features.image), self.albef.codebook.scores(features.text)]
+        codebook = self.base_model.codebook
+        scores = [codebook.scores(features.image), codebook.scores(features.text)]
         outputs = {}
         teacher_plans = None
         if config.code_loss_weight > 0 or config.ot_plan_source == "teacher":
@@ -258,7 +267,7 @@ class CodisMomentumMixin(AlbefMomentumMixin):
         """Sinkhorn plans `[global batch, codebook_size]` of the image and text teacher features of every process
         (identical on all), optionally transported together with the most recent queued teacher features."""
         config = self.config
-        codebook = self.codebook_m if config.momentum_codebook else self.albef.codebook
+        codebook = self.codebook_m if config.momentum_codebook else self.base_model.codebook
         teachers = [gather_without_grad(features.image_m), gather_without_grad(features.text_m)]
         batch_rows = teachers[0].shape[0]
         if config.sinkhorn_use_queue:
@@ -325,12 +334,12 @@ class CodisMomentumMixin(AlbefMomentumMixin):
     def before_optimizer_step(self, step: int) -> None:
         """Hold the prototypes still during the first `freeze_codebook_steps` steps (the optimizer skips them)."""
         if step < self.config.freeze_codebook_steps:
-            self.albef.codebook.prototypes.grad = None
+            self.base_model.codebook.prototypes.grad = None
         super().before_optimizer_step(step)
 
     def after_optimizer_step(self, step: int) -> None:
         """Prototypes back to unit norm, then ALBEF's duties (EMA, which includes an EMA codebook, and queues)."""
-        self.albef.codebook.renormalize_()
+        self.base_model.codebook.renormalize_()
         super().after_optimizer_step(step)
 
     def training_log_values(self) -> dict[str, float]:

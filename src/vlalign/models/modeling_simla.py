@@ -34,17 +34,9 @@ from .losses import (
     pseudo_keyword_loss,
     psl_keyword_targets,
 )
-from .modeling_albef import (
-    AlbefForImageTextRetrieval,
-    AlbefForPreTraining,
-    AlbefForPreTrainingOutput,
-    AlbefFusionModel,
-    AlbefModel,
-    AlbefMomentumMixin,
-    AlbefPreTrainedModel,
-    AlbefTextModel,
-    AlbefVisionModel,
-)
+from .modeling_albef import AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefModel
+from .modeling_albef_encoders import AlbefFusionModel, AlbefPreTrainedModel, AlbefTextModel, AlbefVisionModel
+from .modeling_albef_training import AlbefForPreTrainingOutput, legacy_albef_attribute
 
 #: Auto classes a saved SIMLA folder answers to with `trust_remote_code=True`
 REMOTE_CODE_AUTO_MAP = {
@@ -116,6 +108,15 @@ def single_stream_mim_logits(
     return head(fused[:, 1:])
 
 
+def without_pretraining_modules(config: SimlaConfig) -> SimlaConfig:
+    """A copy of `config` describing a model without SIMLA's pretraining-only modules (the ViT's mask token, the MIM
+    and keyword heads), as the official retrieval model is built; `config` itself is left as it is."""
+    config = copy.deepcopy(config)
+    config.use_pretraining_heads = False
+    config.vision_config.use_mask_token = False
+    return config
+
+
 @contextlib.contextmanager
 def eager_attention(config: PreTrainedConfig) -> Iterator[None]:
     """Run the modules built from `config` with eager attention inside the block (the only backend that returns
@@ -132,7 +133,10 @@ class SimlaPreTrainedModel(AlbefPreTrainedModel):
     """ALBEF's base (initialisation, attention backends, image resizing) with SIMLA's config."""
 
     config_class = SimlaConfig
+    base_model_prefix = "simla"
     remote_code_auto_map = REMOTE_CODE_AUTO_MAP
+    # The training models held their online model as `albef` before it was named after the family.
+    legacy_key_mapping = {r"^albef\.": "simla."}
 
 
 class SimlaModel(AlbefModel, SimlaPreTrainedModel):
@@ -211,10 +215,12 @@ class SimlaModel(AlbefModel, SimlaPreTrainedModel):
 
 
 class SimlaMomentumMixin:
-    """What SIMLA's training models (pretraining and retrieval) change in ALBEF's momentum step: the momentum text
-    feature comes from the whole single stream run in text mode, not from a text-only tower."""
+    """What SIMLA's training models (pretraining and retrieval) change in ALBEF's momentum-distilled training
+    ([`AlbefMomentumDistilledModel`]): the online model is a [`SimlaModel`], and the momentum text feature comes from
+    the whole single stream run in text mode, not from a text-only tower."""
 
     base_model_class = SimlaModel
+    albef = legacy_albef_attribute()
 
     def _encode_momentum(
         self,
@@ -245,13 +251,10 @@ class SimlaForPreTraining(SimlaMomentumMixin, AlbefForPreTraining, SimlaPreTrain
 
     config_class = SimlaConfig
     output_class = SimlaForPreTrainingOutput
-    _momentum_modules = AlbefForPreTraining._momentum_modules + (
-        ("albef.mim_head", "mim_head_m"),
-        ("albef.concept_head", "concept_head_m"),
-    )
     loss_names = ("loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_psl")
 
     def _build_momentum_encoders(self, config: SimlaConfig) -> None:
+        """ALBEF's momentum towers, and the momentum MIM and keyword heads."""
         super()._build_momentum_encoders(config)
         self.mim_head_m = nn.Linear(config.text_config.hidden_size, config.mim_vocab_size)
         self.concept_head_m = nn.Linear(config.embed_dim, config.text_config.vocab_size)
@@ -269,7 +272,8 @@ class SimlaForPreTraining(SimlaMomentumMixin, AlbefForPreTraining, SimlaPreTrain
         if momentum:
             modules = (self.vision_model_m, self.text_model_m, self.fusion_model_m, self.mim_head_m)
         else:
-            modules = (self.albef.vision_model, self.albef.text_model, self.albef.fusion_model, self.albef.mim_head)
+            online = self.base_model
+            modules = (online.vision_model, online.text_model, online.fusion_model, online.mim_head)
         return single_stream_mim_logits(*modules, pixel_values, bool_masked_pos, text_tokens, attention_mask)
 
     @property
@@ -334,13 +338,14 @@ class SimlaForPreTraining(SimlaMomentumMixin, AlbefForPreTraining, SimlaPreTrain
         alpha = self._distillation_weight(alpha)
         flags = self._output_flags(output_attentions, output_hidden_states)
         step = self._contrastive_and_matching(
-            pixel_values, input_ids, attention_mask, None, alpha, generator, False, flags
+            pixel_values, input_ids, attention_mask, alpha=alpha, output_flags=flags, generator=generator
         )
         extra = self._masked_language_modeling(
-            step, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator, alpha
-        )
+            step, input_ids, attention_mask, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels, generator=generator,
+            alpha=alpha,
+        )  # fmt: skip
         if bool_masked_pos is not None:
-            text_tokens = step["text_model_output"].last_hidden_state  # the online caption embeddings, for both passes
+            text_tokens = step.text_model_output.last_hidden_state  # the online caption embeddings, for both passes
             mim_logits = self.mim_logits(pixel_values, bool_masked_pos, text_tokens, attention_mask)
             extra["mim_logits"] = mim_logits
             extra["loss_mim"] = masked_image_modeling_loss(
@@ -350,10 +355,10 @@ class SimlaForPreTraining(SimlaMomentumMixin, AlbefForPreTraining, SimlaPreTrain
                 lambda: self.mim_logits(pixel_values, bool_masked_pos, text_tokens, attention_mask, momentum=True),
                 alpha,
             )
-        keywords = self.psl_targets(input_ids, attention_mask, step["image_hidden"].detach())
-        psl_logits = self.albef.concept_head(F.normalize(step["vision_model_output"].pooler_output, dim=-1))
+        keywords = self.psl_targets(input_ids, attention_mask, step.image_hidden.detach())
+        psl_logits = self.base_model.concept_head(F.normalize(step.vision_model_output.pooler_output, dim=-1))
         with torch.no_grad():
-            soft_targets = torch.sigmoid(self.concept_head_m(step["image_feat_m"]))
+            soft_targets = torch.sigmoid(self.concept_head_m(step.features.image_m))
         loss_psl = pseudo_keyword_loss(psl_logits, keywords.hard_targets, soft_targets, alpha)
         return self._training_output(step, **extra, loss_psl=loss_psl, psl_logits=psl_logits)
 
@@ -374,20 +379,14 @@ class SimlaForImageTextRetrieval(SimlaMomentumMixin, AlbefForImageTextRetrieval,
     ]
 
     def __init__(self, config: SimlaConfig):
-        config = copy.deepcopy(config)
-        config.use_pretraining_heads = False
-        config.vision_config.use_mask_token = False
-        super().__init__(config)
+        """Built from any SIMLA config, a pretraining one included; the model's own config is
+        `without_pretraining_modules(config)`, so that a folder it saves says what it holds."""
+        super().__init__(without_pretraining_modules(config))
 
-    def queue_idx(self) -> torch.Tensor:
-        """The queued image ids when `config.retrieval_queue_idx`, else -100 everywhere (the official behaviour)."""
-        if self.config.retrieval_queue_idx:
-            return super().queue_idx()
-        return AlbefMomentumMixin.queue_idx(self)
-
-    def enqueue(self, image_feats: torch.Tensor, text_feats: torch.Tensor, idx: torch.Tensor | None = None) -> None:
-        """ALBEF's enqueue; the image ids only with `config.retrieval_queue_idx` (the official model drops them)."""
-        super().enqueue(image_feats, text_feats, idx if self.config.retrieval_queue_idx else None)
+    @property
+    def queues_image_ids(self) -> bool:
+        """`config.retrieval_queue_idx`: the official model never writes the image ids of its queue."""
+        return self.config.retrieval_queue_idx
 
 
 __all__ = [
@@ -398,4 +397,5 @@ __all__ = [
     "SimlaPreTrainedModel",
     "SimlaTextOutput",
     "single_stream_mim_logits",
+    "without_pretraining_modules",
 ]
