@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask
+from transformers.modeling_flash_attention_utils import FlashAttentionKwargs
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.clip.modeling_clip import (
@@ -32,7 +33,7 @@ from transformers.models.clip.modeling_clip import (
     CLIPVisionEmbeddings,
 )
 from transformers.utils import ModelOutput
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.generic import TransformersKwargs, can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_fdt import FdtConfig, FdtTextConfig, FdtVisionConfig
@@ -97,6 +98,9 @@ class FdtForPreTrainingOutput(ModelOutput):
         image_fdt_weights, text_fdt_weights: `[batch, fdt_num_tokens]` codebook weights.
         logit_scale: the forward scale min(exp θ, max).
         fdt_temperature: the FDT temperature used.
+        vision_model_output: the ViT output (attentions / hidden states with `output_attentions` /
+            `output_hidden_states`).
+        text_model_output: the text-tower output.
     """
 
     loss: torch.Tensor | None = None
@@ -109,6 +113,8 @@ class FdtForPreTrainingOutput(ModelOutput):
     text_fdt_weights: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None
     fdt_temperature: torch.Tensor | None = None
+    vision_model_output: BaseModelOutput | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
@@ -294,6 +300,16 @@ class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedM
         """The official AdamW parameter groups `[decay, no_decay]` (see `fdt_parameter_groups`)."""
         return fdt_parameter_groups(self, weight_decay)
 
+    def _output_flags(self, output_attentions: bool | None, output_hidden_states: bool | None) -> dict[str, bool]:
+        """`output_attentions` / `output_hidden_states` resolved against this model's config, to pass to the towers
+        (whose own sub-configs do not see the top-level flags)."""
+        return {
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+            "output_hidden_states": (
+                self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            ),
+        }
+
     def frozen_modules(self) -> list[nn.Module]:
         """What FDT keeps frozen (the official `VisualTransformer.train()` re-freezes the patch embedding): the patch
         embedding with `freeze_patch_embedding`, and the optional (never trained) global heads."""
@@ -304,6 +320,14 @@ class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedM
             elif isinstance(module, FdtModel) and module.config.with_global_heads:
                 frozen += [module.vision_post_layernorm, module.visual_projection, module.text_projection]
         return frozen
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """transformers' per-module initialisation, without its shortcut for custom code: that shortcut takes a module
+        whose own (non-recursive) parameters are all loaded as initialised, which a parameter-less container such as
+        `CLIPAttention`, `CLIPMLP` or `FdtQueryMap` always is, so `_init_weights` never reached their Linears (a fresh
+        model kept PyTorch's default init, weights a checkpoint lacked kept uninitialised memory). `_init_weights`
+        only uses `transformers.initialization`, which leaves loaded tensors alone."""
+        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -352,6 +376,16 @@ class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedM
                 _default_bias_init(module.text_projection)
 
 
+#: what the towers pass on to transformers' CLIP layers: output capture and attention-backend arguments
+_TOWER_KWARGS = frozenset(TransformersKwargs.__annotations__) | frozenset(FlashAttentionKwargs.__annotations__)
+
+
+def _refuse_unknown_arguments(model: nn.Module, kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - _TOWER_KWARGS)
+    if unknown:
+        raise TypeError(f"{type(model).__name__}.forward got unexpected arguments {unknown}.")
+
+
 def _default_init(module: nn.Linear | nn.Conv2d) -> None:
     """PyTorch's default Linear/Conv init (kaiming-uniform weight with a=sqrt(5), uniform bias)."""
     init.kaiming_uniform_(module.weight, a=math.sqrt(5))
@@ -387,6 +421,7 @@ class FdtVisionModel(FdtPreTrainedModel):
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False, **kwargs) -> BaseModelOutput:
+        _refuse_unknown_arguments(self, kwargs)
         check_pixel_values(pixel_values, self.config, interpolate_pos_encoding, square_grid=False)
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         encoder_outputs = self.encoder(inputs_embeds=hidden_states, **kwargs)
@@ -427,6 +462,7 @@ class FdtTextModel(FdtPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         r"""`attention_mask` is accepted for API symmetry and ignored here (see the class docstring)."""
+        _refuse_unknown_arguments(self, kwargs)
         if input_ids is None:
             raise ValueError("FdtTextModel needs input_ids.")
         check_text_inputs(input_ids, attention_mask, self.config.vocab_size, self.config.max_position_embeddings)
@@ -466,6 +502,8 @@ class FdtModel(FdtPreTrainedModel):
     The FDT temperature is a buffer (`fdt_temperature`), saved with the weights: the training schedule and the
     converter (from the checkpoint's step) set it, and `forward(..., fdt_temperature=T)` overrides it per call.
     """
+
+    main_input_name = "input_ids"  # the first argument of `forward`, as CLIPModel's
 
     def __init__(self, config: FdtConfig):
         super().__init__(config)
@@ -610,14 +648,7 @@ class FdtModel(FdtPreTrainedModel):
                 "FdtModel.forward needs both input_ids and pixel_values; use get_image_features / "
                 "get_text_features to encode one modality."
             )
-        capture = {
-            key: value
-            for key, value in (
-                ("output_attentions", output_attentions),
-                ("output_hidden_states", output_hidden_states),
-            )
-            if value is not None
-        }
+        capture = self._output_flags(output_attentions, output_hidden_states)
         image, vision_outputs = self.ground_image(pixel_values, fdt_temperature, interpolate_pos_encoding, **capture)
         text, text_outputs = self.ground_text(input_ids, attention_mask, fdt_temperature, position_ids, **capture)
         image_embeds, text_embeds = l2_normalize(image.embeds), l2_normalize(text.embeds)
@@ -708,6 +739,8 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         fdt_temperature: float | None = None,
         interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> FdtForPreTrainingOutput:
         r"""
@@ -716,6 +749,8 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
             attention_mask: `[batch, tokens]` 1 for real tokens.
             token_type_ids: accepted and ignored.
             fdt_temperature: override the temperature (default: the schedule in training, else the buffer).
+            output_attentions, output_hidden_states: the towers' attention maps / states, in `vision_model_output`
+                and `text_model_output`.
         """
         if kwargs:
             raise TypeError(f"FdtForPreTraining.forward got unexpected arguments {sorted(kwargs)}.")
@@ -726,8 +761,9 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
             scheduled = self.scheduled_temperature()
             if scheduled is not None:
                 fdt.fdt_temperature.fill_(scheduled)
-        image, _ = fdt.ground_image(pixel_values, fdt_temperature, interpolate_pos_encoding)
-        text, _ = fdt.ground_text(input_ids, attention_mask, fdt_temperature)
+        capture = self._output_flags(output_attentions, output_hidden_states)
+        image, vision_outputs = fdt.ground_image(pixel_values, fdt_temperature, interpolate_pos_encoding, **capture)
+        text, text_outputs = fdt.ground_text(input_ids, attention_mask, fdt_temperature, **capture)
         image_embeds, text_embeds = l2_normalize(image.embeds), l2_normalize(text.embeds)
         scale = fdt.scale()
         loss, logits_per_image, logits_per_text = fdt.contrastive_loss(image_embeds, text_embeds, scale)
@@ -748,6 +784,8 @@ class FdtForPreTraining(TrainingDutiesMixin, FdtPreTrainedModel):
             text_fdt_weights=text.weights,
             logit_scale=scale.detach(),
             fdt_temperature=temperature,
+            vision_model_output=vision_outputs,
+            text_model_output=text_outputs,
         )
 
 
