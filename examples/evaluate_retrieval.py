@@ -33,7 +33,7 @@ and CODIS):
 
 SIMLA follows ALBEF's protocol too (ITC top-k_test, re-scored by the ITM logit of the single-stream pass; k_test 256
 on COCO, 128 on Flickr30K, as in its Retrieval_*.yaml). Note that SIMLA's release reports COCO on the 2017 val split
-(specs/simla.md §4), not the Karpathy 5K test split used here:
+(docs/reproducing.md), not the Karpathy 5K test split used here:
 
     python examples/evaluate_retrieval.py --model_name_or_path out/simla-coco-retrieval \
         --test_json data/coco_test.json --image_root /datasets/coco --k_test 256

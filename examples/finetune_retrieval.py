@@ -184,13 +184,13 @@ TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
 #: fine-tuning resolution on real data where it differs from the model's own (methods not listed keep theirs)
 REAL_DATA_IMAGE_SIZE: dict[str, int] = {"albef": 384}
 
-# CODIS is ALBEF plus a codebook and released no fine-tuning recipe (specs/codis.md §6): ALBEF's settings,
+# CODIS is ALBEF plus a codebook and released no fine-tuning recipe (docs/reproducing.md): ALBEF's settings,
 # augmentation and 384 px, unchanged. What it optimises is a config choice (`finetune_objective`), not a flag here.
 RETRIEVAL_DEFAULTS["codis"] = dict(RETRIEVAL_DEFAULTS["albef"])
 TRAIN_TRANSFORMS["codis"] = TRAIN_TRANSFORMS["albef"]
 REAL_DATA_IMAGE_SIZE["codis"] = REAL_DATA_IMAGE_SIZE["albef"]
 
-# SIMLA's Retrieval_coco.yaml is ALBEF's recipe (specs/simla.md §3-§4): AdamW lr 1e-5, wd 0.02, 5 epochs, batch 32
+# SIMLA's Retrieval_coco.yaml is ALBEF's recipe (docs/reproducing.md): AdamW lr 1e-5, wd 0.02, 5 epochs, batch 32
 # per GPU (32 for evaluation too), per-epoch cosine to 1e-6, 384 px, ALBEF's train augmentation (RandomResizedCrop
 # 0.5-1, flip, RandomAugment). k_test (256 COCO, 128 Flickr) comes from the config.
 RETRIEVAL_DEFAULTS["simla"] = dict(RETRIEVAL_DEFAULTS["albef"], per_device_eval_batch_size=32)

@@ -220,12 +220,12 @@ TRAIN_TRANSFORMS: dict[str, Callable[[int], Callable]] = {
 }
 
 # CODIS is ALBEF plus a codebook and released no recipe of its own; it pretrains on ALBEF's 4M data for ALBEF's 30
-# epochs (specs/codis.md §6), so it takes ALBEF's settings and augmentation as they are. Its one optimizer difference,
+# epochs (docs/reproducing.md), so it takes ALBEF's settings and augmentation as they are. Its one optimizer difference,
 # no weight decay on the prototypes, comes with the method's parameter groups, not from a flag.
 PRETRAIN_DEFAULTS["codis"] = dict(PRETRAIN_DEFAULTS["albef"])
 TRAIN_TRANSFORMS["codis"] = TRAIN_TRANSFORMS["albef"]
 
-# SIMLA's released Pretrain.yaml is ALBEF's (specs/simla.md §3): AdamW lr 1e-4, wd 0.02, 30 epochs, 64 per GPU, ALBEF's
+# SIMLA's released Pretrain.yaml is ALBEF's (docs/reproducing.md): AdamW lr 1e-4, wd 0.02, 30 epochs, 64 per GPU, ALBEF's
 # staircase warm-up from 1e-5 over 2000 steps and per-epoch cosine to 1e-5, 256 px, ALBEF's pretraining augmentation
 # (§2.3). `ddp_find_unused_parameters=False` holds: with the MIM inputs the collator always adds, the mask token and
 # the MIM head get gradients at every step, like every other trainable parameter.

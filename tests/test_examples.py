@@ -28,11 +28,11 @@ SMALL = ["--use_cpu", "--report_to", "none", "--per_device_train_batch_size", "8
 # The official settings of each recipe in examples/configs/, written out from the specs (independently of the scripts'
 # own defaults), so that the recipes, the scripts' per-method defaults and the specs cannot drift apart.
 _ADAMW = dict(adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=0.0)  # torch defaults, no clipping
-ALBEF_PRETRAIN = dict(  # specs/albef.md §6, Pretrain.yaml (SIMLA's Pretrain.yaml is the same: specs/simla.md §3)
+ALBEF_PRETRAIN = dict(  # docs/reproducing.md, Pretrain.yaml (SIMLA's Pretrain.yaml is the same: docs/reproducing.md)
     learning_rate=1e-4, weight_decay=0.02, num_train_epochs=30, per_device_train_batch_size=64, epoch_lr_schedule=True,
     warmup_steps=2000, warmup_lr=1e-5, min_lr=1e-5, image_size=256, **_ADAMW,
 )  # fmt: skip
-ALBEF_COCO = dict(  # specs/albef.md §6, Retrieval_coco.yaml
+ALBEF_COCO = dict(  # docs/reproducing.md, Retrieval_coco.yaml
     learning_rate=1e-5, weight_decay=0.02, num_train_epochs=5, per_device_train_batch_size=32,
     per_device_eval_batch_size=64, epoch_lr_schedule=True, min_lr=1e-6, image_size=384, k_test=256, **_ADAMW,
 )  # fmt: skip
@@ -43,16 +43,16 @@ FDT_FINETUNE = dict(  # no released recipe: FDT's pretraining optimizer with ALB
 )  # fmt: skip
 RECIPE_SPECS: dict[str, dict[str, dict]] = {
     "albef": dict(pretrain=ALBEF_PRETRAIN, finetune_coco=ALBEF_COCO, finetune_flickr30k={**ALBEF_COCO, **FLICKR}),
-    "codis": dict(  # specs/codis.md §6: ALBEF's recipes
+    "codis": dict(  # docs/reproducing.md: ALBEF's recipes
         pretrain=ALBEF_PRETRAIN, finetune_coco=ALBEF_COCO, finetune_flickr30k={**ALBEF_COCO, **FLICKR}
     ),
-    "simla": dict(  # specs/simla.md §3: ALBEF's, evaluation batch 32 (COCO) / 64 (Flickr)
+    "simla": dict(  # docs/reproducing.md: ALBEF's, evaluation batch 32 (COCO) / 64 (Flickr)
         pretrain=ALBEF_PRETRAIN,
         finetune_coco={**ALBEF_COCO, "per_device_eval_batch_size": 32},
         finetune_flickr30k={**ALBEF_COCO, **FLICKR, "per_device_eval_batch_size": 64},
     ),
     "fdt": dict(
-        pretrain=dict(  # specs/fdt.md §4.1, config_cc3m.yaml
+        pretrain=dict(  # docs/reproducing.md, config_cc3m.yaml
             learning_rate=1e-3,
             warmup_lr=1e-4,
             min_lr=0.0,
@@ -355,14 +355,14 @@ def test_accelerate_configs():
 
 def test_model_settings_the_recipes_leave_to_the_config():
     """What the recipes' comments say comes with the config (no flag sets it) is the official value."""
-    for method in ("albef", "codis", "simla"):  # specs/albef.md §6, specs/simla.md §3, specs/codis.md §6
+    for method in ("albef", "codis", "simla"):  # docs/reproducing.md
         config = get_method(method).config_class()
         official = (256, 65536, 0.995, 0.07, 0.4, 0.15, 256)
         assert (
             config.embed_dim, config.queue_size, config.momentum, config.temp, config.alpha, config.mlm_probability,
             config.vision_config.image_size,
         ) == official  # fmt: skip
-    fdt = get_method("fdt").config_class()  # specs/fdt.md §4.1
+    fdt = get_method("fdt").config_class()  # docs/reproducing.md
     assert (fdt.fdt_num_tokens, fdt.fdt_dim, fdt.fdt_temperature, fdt.vision_config.image_size) == (
         16384,
         512,

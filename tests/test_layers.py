@@ -67,3 +67,14 @@ def test_deprecated_training_names_warn_and_work(tmp_path):
         assert optim.get_albef_schedule is optim.get_epoch_schedule
     with pytest.warns(FutureWarning, match="EpochScheduleLambda"):
         assert optim.AlbefLRLambda is optim.EpochScheduleLambda
+
+
+def test_deprecated_parameter_groups_of_the_registry_ask_the_model():
+    from vlalign.recipes import build_tokenizer, tiny_albef_config
+
+    method = get_method("albef")
+    model = method.pretraining_class(tiny_albef_config(build_tokenizer(["a red circle"]), **method.test_overrides))
+    with pytest.warns(FutureWarning, match="optimizer_parameter_groups"):
+        groups = method.parameter_groups(model, 0.02)
+    expected = model.optimizer_parameter_groups(0.02)
+    assert [group["param_names"] for group in groups] == [group["param_names"] for group in expected]

@@ -18,7 +18,19 @@ register_pipelines()
 __version__ = "0.1.0"
 __all__ = [*_models_all, "AutoModelForImageTextRetrieval", "__version__"]
 
-_SUBMODULES = ("cli", "convert", "data", "evaluation", "hub", "methods", "quickstart", "recipes", "training")
+_SUBMODULES = (
+    "cli",
+    "convert",
+    "data",
+    "evaluation",
+    "hub",
+    "methods",
+    "metrics",
+    "quickstart",
+    "recipes",
+    "training",
+    "visualization",
+)
 
 
 def __getattr__(name: str):

@@ -114,6 +114,21 @@ class Method:
         return self.config_class.method_title
 
     @property
+    def card_template(self) -> Path:
+        """The method's model-card template (`model_cards/<name>.md` in the repository, shipped in the package)."""
+        return Path(__file__).parent / "hub" / "templates" / f"{self.name}.md"
+
+    @property
+    def parameter_groups(self) -> Callable[[Any, float], list[dict]]:
+        """Deprecated: `model.optimizer_parameter_groups(weight_decay)`."""
+        warnings.warn(
+            "Method.parameter_groups is deprecated; use model.optimizer_parameter_groups(weight_decay).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return lambda model, weight_decay: model.optimizer_parameter_groups(weight_decay)
+
+    @property
     def supports_itm_rerank(self) -> bool:
         """Whether retrieval can re-rank candidates with an image-text matching head (the model class says so)."""
         return self.model_class.supports_itm_rerank

@@ -2,7 +2,7 @@
 
 CODIS (Duan et al., CVPR 2022) released no code and its method section could not be read (see the model card), so
 every setting the available sources leave open is a field here, with the alternative one flag away. Defaults are
-the reasoned choices of `specs/codis.md`; the model card says which are confirmed and which are ours.
+the reasoned choices in `docs/methods.md`; the model card says which are confirmed and which are ours.
 """
 
 from typing import Literal
