@@ -1,17 +1,13 @@
-"""Behaviour of the ALBEF model family: sizes, attention backends, checkpointing, objectives' edge cases, errors."""
+"""Behaviour of the ALBEF model family: sizes, objectives' edge cases, errors, training duties, ALBEF's own attention
+maps and backends. The transformers conventions of every model class are checked in test_conventions.py."""
 
 from __future__ import annotations
 
 import copy
-import inspect
-import math
 
 import pytest
 import torch
 from conftest import tiny_albef_config
-from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForPreTraining, PreTrainedModel
-from transformers.utils.output_capturing import CompileableContextVar
 
 import vlalign
 from vlalign.models.modeling_albef import AlbefFusionModel, albef_alpha
@@ -35,62 +31,6 @@ def test_base_size_parameter_counts():
     assert count(albef) + count(model.mlm_head) == 209_937_725
     assert count(model) == 2 * 209_937_725 - 1_538 - 1
     assert tuple(model.image_queue.shape) == (256, 65_536)
-
-
-def make_model(implementation: str, seed: int = 0) -> vlalign.AlbefForPreTraining:
-    torch.manual_seed(seed)
-    config = tiny_albef_config()  # one config per model: _from_config sets the backend on the config it is given
-    return vlalign.AlbefForPreTraining._from_config(config, attn_implementation=implementation).train()
-
-
-def test_sdpa_matches_eager(tiny_batch):
-    eager = make_model("eager")
-    sdpa = make_model("sdpa")
-    sdpa.load_state_dict(eager.state_dict())
-    assert sdpa.albef.text_model.config._attn_implementation == "sdpa"
-    assert eager.fusion_model_m.config._attn_implementation == "eager"
-    masked, labels = eager.mask_tokens(tiny_batch["input_ids"], torch.Generator().manual_seed(1))
-    outputs = []
-    for model in (eager, sdpa):
-        with torch.no_grad():
-            outputs.append(
-                model(
-                    **tiny_batch, mlm_input_ids=masked, mlm_labels=labels, generator=torch.Generator().manual_seed(2)
-                )
-            )
-    for name in ("loss", "loss_itc", "loss_itm", "loss_mlm", "sim_i2t", "itm_logits", "mlm_logits"):
-        torch.testing.assert_close(outputs[0][name], outputs[1][name], atol=1e-5, rtol=0)
-
-
-def test_gradient_checkpointing_same_loss_and_gradients(tiny_batch):
-    plain = make_model("sdpa")
-    checkpointed = make_model("sdpa")
-    checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.activation_checkpointing_enable({"use_reentrant": False})
-    assert checkpointed.albef.fusion_model.layers[0].gradient_checkpointing
-    masked, labels = plain.mask_tokens(tiny_batch["input_ids"], torch.Generator().manual_seed(1))
-    losses = []
-    for model in (plain, checkpointed):
-        out = model(**tiny_batch, mlm_input_ids=masked, mlm_labels=labels, generator=torch.Generator().manual_seed(3))
-        out.loss.backward()
-        losses.append(out.loss.detach())
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=0)
-    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
-        if p.requires_grad:
-            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize("model_class", [vlalign.AlbefForPreTraining, vlalign.AlbefForImageTextRetrieval])
-def test_every_trainable_parameter_gets_a_finite_gradient(model_class, tiny_config, tiny_batch):
-    torch.manual_seed(0)
-    model = model_class(tiny_config).train()
-    extra = {"idx": torch.tensor([0, 1, 1, 2])} if model_class is vlalign.AlbefForImageTextRetrieval else {}
-    model(**tiny_batch, **extra).loss.backward()
-    for name, parameter in model.named_parameters():
-        if name.split(".")[0].endswith("_m"):
-            assert not parameter.requires_grad and parameter.grad is None, name
-        else:
-            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
 
 
 def test_momentum_update_is_ema_and_queue_wraps_around(tiny_config):
@@ -173,21 +113,6 @@ def test_mlm_loss_without_masked_tokens_is_zero_not_nan(tiny_config, tiny_batch)
     out = model(**tiny_batch, mlm_input_ids=tiny_batch["input_ids"], mlm_labels=labels)
     assert out.loss_mlm.item() == 0.0
     out.loss.backward()
-
-
-def test_save_and_reload_round_trip_with_auto_classes(tmp_path, tiny_config, tiny_batch):
-    torch.manual_seed(0)
-    model = vlalign.AlbefForPreTraining(tiny_config).eval()
-    model.enqueue(torch.ones(3, 16), torch.ones(3, 16))
-    model.save_pretrained(tmp_path)
-    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, reloaded.state_dict()[key]), key
-    base = AutoModel.from_pretrained(tmp_path).eval()
-    assert isinstance(base, vlalign.AlbefModel)
-    with torch.no_grad():
-        expected = model.albef(**tiny_batch).logits_per_image
-        torch.testing.assert_close(base(**tiny_batch).logits_per_image, expected)
 
 
 class TestInputErrors:
@@ -375,163 +300,43 @@ def test_duties_enqueue_every_process_features_in_rank_order(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# transformers conventions (the checks of transformers' ModelTesterMixin that apply to ALBEF)
+# ALBEF's own attention maps, backends and vocabulary state (the transformers conventions of every model class of every
+# method, ALBEF's included, are checked in test_conventions.py)
 # ---------------------------------------------------------------------------------------------------------------------
-
-ALL_CLASSES = [
-    vlalign.AlbefVisionModel,
-    vlalign.AlbefTextModel,
-    AlbefFusionModel,
-    vlalign.AlbefModel,
-    vlalign.AlbefForPreTraining,
-    vlalign.AlbefForImageTextRetrieval,
-    # CODIS is ALBEF plus a codebook: its classes must keep every convention
-    vlalign.CodisModel,
-    vlalign.CodisForPreTraining,
-    vlalign.CodisForImageTextRetrieval,
-]
-
-
-def config_for(model_class, config: vlalign.AlbefConfig):
-    if issubclass(model_class, vlalign.CodisPreTrainedModel):
-        settings = {k: v for k, v in config.to_dict().items() if k in vlalign.CodisConfig.__dataclass_fields__}
-        return vlalign.CodisConfig(**settings, codebook_size=8)
-    if model_class is vlalign.AlbefVisionModel:
-        return config.vision_config
-    if model_class in (vlalign.AlbefTextModel, AlbefFusionModel):
-        return config.text_config
-    return config
-
-
-def inputs_for(model_class, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if model_class is vlalign.AlbefVisionModel:
-        return {"pixel_values": batch["pixel_values"]}
-    if model_class is vlalign.AlbefTextModel:
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if model_class is AlbefFusionModel:
-        generator = torch.Generator().manual_seed(0)
-        return {
-            "text_hidden_states": torch.randn(4, 9, 32, generator=generator),
-            "attention_mask": batch["attention_mask"],
-            "image_hidden_states": torch.randn(4, 5, 32, generator=generator),
-        }
-    return dict(batch)
-
-
-@pytest.mark.parametrize("model_class", ALL_CLASSES)
-def test_main_input_name_is_the_first_forward_argument(model_class):
-    assert model_class.main_input_name == list(inspect.signature(model_class.forward).parameters)[1]
-
-
-@pytest.mark.parametrize("model_class", ALL_CLASSES)
-def test_unknown_keyword_arguments_are_refused(model_class, tiny_config, tiny_batch):
-    model = model_class(config_for(model_class, tiny_config))
-    with pytest.raises(TypeError, match="unexpected keyword argument 'lables'"):
-        model(**inputs_for(model_class, tiny_batch), lables=None)
-
-
-@pytest.mark.parametrize("model_class", ALL_CLASSES)
-def test_return_dict_false_returns_the_output_as_a_tuple(model_class, tiny_config, tiny_batch):
-    torch.manual_seed(0)
-    model = model_class(config_for(model_class, tiny_config)).eval()
-    inputs = inputs_for(model_class, tiny_batch)
-
-    def call(**kwargs):  # training models draw masks and negatives: give both calls the same generator
-        seeded = {"generator": torch.Generator().manual_seed(0)} if hasattr(model, "loss_names") else {}
-        with torch.no_grad():
-            return model(**inputs, **seeded, **kwargs)
-
-    as_dict, as_tuple = call(), call(return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
-    for expected, actual in zip(as_dict.to_tuple(), as_tuple, strict=True):
-        if isinstance(expected, torch.Tensor):
-            torch.testing.assert_close(actual, expected)
-
-
-def test_features_return_output_objects_and_tuples(tiny_config, tiny_batch):
-    model = vlalign.AlbefModel(tiny_config).eval()
-    image = model.get_image_features(tiny_batch["pixel_values"])
-    text = model.get_text_features(tiny_batch["input_ids"], tiny_batch["attention_mask"])
-    assert image.pooler_output.shape == text.pooler_output.shape == (4, 16)
-    assert image.last_hidden_state.shape == (4, 5, 32) and text.last_hidden_state.shape == (4, 9, 32)
-    assert isinstance(model.get_image_features(tiny_batch["pixel_values"], return_dict=False), tuple)
 
 
 def eager(model_class, config):
     torch.manual_seed(0)
-    return model_class._from_config(config_for(model_class, config), attn_implementation="eager").eval()
+    return model_class._from_config(copy.deepcopy(config), attn_implementation="eager").eval()
 
 
-class TestOutputCapture:
-    """`output_attentions` / `output_hidden_states` through transformers' `capture_outputs` hooks."""
-
-    def test_vision_tower(self, tiny_config, tiny_batch):
-        out = eager(vlalign.AlbefVisionModel, tiny_config)(
-            tiny_batch["pixel_values"], output_attentions=True, output_hidden_states=True
-        )
-        assert len(out.attentions) == 2 and out.attentions[0].shape == (4, 2, 5, 5)
-        assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (4, 5, 32)
-        torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(4, 2, 5))
-
-    def test_text_tower_masks_padding(self, tiny_config, tiny_batch):
-        out = eager(vlalign.AlbefTextModel, tiny_config)(
-            tiny_batch["input_ids"], tiny_batch["attention_mask"], output_attentions=True, output_hidden_states=True
-        )
-        assert len(out.attentions) == 2 and out.attentions[0].shape == (4, 2, 9, 9)
-        assert len(out.hidden_states) == 3
-        torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
-        assert (out.attentions[0][1, :, :, 6:] == 0).all()  # row 1 is padded from token 6 on
-
-    def test_fusion_tower_returns_cross_attention_maps(self, tiny_config, tiny_batch):
-        inputs = inputs_for(AlbefFusionModel, tiny_batch)
-        out = eager(AlbefFusionModel, tiny_config)(**inputs, output_attentions=True, output_hidden_states=True)
-        assert len(out.attentions) == len(out.cross_attentions) == 2
-        assert out.attentions[0].shape == (4, 2, 9, 9) and out.cross_attentions[0].shape == (4, 2, 9, 5)
-        assert len(out.hidden_states) == 3
-
-    def test_nothing_is_captured_unless_asked(self, tiny_config, tiny_batch):
-        out = eager(vlalign.AlbefModel, tiny_config)(**tiny_batch)
-        assert out.vision_model_output.attentions is None and out.text_model_output.hidden_states is None
-
-    def test_config_flags_are_honoured(self, tiny_config, tiny_batch):
-        model = eager(vlalign.AlbefModel, tiny_config)
-        model.config.output_hidden_states = True
-        assert len(model(**tiny_batch).vision_model_output.hidden_states) == 3
-
-    @pytest.mark.parametrize("model_class", [vlalign.AlbefForPreTraining, vlalign.AlbefForImageTextRetrieval])
-    def test_training_models_return_tower_and_itm_fusion_maps(self, model_class, tiny_config, tiny_batch):
-        with torch.no_grad():
-            out = eager(model_class, tiny_config)(**tiny_batch, output_attentions=True, output_hidden_states=True)
-        assert len(out.vision_model_output.attentions) == 2 and len(out.text_model_output.hidden_states) == 3
-        fusion = out.fusion_model_output
-        assert fusion.cross_attentions[0].shape == (12, 2, 9, 5)  # one row per ITM pair: 4 positives, 8 negatives
-        assert len(fusion.attentions) == 2
-
-    def test_captures_are_not_chained(self, tiny_config, tiny_batch, monkeypatch):
-        """transformers forbids nested `capture_outputs` collecting the same output (they would mix)."""
-        depth = {"active": 0}
-        original_set, original_reset = CompileableContextVar.set, CompileableContextVar.reset
-
-        def tracking_set(self, value):
-            if value and depth["active"]:
-                raise AssertionError("capture_outputs chained")
-            depth["active"] += bool(value)
-            return original_set(self, value)
-
-        def tracking_reset(self, token):
-            depth["active"] -= bool(self.context_var.get())
-            return original_reset(self, token)
-
-        monkeypatch.setattr(CompileableContextVar, "set", tracking_set)
-        monkeypatch.setattr(CompileableContextVar, "reset", tracking_reset)
-        with torch.no_grad():
-            eager(vlalign.AlbefForPreTraining, tiny_config)(
-                **tiny_batch, output_attentions=True, output_hidden_states=True
-            )
+def fusion_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "text_hidden_states": torch.randn(4, 9, 32, generator=generator),
+        "attention_mask": batch["attention_mask"],
+        "image_hidden_states": torch.randn(4, 5, 32, generator=generator),
+    }
 
 
-def test_flex_attention_handles_padding_like_eager(tiny_config, tiny_batch):
-    inputs = inputs_for(AlbefFusionModel, tiny_batch)
+def test_text_tower_masks_padding(tiny_config, tiny_batch):
+    out = eager(vlalign.AlbefTextModel, tiny_config.text_config)(
+        tiny_batch["input_ids"], tiny_batch["attention_mask"], output_attentions=True, output_hidden_states=True
+    )
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    assert (out.attentions[0][1, :, :, 6:] == 0).all()  # row 1 is padded from token 6 on
+
+
+@pytest.mark.parametrize("model_class", [vlalign.AlbefForPreTraining, vlalign.AlbefForImageTextRetrieval])
+def test_training_models_return_the_itm_fusion_maps(model_class, tiny_config, tiny_batch):
+    with torch.no_grad():
+        out = eager(model_class, tiny_config)(**tiny_batch, output_attentions=True)
+    cross_attentions = out.fusion_model_output.cross_attentions
+    assert cross_attentions[0].shape == (12, 2, 9, 5)  # one row per ITM pair: 4 positives, 8 negatives
+
+
+def test_flex_attention_handles_padding_like_eager(tiny_batch):
+    inputs = fusion_inputs(tiny_batch)
     outputs = []
     for implementation in ("eager", "flex_attention"):
         torch.manual_seed(0)
@@ -546,79 +351,15 @@ def test_attention_backend_flags():
     assert not vlalign.AlbefModel._supports_flash_attn  # untested without a GPU, so not claimed
 
 
-class TestInitialisation:
-    @pytest.fixture
-    def seeded_init(self, monkeypatch):
-        """Reseed before every module's init (as transformers' tests do), so the order of init does not matter."""
-        original = PreTrainedModel._initialize_weights
-
-        def seeded(*args, **kwargs):
-            torch.manual_seed(42)
-            original(*args, **kwargs)
-
-        monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
-
-    @pytest.mark.parametrize("model_class", ALL_CLASSES)
-    def test_init_weights_covers_every_parameter_and_buffer(self, model_class, tiny_config, seeded_init):
-        config = config_for(model_class, tiny_config)
-        from_init = model_class(copy.deepcopy(config))
-        from_nothing = model_class.from_pretrained(None, config=copy.deepcopy(config), state_dict={})
-        for key, value in from_init.state_dict().items():
-            assert torch.equal(from_nothing.state_dict()[key], value), key
-
-    @pytest.mark.parametrize(
-        "model_class", [vlalign.AlbefVisionModel, vlalign.AlbefForPreTraining, vlalign.CodisForPreTraining]
-    )
-    def test_meta_device_model_initialises_everything(self, model_class, tiny_config):
-        config = config_for(model_class, tiny_config)
-        with torch.device("meta"):
-            model = model_class(copy.deepcopy(config))
-        model.to_empty(device="cpu")
-        for tensor in [*model.parameters(), *model.buffers()]:  # what uninitialised memory may hold
-            tensor.data.fill_(float("nan") if tensor.is_floating_point() else -7)
-        model.init_weights()
-        fresh = model_class(copy.deepcopy(config))
-        for key, value in model.state_dict().items():
-            assert torch.isfinite(value.float()).all(), key
-            if not value.is_floating_point() or value.numel() == 1:  # pointers, indices, temperature: exact
-                assert torch.equal(value, fresh.state_dict()[key]), key
-            elif value.std() > 0:  # random tensors: same distribution as a fresh model
-                assert value.std().item() == pytest.approx(fresh.state_dict()[key].std().item(), rel=0.5), key
-
-    def test_missing_patch_embedding_is_initialised_from_its_distribution(self, tmp_path, tiny_config):
-        torch.manual_seed(0)
-        model = vlalign.AlbefModel(tiny_config)
-        state = {k: v for k, v in model.state_dict().items() if "patch_embedding" not in k}
-        model.save_pretrained(tmp_path)
-        save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
-        loaded = vlalign.AlbefModel.from_pretrained(tmp_path)
-        conv = loaded.vision_model.embeddings.patch_embedding
-        bound = 1 / math.sqrt(conv.weight[0].numel())
-        assert (
-            torch.isfinite(conv.weight).all() and conv.weight.abs().max() <= bound and conv.bias.abs().max() <= bound
-        )
-        assert conv.weight.std() > bound / 4  # not left at zero
-
-
-def test_resize_token_embeddings_resizes_momentum_copies_and_mlm_biases(tiny_config, tiny_batch):
+def test_resize_token_embeddings_zero_pads_the_mlm_biases(tiny_config, tiny_batch):
+    """New vocabulary entries of the MLM heads' biases start at 0, the old ones are kept."""
     torch.manual_seed(0)
     model = vlalign.AlbefForPreTraining(tiny_config)
-    momentum_rows = model.text_model_m.embeddings.word_embeddings.weight[:245].detach().clone()
     with torch.no_grad():
         model.mlm_head.bias.add_(1.0)
     model.resize_token_embeddings(250)
-    online = model.albef.get_input_embeddings().weight
-    momentum = model.text_model_m.embeddings.word_embeddings.weight
-    assert online.shape == momentum.shape == (250, 32) and not momentum.requires_grad
-    torch.testing.assert_close(momentum[:245], momentum_rows)
-    torch.testing.assert_close(momentum[245:], online[245:].detach())
     for head in (model.mlm_head, model.mlm_head_m):
         assert head.bias.shape == (250,) and (head.bias[245:] == 0).all()
-    assert (model.mlm_head.bias[:245] == 1).all() and model.mlm_head.bias.requires_grad
-    assert not model.mlm_head_m.bias.requires_grad
-    assert model.config.text_config.vocab_size == 250
-    model.momentum_update()
-    ids = tiny_batch["input_ids"].clone()
-    ids[:, 3] = 249
-    out = model(**{**tiny_batch, "input_ids": ids})
-    assert out.mlm_logits.shape[-1] == 250 and torch.isfinite(out.loss)
+    assert (model.mlm_head.bias[:245] == 1).all()
+    model.momentum_update()  # the EMA runs over the resized pairs
+    assert (model.mlm_head_m.bias[245:] == 0).all()
