@@ -467,6 +467,12 @@ def test_weights_missing_from_a_checkpoint_are_initialised(case, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def without_load_records(settings: dict) -> dict:
+    """A config dict without what loading records (`dtype`, `_name_or_path`), at every level."""
+    recorded = ("dtype", "_name_or_path")
+    return {k: without_load_records(v) if isinstance(v, dict) else v for k, v in settings.items() if k not in recorded}
+
+
 def test_save_and_load_round_trip_is_exact_and_safetensors_only(case, tmp_path):
     model = case.build().eval()
     model.save_pretrained(tmp_path)
@@ -475,6 +481,11 @@ def test_save_and_load_round_trip_is_exact_and_safetensors_only(case, tmp_path):
     reloaded, info = case.cls.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     reloaded.eval()
+    assert isinstance(reloaded.config, case.cls.config_class)
+    expected = without_load_records(model.config.to_dict())
+    if type(model.config) is not case.cls.config_class:  # a tower built from a subclass of its config (SIMLA's)
+        expected["model_type"] = case.cls.config_class.model_type  # reloads as the tower's own config class
+    assert without_load_records(reloaded.config.to_dict()) == expected
     for (name, tensor), (other_name, other) in zip(state_of(model).items(), state_of(reloaded).items(), strict=True):
         assert name == other_name and torch.equal(tensor, other), name
     assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in reloaded.parameters()]

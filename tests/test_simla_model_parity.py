@@ -2,7 +2,8 @@
 
 The official checkpoint is converted with `vlalign.convert.simla` and loaded strictly; features, ITM logits, MIM
 logits and PSL keyword logits are matched at atol 1e-5 in eval mode (see tests/fixtures/simla/README.md). Also the
-config (SIMLA defaults, validation, `to_dict` round trip) and a safetensors save/load round trip of the model.
+config (SIMLA defaults, validation, `to_dict` round trip); the safetensors save/load round trip of every SIMLA class
+is in test_conventions.py.
 """
 
 from __future__ import annotations
@@ -148,25 +149,6 @@ def test_online_model_matches_official(original, golden, attn_implementation):
     # ITC against the fixture's bank (momentum features of the batch, then the queue): online image side
     assert_close(output.image_embeds @ outputs["text_feat_all"] / model.temp, outputs["sim_i2t"])
     assert_close(output.logits_per_image, outputs["image_feat"] @ outputs["text_feat"].t() / 0.07)
-
-
-def test_save_and_load_round_trip(original, golden, tmp_path):
-    inputs, _ = golden
-    model = _model(original, "eager")
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists()
-    restored = SimlaModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    assert isinstance(restored.config, SimlaConfig)
-    for name in ("embed_dim", "mim_vocab_size", "psl_attention_layer", "psl_num_keywords", "mlm_distill_axis"):
-        assert getattr(restored.config, name) == getattr(model.config, name)
-    for sub_config in ("vision_config", "text_config"):
-        saved, reloaded = (getattr(m.config, sub_config).to_dict() for m in (model, restored))
-        assert saved | {"dtype": None} == reloaded | {"dtype": None}  # loading records the dtype
-    for key, value in model.state_dict().items():
-        assert torch.equal(restored.state_dict()[key], value), key
-    batch = {key: inputs[key] for key in ("input_ids", "attention_mask", "pixel_values")}
-    with torch.no_grad():
-        torch.testing.assert_close(restored(**batch).logits_per_image, model(**batch).logits_per_image, atol=0, rtol=0)
 
 
 def test_fresh_tiny_model_runs_every_path():
