@@ -278,9 +278,8 @@ def test_flex_attention_agrees_with_eager():
     outputs = {}
     for implementation in (backend_name, "eager"):
         torch.manual_seed(0)
-        config = micro_config()
-        config._attn_implementation = implementation
-        model = FdtModel(config).eval()
+        model = FdtModel(micro_config()).eval()
+        model.set_attn_implementation(implementation)
         assert model.text_model.config._attn_implementation == implementation
         with torch.no_grad():  # flex attention has no backward on CPU
             outputs[implementation] = model(**inputs, fdt_temperature=0.1)

@@ -100,8 +100,8 @@ def _blocks(state_dict: dict[str, torch.Tensor], attn_implementation: str, momen
         (AlbefTextModel, text_config, "text_model"),
         (AlbefFusionModel, text_config, "fusion_model"),
     ):
-        config._attn_implementation = attn_implementation
         block = block_class(config).eval()
+        block.set_attn_implementation(attn_implementation)
         block.load_state_dict(_prefixed(state_dict, f"{name}{suffix}."), strict=True)
         blocks.append(block)
     return blocks

@@ -45,9 +45,8 @@ def golden() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
 
 
 def _model(original: dict[str, torch.Tensor], attn_implementation: str) -> SimlaModel:
-    config = _config()
-    config._attn_implementation = attn_implementation
-    model = SimlaModel(config).eval()
+    model = SimlaModel(_config()).eval()
+    model.set_attn_implementation(attn_implementation)
     model.load_state_dict(convert_online_state_dict(original)[0], strict=True)
     return model
 

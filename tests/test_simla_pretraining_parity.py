@@ -42,10 +42,10 @@ def run(original):
         load_file(SIMLA_FIXTURES / "outputs.safetensors"),
     )
     config = _config()
-    config._attn_implementation = "eager"
     # the fixture's vocab.txt starts [PAD] [UNK] [CLS] [SEP] [MASK] (the config defaults are bert-base-uncased's)
     config.text_config.cls_token_id, config.text_config.mask_token_id = 2, 4
     model = SimlaForPreTraining(config).train()
+    model.set_attn_implementation("eager")
     converted, dropped = convert_pretraining_state_dict(original)
     model.load_state_dict(converted, strict=True)
     assert all(key.endswith(("position_ids", "decoder.weight", "decoder.bias")) for key in dropped)
