@@ -287,7 +287,7 @@ def assert_initialised_like(state: dict[str, torch.Tensor], fresh: list[dict[str
             assert torch.equal(value, reference), f"{key}: {value.flatten()[:4]} instead of {reference.flatten()[:4]}"
         else:  # a sample's spread is known to about 1/sqrt(2n): small tensors get more room
             expected = torch.stack([other[key].std() ** 2 for other in fresh]).mean().sqrt().item()
-            tolerance = max(0.3, 4 / value.numel() ** 0.5)
+            tolerance = min(0.8, max(0.3, 4 / value.numel() ** 0.5))
             assert value.std().item() == pytest.approx(expected, rel=tolerance), key
 
 
@@ -300,7 +300,7 @@ def test_every_method_has_its_classes_and_towers():
     for method in all_methods():
         classes = {spec.cls for spec in SPECS if spec.method == method.name}
         assert {method.model_class, *method.training_classes()} <= classes
-        assert any(spec.role == "tower" for spec in SPECS if spec.method == method.name), method.name
+    assert {spec.cls.__name__ for spec in SPECS if spec.role == "tower"} >= {"AlbefVisionModel", "FdtTextModel"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[spec.id for spec in SPECS])
@@ -440,6 +440,7 @@ def test_init_weights_reaches_every_parameter_and_buffer(case):
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.fill_(float("nan") if tensor.is_floating_point() else -7)
+    torch.manual_seed(0)
     model.init_weights()
     state = state_of(model)
     assert state.keys() == fresh[0].keys()
@@ -454,6 +455,7 @@ def test_weights_missing_from_a_checkpoint_are_initialised(case, tmp_path):
     saved = load_file(tmp_path / "model.safetensors")
     dropped = sorted(saved)[::2]
     save_file({k: v for k, v in saved.items() if k not in dropped}, tmp_path / "model.safetensors", {"format": "pt"})
+    torch.manual_seed(0)
     loaded, info = case.cls.from_pretrained(tmp_path, output_loading_info=True)
     state, fresh = state_of(loaded), fresh_states(case)
     assert set(info["missing_keys"]) <= set(dropped) and not info["unexpected_keys"], info
