@@ -314,11 +314,13 @@ def test_unknown_keyword_arguments_are_refused(case):
         case.forward(model, lables=None)
 
 
-def test_return_dict_false_gives_the_output_as_a_tuple(case):
-    model = case.build().eval()
+@pytest.mark.parametrize("captured", [False, True], ids=["plain", "with_attentions_and_hidden_states"])
+def test_return_dict_false_gives_the_output_as_a_tuple(case, captured):
+    model = case.build(attn_implementation="eager").eval()
+    flags = dict(output_attentions=True, output_hidden_states=True) if captured else {}
     with torch.no_grad():
-        as_output = case.forward(model)
-        as_tuple = case.forward(model, return_dict=False)
+        as_output = case.forward(model, **flags)
+        as_tuple = case.forward(model, return_dict=False, **flags)
     assert isinstance(as_output, ModelOutput) and isinstance(as_tuple, tuple)
     assert len(as_tuple) == len(as_output.to_tuple())
     assert_same_outputs(as_tuple, as_output.to_tuple())
