@@ -59,7 +59,12 @@ def resized_bias(old: nn.Parameter, size: int) -> nn.Parameter:
 
 
 class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
+    """Base of every ALBEF-family model (towers, online models, training models; SIMLA's and CODIS's too): weight
+    initialisation, attention backends, optimizer parameter groups, vocabulary and image resizing, remote-code saving
+    and loading of earlier key layouts."""
+
     config_class = AlbefConfig
+    #: the family's name, which is also the attribute holding the online model in the training models
     base_model_prefix = "albef"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
@@ -73,7 +78,6 @@ class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTraine
     remote_code_auto_map = REMOTE_CODE_AUTO_MAP
     #: whether retrieval can re-rank ITC candidates with this model's image-text matching head (`itm_score`)
     supports_itm_rerank = False
-
     #: renamings (regex → replacement) of state-dict keys that earlier versions wrote, applied on loading
     legacy_key_mapping: dict[str, str] = {}
 
