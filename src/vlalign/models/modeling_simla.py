@@ -138,6 +138,30 @@ class SimlaPreTrainedModel(AlbefPreTrainedModel):
     # The training models held their online model as `albef` before it was named after the family.
     legacy_key_mapping = {r"^albef\.": "simla."}
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """ALBEF's resize, extended to the keyword heads, which score every word piece: new outputs start as the mean
+        of the online head's, in its momentum copy too (momentum copies start equal)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        online = getattr(self.base_model, "concept_head", None)
+        if online is None or online.out_features == size:
+            return embeddings
+        new_rows = {
+            name: parameter.detach().mean(0, keepdim=True).expand(max(0, size - len(parameter)), *parameter.shape[1:])
+            for name, parameter in online.named_parameters()
+        }
+        for head in (online, getattr(self, "concept_head_m", None)):
+            if head is None:
+                continue
+            for name, rows in new_rows.items():
+                old = getattr(head, name)
+                resized = torch.cat([old.detach()[:size], rows.to(old.dtype)])
+                setattr(head, name, nn.Parameter(resized, requires_grad=old.requires_grad))
+            head.out_features = size
+        return embeddings
+
 
 class SimlaModel(AlbefModel, SimlaPreTrainedModel):
     """SIMLA's online encoders and heads: [`AlbefModel`]'s ViT, single-stream BERT, projections, temperature and ITM
