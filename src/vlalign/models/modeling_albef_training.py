@@ -179,8 +179,8 @@ class AlbefMomentumDistilledModel(TrainingDutiesMixin, AlbefPreTrainedModel):
     base_model_class: type[AlbefPreTrainedModel]
     #: what the training forwards return
     output_class: type[AlbefForPreTrainingOutput] = AlbefForPreTrainingOutput
-    #: whether the queues keep each feature's image index (`idx_queue`): queued captions of a batch image are then
-    #: positives too
+    #: whether the queues keep each feature's image index (in an `idx_queue` buffer the model then registers):
+    #: queued captions of a batch image are then positives too
     queues_image_ids: bool = False
 
     def __init__(self, config: AlbefConfig):
