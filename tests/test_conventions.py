@@ -255,6 +255,8 @@ def captured_fields(output: Any) -> dict[str, Any]:
 def recorded_class(tower: PreTrainedModel, key: str) -> type | None:
     """The module class `capture_outputs` records `key` from in `tower` (its `_can_record_outputs`)."""
     recorder = (getattr(tower, "_can_record_outputs", None) or {}).get(key)
+    if isinstance(recorder, list):  # e.g. the embeddings, then the layers: the last names the layers
+        recorder = recorder[-1]
     return getattr(recorder, "target_class", recorder)
 
 

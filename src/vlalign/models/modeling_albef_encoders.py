@@ -226,7 +226,14 @@ class AlbefTextModel(AlbefPreTrainedModel):
     input_modalities = ("text",)
     main_input_name = "input_ids"
     base_model_prefix = "text_model"
-    _can_record_outputs = {"hidden_states": AlbefTextLayer, "attentions": AlbefAttention}
+    # the embeddings' output, then each layer's: the first hidden state exists even without layers (SIMLA's text tower)
+    _can_record_outputs = {
+        "hidden_states": [
+            OutputRecorder(AlbefTextEmbeddings, capture_initial_hidden_state=False),
+            OutputRecorder(AlbefTextLayer, capture_initial_hidden_state=False),
+        ],
+        "attentions": AlbefAttention,
+    }
 
     def __init__(self, config: AlbefTextConfig):
         super().__init__(config)
