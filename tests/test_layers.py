@@ -78,3 +78,32 @@ def test_deprecated_parameter_groups_of_the_registry_ask_the_model():
         groups = method.parameter_groups(model, 0.02)
     expected = model.optimizer_parameter_groups(0.02)
     assert [group["param_names"] for group in groups] == [group["param_names"] for group in expected]
+
+
+def test_deprecated_registry_fields_point_at_the_classes():
+    method = get_method("simla")
+    with pytest.warns(FutureWarning, match="method_paper"):
+        assert method.paper == method.config_class.method_paper
+    with pytest.warns(FutureWarning, match="hub_tags"):
+        assert method.tags == ("simla", "albef")
+    with pytest.warns(FutureWarning, match="config_rows"):
+        from vlalign.hub.summaries import config_rows
+
+        assert method.card_config_rows is config_rows
+
+
+def test_deprecated_module_locations_warn_and_work():
+    probe = (
+        "import warnings\n"
+        "warnings.simplefilter('error', FutureWarning)\n"
+        "try:\n"
+        "    import vlalign.hub.sources\n"
+        "except FutureWarning as warning:\n"
+        "    print(warning)\n"
+        "warnings.simplefilter('ignore', FutureWarning)\n"
+        "import vlalign.hub.sources, vlalign.sources, vlalign.methods\n"
+        "print(vlalign.hub.sources.resolve_pretrained is vlalign.sources.resolve_pretrained)\n"
+        "vlalign.methods.register_auto_classes()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["vlalign.hub.sources is deprecated; import vlalign.sources.", "True"]

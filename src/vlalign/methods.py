@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .auto import MODEL_FAMILIES, ModelFamily, family_of
+from .auto import register_auto_classes as auto_register_auto_classes
 
 
 @dataclass(frozen=True)
@@ -119,14 +120,30 @@ class Method:
         return Path(__file__).parent / "hub" / "templates" / f"{self.name}.md"
 
     @property
+    def paper(self) -> str:
+        """Deprecated: the config class's `method_paper`."""
+        return _deprecated("Method.paper", "config_class.method_paper", self.config_class.method_paper)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Deprecated: the config class's `hub_tags`."""
+        return _deprecated("Method.tags", "config_class.hub_tags", self.config_class.hub_tags)
+
+    @property
+    def card_config_rows(self) -> Callable[[Any], list[tuple[str, str]]]:
+        """Deprecated: `vlalign.hub.summaries.config_rows(model)`."""
+        from .hub.summaries import config_rows
+
+        return _deprecated("Method.card_config_rows", "vlalign.hub.summaries.config_rows", config_rows)
+
+    @property
     def parameter_groups(self) -> Callable[[Any, float], list[dict]]:
         """Deprecated: `model.optimizer_parameter_groups(weight_decay)`."""
-        warnings.warn(
-            "Method.parameter_groups is deprecated; use model.optimizer_parameter_groups(weight_decay).",
-            FutureWarning,
-            stacklevel=2,
+        return _deprecated(
+            "Method.parameter_groups",
+            "model.optimizer_parameter_groups(weight_decay)",
+            lambda model, weight_decay: model.optimizer_parameter_groups(weight_decay),
         )
-        return lambda model, weight_decay: model.optimizer_parameter_groups(weight_decay)
 
     @property
     def supports_itm_rerank(self) -> bool:
@@ -136,12 +153,7 @@ class Method:
     @property
     def supports_itm(self) -> bool:
         """Deprecated: `supports_itm_rerank` (or the model class's own attribute)."""
-        warnings.warn(
-            "Method.supports_itm is deprecated; use Method.supports_itm_rerank or the model's supports_itm_rerank.",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return self.supports_itm_rerank
+        return _deprecated("Method.supports_itm", "the model class's supports_itm_rerank", self.supports_itm_rerank)
 
     def pretraining_collator_kwargs(self, config: Any, processor: Any, train_dataset: Any) -> dict[str, Any]:
         """The extra `AlignmentCollator` arguments of this method's pretraining (`pretraining_inputs`), or {}."""
@@ -151,6 +163,18 @@ class Method:
 
     def training_classes(self) -> tuple[type, ...]:
         return self.family.training_classes
+
+
+def _deprecated(old: str, new: str, value: Any) -> Any:
+    """`value`, with a `FutureWarning` that `old` is deprecated in favour of `new`."""
+    warnings.warn(f"{old} is deprecated; use {new}.", FutureWarning, stacklevel=3)
+    return value
+
+
+def register_auto_classes() -> None:
+    """Deprecated: `vlalign.auto.register_auto_classes()` (importing vlalign already registers every family)."""
+    _deprecated("vlalign.methods.register_auto_classes", "vlalign.auto.register_auto_classes", None)
+    auto_register_auto_classes()
 
 
 def _albef() -> Method:
@@ -263,4 +287,12 @@ def method_of(model_or_config: Any) -> Method:
     return get_method(family_of(model_or_config).model_type)
 
 
-__all__ = ["Method", "QuickstartRecipe", "all_methods", "get_method", "method_names", "method_of"]
+__all__ = [
+    "Method",
+    "QuickstartRecipe",
+    "all_methods",
+    "get_method",
+    "method_names",
+    "method_of",
+    "register_auto_classes",
+]
