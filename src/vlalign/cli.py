@@ -1,4 +1,5 @@
-"""The `vlalign` command line. Every verb takes any registered method (`vlalign.methods`)."""
+"""The `vlalign` command line's verbs. Every verb takes any registered method (`vlalign.methods`); the arguments are
+parsed by `vlalign_cli` (the console script), which imports this module only once they are valid."""
 
 from __future__ import annotations
 
@@ -7,23 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+from vlalign_cli import build_parser
+
 from .files import normalize_permissions
-from .methods import get_method, method_names
+from .methods import get_method
 from .sources import load_saved_model
-from .threads import ENV_VAR, configure_threads
+from .threads import configure_threads
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1 (step counts, batch sizes, k, thread counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
-    return value
 
 
 def _check_output_folder(path: str, flag: str) -> None:
@@ -117,8 +109,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from .hub.access import check_write_access
     from .hub.push import load_results, measure_results, push_model
 
+    check_write_access(args.repo_id, token=args.token)  # before minutes of evaluation
     if args.eval_dataset:
         model, processor = load_saved_model(args.model)
         dataset, name = _push_dataset(args)
@@ -232,139 +226,31 @@ def _search_stored_gallery(retriever, args: argparse.Namespace, rerank: bool) ->
     return [{**hit, "path": path} for hit, path in zip(ranked, paths, strict=True)]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlalign", description="Vision-language alignment pretraining.")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--num-threads",
-        type=_positive_int,
-        help=f"torch CPU threads (default: ${ENV_VAR}, else $OMP_NUM_THREADS, else the CPUs not busy elsewhere)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    methods = method_names()
+HANDLERS = {
+    "convert": _convert,
+    "quickstart": _quickstart,
+    "evaluate": _evaluate,
+    "retrieve": _retrieve,
+    "index": _index,
+    "push": _push,
+}
 
-    convert = commands.add_parser(
-        "convert", parents=[common], help="convert an official checkpoint into a Hugging Face folder"
-    )
-    convert.add_argument("--method", required=True, choices=methods)
-    convert.add_argument("--checkpoint", required=True, help="the official .pth file")
-    convert.add_argument(
-        "--config", action="append", required=True, help="the official config files, e.g. YAML and BERT json (repeat)"
-    )
-    convert.add_argument("--tokenizer", help="folder with vocabulary / tokenizer files, or a Hub id")
-    convert.add_argument("--output", required=True, help="output folder")
-    convert.add_argument("--task", default="auto", choices=["auto", "pretraining", "retrieval"])
-    convert.add_argument("--image-size", type=_positive_int, help="target resolution (default: the config's)")
-    convert.set_defaults(handler=_convert)
 
-    quickstart = commands.add_parser(
-        "quickstart",
-        parents=[common],
-        help="train, evaluate, save, reload and query a tiny model on the built-in synthetic data",
-    )
-    quickstart.add_argument("--method", default="albef", choices=methods)
-    quickstart.add_argument("--output-dir", default="quickstart_output")
-    quickstart.add_argument(
-        "--max-steps", type=_positive_int, help="optimizer steps (default: the method's tuned recipe)"
-    )
-    quickstart.add_argument("--seed", type=int, default=0)
-    quickstart.set_defaults(handler=_quickstart)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        parents=[common],
-        help="image-text retrieval recalls (R@1/5/10) of a saved model on a dataset, as JSON",
-    )
-    evaluate.add_argument("--model", required=True, help="a saved model folder (any method)")
-    source = evaluate.add_mutually_exclusive_group()
-    source.add_argument("--karpathy-json", help="an evaluation annotation file (Karpathy split, captions per image)")
-    source.add_argument("--dataset-dir", help="a `datasets` folder (save_to_disk) with `image` and `captions`")
-    evaluate.add_argument("--image-root", help="folder the --karpathy-json image paths are relative to")
-    evaluate.add_argument("--split", default="test", help="split of a --dataset-dir DatasetDict")
-    evaluate.add_argument("--synthetic-size", type=_positive_int, default=100, help="test images of the built-in data")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the built-in data")
-    evaluate.add_argument("--on-error", default="raise", choices=["raise", "skip"], help="corrupt images")
-    evaluate.add_argument("--k-test", type=_positive_int, help="ITM re-rank candidates (default: the config's)")
-    evaluate.add_argument("--itc-only", action="store_true", help="rank by embedding cosine only (no ITM re-rank)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
-    evaluate.add_argument("--output", help="write the metrics JSON here too")
-    evaluate.set_defaults(handler=_evaluate)
-
-    retrieve = commands.add_parser(
-        "retrieve",
-        parents=[common],
-        help="rank a folder of images, or search a stored gallery, for a query with a saved model",
-    )
-    retrieve.add_argument("--model", required=True, help="a saved model folder (any method)")
-    candidates = retrieve.add_mutually_exclusive_group(required=True)
-    candidates.add_argument("--images", help="folder of images (searched recursively)")
-    candidates.add_argument("--gallery", help="a gallery folder written by `vlalign index` (FAISS search)")
-    retrieve.add_argument(
-        "--query", required=True, help="the text query (for a gallery of captions: an image file or URL)"
-    )
-    retrieve.add_argument("--top-k", type=_positive_int, default=5)
-    retrieve.add_argument("--rerank", action="store_true", help="re-rank with the ITM head where the model has one")
-    retrieve.add_argument("--json", action="store_true", help="print the ranked list as JSON")
-    retrieve.set_defaults(handler=_retrieve)
-
-    index = commands.add_parser(
-        "index",
-        parents=[common],
-        help="embed a gallery of images or captions with a saved model and index it with FAISS",
-    )
-    index.add_argument("--model", required=True, help="a saved model folder (any method)")
-    gallery_source = index.add_mutually_exclusive_group(required=True)
-    gallery_source.add_argument("--dataset-dir", help="a `datasets` folder (save_to_disk), one item per row")
-    gallery_source.add_argument("--image-folder", help="a folder of images (searched recursively)")
-    index.add_argument("--split", default="test", help="split of a --dataset-dir DatasetDict")
-    index.add_argument(
-        "--column", default="image", help="the --dataset-dir column to embed: images, or one caption per row"
-    )
-    index.add_argument("--output", required=True, help="the gallery folder to write")
-    index.add_argument(
-        "--index-type",
-        default="exact",
-        choices=["exact", "ivf", "hnsw"],
-        help="exact inner-product search, or approximate: inverted lists (ivf) or a graph (hnsw)",
-    )
-    index.add_argument("--search-params", help='approximate-index search parameters, e.g. "nprobe=64" (FAISS syntax)')
-    index.add_argument("--batch-size", type=_positive_int, default=64, help="items per encoder forward")
-    index.set_defaults(handler=_index)
-
-    push = commands.add_parser(
-        "push",
-        parents=[common],
-        help="publish a saved model to the Hub with its results in the model card (model-index)",
-    )
-    push.add_argument("--model", required=True, help="a saved model folder (any method)")
-    push.add_argument("--repo-id", required=True, help='the Hub repository, "namespace/name"')
-    push.add_argument(
-        "--eval-dataset",
-        help='evaluate on "synthetic" (the built-in test split) or a `datasets` folder (save_to_disk) with `image` and '
-        "`captions` and/or a ClassLabel `label` (default: the eval_results.json saved in --model)",
-    )
-    push.add_argument("--dataset-name", help="the evaluation dataset's name in the card (default: the folder's name)")
-    push.add_argument("--split", default="test", help="split of an --eval-dataset DatasetDict")
-    push.add_argument("--synthetic-size", type=_positive_int, default=100, help="test images of the built-in data")
-    push.add_argument("--seed", type=int, default=0, help="seed of the built-in data")
-    push.add_argument("--private", action="store_true", help="create the repository private")
-    push.add_argument("--token", help="a Hub token with write access (default: $HF_TOKEN, else the stored login)")
-    push.set_defaults(handler=_push)
-    return parser
+def run(args: argparse.Namespace) -> int:
+    """Run the verb of parsed arguments (`vlalign_cli.build_parser`). Expected failures (bad arguments, files or
+    folders; `ValueError`/`OSError` and their subclasses, which the loaders and converters raise with the problem and
+    the fix) print one line and exit with 1; anything else is a bug and keeps its traceback."""
+    try:
+        configure_threads(args.num_threads)
+        return HANDLERS[args.command](args)
+    except (ValueError, OSError) as error:
+        print(f"vlalign {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a verb. Expected failures (bad arguments, files or folders; `ValueError`/`OSError` and their subclasses,
-    which the loaders and converters raise with the problem and the fix) print one line and exit with 1; anything
-    else is a bug and keeps its traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        configure_threads(args.num_threads)
-        return args.handler(args)
-    except (ValueError, OSError) as error:
-        print(f"{parser.prog} {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+    """`vlalign ARGS` in this process (the console script, `vlalign_cli.main`, parses before importing vlalign)."""
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ folder = save_for_hub(model, processor, "out/albef-hub", metrics=metrics, datase
 push_folder_to_hub(folder, "your-name/albef-coco")
 """
 
+from .access import HubAccessError, check_write_access
 from .card import (
     DEFAULT_TAGS,
     MAIN_TRAINING_ARGUMENTS,
@@ -25,11 +26,13 @@ from .publish import DEFAULT_COMMIT_MESSAGE, REQUIRED_FILES, published_model, pu
 __all__ = [
     "DEFAULT_COMMIT_MESSAGE",
     "DEFAULT_TAGS",
+    "HubAccessError",
     "MAIN_TRAINING_ARGUMENTS",
     "PIPELINE_TAG",
     "REQUIRED_FILES",
     "TASK_TYPE",
     "build_model_card",
+    "check_write_access",
     "config_summary",
     "published_model",
     "push_folder_to_hub",

@@ -2,7 +2,8 @@
 
 The results come from evaluating the model (`measure_results`: retrieval recalls with `ImageTextRetrievalEvaluator`,
 zero-shot accuracy with `ZeroShotImageClassificationEvaluator` where the data has class labels) or from the
-`eval_results.json` saved next to the weights (the quick start writes one). `push_model` re-saves the folder with
+`eval_results.json` saved next to the weights (the quick start writes one). `push_model` first checks that the push can
+succeed (`check_write_access`: network, offline mode, token, write permission), then re-saves the folder with
 `save_for_hub` (weights, processor, remote code, the retrieval pipeline, and a card whose `model-index` holds the
 results with the datasets named) and uploads it with `push_folder_to_hub`.
 
@@ -26,23 +27,19 @@ from typing import Any
 from datasets import ClassLabel, Dataset
 from huggingface_hub import CommitInfo
 
-from ..data.synthetic import SHAPES
+from ..data.synthetic import SHAPE_TEMPLATES, single_attribute_images
 from ..evaluation import ImageTextRetrievalEvaluator, ZeroShotImageClassificationEvaluator
 from ..sources import load_saved_model
+from .access import check_write_access
 from .publish import push_folder_to_hub, save_for_hub
 
 RESULTS_FILE = "eval_results.json"
-#: prompt templates of the zero-shot shape classification of synthetic data
-SHAPE_TEMPLATES = ("a {}", "a picture of a {}", "one {}")
 
 
 def single_shape_images(dataset: Dataset) -> Dataset:
     """The images of a synthetic split whose objects all have one shape, labelled with it (`label`, a `ClassLabel`
     of the shape names): a zero-shot classification set."""
-    rows = [row for row, objects in enumerate(dataset["objects"]) if len({o["shape"] for o in objects}) == 1]
-    subset = dataset.select(rows).select_columns(["image", "objects"])
-    labels = [SHAPES.index(objects[0]["shape"]) for objects in subset["objects"]]
-    return subset.remove_columns("objects").add_column("label", labels, feature=ClassLabel(names=list(SHAPES)))
+    return single_attribute_images(dataset, "shape")
 
 
 def zero_shot_results(
@@ -139,7 +136,13 @@ def push_model(
     endpoint: str | None = None,
 ) -> CommitInfo:
     """Publish the saved model in `model_dir` to `repo_id` with `results` (default: its saved `eval_results.json`)
-    in the card's `model-index`; the results file is uploaded too. Returns the commit."""
+    in the card's `model-index`; the results file is uploaded too. Returns the commit.
+
+    Raises:
+        HubAccessError: before anything is loaded or written, when the Hub is unreachable or in offline mode, or the
+            token is missing, invalid or may not write to `repo_id`'s namespace.
+    """
+    check_write_access(repo_id, token=token, endpoint=endpoint)
     results = results if results is not None else load_results(model_dir)
     model, processor = load_saved_model(model_dir)
     with tempfile.TemporaryDirectory(prefix="vlalign-push-") as staging:
