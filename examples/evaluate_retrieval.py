@@ -59,14 +59,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModel, AutoProcessor, HfArgumentParser
+from transformers import AutoConfig, AutoModel, AutoProcessor, HfArgumentParser
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
 from vlalign.data.loaders import load_karpathy_json
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.evaluation import evaluate_retrieval
 from vlalign.methods import method_of
-from vlalign.training.script_helpers import check_images_field, on_error_field
+from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
+from vlalign.training.script_helpers import check_images_field, on_error_field, parse_checked, run_script
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def format_table(metrics: dict) -> str:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
+    (args,) = parse_checked(HfArgumentParser(EvalArguments), sys.argv[1:])
     # Initialises torch.distributed under torchrun / accelerate launch, so evaluate_retrieval shards the re-rank.
     # Without an accelerator (or with --use_cpu) it must be told: then processes talk over gloo.
     state = PartialState(cpu=args.use_cpu or not torch.accelerator.is_available())
@@ -153,17 +154,21 @@ def main() -> None:
             args.test_json, args.image_root, "eval", on_error=args.on_error, check_images=args.check_images
         )
         source = args.test_json
+    check_not_empty(len(dataset), source, "pass --num_test 1 or more, or a --test_json with images and captions")
 
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
-    model = AutoModel.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
-    method = method_of(model)
-    image_size = args.image_size or model.config.vision_config.image_size
-    if image_size != model.config.vision_config.image_size:
-        if not hasattr(model, "set_image_size"):
-            raise ValueError(
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    method = method_of(config)
+    image_size = args.image_size or config.vision_config.image_size
+    if image_size != config.vision_config.image_size:  # checked before the model is loaded
+        if not hasattr(method.model_class, "set_image_size"):
+            raise ArgumentError(
                 f"--image_size {image_size} is unsupported for {method.name} (no position-embedding interpolation); "
-                f"it evaluates at its own {model.config.vision_config.image_size} px"
+                f"it evaluates at its own {config.vision_config.image_size} px"
             )
+        check_image_size(image_size, config.vision_config)
+    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    model = AutoModel.from_pretrained(args.model_name_or_path, config=config, dtype=DTYPES[args.dtype])
+    if image_size != model.config.vision_config.image_size:
         model.set_image_size(image_size)
         processor = method.build_processor(processor.tokenizer, image_size)
     rerank = method.supports_itm_rerank and not args.itc_only
@@ -210,4 +215,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -123,11 +123,13 @@ from vlalign.data.transforms import albef_train_transform
 from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
+from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
 from vlalign.training.script_helpers import (
     apply_config_overrides,
     check_images_field,
     on_error_field,
     parse_script_args,
+    run_script,
     wants_teacher_view,
 )
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
@@ -198,6 +200,8 @@ TRAIN_TRANSFORMS["simla"] = TRAIN_TRANSFORMS["albef"]
 REAL_DATA_IMAGE_SIZE["simla"] = 384
 
 SYNTHETIC_IMAGE_SIZE = 64
+
+NO_ROWS_FIX = "pass an annotation file with image-caption entries (entries skipped with --on_error skip count as none)"
 
 
 @dataclass
@@ -319,9 +323,11 @@ def main() -> None:
     else:
         load = dict(on_error=script_args.on_error, check_images=script_args.check_images)
         train_dataset = load_karpathy_json(script_args.train_json, script_args.image_root, "train", **load)
+        check_not_empty(len(train_dataset), f"--train_json {script_args.train_json}", NO_ROWS_FIX)
         for name, file in (("val", script_args.val_json), ("test", script_args.test_json)):
             if file:
                 eval_splits[name] = load_karpathy_json(file, script_args.image_root, "eval", **load)
+                check_not_empty(len(eval_splits[name]), f"--{name}_json {file}", NO_ROWS_FIX)
     train_dataset = with_row_keys(train_dataset)
     logger.info(
         "train: %d pairs of %d images; eval: %s",
@@ -340,27 +346,33 @@ def main() -> None:
     if script_args.model_name_or_path:
         folder_method = method_of(AutoConfig.from_pretrained(script_args.model_name_or_path))
         if folder_method.name != method.name:
-            raise ValueError(
+            raise ArgumentError(
                 f"{script_args.model_name_or_path} holds a {folder_method.name} model; pass --method {folder_method.name}"
             )
         processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
         config = apply_config_overrides(
             AutoConfig.from_pretrained(script_args.model_name_or_path), script_args.config_overrides
         )
-        model = model_class.from_pretrained(script_args.model_name_or_path, config=config)
     else:
-        logger.warning("No --model_name_or_path: fine-tuning a tiny *randomly initialised* model (smoke run).")
         tokenizer = method.build_tokenizer(dataset_captions(splits))
         processor = method.build_processor(tokenizer, SYNTHETIC_IMAGE_SIZE)
-        config = method.tiny_config(tokenizer, SYNTHETIC_IMAGE_SIZE)
-        model = model_class(apply_config_overrides(config, script_args.config_overrides))
-    model_size = model.config.vision_config.image_size
+        config = apply_config_overrides(
+            method.tiny_config(tokenizer, SYNTHETIC_IMAGE_SIZE), script_args.config_overrides
+        )
+    model_size = config.vision_config.image_size
     image_size = script_args.image_size or (
         model_size if synthetic else REAL_DATA_IMAGE_SIZE.get(method.name, model_size)
     )
+    if image_size != model_size:  # checked before any model is built
+        if not hasattr(model_class, "set_image_size"):
+            raise ArgumentError(f"{method.name} models cannot change resolution ({model_size} px); drop --image_size")
+        check_image_size(image_size, config.vision_config)
+    if script_args.model_name_or_path:
+        model = model_class.from_pretrained(script_args.model_name_or_path, config=config)
+    else:
+        logger.warning("No --model_name_or_path: fine-tuning a tiny *randomly initialised* model (smoke run).")
+        model = model_class(config)
     if image_size != model_size:
-        if not hasattr(model, "set_image_size"):
-            raise ValueError(f"{method.name} models cannot change resolution ({model_size} px); drop --image_size")
         logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
         model.set_image_size(image_size)
         processor = method.build_processor(processor.tokenizer, image_size)
@@ -410,4 +422,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -160,11 +160,14 @@ from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.recipes.fdt import fdt_lr_schedule
+from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
 from vlalign.training.script_helpers import (
     apply_config_overrides,
+    bad_value_of,
     check_images_field,
     on_error_field,
     parse_script_args,
+    run_script,
     wants_teacher_view,
 )
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
@@ -393,7 +396,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Alignmen
         (ScriptArguments, AlignmentTrainingArguments), PRETRAIN_DEFAULTS, argv
     )
     if script_args.fdt_lr_schedule and training_args.epoch_lr_schedule:
-        raise ValueError("--fdt_lr_schedule and --epoch_lr_schedule exclude each other")
+        raise ArgumentError("--fdt_lr_schedule and --epoch_lr_schedule exclude each other")
     return script_args, training_args
 
 
@@ -416,7 +419,7 @@ def training_stream(script_args: ScriptArguments, training_args: AlignmentTraini
     )
     if training_args.max_steps <= 0:
         if script_args.train_num_samples is None:
-            raise ValueError("A streamed training set has no length: pass --max_steps or --train_num_samples.")
+            raise ArgumentError("A streamed training set has no length: pass --max_steps or --train_num_samples.")
         global_batch = training_args.per_device_train_batch_size * training_args.world_size
         steps_per_epoch = script_args.train_num_samples // global_batch // training_args.gradient_accumulation_steps
         training_args.max_steps = max(1, math.ceil(training_args.num_train_epochs * steps_per_epoch))
@@ -484,12 +487,12 @@ def has_image_tokenizer(method: Method) -> bool:
 def load_dalle_tokenizer(method: Method, folder: str) -> DalleImageTokenizer:
     """`--image_tokenizer`: a converted DALL-E dVAE folder (a `FlavaImageCodebook`), for methods with MIM only."""
     if not has_image_tokenizer(method):
-        raise ValueError(
+        raise ArgumentError(
             f"--image_tokenizer is for methods with masked image modelling (e.g. --method simla); {method.name} "
             "pretraining uses no image tokenizer. Drop --image_tokenizer."
         )
     if not os.path.isdir(folder):
-        raise ValueError(
+        raise ArgumentError(
             f"--image_tokenizer {folder!r} is not a folder; convert DALL-E's encoder.pkl first with "
             "vlalign.convert.dvae.convert_dalle_encoder('encoder.pkl', 'dalle-dvae')."
         )
@@ -576,6 +579,11 @@ def main() -> None:
             train_dataset = load_pretraining_json(
                 script_args.train_json, script_args.image_root, script_args.on_error, script_args.check_images
             )
+            check_not_empty(
+                len(train_dataset),
+                f"--train_json {' '.join(script_args.train_json)}",
+                "pass annotation files with image-caption entries (entries skipped with --on_error skip count as none)",
+            )
         else:
             train_dataset = training_stream(script_args, training_args)
         eval_dataset = None
@@ -587,6 +595,9 @@ def main() -> None:
                 "eval",
                 on_error=script_args.on_error,
                 check_images=script_args.check_images,
+            )
+            check_not_empty(
+                len(eval_dataset), f"--eval_json {script_args.eval_json}", "pass one with images, or drop it"
             )
     rows = train_dataset.num_samples if isinstance(train_dataset, ImageTextStream) else len(train_dataset)
     logger.info("train rows: %s, eval images: %s", rows, eval_dataset and len(eval_dataset))
@@ -607,18 +618,20 @@ def main() -> None:
     if script_args.model_name_or_path:
         folder_method = method_of(AutoConfig.from_pretrained(script_args.model_name_or_path))
         if folder_method.name != method.name:
-            raise ValueError(
+            raise ArgumentError(
                 f"{script_args.model_name_or_path} holds a {folder_method.name} model; pass --method {folder_method.name}"
             )
         processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
         config = apply_config_overrides(
             AutoConfig.from_pretrained(script_args.model_name_or_path), script_args.config_overrides
         )
+        image_size = script_args.image_size or config.vision_config.image_size
+        if image_size != config.vision_config.image_size:
+            if not hasattr(method.pretraining_class, "set_image_size"):
+                raise ArgumentError(f"{method.name} models cannot change resolution; drop --image_size")
+            check_image_size(image_size, config.vision_config)
         model = method.pretraining_class.from_pretrained(script_args.model_name_or_path, config=config)
-        image_size = script_args.image_size or model.config.vision_config.image_size
         if image_size != model.config.vision_config.image_size:
-            if not hasattr(model, "set_image_size"):
-                raise ValueError(f"{method.name} models cannot change resolution; drop --image_size")
             model.set_image_size(image_size)
             processor = method.build_processor(processor.tokenizer, image_size)
     else:
@@ -629,11 +642,13 @@ def main() -> None:
         if script_args.tiny:
             default_size = SYNTHETIC_IMAGE_SIZE if synthetic else method.config_class().vision_config.image_size
             image_size = script_args.image_size or default_size
-            config = method.tiny_config(tokenizer, image_size)
+            with bad_value_of("--image_size", image_size):
+                config = method.tiny_config(tokenizer, image_size)
         else:
             config = load_config(method, script_args.config_name)
             fit_text_config(config, tokenizer)
             image_size = script_args.image_size or config.vision_config.image_size
+            check_image_size(image_size, config.vision_config)
             config.vision_config.image_size = image_size
         if image_tokenizer is not None:  # a new model predicts the given tokenizer's codes
             config.mim_vocab_size = image_tokenizer.vocab_size
@@ -689,4 +704,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

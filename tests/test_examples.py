@@ -405,3 +405,116 @@ def test_pretrain_streams_webdataset_shards_and_resumes(tmp_path):
     run_example("pretrain.py", *args, "--resume_from_checkpoint", str(out / "checkpoint-2"), "--num_train_epochs", "2")
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8
     assert_loads(out, method)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A saved tiny (random) ALBEF model with its processor: 64 px, 8-px patches."""
+    from vlalign.data.synthetic import make_synthetic_dataset
+    from vlalign.recipes import dataset_captions
+
+    method = get_method("albef")
+    tokenizer = method.build_tokenizer(dataset_captions(make_synthetic_dataset(8, 0, 0, image_size=64, seed=0)))
+    folder = tmp_path_factory.mktemp("tiny_albef")
+    method.model_class(method.tiny_config(tokenizer, 64)).save_pretrained(folder)
+    method.build_processor(tokenizer, 64).save_pretrained(folder)
+    return folder
+
+
+def refusal(monkeypatch, capsys, script: str, *args: str) -> str:
+    """Run `script`'s main as `python examples/<script>.py ARGS` in this process; the one stderr line it ends with
+    (exit status 2, as argparse). Building a model fails the test: the arguments must be refused before that."""
+    from transformers import PreTrainedModel
+
+    def no_model(self, *args, **kwargs):
+        raise AssertionError(f"{type(self).__name__} built before the arguments were refused")
+
+    monkeypatch.setattr(PreTrainedModel, "post_init", no_model)
+    module = load_script(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *args])
+    with pytest.raises(SystemExit) as ended:
+        module.run_script(module.main)
+    assert ended.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}.py: error: "), lines
+    return lines[0].removeprefix(f"{script}.py: error: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max_steps", "0"], "--max_steps 0: pass the number of optimizer steps (1 or more), or leave it out"),
+        (["--max_steps", "-5", "--num_train_epochs", "0"], "--max_steps -5: pass the number of optimizer steps"),
+        (["--num_train_epochs", "0"], "--num_train_epochs 0.0 without --max_steps trains no step"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be 1 or more."),
+        (["--learning_rate", "inf", "--max_steps", "1"], "--learning_rate inf: must be a finite number above 0."),
+        (
+            ["--image_size", "60", "--max_steps", "1"],
+            "--image_size 60: image_size=60 is not a multiple of patch_size=8: the patch grid would drop the last 4 "
+            "pixel rows and columns of every image. Use 56 or 64.",
+        ),
+        (["--config_overrides", "queue_size=0", "--max_steps", "1"], "--config_overrides 'queue_size=0': queue_size"),
+        (["--method", "fdt", "--fdt_lr_schedule", "true", "--epoch_lr_schedule", "true"], "--fdt_lr_schedule and"),
+    ],
+)
+def test_pretrain_refuses_what_the_cli_refuses(args, message, tmp_path, monkeypatch, capsys):
+    """Each bad value ends the script with one line naming the flag and the fix, before any model is built."""
+    out = tmp_path / "out"
+    line = refusal(
+        monkeypatch, capsys, "pretrain", "--tiny", "--output_dir", str(out), *SMALL, "--num_test", "0", *args
+    )
+    assert line.startswith(message), line
+    assert not out.exists()
+
+
+def test_empty_annotation_files_are_refused(tmp_path, monkeypatch, capsys):
+    """An annotation json without entries is refused by name (not torch's 'num_samples=0'), in every script."""
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    out = str(tmp_path / "out")
+    line = refusal(monkeypatch, capsys, "pretrain", "--train_json", str(empty), "--output_dir", out, *SMALL)
+    assert line.startswith(f"--train_json {empty} has no rows; pass annotation files with image-caption entries")
+    line = refusal(
+        monkeypatch, capsys, "finetune_retrieval", "--train_json", str(empty), "--model_name_or_path", "unused",
+        "--output_dir", out, *SMALL,
+    )  # fmt: skip
+    assert line.startswith(f"--train_json {empty} has no rows; pass an annotation file with image-caption entries")
+
+
+def test_finetune_and_evaluate_refuse_bad_values(tiny_folder, tmp_path, monkeypatch, capsys):
+    """The fine-tuning and evaluation scripts run the same checks: run length, counts, a resolution the model's
+    patch does not divide (checked against the folder's config before the model is loaded), an empty split."""
+    out = str(tmp_path / "out")
+    finetune = ["--model_name_or_path", str(tiny_folder), "--output_dir", out, *SMALL]
+    assert refusal(monkeypatch, capsys, "finetune_retrieval", *finetune, "--max_steps", "0").startswith(
+        "--max_steps 0: pass the number of optimizer steps"
+    )
+    assert refusal(monkeypatch, capsys, "finetune_retrieval", *finetune, "--image_size", "60").startswith(
+        "--image_size 60: image_size=60 is not a multiple of patch_size=8"
+    )
+    evaluate = ["--model_name_or_path", str(tiny_folder), "--output_file", str(tmp_path / "r.json"), "--use_cpu"]
+    assert refusal(monkeypatch, capsys, "evaluate_retrieval", *evaluate, "--batch_size", "0") == (
+        "--batch_size 0: must be 1 or more."
+    )
+    assert refusal(monkeypatch, capsys, "evaluate_retrieval", *evaluate, "--image_size", "100").endswith(
+        "Use 96 or 104."
+    )
+    assert refusal(monkeypatch, capsys, "evaluate_retrieval", *evaluate, "--num_test", "0").startswith(
+        "synthetic test split (seed 0) has no rows; pass --num_test 1 or more"
+    )
+
+
+def test_a_refused_argument_exits_with_status_2():
+    """As a user runs it: exit status 2 and one line on stderr, no traceback."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "pretrain.py"), "--tiny", "--max_steps", "0", "--output_dir", "unused"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pretrain.py: error: --max_steps 0: pass the number of optimizer steps (1 or more), or leave it out to train "
+        "for the given epochs."
+    ]

@@ -52,6 +52,7 @@ PUBLISHED_FILES = {
     "input_checks.py",
     "losses.py",
     "parameter_groups.py",
+    "patch_grid.py",
     "model.safetensors",
     "modeling_albef.py",
     "modeling_albef_encoders.py",

@@ -8,6 +8,7 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from .patch_grid import check_patch_grid
 from .pipeline_retrieval import drop_remote_pipeline_when_registered
 
 ITM_SCORE_MODES = ("itm_logit", "itm_plus_itc", "itc_only")
@@ -54,6 +55,10 @@ class AlbefVisionConfig(PreTrainedConfig):
     hidden_dropout: float = 0.0
     initializer_range: float = 0.02
     use_mask_token: bool = False
+
+    def validate_image_size(self):
+        """Refuse a side the patch does not divide: the patch grid would crop every image."""
+        check_patch_grid(self.image_size, self.patch_size)
 
 
 @strict

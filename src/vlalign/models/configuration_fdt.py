@@ -11,6 +11,7 @@ from typing import Literal
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from .patch_grid import check_patch_grid
 from .pipeline_retrieval import drop_remote_pipeline_when_registered
 
 FDT_ATTENTIONS = ("sparsemax", "softmax", "sigmoid")
@@ -63,8 +64,10 @@ class FdtVisionConfig(PreTrainedConfig):
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}."
             )
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}.")
+
+    def validate_image_size(self):
+        """Refuse a side the patch does not divide: the patch grid would crop every image."""
+        check_patch_grid(self.image_size, self.patch_size)
 
 
 @strict

@@ -1,6 +1,7 @@
 """Settings the example scripts (`examples/pretrain.py`, `examples/finetune_retrieval.py`,
-`examples/evaluate_retrieval.py`) share: recipe files and flags over per-method defaults, config overrides from the
-command line, the data-checking flags, and whether batches need the teacher's second image view."""
+`examples/evaluate_retrieval.py`) share: recipe files and flags over per-method defaults, the argument checks the CLI
+makes too (`argument_checks`), config overrides from the command line, the data-checking flags, whether batches need
+the teacher's second image view, and how a bad argument ends a script (one line, exit status 2, as argparse)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser
 
 from ..auto import MODEL_FAMILIES
+from .argument_checks import ArgumentError, check_arguments, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def read_recipe(parser: HfArgumentParser, path: str) -> dict[str, Any]:
         values = (json.load(file) if path.endswith(".json") else yaml.safe_load(file)) or {}
     known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
     if unknown := sorted(set(values) - known):
-        raise ValueError(f"{path}: {unknown} are no arguments of this script (see --help)")
+        raise ArgumentError(f"{path}: {unknown} are no arguments of this script (see --help)")
     return values
 
 
@@ -75,19 +80,58 @@ def parse_script_args(
     first.add_argument("--method", choices=sorted(MODEL_FAMILIES))
     method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
     if method not in MODEL_FAMILIES:
-        raise ValueError(f"{recipe_file}: method {method!r} is none of {sorted(MODEL_FAMILIES)}")
+        raise ArgumentError(f"{recipe_file}: method {method!r} is none of {sorted(MODEL_FAMILIES)}")
     parser.set_defaults(**{**method_defaults[method], **recipe})
-    return parser.parse_args_into_dataclasses(args=flags)
+    return parse_checked(parser, flags)
+
+
+def parse_checked(parser: HfArgumentParser, flags: list[str]) -> tuple:
+    """`parser`'s dataclasses from `flags`, with the shared `check_arguments` run on all of them; a value the
+    dataclasses' own checks refuse (their `__post_init__`, e.g. transformers' `TrainingArguments`) is an
+    `ArgumentError` as well."""
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=flags)
+    except ArgumentError:
+        raise
+    except ValueError as error:
+        raise ArgumentError(one_line(error)) from None
+    check_arguments({name: value for arguments in parsed for name, value in vars(arguments).items()})
+    return parsed
+
+
+@contextmanager
+def bad_value_of(flag: str, value: Any) -> Iterator[None]:
+    """Whatever a config or parser refuses inside this block (a `ValueError`, `TypeError` or a strict config's
+    validation error) is a bad `flag` value: re-raised as one `ArgumentError` line naming it."""
+    try:
+        yield
+    except ArgumentError:
+        raise
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ArgumentError(f"{flag} {value}: {one_line(error)}") from None
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run an example script's `main`; an `ArgumentError` ends it with one line on stderr and exit status 2, as
+    argparse ends on a bad flag (no traceback: the message names the flag and the fix)."""
+    try:
+        main()
+    except ArgumentError as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def apply_config_overrides(config: Any, overrides: str | None) -> Any:
     """`config` with the 'name=value,...' settings of `--config_overrides`, rebuilt so that the config's own checks
-    (value types and ranges, settings that depend on each other) run again; unknown names raise."""
+    (value types and ranges, settings that depend on each other) run again; an unknown name or a refused value is an
+    `ArgumentError`."""
     if not overrides:
         return config
-    config.update_from_string(overrides)
+    with bad_value_of("--config_overrides", repr(overrides)):
+        config.update_from_string(overrides)
+        config = type(config).from_dict(config.to_dict())
     logger.info("Config overrides: %s", overrides)
-    return type(config).from_dict(config.to_dict())
+    return config
 
 
 def wants_teacher_view(config: Any, augment: bool) -> bool:
@@ -96,11 +140,20 @@ def wants_teacher_view(config: Any, augment: bool) -> bool:
     if getattr(config, "teacher_image_view", "same") != "augmented":
         return False
     if not augment:
-        raise ValueError(
+        raise ArgumentError(
             "teacher_image_view='augmented' feeds the momentum image encoder a second augmented view of each image, "
             "so it needs the train-time augmentation: pass --augment true (it is off by default on synthetic data)."
         )
     return True
 
 
-__all__ = ["RECIPE_SUFFIXES", "apply_config_overrides", "parse_script_args", "read_recipe", "wants_teacher_view"]
+__all__ = [
+    "RECIPE_SUFFIXES",
+    "apply_config_overrides",
+    "bad_value_of",
+    "parse_checked",
+    "parse_script_args",
+    "read_recipe",
+    "run_script",
+    "wants_teacher_view",
+]
