@@ -9,7 +9,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from vlalign.quickstart import QuickstartSettings, chance_recall_at_1, run_quickstart
+from vlalign.quickstart import QuickstartSettings, chance_levels, chance_recall_at_1, run_quickstart
 
 
 def test_quickstart_writes_every_artefact(tmp_path, capsys):
@@ -30,6 +30,19 @@ def test_quickstart_writes_every_artefact(tmp_path, capsys):
     assert recalls["top-5 accuracy"] == 100.0  # five shape classes
     saved = json.loads((tmp_path / "model" / "eval_results.json").read_text())
     assert saved["zero_shot"]["top1_accuracy"] == zero_shot["top1_accuracy"]
+    # the colour control and every chance level: 2 of 24 captions, 1 of 12 images, 1 of 5 shapes, 1 of 8 colours
+    color = summary["zero_shot_color"]
+    assert color["num_classes"] == 8 and color["class_names"][0] == "red" and color["num_images"] > 0
+    assert saved["zero_shot_color"]["top1_accuracy"] == color["top1_accuracy"]
+    expected_chance = {
+        "txt_r1": pytest.approx(100 / 12),
+        "img_r1": pytest.approx(100 / 12),
+        "zero_shot_top1_accuracy": 20.0,
+        "zero_shot_color_top1_accuracy": 12.5,
+    }
+    assert saved["chance"] == summary["chance"] == expected_chance
+    assert "(chance 20.0%," in printed and "zero-shot colour classification" in printed and "(chance 12.5%," in printed
+    assert printed.count("R@1 chance 8.3%") == 2
     assert saved["retrieval"] == pytest.approx(summary["metrics"])
     assert {"model.safetensors", "config.json", "processor_config.json", "modeling_albef.py"} <= {
         p.name for p in (tmp_path / "model").iterdir()
@@ -45,3 +58,19 @@ def test_chance_level():
 
     chance = chance_recall_at_1(Rows(dataset))
     assert chance == {"txt_r1": 25.0, "img_r1": 25.0}
+
+
+def test_chance_levels_name_every_figure():
+    dataset = {"captions": [["a", "b"], ["c", "d"], ["e", "f"], ["g", "h"]]}
+
+    class Rows(dict):
+        def __len__(self):
+            return 4
+
+    assert chance_levels(Rows(dataset), {"num_classes": 5}, {"num_classes": 8}) == {
+        "txt_r1": 25.0,
+        "img_r1": 25.0,
+        "zero_shot_top1_accuracy": 20.0,
+        "zero_shot_color_top1_accuracy": 12.5,
+    }
+    assert chance_levels(Rows(dataset), None, None) == {"txt_r1": 25.0, "img_r1": 25.0}
