@@ -4,6 +4,7 @@ model folders, and the unknown-word warning of `vlalign retrieve`."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -11,16 +12,21 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import datasets
 import huggingface_hub
 import pytest
+import torch
 from hub_server import DEFAULT_TOKEN, LocalHub, _HubError, _Response, patch_clients
 
 import vlalign_cli
 from vlalign.cli import main
-from vlalign.methods import method_names
+from vlalign.data.synthetic import make_synthetic_dataset
+from vlalign.methods import get_method, method_names
+from vlalign.recipes import dataset_captions
 from vlalign.threads import ENV_VAR
 
 REPO_ID = "user/tiny-pushed"
+IMAGE_SIZE = 32
 
 
 def run(*args: str, capsys) -> tuple[int, str]:
@@ -33,11 +39,12 @@ def run(*args: str, capsys) -> tuple[int, str]:
 
 
 def assert_one_line(code: int, stderr: str, *phrases: str) -> None:
+    """Exit code 1 and one `vlalign VERB: error:` line holding every phrase (after progress bars, if any)."""
     lines = stderr.strip().splitlines()
     assert code == 1, stderr
-    assert len(lines) == 1 and "Traceback" not in stderr and lines[0].startswith("vlalign "), stderr
+    assert "Traceback" not in stderr and lines[-1].startswith("vlalign ") and ": error: " in lines[-1], stderr
     for phrase in phrases:
-        assert phrase in lines[0], (phrase, stderr)
+        assert phrase in lines[-1], (phrase, stderr)
 
 
 # ---------------------------------------------------------------------------------------------------- fast parsing
@@ -192,3 +199,194 @@ def test_push_without_network_fails_in_one_line_before_saving(tmp_path, model_di
         "check the network connection",
     )  # fmt: skip
     assert folder_state(model_dir) == {"marker.txt": b"untouched"}
+
+
+# ---------------------------------------------------------------------------------------------------- image checks
+
+
+@pytest.fixture(scope="module")
+def test_split() -> datasets.Dataset:
+    return make_synthetic_dataset(num_train=0, num_validation=0, num_test=4, seed=0)["test"]
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, test_split) -> Path:
+    """A tiny ALBEF folder whose tokenizer knows the synthetic captions."""
+    method = get_method("albef")
+    processor = method.build_processor(method.build_tokenizer(dataset_captions({"test": test_split})), IMAGE_SIZE)
+    torch.manual_seed(0)
+    model = method.model_class(method.tiny_config(processor.tokenizer, IMAGE_SIZE, **method.test_overrides)).eval()
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, test_split) -> Path:
+    """Four synthetic images, one of them truncated (its header reads, its pixels do not) and one not an image."""
+    folder = tmp_path_factory.mktemp("images")
+    encoded = [png_bytes(image) for image in test_split["image"]]
+    (folder / "a.png").write_bytes(encoded[0])
+    (folder / "b.png").write_bytes(encoded[1])
+    (folder / "c_truncated.png").write_bytes(encoded[2][: len(encoded[2]) // 2])
+    (folder / "d_garbage.jpg").write_bytes(b"not an image at all")
+    return folder
+
+
+def test_retrieve_checks_images_and_counts_what_it_skips(saved_model, image_folder, capsys):
+    query = ["retrieve", "--model", str(saved_model), "--images", str(image_folder), "--query", "a red circle"]
+    code, err = run(*query, capsys=capsys)  # default: headers checked; the truncated body is not read
+    assert_one_line(code, err, f"--images {image_folder}: 1 of 4 images are unreadable (1 unreadable image(s):",
+                    "d_garbage.jpg (not a recognized image format)", "--on-error skip")  # fmt: skip
+    code, err = run(*query, "--check-images", "decode", capsys=capsys)
+    assert_one_line(code, err, "2 of 4 images are unreadable", "c_truncated.png (", "d_garbage.jpg (")
+
+    code = main([*query, "--check-images", "decode", "--on-error", "skip", "--json", "--top-k", "4"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.err.strip() == (
+        f"vlalign retrieve: warning: --images {image_folder}: skipped 2 of 4 images: 2 unreadable image(s): "
+        f"{image_folder / 'c_truncated.png'} (" + captured.err.split("c_truncated.png (")[1].strip()
+    )
+    assert sorted(Path(hit["path"]).name for hit in json.loads(captured.out)) == ["a.png", "b.png"]
+
+
+def test_index_checks_the_images_of_a_folder_and_of_a_dataset(saved_model, image_folder, test_split, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    index = ["index", "--model", str(saved_model), "--output", str(gallery), "--check-images", "decode"]
+    code, err = run(*index, "--image-folder", str(image_folder), capsys=capsys)
+    assert_one_line(code, err, "--image-folder", "2 of 4 images are unreadable")
+    assert not gallery.exists()
+    assert main([*index, "--image-folder", str(image_folder), "--on-error", "skip"]) == 0
+    assert "Indexed 2 images" in capsys.readouterr().out
+
+    broken = [png_bytes(image) for image in test_split["image"]]
+    broken[1] = broken[1][:40]
+    dataset_dir = tmp_path / "dataset"
+    rows = {"image": [{"bytes": b, "path": None} for b in broken], "captions": test_split["captions"]}
+    features = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(dataset_dir)
+    code, err = run(*index, "--dataset-dir", str(dataset_dir), "--output", str(tmp_path / "g2"), capsys=capsys)
+    assert_one_line(code, err, f"--dataset-dir {dataset_dir}: 1 of 4 images are unreadable", "row 1 (")
+
+    evaluate = ["evaluate", "--model", str(saved_model), "--dataset-dir", str(dataset_dir), "--check-images", "decode"]
+    code, err = run(*evaluate, capsys=capsys)
+    assert_one_line(code, err, "vlalign evaluate: error: --dataset-dir", "1 of 4 images are unreadable", "row 1 (")
+    assert main([*evaluate, "--on-error", "skip", "--itc-only"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_images"] == 3
+    assert "vlalign evaluate: warning: --dataset-dir" in captured.err and "skipped 1 of 4 images" in captured.err
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A PNG that declares `width`×`height` pixels (its header; no pixel data): what PIL's size limit looks at."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("check", ["header", "none"])
+def test_an_oversized_image_is_one_clear_line(check, saved_model, image_folder, tmp_path, capsys):
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((image_folder / "a.png").read_bytes())
+    (folder / "huge.png").write_bytes(huge_png(20000, 20000))
+    for verb in (
+        ["retrieve", "--images", str(folder), "--query", "a red circle"],
+        ["index", "--image-folder", str(folder), "--output", str(tmp_path / "gallery")],
+    ):
+        code, err = run(*verb, "--model", str(saved_model), "--check-images", check, capsys=capsys)
+        assert_one_line(code, err, "huge.png", "20000")
+
+
+# ---------------------------------------------------------------------------------------------------- atomic saves
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_a_full_disk_during_save_for_hub_keeps_the_previous_folder(saved_model, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    from vlalign.files import FolderWriteError
+    from vlalign.hub import save_for_hub
+    from vlalign.sources import load_saved_model
+
+    model, processor = load_saved_model(saved_model)
+    folder = tmp_path / "out" / "model"
+    save_for_hub(model, processor, folder, metrics=None, dataset_name="first")
+    (folder / "notes.txt").write_text("mine")
+    previous = folder_state(folder)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(FolderWriteError) as caught:
+        save_for_hub(model, processor, folder, metrics=None, dataset_name="second", exist_ok=True)
+    assert str(caught.value) == (
+        f"Could not write {folder}: No space left on device (ENOSPC); free space on that disk, or write to a folder "
+        "on another disk. Nothing was changed: the previous folder is kept as it was."
+    )
+    assert caught.value.errno == errno.ENOSPC
+    assert folder_state(folder) == previous and leftovers(folder.parent) == []
+
+    new_folder = tmp_path / "out" / "new"
+    with pytest.raises(FolderWriteError, match="Nothing was changed: no partial folder was left"):
+        save_for_hub(model, processor, new_folder, metrics=None, dataset_name="second")
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]
+
+    monkeypatch.undo()
+    save_for_hub(model, processor, folder, metrics=None, dataset_name="second", exist_ok=True)
+    assert (folder / "notes.txt").read_text() == "mine" and "second" in (folder / "README.md").read_text()
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~current_umask())
+    assert leftovers(folder.parent) == []
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_a_full_disk_during_index_is_one_line_and_leaves_no_folder(saved_model, image_folder, tmp_path, monkeypatch,
+                                                                  capsys):  # fmt: skip
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", disk_full)
+    gallery = tmp_path / "gallery"
+    code, err = run(
+        "index", "--model", str(saved_model), "--image-folder", str(image_folder), "--output", str(gallery),
+        "--check-images", "decode", "--on-error", "skip", capsys=capsys,
+    )  # fmt: skip
+    assert_one_line(code, err, f"vlalign index: error: Could not write {gallery}: No space left on device (ENOSPC)",
+                    "no partial folder was left")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_write_errors_are_named_by_their_os_error():
+    from safetensors import SafetensorError
+
+    from vlalign.files import FolderWriteError, atomic_folder
+
+    with pytest.raises(FolderWriteError, match=r"No space left on device \(ENOSPC\)"), atomic_folder("/tmp/x-y-z"):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+    with pytest.raises(SafetensorError, match="header"), atomic_folder("/tmp/x-y-z"):
+        raise SafetensorError("Error while deserializing header")  # not a write error: as it is
+    assert not Path("/tmp/x-y-z").exists()

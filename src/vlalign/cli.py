@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from vlalign_cli import build_parser
 
-from .files import normalize_permissions
+from .files import atomic_folder, normalize_permissions
 from .methods import get_method
 from .sources import load_saved_model
 from .threads import configure_threads
@@ -33,14 +34,16 @@ def _check_output_file(path: str, flag: str) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     _check_output_folder(args.output, "--output")
-    get_method(args.method).converter(
-        checkpoint=args.checkpoint,
-        config_files=args.config,
-        output_dir=args.output,
-        tokenizer=args.tokenizer,
-        task=args.task,
-        image_size=args.image_size,
-    )
+    converter = get_method(args.method).converter
+    with atomic_folder(args.output, keep_existing=True) as staging:  # all or nothing (a full disk leaves no half)
+        converter(
+            checkpoint=args.checkpoint,
+            config_files=args.config,
+            output_dir=staging,
+            tokenizer=args.tokenizer,
+            task=args.task,
+            image_size=args.image_size,
+        )
     print(f"Converted {args.checkpoint} → {args.output}")
     return 0
 
@@ -81,9 +84,12 @@ def _evaluation_dataset(args: argparse.Namespace):
     if args.karpathy_json:
         if not args.image_root:
             raise ValueError("--karpathy-json needs --image-root, the folder its image paths are relative to.")
-        return load_karpathy_json(args.karpathy_json, args.image_root, split_layout="eval", on_error=args.on_error)
+        return load_karpathy_json(
+            args.karpathy_json, args.image_root, "eval", on_error=args.on_error, check_images=args.check_images
+        )
     if args.dataset_dir:
-        return _load_dataset_dir(args.dataset_dir, args.split)
+        dataset = _load_dataset_dir(args.dataset_dir, args.split)
+        return _checked_dataset(dataset, "image", f"--dataset-dir {args.dataset_dir}", args)
     return make_synthetic_dataset(num_train=0, num_validation=0, num_test=args.synthetic_size, seed=args.seed)["test"]
 
 
@@ -92,10 +98,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.output:
         _check_output_file(args.output, "--output")
-    model, processor = load_saved_model(args.model)
-    dataset = _evaluation_dataset(args)
+    dataset = _evaluation_dataset(args)  # its images checked before the model loads
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty (0 images); pass a dataset with images and captions.")
+    model, processor = load_saved_model(args.model)
     metrics = evaluate_retrieval(
         model, processor, dataset, k_test=args.k_test, itc_only=args.itc_only, batch_size=args.batch_size
     )
@@ -138,21 +144,58 @@ def _push_dataset(args: argparse.Namespace):
     return test, DATASET_NAME
 
 
-def _image_files(folder: str, flag: str = "--images") -> list[Path]:
+def _image_files(folder: str, flag: str, args: argparse.Namespace) -> list[Path]:
+    """The image files of a folder (searched recursively) that pass `--check-images`."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{flag} {folder} is not a folder of images.")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{flag} {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
+    kept = _readable_images([str(f) for f in files], [str(f) for f in files], f"{flag} {folder}", args)
+    return [files[i] for i in kept]
 
 
-def _image_folder_dataset(folder: str):
+def _checked_dataset(dataset, column: str, source: str, args: argparse.Namespace):
+    """`dataset` without the rows whose `column` image fails `--check-images` (a column of images; others as is)."""
+    from datasets import Image
+
+    if not isinstance(dataset.features.get(column), Image):
+        return dataset
+    encoded = dataset.cast_column(column, Image(decode=False))[column]
+    images = [None if e is None else e["bytes"] if e["bytes"] is not None else e["path"] for e in encoded]
+    refs = [f"row {row}: {e['path']}" if e and e["path"] else f"row {row}" for row, e in enumerate(encoded)]
+    kept = _readable_images(images, refs, source, args)
+    return dataset if len(kept) == len(dataset) else dataset.select(kept)
+
+
+def _readable_images(images: list, refs: list[str], source: str, args: argparse.Namespace) -> list[int]:
+    """Positions of the `images` (paths or encoded bytes) that pass the loaders' check at `--check-images` (each
+    opened once). With `--on-error raise` any other stops the verb with the list; with `skip` they are left out,
+    counted in a warning (the loaders' behaviour, `vlalign.data.loaders`)."""
+    from .data.loaders import DataValidationError, LoadReport, _check_images
+
+    problems = _check_images(images, args.check_images, None)
+    kept = [i for i, problem in enumerate(problems) if problem is None]
+    if len(kept) == len(images):
+        return kept
+    bad = tuple((ref, problem) for ref, problem in zip(refs, problems, strict=True) if problem is not None)
+    report = LoadReport(source, "eval", len(images), len(kept), bad, image_check=args.check_images)
+    if args.on_error == "raise" or not kept:
+        raise DataValidationError(
+            f"{source}: {len(bad)} of {len(images)} images are unreadable ({report.describe_problems()}). Repair or "
+            "remove them, or pass --on-error skip to leave them out (counted and reported).",
+            report,
+        )
+    warnings.warn(f"{source}: skipped {len(bad)} of {len(images)} images: {report.describe_problems()}", stacklevel=2)
+    return kept
+
+
+def _image_folder_dataset(folder: str, args: argparse.Namespace):
     """A dataset of a folder's images (searched recursively): an `image` column and each file's `path`."""
     from datasets import Dataset, Features, Image, Value
 
-    paths = [str(path.resolve()) for path in _image_files(folder, "--image-folder")]
+    paths = [str(path.resolve()) for path in _image_files(folder, "--image-folder", args)]
     features = Features({"image": Image(), "path": Value("string")})
     return Dataset.from_dict({"image": paths, "path": paths}, features=features)
 
@@ -161,17 +204,19 @@ def _index(args: argparse.Namespace) -> int:
     from .evaluation import embed_gallery
 
     _check_output_folder(args.output, "--output")
-    model, processor = load_saved_model(args.model)
     if args.image_folder:
-        dataset, column = _image_folder_dataset(args.image_folder), "image"
+        dataset, column = _image_folder_dataset(args.image_folder, args), "image"
     else:
         dataset, column = _load_dataset_dir(args.dataset_dir, args.split), args.column
+        dataset = _checked_dataset(dataset, column, f"--dataset-dir {args.dataset_dir}", args)
+    model, processor = load_saved_model(args.model)
     gallery = embed_gallery(
         model, processor, dataset, column=column, index_type=args.index_type, search_params=args.search_params,
         batch_size=args.batch_size,
     )  # fmt: skip
-    gallery.save(args.output)
-    normalize_permissions(args.output)
+    with atomic_folder(args.output, keep_existing=True) as staging:  # all or nothing (a full disk leaves no half)
+        gallery.save(staging)
+        normalize_permissions(staging)
     print(f"Indexed {len(gallery)} {gallery.modality}s ({args.index_type}) → {args.output}")
     return 0
 
@@ -182,6 +227,7 @@ def _retrieve(args: argparse.Namespace) -> int:
     from .pipelines.retrieval import TASK
 
     _check_text(args.query, "--query")
+    files = None if args.gallery else _image_files(args.images, "--images", args)
     model, processor = load_saved_model(args.model)
     retriever = pipeline(TASK, model=model, processor=processor)
     rerank = args.rerank and model.supports_itm_rerank
@@ -190,7 +236,6 @@ def _retrieve(args: argparse.Namespace) -> int:
     if args.gallery:
         results = _search_stored_gallery(retriever, args, rerank)
     else:
-        files = _image_files(args.images)
         ranked = retriever(args.query, candidate_images=[str(f) for f in files], top_k=args.top_k, rerank=rerank)
         results = [{**hit, "path": str(files[hit["image_index"]])} for hit in ranked]
     if args.json:
@@ -240,12 +285,18 @@ def run(args: argparse.Namespace) -> int:
     """Run the verb of parsed arguments (`vlalign_cli.build_parser`). Expected failures (bad arguments, files or
     folders; `ValueError`/`OSError` and their subclasses, which the loaders and converters raise with the problem and
     the fix) print one line and exit with 1; anything else is a bug and keeps its traceback."""
-    try:
-        configure_threads(args.num_threads)
-        return HANDLERS[args.command](args)
-    except (ValueError, OSError) as error:
-        print(f"vlalign {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"vlalign {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning  # one line each, like the errors (no file and line of the library)
+        try:
+            configure_threads(args.num_threads)
+            return HANDLERS[args.command](args)
+        except (ValueError, OSError) as error:
+            print(f"vlalign {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+            return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi
 
 from ..auto import model_family
-from ..files import normalize_permissions
+from ..files import atomic_folder, normalize_permissions
 from .card import build_model_card, save_model_card
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ def save_for_hub(
         exist_ok: allow a non-empty `folder` (files of the same name are overwritten, others stay).
         card_kwargs: further `build_model_card` arguments (`dataset_id`, `training_data`, `license`, `tags`, ...).
 
+    The folder is written completely or not at all ([`vlalign.files.atomic_folder`]): on a write error (disk full,
+    read-only, no permission) a `FolderWriteError` names the folder, the reason and the fix, and `folder` keeps
+    its previous contents.
+
     Returns:
         the folder's path.
     """
@@ -108,34 +112,34 @@ def save_for_hub(
         raise NotADirectoryError(f"{folder} exists and is not a directory.")
     if folder.is_dir() and any(folder.iterdir()) and not exist_ok:
         raise FileExistsError(f"{folder} is not empty; pass exist_ok=True to write into it anyway.")
-    folder.mkdir(parents=True, exist_ok=True)
+    # written to a temporary sibling and renamed when complete: a failed write (disk full) leaves `folder` as it was
+    with atomic_folder(folder, keep_existing=exist_ok) as staging:
+        target = published_model(model, include_training_state)
+        # `model.albef` shares its config object with the training model, and save_pretrained writes `architectures`
+        # and `auto_map` into it: restore them so publishing leaves the training model untouched.
+        config = target.config
+        saved_state = {name: getattr(config, name, None) for name in ("architectures", "auto_map")}
+        try:
+            target.save_pretrained(staging)
+        finally:
+            for name, value in saved_state.items():
+                setattr(config, name, value)
+        processor.save_pretrained(staging)
 
-    target = published_model(model, include_training_state)
-    # `model.albef` shares its config object with the training model, and save_pretrained writes `architectures`
-    # and `auto_map` into it: restore them so publishing leaves the training model untouched.
-    config = target.config
-    saved_state = {name: getattr(config, name, None) for name in ("architectures", "auto_map")}
-    try:
-        target.save_pretrained(folder)
-    finally:
-        for name, value in saved_state.items():
-            setattr(config, name, value)
-    processor.save_pretrained(folder)
-
-    card = build_model_card(
-        target,
-        metrics=metrics,
-        dataset_name=dataset_name,
-        dataset_split=dataset_split,
-        training_args=training_args,
-        model_id=model_id,
-        base_model=base_model,
-        tokenizer=getattr(processor, "tokenizer", None),
-        **card_kwargs,
-    )
-    save_model_card(card, folder)
-    normalize_permissions(folder)
-    _check_folder(folder)
+        card = build_model_card(
+            target,
+            metrics=metrics,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            training_args=training_args,
+            model_id=model_id,
+            base_model=base_model,
+            tokenizer=getattr(processor, "tokenizer", None),
+            **card_kwargs,
+        )
+        save_model_card(card, staging)
+        normalize_permissions(staging)
+        _check_folder(staging)
     return folder
 
 
