@@ -1,6 +1,11 @@
-"""AlbefTrainer: per-step momentum/queue updates, α warm-up, per-loss logging, exact resume, retrieval evaluate."""
+"""AlbefTrainer: per-step momentum/queue updates, α warm-up, per-loss logging, exact resume (also of a finished run),
+retrieval evaluate, one run per output folder."""
 
 from __future__ import annotations
+
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,8 +13,10 @@ from conftest import micro_albef_config
 from safetensors.torch import load_file
 
 import vlalign
+import vlalign.files
 from vlalign.data.collator import AlbefCollator
 from vlalign.data.synthetic import make_synthetic_dataset
+from vlalign.files import LOCK_NAME, FolderLockedError, folder_lock
 from vlalign.recipes import albef_processor, build_tokenizer, dataset_captions
 from vlalign.training.trainer import AlbefTrainer, AlbefTrainingArguments
 
@@ -162,3 +169,52 @@ def test_torch_compile_option_trains_like_eager(data, tmp_path):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # dynamo did compile the forward
     assert len(compiled) == len(eager) == 3
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_resuming_a_finished_run_changes_nothing(data, tmp_path):
+    """Resumed from its last checkpoint (at `max_steps`, mid-epoch), a finished run trains no further step: Trainer
+    alone would run one more (lr 0, but the EMA step and the enqueue would change the momentum encoders and queues)."""
+    finished = make_trainer(data, tmp_path, max_steps=3, save_steps=3)
+    finished.train()
+    saved = load_file(tmp_path / "checkpoint-3" / "model.safetensors")
+    resumed = make_trainer(data, tmp_path, max_steps=3, save_steps=3)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 3
+    state = resumed.model.state_dict()
+    assert saved.keys() == state.keys()
+    assert [name for name in saved if not torch.equal(saved[name], state[name])] == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-3"]
+
+
+LOCK_HOLDER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("files", sys.argv[1])
+files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(files)
+with files.folder_lock(sys.argv[2]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_into_a_busy_output_folder_refuses_at_start(data, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, vlalign.files.__file__, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        trainer = make_trainer(data, tmp_path, max_steps=1, save_strategy="no")
+        host = socket.gethostname()
+        with pytest.raises(
+            FolderLockedError, match=rf"{tmp_path} is in use by another run \(pid {holder.pid} on {host}\)"
+        ):
+            trainer.train()
+        assert trainer.state.global_step == 0
+    finally:
+        holder.kill()  # a killed holder releases the lock with its process
+        holder.wait()
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert not (tmp_path / LOCK_NAME).exists()  # released at the end of the run
+    with folder_lock(tmp_path), pytest.raises(FolderLockedError, match="Wait for that run to finish or stop it"):
+        trainer.train()  # also a second holder in the same process

@@ -1,15 +1,20 @@
-"""File-system helpers every writer of model folders shares (conversion, publishing, the CLI)."""
+"""File-system helpers every writer of model folders shares (conversion, publishing, the CLI, the trainer)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+
+#: name of the lock file `folder_lock` keeps in a folder while a run writes into it
+LOCK_NAME = ".vlalign.lock"
 
 
 def normalize_permissions(folder: str | Path) -> None:
@@ -20,6 +25,53 @@ def normalize_permissions(folder: str | Path) -> None:
     for path in [Path(folder), *Path(folder).rglob("*")]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds a folder's lock (see [`folder_lock`])."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `folder` (created if missing) while the block runs: `fcntl.flock` on
+    `<folder>/.vlalign.lock`, which holds the holder's pid and host. The operating system releases the lock when
+    the holder exits or dies, so a killed run never leaves the folder locked. A second holder, in this process or
+    another, gets a `FolderLockedError` naming the folder, the holder and the fix. The lock file is removed on
+    release. Yields the lock file's path."""
+    path = Path(folder) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  (held open until the block ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise FolderLockedError(
+                f"{folder} is in use by another run ({holder}); two runs writing into one output folder overwrite "
+                "each other's checkpoints. Wait for that run to finish or stop it, or choose another output folder."
+            ) from None
+        if _same_file(handle, path):
+            break
+        handle.close()  # the holder before us removed the file after we opened it: lock the new one
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock, so nobody else holds this file
+        handle.close()
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether the open `handle` is still the file at `path` (a releasing holder may have removed it)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 class FolderWriteError(OSError):
@@ -125,4 +177,11 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["FolderWriteError", "atomic_folder", "normalize_permissions"]
+__all__ = [
+    "FolderLockedError",
+    "FolderWriteError",
+    "LOCK_NAME",
+    "atomic_folder",
+    "folder_lock",
+    "normalize_permissions",
+]

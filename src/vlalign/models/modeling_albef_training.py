@@ -334,6 +334,11 @@ class AlbefMomentumDistilledModel(TrainingDutiesMixin, AlbefPreTrainedModel):
         self._enqueue_stashed_features()
         super().after_optimizer_step(step)
 
+    def optimizer_step_skipped(self, step: int) -> None:
+        """No EMA step and no enqueue for a skipped step: its forwards' momentum features are dropped."""
+        self._momentum_feature_stash.clear()
+        super().optimizer_step_skipped(step)
+
     def training_log_values(self) -> dict[str, float]:
         return {"alpha": self._last_alpha, "temp": self.base_model.temp.item()}
 

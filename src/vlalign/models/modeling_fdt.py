@@ -43,6 +43,7 @@ from .losses import GatheredContrastiveLoss, check_loss_finite
 from .remote_code import RemoteCodeSaveMixin
 from .sparsemax import sparsemax
 from .training_duties import TrainingDutiesMixin
+from .weights_check import WeightsCheckMixin
 
 #: added to the norm when L2-normalising FDT embeddings, as the official training and zero-shot code do
 NORM_EPS = 1e-10
@@ -203,7 +204,7 @@ class FdtGrounding(nn.Module):
             codebook = self.tokens.float()
             scores = queries @ codebook.t() / math.sqrt(self.config.fdt_dim)
             pooled = self._pool(scores, validity) / temperature
-            weights = self._normalise(pooled)
+            weights = self._normalise(pooled, modality)
             embeds = weights @ codebook
         return FdtGroundingOutput(embeds=embeds, weights=weights, pooled_logits=pooled, queries=queries)
 
@@ -236,9 +237,10 @@ class FdtGrounding(nn.Module):
         denominator = torch.full_like(lengths, context_length) if zero_fill else lengths.clamp(min=1)
         return summed / denominator
 
-    def _normalise(self, pooled: torch.Tensor) -> torch.Tensor:
+    def _normalise(self, pooled: torch.Tensor, modality: str) -> torch.Tensor:
         attention = self.config.fdt_attention
         if attention == "sparsemax":
+            check_scores_finite(pooled, modality)
             return sparsemax(pooled, dim=-1)
         if attention == "softmax":
             return pooled.softmax(dim=-1)
@@ -246,6 +248,20 @@ class FdtGrounding(nn.Module):
         # the same embedding and keeps `weights @ codebook == embeds`.
         weights = pooled.sigmoid()
         return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def check_scores_finite(pooled: torch.Tensor, modality: str) -> None:
+    """Raise a `FloatingPointError` when the pooled codebook scores that go into sparsemax are not finite (its
+    support search has no answer for a row of NaNs). One host sync; skipped while compiling or exporting."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.isfinite(pooled).all():
+        return
+    inputs = "pixel values" if modality == "image" else "text embeddings"
+    raise FloatingPointError(
+        f"FDT's {modality} codebook scores are not finite ({int((~torch.isfinite(pooled)).sum())} NaN/inf of "
+        f"{pooled.numel()}): the {modality} tower's features overflowed or are NaN. Check the {inputs} for NaN/inf or "
+        "extreme values (the processor's output is in a small range), or, in training, lower the learning rate: "
+        "diverged weights do the same."
+    )
 
 
 def l2_normalize(embeds: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
@@ -279,7 +295,10 @@ REMOTE_CODE_AUTO_MAP = {
 }
 
 
-class FdtPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
+class FdtPreTrainedModel(WeightsCheckMixin, FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
+    """Base of every FDT model: CLIP-style initialisation, attention backends, parameter groups, frozen modules,
+    remote-code saving, and refusal of wrong or damaged weights (`WeightsCheckMixin`)."""
+
     config_class = FdtConfig
     base_model_prefix = "fdt"
     input_modalities = ("image", "text")

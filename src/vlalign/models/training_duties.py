@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import has_length
+
+#: elements of each trainable parameter the duties check compares between optimizer steps
+FINGERPRINT_SAMPLES = 4
 
 
 class TrainingDutiesMixin:
@@ -46,8 +50,13 @@ class TrainingDutiesMixin:
         """Work between the backward pass and `optimizer.step()` (nothing by default)."""
 
     def after_optimizer_step(self, step: int) -> None:
-        """Work right after `optimizer.step()`. Overrides must call `super().after_optimizer_step(step)`."""
-        self._weights_version = self._duty_reference_version()
+        """Work right after `optimizer.step()`. Overrides must call `super().after_optimizer_step(step)` last: it
+        records the weights the duties leave, which the next training forward compares against."""
+        self._weights_fingerprint = self._trainable_weights_fingerprint()
+
+    def optimizer_step_skipped(self, step: int) -> None:
+        """The optimizer skipped step `step` (a skipped non-finite loss, an fp16 overflow): no duty runs for it, and
+        whatever its forward passes left for the duties is dropped (nothing by default)."""
 
     def training_log_values(self) -> dict[str, float]:
         return {}
@@ -57,25 +66,46 @@ class TrainingDutiesMixin:
         `Trainer(model, ..., callbacks=[model.training_callback()])`."""
         return TrainingDutiesCallback()
 
-    def _duty_reference_version(self) -> tuple[int, int]:
-        """(identity, version counter) of the largest trainable parameter: a weight matrix that only the optimizer
-        writes (small parameters such as a temperature may be clamped in place by the forward pass)."""
-        parameter = max((p for p in self.parameters() if p.requires_grad), key=lambda p: p.numel())
-        return id(parameter), parameter._version
+    def restart_training_duties_check(self) -> None:
+        """Take the current weights as the ones the duties left: a trainer calls this when training starts, after
+        it loaded a checkpoint into the model."""
+        self._weights_fingerprint = None
 
-    @torch.compiler.disable  # bookkeeping on version counters, which a compiled graph would freeze as constants
+    @torch.no_grad()
+    def _trainable_weights_fingerprint(self) -> tuple[tuple, torch.Tensor]:
+        """(key, bytes) of the trainable weights: `FINGERPRINT_SAMPLES` evenly spaced elements of every trainable
+        parameter, as raw bytes (a NaN compares equal to itself), keyed by the parameters' identities and shapes.
+
+        Only the values are read, so any writer is seen: fused and foreach optimizer kernels, compiled steps,
+        `.data` assignments. One concatenation of views: a kernel or two whatever the number of parameters."""
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        key = tuple((id(p), p.shape) for p in parameters)
+        samples = []
+        for parameter in parameters:
+            local = parameter.to_local() if hasattr(parameter, "to_local") else parameter  # a DTensor's own shard
+            flat = local.detach().reshape(-1)
+            samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES])
+        values = torch.cat(samples) if samples else torch.zeros(0)
+        return key, values.view(torch.uint8)
+
+    @torch.compiler.disable  # reads parameter values as data, which a compiled graph would bake in
     def check_training_duties(self) -> None:
-        """Raise if an optimizer changed the weights since the duties last ran. Called by training forwards.
+        """Raise if the trainable weights changed since the duties last ran. Called by training forwards (`training`
+        mode, gradients enabled): between two optimizer steps every forward sees the same weights, and after a step
+        the duties record the new ones (`after_optimizer_step`).
 
-        Every in-place update of a parameter bumps its version counter; the duties record it after each step.
+        A changed parameter set (a replaced or resized parameter, a sharded or unsharded one under FSDP) records
+        anew instead of raising. Blind spot: an optimizer step that changes none of the sampled elements (learning
+        rate 0, e.g. the first step of a warm-up from 0) goes unseen; its duties (EMA step, enqueue) are then missing
+        without an error, and the refusal comes at the first forward after a step that does change the weights.
         """
         if not (self.has_training_duties and self.training and torch.is_grad_enabled()):
             return
-        current = self._duty_reference_version()
-        recorded = getattr(self, "_weights_version", None)
-        if recorded is None or recorded[0] != current[0]:  # first training forward, or the parameter was replaced
-            self._weights_version = current
-        elif recorded[1] != current[1]:
+        key, values = self._trainable_weights_fingerprint()
+        recorded = getattr(self, "_weights_fingerprint", None)
+        if recorded is None or recorded[0] != key:  # first training forward, or another parameter set
+            self._weights_fingerprint = key, values
+        elif not torch.equal(recorded[1], values):
             name = type(self).__name__
             raise RuntimeError(
                 f"{name}'s weights were updated by an optimizer step but its per-step training duties did not run "
@@ -95,13 +125,40 @@ def duties_model(model: Any) -> TrainingDutiesMixin | None:
     return model if isinstance(model, TrainingDutiesMixin) else None
 
 
-class TrainingDutiesCallback(TrainerCallback):
+def optimizer_step_was_skipped(optimizer: Any) -> bool:
+    """Whether the optimizer step that just ran left the weights alone: Accelerate's wrapper (what Trainer steps)
+    reports a step its fp16 `GradScaler` skipped on an overflow, and a step `AlignmentTrainer` skips for a non-finite
+    loss. Trainer then leaves the lr schedule alone too."""
+    return bool(getattr(optimizer, "step_was_skipped", False))
+
+
+class TrainingDutiesCallback(TrainerCallback, ExportableState):
     """Runs a [`TrainingDutiesMixin`] model's duties from `transformers.Trainer` (which hands callbacks the unwrapped
-    model). Also tells a collator with `set_epoch` the current epoch, for per-epoch random draws."""
+    model). Also tells a collator with `set_epoch` the current epoch, for per-epoch random draws.
+
+    A step the optimizer skipped (see [`optimizer_step_was_skipped`]) runs no duties and does not count for the
+    model: the step the hooks and schedules see is the number of optimizer steps applied so far (Trainer's
+    `global_step` minus `skipped_steps`, which checkpoints keep), as the lr schedule, which does not step either.
+    """
 
     def __init__(self, data_collator: Any = None, steps_per_epoch: Callable[[], int | None] | None = None):
         self.data_collator = data_collator
         self.steps_per_epoch = steps_per_epoch
+        #: optimizer steps of this run that were skipped
+        self.skipped_steps = 0
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"skipped_steps": self.skipped_steps}}
+
+    def applied_steps(self, state) -> int:
+        """Optimizer steps applied so far: the step number the model's hooks and schedules see."""
+        return state.global_step - self.skipped_steps
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step else None
+        self.skipped_steps = saved["attributes"]["skipped_steps"] if isinstance(saved, dict) else 0
+        if model := duties_model(model):  # weights loaded from a checkpoint are where the duties left them
+            model.restart_training_duties_check()
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if hasattr(self.data_collator, "set_epoch"):  # state.epoch is fractional when resuming mid-epoch
@@ -114,15 +171,20 @@ class TrainingDutiesCallback(TrainerCallback):
                 steps_per_epoch = len(train_dataloader) // max(1, args.gradient_accumulation_steps)
             elif self.steps_per_epoch is not None:  # a stream has no length, but may know its size
                 steps_per_epoch = self.steps_per_epoch() or steps_per_epoch
-            model.set_training_progress(state.global_step, steps_per_epoch)
+            model.set_training_progress(self.applied_steps(state), steps_per_epoch)
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model := duties_model(model):
-            model.before_optimizer_step(state.global_step)
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if (model := duties_model(model)) and not optimizer_step_was_skipped(optimizer):
+            model.before_optimizer_step(self.applied_steps(state))
 
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model := duties_model(model):
-            model.after_optimizer_step(state.global_step)
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        model = duties_model(model)
+        if optimizer_step_was_skipped(optimizer):
+            if model:
+                model.optimizer_step_skipped(self.applied_steps(state))
+            self.skipped_steps += 1
+        elif model:
+            model.after_optimizer_step(self.applied_steps(state))
 
 
-__all__ = ["TrainingDutiesCallback", "TrainingDutiesMixin"]
+__all__ = ["TrainingDutiesCallback", "TrainingDutiesMixin", "optimizer_step_was_skipped"]

@@ -25,6 +25,7 @@ the step, and the Trainer checkpoints optimizer, scheduler, RNG states and data 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -34,18 +35,21 @@ import shutil
 import warnings
 import zipfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.state import GradientState
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import safe_open
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME
 
 from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader, StreamProgress
 from ..evaluation import evaluate_retrieval
+from ..files import FolderLockedError, folder_lock
 from ..models.training_duties import TrainingDutiesCallback, TrainingDutiesMixin
 from .optim import get_epoch_schedule, with_temperature_learning_rate
 
@@ -120,17 +124,60 @@ class AlignmentTrainingArguments(TrainingArguments):
             )
 
 
+class NonfiniteStepSkip(TrainerCallback):
+    """Skips the optimizer step of a batch whose training loss is not finite (`on_nonfinite_loss="skip"`), so that
+    the run goes on as if the batch, and every batch accumulated into the same step, had not been there.
+
+    `AlignmentTrainer` sets `pending` when a loss is non-finite (the step's later micro-batches then run no forward).
+    At the step: the optimizer does not step (Accelerate's optimizer wrapper leaves `step()` alone while gradients
+    are not synchronised), the step is reported skipped as for an fp16 overflow (so Trainer leaves the lr schedule
+    alone and the model's duties do not run: no EMA step, no enqueue, the stashed features dropped), and torch's
+    random state goes back to where it was before the step's forwards. Weights, optimizer state, momentum encoders,
+    queues, codebooks and schedules are as before the batch. The batch still counts in `global_step` (the data
+    position a resume skips to, `max_steps`, logging and saving); the model's step-dependent schedules (ALBEF's α
+    warm-up, FDT's temperature) count applied steps only (`TrainingDutiesCallback.skipped_steps`).
+    """
+
+    def __init__(self):
+        self.pending = False
+        self._rng_state: tuple[torch.Tensor, list[torch.Tensor] | None] | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if getattr(args, "on_nonfinite_loss", "raise") == "skip":
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+            self._rng_state = (torch.get_rng_state(), cuda)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.pending:
+            GradientState()._set_sync_gradients(False)  # Trainer's own switch: `optimizer.step()` does nothing
+            optimizer._is_overflow = True  # Accelerate's "step was skipped", as its GradScaler sets it
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.pending:
+            GradientState()._set_sync_gradients(True)
+            cpu, cuda = self._rng_state
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        if self.pending:
+            optimizer._is_overflow = False
+            self.pending = False
+
+
 class AlignmentTrainer(Trainer):
     """`Trainer` for any vlalign training model (`<Method>ForPreTraining`, `<Method>ForImageTextRetrieval`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        duties = [cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingDutiesCallback)]
-        if not duties:  # unless the user passed `model.training_callback()`: the duties must run once per step
-            duties = [TrainingDutiesCallback()]
-            self.add_callback(duties[0])
-        duties[0].data_collator = duties[0].data_collator or self.data_collator
-        duties[0].steps_per_epoch = self.steps_per_epoch  # a stream's, which its DataLoader cannot tell
+        if not any(isinstance(cb, TrainingDutiesCallback) for cb in self.callback_handler.callbacks):
+            self.add_callback(TrainingDutiesCallback())  # unless the user passed `model.training_callback()`
+        self._wire_duties_callback()
+        self._skip = NonfiniteStepSkip()
+        # before the duties, so that they see the step skipped
+        callbacks = self.callback_handler.callbacks
+        callbacks.insert(callbacks.index(self._duties_callback()), self._skip)
         self._loss_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_steps = 0
         self._nonfinite_skipped = 0
@@ -138,6 +185,18 @@ class AlignmentTrainer(Trainer):
         if self._streaming:
             self.stream_progress = self._new_stream_progress(epoch=self.train_dataset.epoch)
             self._resumed_stream_checkpoint: str | None = None
+
+    def _duties_callback(self) -> TrainingDutiesCallback:
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainingDutiesCallback))
+
+    def _wire_duties_callback(self) -> None:
+        duties = self._duties_callback()
+        duties.data_collator = duties.data_collator or self.data_collator
+        duties.steps_per_epoch = self.steps_per_epoch  # a stream's, which its DataLoader cannot tell
+
+    def _load_callback_state(self) -> None:
+        super()._load_callback_state()  # `restore_callback_states_from_checkpoint` builds the callbacks anew
+        self._wire_duties_callback()
 
     @property
     def _streaming(self) -> bool:
@@ -182,6 +241,28 @@ class AlignmentTrainer(Trainer):
             self._load_rng_state(self._resumed_stream_checkpoint)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """Trainer's `train`, holding the output folder's lock for the whole run (see `vlalign.files.folder_lock`)."""
+        with self._output_dir_lock():
+            return self._train(resume_from_checkpoint, trial, **kwargs)
+
+    @contextlib.contextmanager
+    def _output_dir_lock(self) -> Iterator[None]:
+        """The output folder's lock (`vlalign.files.folder_lock`), taken by the main process for the whole run; every
+        process refuses to start when another run holds it."""
+        with contextlib.ExitStack() as stack:
+            refusal = None
+            if self.is_world_process_zero():
+                try:
+                    stack.enter_context(folder_lock(self.args.output_dir))
+                except FolderLockedError as error:
+                    refusal = str(error)
+            if self.args.world_size > 1:
+                refusal = broadcast_object_list([refusal])[0]
+            if refusal is not None:
+                raise FolderLockedError(refusal)
+            yield
+
+    def _train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         self._remove_staging_folders()
         if resume_from_checkpoint:
             resume_from_checkpoint = self._verified_checkpoint(resume_from_checkpoint)
@@ -294,6 +375,14 @@ class AlignmentTrainer(Trainer):
         return checkpoint
 
     # ------------------------------------------------------------------ steps
+    def _run_epoch(self, *args, **kwargs):
+        """Trainer's epoch, unless the run is complete: resumed from its last checkpoint (at `max_steps`), Trainer
+        would still run the epoch's next batch, and its EMA step and enqueue would change the finished model."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
     def steps_per_epoch(self) -> int | None:
         """Optimizer steps per epoch on each process (None for a stream of unknown size)."""
         samples = self.train_dataset.num_samples if self._streaming else len(self.train_dataset)
@@ -343,6 +432,8 @@ class AlignmentTrainer(Trainer):
         positions = inputs.pop(STREAM_POSITION, None)
         if positions is not None and model.training:
             self.stream_progress.update(positions)
+        if model.training and self._skip.pending:  # a micro-batch of a step already skipped
+            return self._zero_loss(None, return_outputs)
         try:
             outputs = model(**inputs)
         except FloatingPointError as error:  # the models refuse a non-finite loss, naming it
@@ -362,17 +453,24 @@ class AlignmentTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def _nonfinite_loss(self, problem: str, outputs, return_outputs: bool):
-        """Stop, naming the step and the loss values (`on_nonfinite_loss="raise"`), or give the batch a zero loss with
-        no gradient, so the optimizer leaves the parameters alone, and count it (`"skip"`). The models' per-step duties
-        (momentum update, queues) still run."""
+        """Stop, naming the step and the loss values (`on_nonfinite_loss="raise"`), or skip the optimizer step this
+        batch belongs to (`"skip"`, see `NonfiniteStepSkip`), warn and count it."""
         step = self.state.global_step + 1
         if self.args.on_nonfinite_loss == "raise":
             raise FloatingPointError(
                 f"Non-finite training loss at step {step}: {problem} Or pass on_nonfinite_loss='skip' to skip such "
                 "steps."
             )
-        warnings.warn(f"Skipping the update of step {step}: non-finite training loss ({problem})", stacklevel=2)
+        accumulated = " (and every batch accumulated into it)" if self.args.gradient_accumulation_steps > 1 else ""
+        warnings.warn(
+            f"Skipping the update of step {step}{accumulated}: non-finite training loss ({problem})", stacklevel=2
+        )
         self._nonfinite_skipped += 1
+        self._skip.pending = True
+        return self._zero_loss(outputs, return_outputs)
+
+    def _zero_loss(self, outputs, return_outputs: bool):
+        """A loss without gradient for a batch whose step is skipped."""
         loss = torch.zeros((), device=self.args.device, requires_grad=True)
         return (loss, outputs) if return_outputs else loss
 
