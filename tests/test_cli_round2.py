@@ -390,3 +390,39 @@ def test_safetensors_write_errors_are_named_by_their_os_error():
     with pytest.raises(SafetensorError, match="header"), atomic_folder("/tmp/x-y-z"):
         raise SafetensorError("Error while deserializing header")  # not a write error: as it is
     assert not Path("/tmp/x-y-z").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- unknown words
+
+
+def test_retrieve_warns_when_most_query_words_are_unknown(saved_model, image_folder, test_split, capsys):
+    query = ["retrieve", "--model", str(saved_model), "--images", str(image_folder), "--check-images", "decode",
+             "--on-error", "skip", "--query"]  # fmt: skip
+    assert main([*query, "zebra giraffe elephant"]) == 0
+    warnings_printed = [line for line in capsys.readouterr().err.splitlines() if "Query" in line]
+    assert warnings_printed == [
+        "vlalign retrieve: warning: Query 'zebra giraffe elephant': 3 of 3 word pieces (100%) are the tokenizer's "
+        "unknown token [UNK]: its vocabulary (33 tokens) does not cover these words, so the ranking rests on the few "
+        "known pieces, if any. Rephrase the query with words the model was trained on."
+    ]
+    assert main([*query, test_split["captions"][0][0]]) == 0
+    assert "Query" not in capsys.readouterr().err
+
+
+def test_the_pipeline_warns_python_users_too(saved_model, image_folder, test_split):
+    import warnings
+
+    from transformers import pipeline
+
+    from vlalign.pipelines.retrieval import TASK
+    from vlalign.sources import load_saved_model
+
+    model, processor = load_saved_model(saved_model)
+    retriever = pipeline(TASK, model=model, processor=processor)
+    images = [str(image_folder / "a.png"), str(image_folder / "b.png")]
+    with pytest.warns(UserWarning, match=r"Query 'zebra giraffe': 2 of 2 word pieces \(100%\)") as caught:
+        retriever(["a zebra", "zebra giraffe"], candidate_images=images)
+    assert [str(w.message).split(":")[0] for w in caught] == ["Query 'zebra giraffe'"]  # 'a zebra': 1 of 2, not most
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        retriever(test_split["captions"][0][0], candidate_images=images)

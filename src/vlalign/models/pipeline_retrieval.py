@@ -53,6 +53,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_RERANK_BATCH_SIZE = 128
 #: what the pipeline needs from the model (a vlalign `<Method>Model`, or a model whose `base_model` is one)
 REQUIRED_MODEL_ATTRIBUTES = ("get_image_features", "get_text_features")
+#: share of a caption query's word pieces that may be the tokenizer's unknown token before the pipeline warns
+MAX_UNKNOWN_FRACTION = 0.5
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -268,6 +270,26 @@ class ImageTextRetrievalPipeline(Pipeline):
         except ValueError as error:  # e.g. a caption that the official cleaning empties ("?!")
             raise ValueError(f"{name}: {error}") from error
 
+    def _warn_unknown_words(self, queries: list[str], input_ids: torch.Tensor) -> None:
+        """Warn about each caption query whose word pieces are mostly the tokenizer's unknown token: the vocabulary
+        does not cover its words, so the ranking rests on the few known pieces (or on the special tokens alone)."""
+        tokenizer = self.tokenizer
+        if tokenizer.unk_token_id is None:
+            return
+        other_special = torch.tensor([i for i in tokenizer.all_special_ids if i != tokenizer.unk_token_id])
+        for query, ids in zip(queries, input_ids, strict=True):
+            pieces = ids[~torch.isin(ids, other_special)]  # the words' pieces: no [CLS], [SEP], padding
+            unknown = int((pieces == tokenizer.unk_token_id).sum())
+            if pieces.numel() and unknown / pieces.numel() > MAX_UNKNOWN_FRACTION:
+                warnings.warn(
+                    f"Query {query!r}: {unknown} of {pieces.numel()} word pieces ({unknown / pieces.numel():.0%}) are "
+                    f"the tokenizer's unknown token {tokenizer.unk_token}: its vocabulary ({len(tokenizer)} tokens) "
+                    "does not cover these words, so the ranking rests on the few known pieces, if any. Rephrase the "
+                    "query with words the model was trained on.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
     def _preprocess_gallery(self, queries: list, gallery, timeout) -> dict:
         """Check (captions) or load (images) the queries of a stored gallery, which encodes them itself."""
         if not hasattr(gallery, "search") or getattr(gallery, "modality", None) not in ("image", "text"):
@@ -276,7 +298,8 @@ class ImageTextRetrievalPipeline(Pipeline):
                 "embed_gallery, or load_gallery(folder) for a folder written by `vlalign index`)."
             )
         if gallery.modality == "image":
-            self._check_captions(queries, "queries", " (an image gallery is searched with captions)")
+            hint = " (an image gallery is searched with captions)"
+            self._warn_unknown_words(queries, self._tokenize(queries, "queries", hint)["input_ids"])
             return {"direction": TEXT_TO_IMAGE, "gallery": gallery, "queries": queries}
         hint = " (a caption gallery is searched with images)"
         return {
@@ -316,6 +339,7 @@ class ImageTextRetrievalPipeline(Pipeline):
             direction = TEXT_TO_IMAGE
             texts = queries
             text_inputs = self._tokenize(texts, "queries", " (with candidate_images, the queries are captions)")
+            self._warn_unknown_words(texts, text_inputs["input_ids"])
             images = self._load_images(_as_list(candidate_images, "candidate_images"), "candidate_images", timeout)
         pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"].to(self.dtype)
         return {
