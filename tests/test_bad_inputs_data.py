@@ -230,6 +230,8 @@ def test_loaded_16_bit_files_reach_the_model_scaled_and_bad_files_are_counted(tm
 BAD_CAPTIONS = [
     ("", ValueError, "is empty after cleaning"),
     ("  \t\n", ValueError, "is empty after cleaning"),
+    ("\u200b", ValueError, r"is empty after cleaning \(it holds only invisible characters\)"),
+    ("\u200d\ufeff \u00ad\u2060", ValueError, r"is empty after cleaning \(it holds only invisible characters\)"),
     ("a \ud800 cat", ValueError, r"is not valid Unicode: surrogates not allowed.*errors='replace'"),
     (b"caf\xe9", TypeError, r"is bytes, expected a string. Decode it first"),
     (3, TypeError, "is a int, expected a string"),

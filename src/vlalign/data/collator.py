@@ -30,17 +30,17 @@ tokenizer view drawn from that row's own seeds.
 from __future__ import annotations
 
 import hashlib
-import io
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
-from ..models.input_checks import to_rgb
+from ..models.input_checks import check_image, image_file, open_image, to_rgb
 from .streaming import STREAM_POSITION
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ def _row_label(position: int, row: Mapping[str, Any], capital: bool = False) -> 
     if "image_id" in row:
         label += f" (image_id={row['image_id']!r})"
     return label
+
+
+#: margin, in image ranges, around [0, 1] of the pixel values a normalisation may produce (resampling overshoot)
+_PIXEL_MARGIN = 1.0
 
 
 def _add_note(err: BaseException, note: str) -> None:
@@ -180,6 +184,7 @@ class AlignmentCollator:
             encoded = self.processor(text=texts, preset=self.preset, return_tensors="pt")
             pixel_values = self._transform_images(images, rows)
 
+        self._check_pixel_values(pixel_values, rows, "pixel_values")
         batch = {
             "pixel_values": pixel_values.to(torch.float32),
             "input_ids": encoded["input_ids"],
@@ -192,6 +197,7 @@ class AlignmentCollator:
                     f"image_transform gave the teacher view shape {tuple(teacher.shape)} but the student view "
                     f"{tuple(pixel_values.shape)}; use a fixed output size."
                 )
+            self._check_pixel_values(teacher, rows, "pixel_values_teacher")
             batch["pixel_values_teacher"] = teacher.to(torch.float32)
         if self.masked_image_modeling is not None:
             batch.update(self._masked_image_modeling_inputs(images, rows))
@@ -269,24 +275,59 @@ class AlignmentCollator:
     def _load_image(self, position: int, row: Mapping[str, Any]) -> Any:
         image = row[self.image_column]
         where = f"{_row_label(position, row, capital=True)}, column {self.image_column!r}"
+        file = image_file(image)
+        if file:
+            where += f" (file {file})"
         if image is None:
             raise ValueError(f"{where}: the image is None (missing or unreadable). {_LOADER_HINT}")
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            try:
+                return check_image(image, "the image")
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"{where}: {err}") from err
         try:
             if isinstance(image, Mapping) and ("bytes" in image or "path" in image):
-                if image.get("bytes") is not None:
-                    image = Image.open(io.BytesIO(image["bytes"]))
-                elif image.get("path") is not None:
-                    image = Image.open(image["path"])
-                else:
+                if image.get("bytes") is None and image.get("path") is None:
                     raise ValueError("the image entry has neither bytes nor a path")
-            elif isinstance(image, (str, os.PathLike)):
-                image = Image.open(image)
+                image = open_image(image, "the image")
+            elif isinstance(image, (str, os.PathLike, Image.Image)):
+                image = open_image(image, "the image")  # the pixel limit applies to PIL images too
             if isinstance(image, Image.Image):
                 image = to_rgb(image, "the image")
-                image.load()
+                image.load()  # a truncated file fails here, named with its row and file
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError for some malformed files
             raise ValueError(f"{where}: the image could not be read ({err}). {_LOADER_HINT}") from err
         return image
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor, rows: list[Mapping[str, Any]], view: str) -> None:
+        """Refuse non-finite or absurd pixel values (an image transform that does not scale to [0, 1] before
+        normalising, or normalises twice) with the row named: outside what normalising an image in [0, 1] with the
+        processor's mean and std gives, widened by one image range on each side (resampling overshoot, other
+        normalisations), or outside [-1, 2] when the processor has no statistics."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        mean = torch.tensor(getattr(image_processor, "image_mean", None) or [0.0], dtype=torch.float32)
+        std = torch.tensor(getattr(image_processor, "image_std", None) or [1.0], dtype=torch.float32)
+        low = float(((-_PIXEL_MARGIN - mean) / std).min())
+        high = float(((1 + _PIXEL_MARGIN - mean) / std).max())
+        values = pixel_values.detach().float()
+        bad = ~torch.isfinite(values) | (values < low) | (values > high)
+        if not bad.any():
+            return
+        position = int(bad.flatten(1).any(1).nonzero()[0, 0])
+        row_values = values[position]
+        finite = row_values[torch.isfinite(row_values)]
+        found = (
+            "NaN or infinite values"
+            if finite.numel() < row_values.numel()
+            else f"values in [{finite.min().item():.4g}, {finite.max().item():.4g}]"
+        )
+        source = "image_transform" if self.image_transform is not None else "the image processor"
+        raise ValueError(
+            f"{view} of {_row_label(position, rows[position])} has {found}, outside [{low:.3g}, {high:.3g}], what "
+            f"normalising any image in [0, 1] with the processor's mean and std can give: the model would return NaN "
+            f"or meaningless features. Check the image and {source}: it must scale pixels to [0, 1] (e.g. "
+            "v2.ToDtype(torch.float32, scale=True)) and normalise once."
+        )
 
     def _transform_images(
         self, images: list[Any], rows: list[Mapping[str, Any]], purpose: str = "image"

@@ -34,7 +34,7 @@ the file's own mode; the processors and the collator convert to RGB (16-bit imag
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import warnings
@@ -47,10 +47,13 @@ from typing import Any, Literal
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
+
+from ..models.input_checks import is_blank, open_image
 
 __all__ = [
     "DataValidationError",
+    "ImageIdConflictError",
     "LoadReport",
     "load_image_text_dataset",
     "load_karpathy_json",
@@ -59,6 +62,7 @@ __all__ = [
 Layout = Literal["eval", "train"]
 OnError = Literal["raise", "skip"]
 CheckImages = Literal["decode", "header", "none"]
+OnImageIdConflict = Literal["raise", "warn", "merge"]
 
 _MAX_LISTED = 3  # problems quoted in error and warning messages
 
@@ -75,6 +79,8 @@ class LoadReport:
         bad_images: ``(image reference, reason)`` for every distinct image that could not be read.
         empty_captions: references (``"row 3 caption 1 (path)"``) of every caption that is empty after stripping.
         image_check: how far images were checked (``check_images``): problems beyond it are not in ``bad_images``.
+        shared_image_ids: ``(image_id, image references)`` for every ``image_id`` that names more than one distinct
+            image in the train layout (kept, merged into one image, with ``on_image_id_conflict="warn"/"merge"``).
     """
 
     source: str
@@ -84,6 +90,7 @@ class LoadReport:
     bad_images: tuple[tuple[str, str], ...] = ()
     empty_captions: tuple[str, ...] = ()
     image_check: CheckImages = "header"
+    shared_image_ids: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def num_skipped(self) -> int:
@@ -117,6 +124,10 @@ class DataValidationError(ValueError):
         self.report = report
 
 
+class ImageIdConflictError(ValueError):
+    """Raised with ``on_image_id_conflict="raise"`` when different images share an ``image_id``."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------------------------
@@ -125,17 +136,17 @@ class DataValidationError(ValueError):
 def _image_problem(source: str | bytes, check: CheckImages) -> str | None:
     """Return why ``source`` (a path or encoded bytes) is not a readable image under ``check``, or None when it is."""
 
-    def open_image() -> Image.Image:
-        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    def open_file() -> Any:  # the size limit of `open_image` applies: an oversized image is a problem
+        return open_image(source)
 
     try:
-        with open_image() as image:  # reads the header only
+        with open_file() as image:  # reads the header only
             if 0 in image.size:
                 return "empty image (0 pixels)"
             if check == "decode":
                 image.verify()  # structure and checksums, without decoding
         if check == "decode":
-            with open_image() as image:  # verify() leaves the object unusable; decode for real to catch truncation
+            with open_file() as image:  # verify() leaves the object unusable; decode for real to catch truncation
                 if image.format == "JPEG":
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # still reads all data
                 image.load()
@@ -178,12 +189,14 @@ def _is_empty(caption: Any, where: str) -> bool:
         return True
     if not isinstance(caption, str):
         raise TypeError(f"{where}: captions must be strings, got {type(caption).__name__}")
-    return not caption.strip()
+    return is_blank(caption)  # whitespace and invisible characters only (zero-width space, BOM, ...) count as empty
 
 
-def _validate_on_error(on_error: str) -> None:
+def _validate_on_error(on_error: str, on_image_id_conflict: str = "raise") -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if on_image_id_conflict not in ("raise", "warn", "merge"):
+        raise ValueError(f"on_image_id_conflict must be 'raise', 'warn' or 'merge', got {on_image_id_conflict!r}")
 
 
 def _screen(
@@ -252,6 +265,49 @@ def _finish(report: LoadReport, on_error: OnError) -> None:
     )
 
 
+def _shared_image_ids(
+    image_ids: Sequence[Any], sources: Sequence[Any], refs: Sequence[str], rows: Sequence[int]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Every image id among ``rows`` that names more than one distinct image (a path, or encoded bytes compared by
+    content), with a reference of each of its images."""
+    digests: dict[int, bytes] = {}  # repeated rows hold the same bytes object: hash it once
+
+    def identity(source: Any) -> Any:
+        if isinstance(source, (bytes, bytearray)):
+            return digests.setdefault(id(source), hashlib.blake2b(source, digest_size=16).digest())
+        return source
+
+    images: dict[Any, dict[Any, str]] = {}
+    for row in rows:
+        images.setdefault(image_ids[row], {}).setdefault(identity(sources[row]), refs[row])
+    return tuple((str(i), tuple(files.values())) for i, files in images.items() if len(files) > 1)
+
+
+def _check_shared_image_ids(
+    shared: tuple[tuple[str, tuple[str, ...]], ...], on_conflict: OnImageIdConflict, source: str
+) -> None:
+    """Raise or warn about ``image_id`` values shared by different images (``"merge"``: keep them silently)."""
+    if not shared or on_conflict == "merge":
+        return
+
+    def listed(items: Sequence[str]) -> str:
+        return ", ".join(items[:_MAX_LISTED]) + (", ..." if len(items) > _MAX_LISTED else "")
+
+    examples = "; ".join(f"image_id {image_id!r}: {listed(files)}" for image_id, files in shared[:_MAX_LISTED])
+    more = "; ..." if len(shared) > _MAX_LISTED else ""
+    message = (
+        f"{source}: {len(shared)} image_id(s) name more than one image: {examples}{more}. Training takes the rows of "
+        "one image_id as one image (its idx: the same-image positives of ITC/ITM), so these different images would "
+        "be learned as the same image."
+    )
+    if on_conflict == "raise":
+        raise ImageIdConflictError(
+            f"{message} Give each image its own image_id, or pass on_image_id_conflict='merge' to keep the official "
+            "behaviour (positives keyed by image_id; 'warn' keeps it with a warning)."
+        )
+    warnings.warn(f"{message} Kept as one image each, as the official code does.", UserWarning, stacklevel=3)
+
+
 def _contiguous_ids(image_ids: Sequence[Any], keep: Sequence[int], num_rows: int) -> list[int]:
     """``idx`` per row: 0, 1, ... per distinct image id among kept rows (first appearance order); -1 elsewhere."""
     mapping: dict[Any, int] = {}
@@ -270,6 +326,31 @@ def _report_or_dataset(
 # --------------------------------------------------------------------------------------------------------------
 # ALBEF / Karpathy json
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document in `path` (UTF-8, a leading BOM allowed); a file that is not UTF-8 or not JSON raises a
+    ``ValueError`` naming the file, the place (line, column; byte offset for encoding errors) and the fix."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text ({err.reason}): byte {data[err.start : err.start + 1]!r} at byte offset "
+            f"{err.start} (line {line}, column {column}). Annotation files must be UTF-8 JSON; convert the file, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path} > fixed.json` (if it is Latin-1)."
+        ) from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} (character {err.pos}). Fix "
+            f"the file there (`python -m json.tool {path}` shows the same place); it must hold a JSON list of "
+            "annotations."
+        ) from err
 
 
 def _detect_layout(entries: list[Any], split_layout: Layout | None, source: str) -> Layout:
@@ -299,6 +380,7 @@ def load_karpathy_json(
     on_error: OnError = "raise",
     check_images: CheckImages | bool = "header",
     num_workers: int | None = None,
+    on_image_id_conflict: OnImageIdConflict = "raise",
     return_report: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadReport]:
     """Load an ALBEF retrieval annotation file (Karpathy-split json).
@@ -314,6 +396,10 @@ def load_karpathy_json(
             ``"decode"`` (full decode; also catches truncated files) or ``"none"`` (see the module docstring for what
             each costs). ``True``/``False`` mean ``"decode"``/``"none"``.
         num_workers: threads for the image check (default ``min(8, cpu_count)``).
+        on_image_id_conflict: what to do when, in the train layout, one ``image_id`` names different image files:
+            ``"raise"`` (default) an :class:`ImageIdConflictError` naming them; ``"warn"`` or ``"merge"`` (silently)
+            keep the official behaviour, one ``idx`` per ``image_id``, so those images count as one (their captions
+            are each other's positives).
         return_report: also return the :class:`LoadReport`.
 
     Returns:
@@ -321,11 +407,10 @@ def load_karpathy_json(
         image path; str).  Train layout: ``image``, ``caption``, ``image_id`` (str; the image path when missing) and
         ``idx`` (int, contiguous per distinct ``image_id``).  With ``return_report=True``: ``(dataset, report)``.
     """
-    _validate_on_error(on_error)
+    _validate_on_error(on_error, on_image_id_conflict)
     check = _check_mode(check_images)
     source = str(annotation_file)
-    with open(annotation_file, encoding="utf-8") as f:
-        entries = json.load(f)
+    entries = _read_json(annotation_file)
     if not isinstance(entries, list):
         raise ValueError(f"{source}: expected a json list of annotations, got {type(entries).__name__}")
     layout = _detect_layout(entries, split_layout, source)
@@ -337,8 +422,10 @@ def load_karpathy_json(
     row_problems = [problems[p] for p in paths]
     texts = [entry["caption"] for entry in entries]
     keep, cleaned, bad_images, empty = _screen(layout, texts, paths, row_problems, source=source)
+    shared = _shared_image_ids(image_ids, paths, paths, keep) if layout == "train" else ()
+    _check_shared_image_ids(shared, on_image_id_conflict, source)
 
-    report = LoadReport(source, layout, len(entries), len(keep), tuple(bad_images), tuple(empty), check)
+    report = LoadReport(source, layout, len(entries), len(keep), tuple(bad_images), tuple(empty), check, shared)
     _finish(report, on_error)
 
     image_feature = datasets.Image()
@@ -511,6 +598,7 @@ def load_image_text_dataset(
     on_error: OnError = "raise",
     check_images: CheckImages | bool = "header",
     num_workers: int | None = None,
+    on_image_id_conflict: OnImageIdConflict = "raise",
     return_report: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadReport]:
     """Adapt any :mod:`datasets` image–caption dataset to vlalign's layouts by column names.
@@ -540,7 +628,8 @@ def load_image_text_dataset(
             default from the text column (lists: eval; strings: train). ``"train"`` from a list column gives each
             caption its own row, copying the image column into memory (cheap for paths; for images stored in the
             dataset, consider the eval layout with ``AlignmentCollator(text_column="captions")`` instead).
-        on_error, check_images, num_workers, return_report: as in :func:`load_karpathy_json`.
+        on_error, check_images, num_workers, on_image_id_conflict, return_report: as in :func:`load_karpathy_json`
+            (encoded images stored in the dataset are compared by content).
 
     Returns:
         Eval layout: ``image``, ``captions``, ``image_id``; train layout: ``image``, ``caption``, ``image_id`` and
@@ -548,7 +637,7 @@ def load_image_text_dataset(
         ``return_report=True``: ``(dataset, report)``; the report counts the rows of ``split`` (of pairs in the
         train layout).
     """
-    _validate_on_error(on_error)
+    _validate_on_error(on_error, on_image_id_conflict)
     check = _check_mode(check_images)
     image_columns = [image_column] if isinstance(image_column, str) else list(image_column)
     if image_id_column is None and "image_id" in dataset.column_names:
@@ -586,13 +675,15 @@ def load_image_text_dataset(
         id_feature = dataset.features[image_id_column]
     if layout == "train" and source_layout == "eval":  # one row per caption; an image without any is reported
         pairs = [(i, caption) for i, captions in enumerate(texts) for caption in (captions or [None])]
-        rows, refs, problems, image_ids = (
-            [values[i] for i, _ in pairs] for values in (rows, refs, problems, image_ids)
+        rows, refs, problems, image_ids, sources = (
+            [values[i] for i, _ in pairs] for values in (rows, refs, problems, image_ids, sources)
         )
         texts = [caption for _, caption in pairs]
 
     keep, cleaned, bad_images, empty = _screen(layout, texts, refs, problems, source=source)
-    report = LoadReport(source, layout, len(rows), len(keep), tuple(bad_images), tuple(empty), check)
+    shared = _shared_image_ids(image_ids, sources, refs, keep) if layout == "train" else ()
+    _check_shared_image_ids(shared, on_image_id_conflict, source)
+    report = LoadReport(source, layout, len(rows), len(keep), tuple(bad_images), tuple(empty), check, shared)
     _finish(report, on_error)
 
     text_name = "captions" if layout == "eval" else "caption"

@@ -21,7 +21,6 @@ when it is built; each DataLoader worker reads its own shards and decodes images
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -31,7 +30,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from ..models.input_checks import to_rgb
+from ..models.input_checks import is_blank, open_image, to_rgb
 
 __all__ = [
     "STREAM_POSITION",
@@ -46,7 +45,16 @@ __all__ = [
 #: row key (and batch key, ``long [B, 4]``) of a streamed sample's position: epoch, shard, offset, skipped so far
 STREAM_POSITION = "stream_position"
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+def _pil_image_extensions() -> tuple[str, ...]:
+    """Every file extension PIL can open (its registered extensions of formats with an opener), common ones first."""
+    readable = {ext.lstrip(".").lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    common = [ext for ext in ("jpg", "jpeg", "png", "webp") if ext in readable]
+    return (*common, *sorted(readable.difference(common)))
+
+
+#: sample members read as the image, in order of preference: every extension PIL opens (jpg, png, tif, ...)
+IMAGE_EXTENSIONS = _pil_image_extensions()
 TEXT_EXTENSIONS = ("txt", "caption", "text")
 
 
@@ -55,7 +63,8 @@ class StreamShard:
     """One shard of a stream: a name for messages and a function that reads its raw samples in a fixed order.
 
     A raw sample is a dict with ``"__key__"`` (a unique id), ``"image"`` (encoded bytes, a ``{"bytes", "path"}``
-    dict or a PIL image) and ``"caption"`` (str or UTF-8 bytes); a missing entry is skipped and counted."""
+    dict or a PIL image) and ``"caption"`` (str or UTF-8 bytes), and optionally ``"__members__"`` (the names of what
+    the sample holds, for messages); a missing entry is skipped and counted."""
 
     name: str
     read: Callable[[], Iterable[Mapping[str, Any]]]
@@ -84,6 +93,7 @@ class _TarShardReader:
                 "__key__": sample["__key__"],
                 "image": _first_present(sample, self.image_extensions),
                 "caption": _first_present(sample, self.text_extensions),
+                "__members__": tuple(sorted(name for name in sample if not name.startswith("__"))),
             }
 
 
@@ -94,7 +104,8 @@ def webdataset_shards(
 ) -> list[StreamShard]:
     """Shards of webdataset tar files: a brace pattern (``"cc3m-{000000..000331}.tar"``, several joined with
     ``"::"``) or a list of paths/URLs (anything ``webdataset.gopen`` opens, e.g. ``pipe:curl -s ...``). The image is
-    the first of `image_extensions` a sample has, the caption the first of `text_extensions`."""
+    the first of `image_extensions` (default: every extension PIL opens) a sample has, the caption the first of
+    `text_extensions`."""
     from webdataset.shardlists import expand_urls
 
     expanded = [url for item in ([urls] if isinstance(urls, str) else urls) for url in expand_urls(str(item))]
@@ -158,15 +169,19 @@ def _seed(*parts: Any) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _decode_image(image: Any) -> Image.Image:
-    if isinstance(image, Mapping):
-        image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(image))
-    elif isinstance(image, str):
-        image = Image.open(image)
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected encoded image bytes, a path or a PIL image, got {type(image).__name__}")
+def _decode_image(image: Any, members: Sequence[str] | None = None) -> Image.Image:
+    if image is None and members is not None:
+        raise ValueError(
+            f"it has no image member (its members: {', '.join(members) or 'none'}); an image member needs an "
+            "extension PIL reads (jpg, png, tif, ...: vlalign.data.streaming.IMAGE_EXTENSIONS), or pass "
+            "webdataset_shards(..., image_extensions=[...]) naming the sample's image member"
+        )
+    if image is None or isinstance(image, Mapping) and image.get("bytes") is None and image.get("path") is None:
+        raise ValueError("it has no image (the image column is empty)")
+    try:
+        image = open_image(image)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
     image.load()
     return to_rgb(image)
 
@@ -176,8 +191,8 @@ def _decode_caption(caption: Any) -> str:
         caption = caption.decode("utf-8")
     if not isinstance(caption, str):
         raise ValueError(f"expected a caption string, got {type(caption).__name__}")
-    if not caption.strip():
-        raise ValueError("the caption is empty")
+    if is_blank(caption):
+        raise ValueError(f"the caption is empty ({caption!r}: whitespace or invisible characters only)")
     return caption.strip()
 
 
@@ -314,7 +329,7 @@ class ImageTextStream(torch.utils.data.IterableDataset):
                 continue
             key = sample.get("__key__", offset)
             try:
-                image = _decode_image(sample.get("image"))
+                image = _decode_image(sample.get("image"), sample.get("__members__"))
                 caption = _decode_caption(sample.get("caption"))
             except (OSError, ValueError, SyntaxError, UnicodeDecodeError) as err:
                 if self.on_error == "raise":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 from datasets.table import InMemoryTable
 from transformers.image_utils import load_image
 
+from ..models.input_checks import open_image
 from .retrieval import encode_images, encode_texts, rerank_pairs
 
 EMBEDDINGS_COLUMN = "embeddings"
@@ -259,7 +261,17 @@ def _query_items(queries, modality: str):
         if not all(isinstance(query, str) and query.strip() for query in queries):
             raise ValueError("An image gallery is searched with captions: pass non-empty strings as queries.")
         return queries
-    return _image_dataset([load_image(query) if isinstance(query, str) else query for query in queries])
+    return _image_dataset([_query_image(query, position) for position, query in enumerate(queries)])
+
+
+def _query_image(query, position: int):
+    """An image query as a PIL image: a local file through `open_image` (the pixel limit applies), a URL or base64
+    string through transformers' `load_image`, anything else as given."""
+    if not isinstance(query, str):
+        return query
+    if os.path.isfile(query):
+        return open_image(query, f"Query {position} ({query})")
+    return load_image(query)
 
 
 def _check_model(gallery: Gallery, model, embedding_dim: int) -> None:

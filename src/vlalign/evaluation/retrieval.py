@@ -19,13 +19,25 @@ for both.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import datasets
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..metrics.retrieval_recall.retrieval_recall import RECALL_KS, recall_metrics, retrieval_ranks
+from ..models.input_checks import image_file, open_image, to_rgb
 from ..models.losses import distributed_rank_and_world, gather_without_grad
+from .duplicates import warn_duplicate_rows
+
+#: the fix named when an evaluation image cannot be read
+_CHECK_HINT = (
+    "Repair or remove this image, or find every such image first: load the data with vlalign.data.loaders "
+    "(load_karpathy_json / load_image_text_dataset) with check_images='decode' and on_error='skip', which drops "
+    "them, counted and reported."
+)
 
 
 def flatten_captions(dataset) -> tuple[list[str], list[list[int]], list[int]]:
@@ -66,14 +78,45 @@ def encode_texts(model, processor, texts: list[str], batch_size: int, keep_state
     return torch.cat(states), torch.cat(masks), torch.cat(features)
 
 
+def _undecoded(dataset: Any) -> Any:
+    """`dataset` with its `image` column left encoded (paths/bytes), so that `load_images` opens each image itself."""
+    feature = getattr(dataset, "features", {}).get("image")
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
+
+
+def load_images(dataset: Any, start: int, stop: int) -> list[Any]:
+    """The images of rows `start` to `stop` of `dataset` (an `image` column; see `_undecoded`), each opened with
+    `open_image` (the pixel limit applies) and decoded to RGB here, so that an unreadable, truncated or oversized
+    image is named by its row and file with the fix; arrays and tensors are passed on for the processor to check."""
+    images = []
+    for row, image in enumerate(dataset[start:stop]["image"], start=start):
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            images.append(image)
+            continue
+        file = image_file(image)
+        where = f"Row {row} of the dataset, column 'image'" + (f" (file {file})" if file else "")
+        try:
+            if image is None:
+                raise ValueError("there is no image")
+            image = to_rgb(open_image(image, "the image"), "the image")
+            image.load()
+        except (OSError, ValueError, SyntaxError, TypeError) as err:  # PIL raises SyntaxError for some bad files
+            raise ValueError(f"{where}: the image could not be read ({err}). {_CHECK_HINT}") from err
+        images.append(image)
+    return images
+
+
 @torch.no_grad()
 def encode_images(model, processor, dataset, batch_size: int, keep_states: bool, show_progress: bool):
     """Normalised ranking features of all images and, for re-ranking, the image tower's token states (kept on the
-    CPU: for COCO they are ~9 GB; None otherwise)."""
+    CPU: for COCO they are ~9 GB; None otherwise). Images are read with `load_images`."""
     device = model.device
     states, features = [], []
+    dataset = _undecoded(dataset)
     for start in tqdm(range(0, len(dataset), batch_size), desc="encoding images", disable=not show_progress):
-        images = dataset[start : start + batch_size]["image"]
+        images = load_images(dataset, start, start + batch_size)
         pixel_values = processor(images=images)["pixel_values"].to(device)
         embedding, hidden = _embedding_and_states(model.get_image_features(pixel_values=pixel_values))
         features.append(F.normalize(embedding, dim=-1))
@@ -186,6 +229,7 @@ def evaluate_retrieval(
     was_training = encoder.training
     encoder.eval()
     texts, img2txt, txt2img = flatten_captions(dataset)
+    warn_duplicate_rows(dataset, texts, txt2img)
     if itc_only or not encoder.supports_itm_rerank:
         score_mode = "itc_only"
     score_mode = score_mode or encoder.config.itm_score_mode
@@ -234,6 +278,7 @@ __all__ = [
     "encode_texts",
     "evaluate_retrieval",
     "flatten_captions",
+    "load_images",
     "recall_metrics",
     "retrieval_ranks",
 ]

@@ -5,7 +5,14 @@ Images: every PIL mode is converted to RGB as the official loaders do (`image.co
 alpha dropped, CMYK converted by PIL), except the high-bit modes PIL would clip to 8 bits (a 16-bit image turns
 white): 16-bit images (`I;16`, `I;16B`, `I;16L`, as PIL opens 16-bit PNG/TIFF files) are scaled to 8 bits
 (`round(v / 257)`, so 65535 -> 255); 32-bit integer (`I`) and float (`F`) images have no known range and are refused.
-Float arrays and tensors must be finite and in [0, 1].
+Float arrays and tensors must be finite and in [0, 1], integer ones in [0, 255].
+
+Image files are opened with [`open_image`], which refuses images larger than a configurable pixel limit (PIL's
+`Image.MAX_IMAGE_PIXELS` unless `max_pixels` or the `VLALIGN_MAX_IMAGE_PIXELS` environment variable says otherwise)
+with the size, the limit and how to raise it, instead of PIL's `DecompressionBombError`.
+
+A caption made only of invisible characters (whitespace, and Unicode format and control characters: zero-width
+space and joiners, BOM, soft hyphen, ...) is blank ([`is_blank`]) and treated as empty wherever captions are checked.
 
 The model checks cost one or two reductions per tensor (e.g. `torch.isfinite(pixel_values).all()`) per encoder call.
 
@@ -14,6 +21,11 @@ This file is shipped with saved models (remote code): it imports only numpy, PIL
 
 from __future__ import annotations
 
+import io
+import os
+import threading
+import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,10 +35,106 @@ import torch
 #: `v / 257` maps 16-bit samples onto 0..255 exactly (65535 / 257 = 255)
 _UINT16_TO_UINT8 = 257
 
+#: environment variable that sets the largest image (in pixels) `open_image` opens; "none" for no limit
+MAX_IMAGE_PIXELS_ENV = "VLALIGN_MAX_IMAGE_PIXELS"
+
+#: Unicode categories of invisible characters: format (zero-width space/joiners, BOM, soft hyphen, ...) and control
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc"})
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
 
 class NonFiniteInputError(ValueError, FloatingPointError):
     """NaN or infinite values in a model input. A `ValueError`, and a `FloatingPointError` as the training loss check
     (`losses.check_loss_finite`) raised for non-finite pixels before they were checked at the input."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than the configured limit ([`image_pixel_limit`]); possibly a decompression bomb."""
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` shows nothing: only whitespace and Unicode format/control characters (e.g. "\\u200b\\ufeff")."""
+    return all(char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in text)
+
+
+def image_pixel_limit(max_pixels: int | None = None) -> int | None:
+    """The largest image `open_image` opens, in pixels: `max_pixels` when given, else the `VLALIGN_MAX_IMAGE_PIXELS`
+    environment variable (an integer, or "none" for no limit), else PIL's `Image.MAX_IMAGE_PIXELS` (read at each
+    call, so a limit set there is followed)."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    configured = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not configured:
+        return PIL.Image.MAX_IMAGE_PIXELS
+    if configured.lower() == "none":
+        return None
+    try:
+        return int(configured)
+    except ValueError:
+        raise ValueError(
+            f"{MAX_IMAGE_PIXELS_ENV}={configured!r} is not a number of pixels; set it to an integer (e.g. 400000000) "
+            "or to 'none' for no limit."
+        ) from None
+
+
+def _open_without_pil_limit(fp: Any) -> PIL.Image.Image:
+    """`PIL.Image.open` with PIL's own size check off, for an image PIL refused: to report its size, or to open it
+    under a higher limit the caller asked for. PIL's setting is restored at once, under a lock."""
+    with _PIL_LIMIT_LOCK:
+        saved, PIL.Image.MAX_IMAGE_PIXELS = PIL.Image.MAX_IMAGE_PIXELS, None
+        try:
+            return PIL.Image.open(fp)
+        finally:
+            PIL.Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_image(source: Any, name: str = "image", max_pixels: int | None = None) -> PIL.Image.Image:
+    """Open `source` (a path, encoded bytes, a `{"bytes", "path"}` dict as `datasets.Image(decode=False)` gives, or a
+    PIL image) lazily, refusing an image larger than [`image_pixel_limit`] with an [`ImageTooLargeError`] that gives
+    its size, the limit and how to raise it, instead of PIL's `DecompressionBombError` (PIL may still warn first for
+    an image between its limit and twice that).
+    """
+    if isinstance(source, Mapping):
+        source = source.get("bytes") if source.get("bytes") is not None else source.get("path")
+    if isinstance(source, (bytes, bytearray)):
+        fp: Any = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        fp = source
+    elif isinstance(source, PIL.Image.Image):
+        image = source
+        fp = None
+    else:
+        raise TypeError(f"{name} is a {type(source).__name__}; expected a path, encoded image bytes or a PIL image.")
+    limit = image_pixel_limit(max_pixels)
+    if fp is not None:
+        pil_limit = PIL.Image.MAX_IMAGE_PIXELS
+        if pil_limit is not None and (limit is None or limit > pil_limit):
+            image = _open_without_pil_limit(fp)  # the caller allows more than PIL would
+        else:
+            try:
+                image = PIL.Image.open(fp)
+            except PIL.Image.DecompressionBombError:
+                image = _open_without_pil_limit(fp)  # only to report its size below
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        image.close()
+        raise ImageTooLargeError(
+            f"{name} is {width}×{height} = {width * height} pixels, more than the limit of {limit} pixels (a guard "
+            f"against decompression bombs). Downscale the image, or raise the limit: set the environment variable "
+            f"{MAX_IMAGE_PIXELS_ENV}={width * height} (or 'none'), or pass max_pixels to open_image."
+        )
+    return image
+
+
+def image_file(image: Any) -> str | None:
+    """The file an image comes from, when known (for messages): a path, a `{"path"}` dict's path without bytes, a PIL
+    image's `filename`."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, Mapping) and image.get("bytes") is None and image.get("path"):
+        return str(image["path"])
+    return getattr(image, "filename", None) or None
 
 
 def to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
@@ -57,54 +165,71 @@ def to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
         raise ValueError(f"{name} (mode {image.mode!r}) cannot be converted to RGB: {err}") from err
 
 
-def _check_array(image: Any, name: str) -> None:
-    """Reject empty and (for floating point) non-finite or out-of-[0, 1] image arrays/tensors."""
+def _first_bad(bad: torch.Tensor, name: str, batch: bool) -> str:
+    """`name`, or for a batch the first of its images where `bad` (a mask of the batch's values) holds."""
+    if not batch:
+        return name
+    return f"Image {int(bad.flatten(1).any(1).nonzero()[0, 0])} of the batch"
+
+
+def _check_array(image: Any, name: str, batch: bool = False) -> None:
+    """Reject empty, non-finite and out-of-range image arrays/tensors: float ones must be in [0, 1], integer ones in
+    [0, 255] (the ranges the image processors rescale from). `batch`: `image` is `[B, C, H, W]`; name the image."""
     if image.size == 0 if isinstance(image, np.ndarray) else image.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(image.shape)}); remove it from the data.")
-    floating = np.issubdtype(image.dtype, np.floating) if isinstance(image, np.ndarray) else image.is_floating_point()
-    if not floating:
-        return
     values = torch.as_tensor(image)
-    if not torch.isfinite(values).all():
-        raise NonFiniteInputError(f"{name} contains NaN or infinite values; repair or remove the image.")
+    floating = values.is_floating_point()
+    if not floating:
+        values = values.to(torch.int64)
+    if floating and not torch.isfinite(values).all():
+        where = _first_bad(~torch.isfinite(values), name, batch)
+        raise NonFiniteInputError(f"{where} contains NaN or infinite values; repair or remove the image.")
+    top = 1 if floating else 255
     low, high = values.min().item(), values.max().item()
-    if low < 0 or high > 1:
+    if low >= 0 and high <= top:
+        return
+    where = _first_bad((values < 0) | (values > top), name, batch)
+    if floating:
         raise ValueError(
-            f"{name} is a float image with values in [{low:g}, {high:g}]; float images must be in [0, 1]. Divide "
+            f"{where} is a float image with values in [{low:g}, {high:g}]; float images must be in [0, 1]. Divide "
             "0–255 values by 255, or pass a uint8 array or a PIL image."
         )
+    raise ValueError(
+        f"{where} is an integer image with values in [{low}, {high}]; integer images must be 8-bit, in [0, 255]. "
+        "Scale it to 8 bits (e.g. `np.uint8(a // 257)` for 16-bit values) or pass a PIL image."
+    )
+
+
+def check_image(image: Any, name: str = "image", batch: bool = False) -> Any:
+    """Validate one image (a PIL image, or an `[H, W]` / `[H, W, C]` / `[C, H, W]` array or tensor with C in (1, 3, 4);
+    with `batch`, also one `[B, C, H, W]` batch) and return it ready for an image processor (PIL: [`to_rgb`])."""
+    if isinstance(image, PIL.Image.Image):
+        return to_rgb(image, name)
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors.")
+    dims = tuple(image.shape)
+    channel_dims = dims[1:] if batch and len(dims) == 4 else dims
+    layout_ok = len(channel_dims) == 2 or (len(channel_dims) == 3 and {channel_dims[0], channel_dims[-1]} & {1, 3, 4})
+    if not layout_ok:
+        raise ValueError(
+            f"{name} has shape {dims}; expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) (or a batch "
+            "[B, C, H, W]). Convert it, e.g. `PIL.Image.fromarray(array).convert('RGB')`."
+        )
+    _check_array(image, name, batch=batch and len(dims) == 4)
+    return image
 
 
 def prepare_images(images: Any) -> Any:
-    """Validate images for an image processor and convert PIL images to RGB ([`to_rgb`]); returns what to process.
-
-    Accepts one image or a list of PIL images, `[H, W]` / `[H, W, C]` / `[C, H, W]` arrays or tensors with C in
-    (1, 3, 4), or one `[B, C, H, W]` batch.
-    """
+    """Validate images for an image processor and convert PIL images to RGB ([`check_image`]); returns what to
+    process. Accepts one image, a list of images, or one `[B, C, H, W]` batch."""
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
     if not items:
         raise ValueError("images is an empty list; pass at least one image.")
-    prepared = []
-    for position, image in enumerate(items):
-        name = "image" if single else f"Image {position}"
-        if isinstance(image, PIL.Image.Image):
-            prepared.append(to_rgb(image, name))
-            continue
-        if not isinstance(image, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"{name} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors.")
-        dims = tuple(image.shape)
-        channel_dims = dims[1:] if single and len(dims) == 4 else dims
-        layout_ok = len(channel_dims) == 2 or (
-            len(channel_dims) == 3 and {channel_dims[0], channel_dims[-1]} & {1, 3, 4}
-        )
-        if not layout_ok:
-            raise ValueError(
-                f"{name} has shape {dims}; expected [H, W], [H, W, C] or [C, H, W] with C in (1, 3, 4) (or a batch "
-                "[B, C, H, W]). Convert it, e.g. `PIL.Image.fromarray(array).convert('RGB')`."
-            )
-        _check_array(image, name)
-        prepared.append(image)
+    prepared = [
+        check_image(image, "image" if single else f"Image {position}", batch=single)
+        for position, image in enumerate(items)
+    ]
     return prepared[0] if single else prepared
 
 
@@ -220,12 +345,19 @@ def check_caption(text: Any, name: str) -> None:
 
 
 __all__ = [
+    "MAX_IMAGE_PIXELS_ENV",
+    "ImageTooLargeError",
     "NonFiniteInputError",
     "RgbImageProcessorMixin",
     "check_caption",
+    "check_image",
     "check_pairs",
     "check_pixel_values",
     "check_text_inputs",
+    "image_file",
+    "image_pixel_limit",
+    "is_blank",
+    "open_image",
     "prepare_images",
     "to_rgb",
 ]

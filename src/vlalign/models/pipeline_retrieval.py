@@ -42,7 +42,7 @@ from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import requires_backends
 
-from .input_checks import to_rgb
+from .input_checks import open_image, to_rgb
 
 TASK = "zero-shot-image-text-retrieval"
 IMAGE_TO_TEXT = "image-to-text"
@@ -247,7 +247,7 @@ class ImageTextRetrievalPipeline(Pipeline):
                 )
             try:
                 if isinstance(image, str) and os.path.isfile(image):
-                    image = Image.open(image)
+                    image = open_image(image, f"{name}[{position}] ({image})")  # size-limited, not PIL's bomb error
                 if isinstance(image, Image.Image):  # 16-bit scaled, not clipped white by `load_image`'s RGB
                     image = to_rgb(image, f"{name}[{position}]")
                 loaded.append(load_image(image, timeout=timeout))

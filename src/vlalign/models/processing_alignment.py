@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .input_checks import check_caption
+from .input_checks import check_caption, is_blank
 
 
 class AlignmentProcessor(ProcessorMixin):
@@ -29,16 +29,17 @@ class AlignmentProcessor(ProcessorMixin):
         return text.strip()
 
     def clean(self, texts: list[str]) -> list[str]:
-        """Validate captions ([`check_caption`]) and clean them; an empty caption is an error, not a silent empty
-        sequence."""
+        """Validate captions ([`check_caption`]) and clean them; an empty caption, or one of only invisible characters
+        ([`is_blank`]: zero-width spaces, BOM, soft hyphens, ...), is an error, not a silent empty sequence."""
         cleaned = []
         for position, text in enumerate(texts):
             check_caption(text, f"Text {position}")
             result = self.clean_caption(text)
-            if not result:
+            if is_blank(result):
+                invisible = " (it holds only invisible characters)" if result else ""
                 raise ValueError(
-                    f"Text {position} ({text!r}) is empty after cleaning. Remove empty captions from the data "
-                    "(the data loaders report them) or pass a non-empty string."
+                    f"Text {position} ({text!r}) is empty after cleaning{invisible}. Remove empty captions from the "
+                    "data (the data loaders report them) or pass a non-empty string."
                 )
             cleaned.append(result)
         return cleaned
