@@ -32,6 +32,7 @@ from .modeling_albef_layers import (
 )
 from .parameter_groups import albef_parameter_groups
 from .remote_code import RemoteCodeSaveMixin
+from .weights_check import WeightsCheckMixin
 
 #: Auto classes a saved ALBEF folder answers to with `trust_remote_code=True`, whichever ALBEF class saved it
 REMOTE_CODE_AUTO_MAP = {
@@ -58,10 +59,10 @@ def resized_bias(old: nn.Parameter, size: int) -> nn.Parameter:
     return nn.Parameter(bias, requires_grad=old.requires_grad)
 
 
-class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
+class AlbefPreTrainedModel(WeightsCheckMixin, FrozenParametersMixin, RemoteCodeSaveMixin, PreTrainedModel):
     """Base of every ALBEF-family model (towers, online models, training models; SIMLA's and CODIS's too): weight
-    initialisation, attention backends, optimizer parameter groups, vocabulary and image resizing, remote-code saving
-    and loading of earlier key layouts."""
+    initialisation, attention backends, optimizer parameter groups, vocabulary and image resizing, remote-code saving,
+    loading of earlier key layouts, and refusal of wrong or damaged weights (`WeightsCheckMixin`)."""
 
     config_class = AlbefConfig
     #: the family's name, which is also the attribute holding the online model in the training models
@@ -80,6 +81,9 @@ class AlbefPreTrainedModel(FrozenParametersMixin, RemoteCodeSaveMixin, PreTraine
     supports_itm_rerank = False
     #: renamings (regex → replacement) of state-dict keys that earlier versions wrote, applied on loading
     legacy_key_mapping: dict[str, str] = {}
+    # A CODIS folder is ALBEF plus a codebook: every ALBEF class loads it with identical features (the codebook is
+    # reported as unexpected and dropped).
+    also_loads_model_types = ("codis",)
 
     @classmethod
     def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):

@@ -122,6 +122,8 @@ class CodisPreTrainedModel(AlbefPreTrainedModel):
     # The training models held their online model as `albef` before it was named after the family; the same
     # renaming loads ALBEF training folders into CODIS training models.
     legacy_key_mapping = {r"^albef\.": "codis."}
+    # An ALBEF folder initialises a CODIS model: every weight but the codebook carries over (the codebook starts random).
+    also_loads_model_types = ("albef",)
     #: parameter-name suffixes kept out of weight decay: re-normalised after every step, decay would only fight it
     no_weight_decay_suffixes = ("codebook.prototypes",)
 

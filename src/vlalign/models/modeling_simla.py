@@ -137,6 +137,8 @@ class SimlaPreTrainedModel(AlbefPreTrainedModel):
     remote_code_auto_map = REMOTE_CODE_AUTO_MAP
     # The training models held their online model as `albef` before it was named after the family.
     legacy_key_mapping = {r"^albef\.": "simla."}
+    # ALBEF's and CODIS's folders share key names with SIMLA's but not their meaning (two-stream vs single-stream BERT).
+    also_loads_model_types = ()
 
     def resize_token_embeddings(
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
@@ -275,6 +277,8 @@ class SimlaForPreTraining(SimlaMomentumMixin, AlbefForPreTraining, SimlaPreTrain
 
     config_class = SimlaConfig
     output_class = SimlaForPreTrainingOutput
+    # a retrieval folder lacks the pretraining heads (and its config says so): refused before building
+    required_config_values = {"use_pretraining_heads": True}
     loss_names = ("loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_psl")
 
     def _build_momentum_encoders(self, config: SimlaConfig) -> None:
