@@ -17,17 +17,19 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
+from transformers import pipeline
 
 from vlalign.data.collator import AlignmentCollator
 from vlalign.data.loaders import ImageIdConflictError, load_image_text_dataset, load_karpathy_json
 from vlalign.data.streaming import IMAGE_EXTENSIONS, ImageTextStream, webdataset_shards
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.data.transforms import albef_train_transform
-from vlalign.evaluation import evaluate_retrieval
+from vlalign.evaluation import embed_gallery, evaluate_retrieval, search_gallery
 from vlalign.evaluation.duplicates import DuplicateEvaluationRowsWarning
 from vlalign.evaluation.retrieval import _undecoded, load_images
 from vlalign.methods import get_method
 from vlalign.models.input_checks import MAX_IMAGE_PIXELS_ENV, ImageTooLargeError, is_blank, open_image
+from vlalign.pipelines.retrieval import TASK, register_pipelines
 from vlalign.recipes import dataset_captions
 
 IMAGE_SIZE = 32
@@ -259,7 +261,7 @@ def test_an_oversized_image_is_refused_with_its_size_the_limit_and_how_to_raise_
 
 def test_every_image_reading_path_refuses_an_oversized_image(tmp_path, monkeypatch, albef):
     monkeypatch.delenv(MAX_IMAGE_PIXELS_ENV, raising=False)
-    processor, _ = albef
+    processor, model = albef
     (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000))
     colour(3).save(tmp_path / "ok.png")
     too_large = "20000×20000 = 400000000 pixels, more than the limit"
@@ -278,6 +280,15 @@ def test_every_image_reading_path_refuses_an_oversized_image(tmp_path, monkeypat
     )
     with pytest.raises(ValueError, match=rf"Row 1 of the dataset, column 'image' \(file .*bomb\.png\): .*{too_large}"):
         load_images(_undecoded(gallery), 0, 2)
+    register_pipelines()
+    retriever = pipeline(TASK, model=model, processor=processor)  # `vlalign retrieve --images`
+    with pytest.raises(ValueError, match=rf"candidate_images\[1\] could not be loaded as an image: .*bomb\.png is "
+                       rf"{too_large}"):  # fmt: skip
+        retriever("a cat", candidate_images=[str(tmp_path / "ok.png"), str(tmp_path / "bomb.png")])
+    captions = datasets.Dataset.from_dict({"caption": ["a cat", "a dog"]})  # `vlalign retrieve --gallery`, image query
+    caption_gallery = embed_gallery(model, processor, captions, column="caption", show_progress=False)
+    with pytest.raises(ValueError, match=rf"Query 0 \(.*bomb\.png\) is {too_large}"):
+        search_gallery(model, processor, caption_gallery, [str(tmp_path / "bomb.png")])
     with wds.TarWriter(str(tmp_path / "bomb.tar")) as writer:
         writer.write({"__key__": "bomb", "png": png_header(20000, 20000), "txt": "a cat"})
     with pytest.raises(ValueError, match=rf"Sample 'bomb' \(offset 0\) .*{too_large}"):
@@ -347,6 +358,6 @@ def test_duplicated_evaluation_rows_are_warned_about_with_counts_examples_and_th
         halved = evaluate_retrieval(model, processor, doubled, itc_only=True, show_progress=False)
     assert halved["img_r1"] <= clean["img_r1"] / 2 + 1e-6  # every caption has two identical images, one counted wrong
     shared = test.map(lambda row, i: {"captions": ["the same caption", f"own caption {i}"]}, with_indices=True)
-    with pytest.warns(DuplicateEvaluationRowsWarning, match=r"^The evaluation set repeats rows: 1 caption\(s\) belong "
+    with pytest.warns(DuplicateEvaluationRowsWarning, match=r"^The evaluation set has duplicates: 1 caption\(s\) belong "
                       r"to more than one image, 3 of the 6 captions \('the same caption': rows 0, 1, 2\)\."):  # fmt: skip
         evaluate_retrieval(model, processor, shared, itc_only=True, show_progress=False)

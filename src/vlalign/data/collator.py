@@ -112,6 +112,12 @@ class AlignmentCollator:
             they are as reproducible and resumable as ``pixel_values``, which stay exactly as without it. With a
             ``generator``, the seeds are drawn from it instead.
 
+    Images are opened with :func:`~vlalign.models.input_checks.open_image` (the pixel limit applies) and decoded
+    here, so an unreadable or truncated image is named by its batch row, ``image_id`` and file. ``pixel_values``
+    (and the teacher view) must be finite and within what normalising an image in [0, 1] with the processor's mean
+    and std gives, widened by one image range on each side (for CLIP statistics about [-5.6, 5.9]): anything beyond
+    is an image transform that did not scale to [0, 1] or normalised twice, refused with the row named.
+
     Rows streamed by :class:`~vlalign.data.streaming.ImageTextStream` carry a ``stream_position``, returned as
     ``"stream_position"`` (long ``[B, 4]``) for `AlignmentTrainer`, which records it and drops it before the model.
 

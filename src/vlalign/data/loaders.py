@@ -7,7 +7,10 @@
   same-image positives); like ALBEF's ``coco_train.json``.
 
 Images are checked with PIL when the dataset is loaded, as far as ``check_images`` asks, and every caption is
-checked for being empty after stripping:
+checked for being empty: nothing but whitespace and invisible characters (zero-width spaces and joiners, BOM, soft
+hyphens: :func:`~vlalign.models.input_checks.is_blank`). Every check opens images with
+:func:`~vlalign.models.input_checks.open_image`, so an image over the pixel limit (PIL's ``Image.MAX_IMAGE_PIXELS``
+unless ``VLALIGN_MAX_IMAGE_PIXELS`` says otherwise) is a bad image:
 
 * ``"header"`` (default): open each distinct image and read its size, without decoding. Catches missing files,
   non-images and garbage bytes; a truncated or corrupt image body surfaces when it is decoded: in ``datasets`` when a
@@ -26,6 +29,11 @@ Problems are never dropped silently: by default (``on_error="raise"``) a :class:
 many samples are affected and the first few; with ``on_error="skip"`` the affected samples are dropped and a
 :class:`UserWarning` says ``"skipped N of M samples: ..."``.  Pass ``return_report=True`` to also get a
 :class:`LoadReport` with the full list of problems.
+
+In the train layout, different images sharing one ``image_id`` would become one image for training (one ``idx``:
+the same-image positives of ITC/ITM, as the official code keys them): the loaders refuse that by default, naming
+the ids and images (``on_image_id_conflict="raise"``), or keep it with a warning (``"warn"``) or silently
+(``"merge"``, the official behaviour).
 
 Images stay lazy: the returned dataset stores file paths (or the source dataset's bytes) and decodes on access, in
 the file's own mode; the processors and the collator convert to RGB (16-bit images scaled to 8 bits, see

@@ -14,8 +14,10 @@ when it is built; each DataLoader worker reads its own shards and decodes images
   trained on into "how many samples of each shard are consumed"; `AlignmentTrainer` saves it with every checkpoint
   and a resumed stream skips exactly those samples (without decoding them), so training continues with the next
   unseen sample, even with another number of processes or workers.
-* **Counted skips.** A sample whose image does not decode or whose caption is missing or empty is skipped, counted
-  in its position and reported by the trainer (``on_error="skip"``, the default), or raises (``on_error="raise"``).
+* **Counted skips.** A sample whose image is missing (no member with an extension PIL reads), does not decode or
+  is over the pixel limit (:func:`~vlalign.models.input_checks.open_image`), or whose caption is missing or blank
+  (whitespace and invisible characters only), is skipped, counted in its position and reported by the trainer
+  (``on_error="skip"``, the default), or raises (``on_error="raise"``), the message naming the sample.
 """
 
 from __future__ import annotations

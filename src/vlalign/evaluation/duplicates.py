@@ -78,7 +78,7 @@ def warn_duplicate_rows(dataset: Any, texts: Sequence[str], txt2img: Sequence[in
         )
     if problems:
         warnings.warn(
-            f"The evaluation set repeats rows: {'; '.join(problems)}. Retrieval counts only a query's own row as "
+            f"The evaluation set has duplicates: {'; '.join(problems)}. Retrieval counts only a query's own row as "
             "correct, so every copy is a candidate that scores like the right one and counts as wrong: the recalls "
             "of the affected queries drop, R@1 by up to half with two copies. Deduplicate the set (one row per "
             "image, each caption with its one image) for recalls comparable with published ones.",

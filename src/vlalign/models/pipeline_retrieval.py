@@ -247,7 +247,7 @@ class ImageTextRetrievalPipeline(Pipeline):
                 )
             try:
                 if isinstance(image, str) and os.path.isfile(image):
-                    image = open_image(image, f"{name}[{position}] ({image})")  # size-limited, not PIL's bomb error
+                    image = open_image(image, image)  # size-limited, instead of PIL's decompression-bomb error
                 if isinstance(image, Image.Image):  # 16-bit scaled, not clipped white by `load_image`'s RGB
                     image = to_rgb(image, f"{name}[{position}]")
                 loaded.append(load_image(image, timeout=timeout))
