@@ -67,6 +67,8 @@ PUBLISHED_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
     "training_duties.py",
+    "weights_check.py",
+    "weights_checksums.json",
 }
 
 # Made-up but explicit results, shaped like `evaluate_retrieval`'s (percent). Some are not short decimals on purpose:

@@ -3,6 +3,7 @@
 What goes in the folder (`save_for_hub`)::
 
     model.safetensors, config.json            weights and config (config.json carries the `auto_map`)
+    weights_checksums.json                    sha256 of each weights file, verified by `from_pretrained`
     configuration_<m>.py, modeling_<m>.py, ... remote code: the model loads with `trust_remote_code=True`
     processor_config.json, processing_<m>.py  image processor + caption presets, and their code
     tokenizer.json, tokenizer_config.json, tokenization_<m>.py
