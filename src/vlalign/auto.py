@@ -25,6 +25,7 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
 )
+from transformers.models.auto import image_processing_auto
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
@@ -82,6 +83,7 @@ class ModelFamily:
         AutoModelForZeroShotImageClassification.register(config_class, self.model_class, exist_ok=True)
         AutoImageProcessor.register(config_class, image_processor_classes={"pil": self.image_processor_class},
                                     exist_ok=True)  # fmt: skip
+        _default_to_pil_backend(self.image_processor_class.__name__)
         AutoTokenizer.register(config_class, tokenizer_class=self.tokenizer_class, exist_ok=True)
         AutoProcessor.register(config_class, self.processor_class, exist_ok=True)
         AutoModelForImageTextRetrieval.register(config_class, self.retrieval_model_class, exist_ok=True)
@@ -92,6 +94,20 @@ class ModelFamily:
         self.image_processor_class.register_for_auto_class("AutoImageProcessor")
         self.tokenizer_class.register_for_auto_class("AutoTokenizer")
         self.processor_class.register_for_auto_class()
+
+
+def _default_to_pil_backend(image_processor_name: str) -> None:
+    """Declare a PIL-only image processor as one whose default backend is PIL.
+
+    Without `backend=`, `AutoImageProcessor` picks torchvision whenever it is installed, whatever the registered
+    classes, and then warns "Requested torchvision backend is not available. Falling back to pil backend" for a
+    processor registered for PIL only, as ours are (PIL for the official numerics). The processors transformers
+    resolves to PIL by default are those named in `DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS`; ours join that list
+    (a new list: on torchvision < 0.27 the old one is transformers' Lanczos list, which must stay as it is).
+    """
+    names = image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS
+    if image_processor_name not in names:
+        image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS = [*names, image_processor_name]
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
