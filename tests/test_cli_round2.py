@@ -378,6 +378,25 @@ def test_a_full_disk_during_index_is_one_line_and_leaves_no_folder(saved_model, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_during_convert_keeps_the_previous_conversion(tmp_path, monkeypatch, capsys):
+    import transformers.modeling_utils
+    from conftest import ALBEF_FIXTURES
+
+    original = ALBEF_FIXTURES / "original"
+    output = tmp_path / "converted"
+    convert = [
+        "convert", "--method", "albef", "--checkpoint", str(original / "checkpoint.pth"), "--config",
+        str(original / "Pretrain.yaml"), "--config", str(original / "config_bert.json"), "--output", str(output),
+    ]  # fmt: skip
+    assert main(convert) == 0
+    previous = folder_state(output)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    code, err = run(*convert, capsys=capsys)
+    assert_one_line(code, err, f"vlalign convert: error: Could not write {output}: No space left on device (ENOSPC)",
+                    "the previous folder is kept as it was")  # fmt: skip
+    assert folder_state(output) == previous and leftovers(tmp_path) == []
+
+
 def test_safetensors_write_errors_are_named_by_their_os_error():
     from safetensors import SafetensorError
 

@@ -284,7 +284,8 @@ HANDLERS = {
 def run(args: argparse.Namespace) -> int:
     """Run the verb of parsed arguments (`vlalign_cli.build_parser`). Expected failures (bad arguments, files or
     folders; `ValueError`/`OSError` and their subclasses, which the loaders and converters raise with the problem and
-    the fix) print one line and exit with 1; anything else is a bug and keeps its traceback."""
+    the fix) print one line and exit with 1; anything else is a bug and keeps its traceback. Warnings (images skipped
+    with `--on-error skip`, a query of unknown words) print as one line each too."""
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"vlalign {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
