@@ -113,10 +113,12 @@ class AlignmentCollator:
             ``generator``, the seeds are drawn from it instead.
 
     Images are opened with :func:`~vlalign.models.input_checks.open_image` (the pixel limit applies) and decoded
-    here, so an unreadable or truncated image is named by its batch row, ``image_id`` and file. ``pixel_values``
-    (and the teacher view) must be finite and within what normalising an image in [0, 1] with the processor's mean
-    and std gives, widened by one image range on each side (for CLIP statistics about [-5.6, 5.9]): anything beyond
-    is an image transform that did not scale to [0, 1] or normalised twice, refused with the row named.
+    here, so an unreadable or truncated image is named by its batch row, ``image_id`` and file. Arrays and tensors
+    in the image column are checked as the processors check them (finite; float in [0, 1], integer in [0, 255]).
+    What ``image_transform`` returns (both views) must be finite and within what normalising an image in [0, 1]
+    with the processor's mean and std gives, widened by one image range on each side (for CLIP statistics about
+    [-5.6, 5.9]): anything beyond is a transform that did not scale to [0, 1] or normalised twice, refused with the
+    row named.
 
     Rows streamed by :class:`~vlalign.data.streaming.ImageTextStream` carry a ``stream_position``, returned as
     ``"stream_position"`` (long ``[B, 4]``) for `AlignmentTrainer`, which records it and drops it before the model.
@@ -190,7 +192,8 @@ class AlignmentCollator:
             encoded = self.processor(text=texts, preset=self.preset, return_tensors="pt")
             pixel_values = self._transform_images(images, rows)
 
-        self._check_pixel_values(pixel_values, rows, "pixel_values")
+        if self.image_transform is not None:  # the processor's own output is in range: its inputs are checked
+            self._check_pixel_values(pixel_values, rows, "pixel_values")
         batch = {
             "pixel_values": pixel_values.to(torch.float32),
             "input_ids": encoded["input_ids"],
@@ -306,19 +309,21 @@ class AlignmentCollator:
         return image
 
     def _check_pixel_values(self, pixel_values: torch.Tensor, rows: list[Mapping[str, Any]], view: str) -> None:
-        """Refuse non-finite or absurd pixel values (an image transform that does not scale to [0, 1] before
+        """Refuse non-finite or absurd pixel values from `image_transform` (one that does not scale to [0, 1] before
         normalising, or normalises twice) with the row named: outside what normalising an image in [0, 1] with the
         processor's mean and std gives, widened by one image range on each side (resampling overshoot, other
-        normalisations), or outside [-1, 2] when the processor has no statistics."""
+        normalisations), or outside [-1, 2] when the processor has no statistics. The processor's own output needs
+        no check: its inputs are (PIL images are 8-bit, arrays are checked by `check_image`)."""
         image_processor = getattr(self.processor, "image_processor", None)
         mean = torch.tensor(getattr(image_processor, "image_mean", None) or [0.0], dtype=torch.float32)
         std = torch.tensor(getattr(image_processor, "image_std", None) or [1.0], dtype=torch.float32)
         low = float(((-_PIXEL_MARGIN - mean) / std).min())
         high = float(((1 + _PIXEL_MARGIN - mean) / std).max())
         values = pixel_values.detach().float()
-        bad = ~torch.isfinite(values) | (values < low) | (values > high)
-        if not bad.any():
+        smallest, largest = values.aminmax()  # one pass (NaN propagates); ~15 ms for 32 images of 256 px
+        if low <= smallest.item() and largest.item() <= high:
             return
+        bad = ~torch.isfinite(values) | (values < low) | (values > high)
         position = int(bad.flatten(1).any(1).nonzero()[0, 0])
         row_values = values[position]
         finite = row_values[torch.isfinite(row_values)]
@@ -327,11 +332,10 @@ class AlignmentCollator:
             if finite.numel() < row_values.numel()
             else f"values in [{finite.min().item():.4g}, {finite.max().item():.4g}]"
         )
-        source = "image_transform" if self.image_transform is not None else "the image processor"
         raise ValueError(
             f"{view} of {_row_label(position, rows[position])} has {found}, outside [{low:.3g}, {high:.3g}], what "
             f"normalising any image in [0, 1] with the processor's mean and std can give: the model would return NaN "
-            f"or meaningless features. Check the image and {source}: it must scale pixels to [0, 1] (e.g. "
+            "or meaningless features. Check image_transform: it must scale pixels to [0, 1] (e.g. "
             "v2.ToDtype(torch.float32, scale=True)) and normalise once."
         )
 

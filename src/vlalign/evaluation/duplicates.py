@@ -58,7 +58,8 @@ def warn_duplicate_rows(dataset: Any, texts: Sequence[str], txt2img: Sequence[in
     problems = []
     repeated = _repeats(_image_keys(dataset) or [])
     if "image_id" in getattr(dataset, "column_names", ()):
-        for key, found in _repeats(dataset["image_id"]).items():
+        image_ids = dataset.with_format("arrow")["image_id"].to_pylist()  # not row by row: ~100x faster
+        for key, found in _repeats(image_ids).items():
             repeated.setdefault(("image_id", key), found)
     if repeated:
         groups = sorted({tuple(found) for found in repeated.values()})

@@ -55,7 +55,10 @@ class ImageTooLargeError(ValueError):
 
 def is_blank(text: str) -> bool:
     """True when `text` shows nothing: only whitespace and Unicode format/control characters (e.g. "\\u200b\\ufeff")."""
-    return all(char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in text)
+    stripped = text.strip()
+    if stripped[:1].isalnum():  # the common case, without a category look-up per character
+        return False
+    return all(char.isspace() or unicodedata.category(char) in _INVISIBLE_CATEGORIES for char in stripped)
 
 
 def image_pixel_limit(max_pixels: int | None = None) -> int | None:
