@@ -17,6 +17,15 @@ from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArgument
 BATCH = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU their spinning costs several times the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return make_synthetic_dataset(num_train=12, num_validation=0, num_test=0, image_size=IMAGE_SIZE, seed=7)
