@@ -118,7 +118,7 @@ def test_counts_must_be_positive_integers(args, capsys):
 
 def test_image_size_must_be_a_multiple_of_the_patch_size(tmp_path, capsys):
     code, stderr = run(*convert_args(tmp_path / "out", "--image-size", "250"), capsys=capsys)
-    assert_one_line(code, stderr, 1, "--image-size 250 is not a multiple of the patch size 16", "Use e.g. 240 or 256")
+    assert_one_line(code, stderr, 1, "image_size=250 is not a multiple of patch_size=16", "Use 240 or 256")
     assert not (tmp_path / "out").exists()
 
 

@@ -9,6 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from huggingface_hub.errors import StrictDataclassError
+
 from vlalign_cli import build_parser
 
 from .files import atomic_folder, normalize_permissions
@@ -284,7 +286,7 @@ HANDLERS = {
 def run(args: argparse.Namespace) -> int:
     """Run the verb of parsed arguments (`vlalign_cli.build_parser`). Expected failures (bad arguments, files or
     folders; `ValueError`/`OSError` and their subclasses, which the loaders and converters raise with the problem and
-    the fix) print one line and exit with 1; anything else is a bug and keeps its traceback. Warnings (images skipped
+    the fix, and a config validator's refusal) print one line and exit with 1; anything else is a bug and keeps its traceback. Warnings (images skipped
     with `--on-error skip`, a query of unknown words) print as one line each too."""
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -295,7 +297,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             configure_threads(args.num_threads)
             return HANDLERS[args.command](args)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, StrictDataclassError) as error:
+            if isinstance(error, StrictDataclassError):  # a config's validator refused a value: its own message
+                error = error.__cause__ or error
             print(f"vlalign {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
             return 1
 
