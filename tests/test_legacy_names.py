@@ -20,6 +20,7 @@ import vlalign
 from vlalign.methods import get_method
 from vlalign.models import modeling_albef
 from vlalign.models.modeling_albef_training import AlbefMomentumDistilledModel
+from vlalign.models.weights_check import CHECKSUMS_NAME
 
 IMAGE_SIZE = 32
 CAPTIONS = ["a red circle above a blue square", "two green triangles on a white background"]
@@ -41,6 +42,7 @@ def save_with_old_keys(model, folder: Path) -> Path:
     assert any(key.startswith(f"{model.base_model_prefix}.") for key in state)
     old = {re.sub(rf"^{model.base_model_prefix}\.", "albef.", key): value for key, value in state.items()}
     save_file(old, weights, metadata={"format": "pt"})
+    (folder / CHECKSUMS_NAME).unlink()  # earlier versions wrote no checksums
     return folder
 
 

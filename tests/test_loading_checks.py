@@ -127,6 +127,18 @@ def test_load_matrix(saved, cls, folder_method):
         )
 
 
+def test_an_albef_model_loaded_from_a_codis_folder_saves_an_albef_folder(saved, tmp_path):
+    """The `codis.` keys renamed on loading stay renamed on saving (not written back as loaded)."""
+    model = vlalign.AlbefForPreTraining.from_pretrained(saved["CodisForPreTraining"]["folder"])
+    model.save_pretrained(tmp_path)
+    assert {key.split(".")[0] for key in load_file(tmp_path / "model.safetensors")} >= {"albef", "vision_model_m"}
+    reloaded, info = vlalign.AlbefForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    inputs, expected = saved["CodisForPreTraining"]["inputs"], saved["CodisForPreTraining"]["features"]
+    assert all(torch.equal(a, b) for a, b in zip(features(reloaded, inputs), expected, strict=True))
+    assert not any(key.startswith("codis.") for key in load_file(tmp_path / "model.safetensors"))
+
+
 def test_explicit_config_is_checked_against_the_folder(saved):
     simla_folder = saved["SimlaModel"]["folder"]
     config = vlalign.AlbefConfig.from_pretrained(saved["AlbefModel"]["folder"])

@@ -93,14 +93,6 @@ class AlbefPreTrainedModel(WeightsCheckMixin, FrozenParametersMixin, RemoteCodeS
             key_mapping = {**cls.legacy_key_mapping, **(key_mapping or {})}
         return super().from_pretrained(*args, key_mapping=key_mapping, **kwargs)
 
-    def save_pretrained(self, *args, **kwargs) -> None:
-        """transformers' `save_pretrained`, always in the current key layout: transformers would write the keys back
-        as they were loaded (`save_original_format`), and `Trainer` resumes with `load_state_dict`, which only reads
-        the current names."""
-        if self.legacy_key_mapping:
-            kwargs.setdefault("save_original_format", False)
-        super().save_pretrained(*args, **kwargs)
-
     def optimizer_parameter_groups(self, weight_decay: float) -> list[dict]:
         """The official AdamW parameter groups `[decay, no_decay]` (see `albef_parameter_groups`)."""
         return albef_parameter_groups(self, weight_decay)

@@ -184,6 +184,9 @@ class WeightsCheckMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, after the folder's model and weights files are checked (see the class
+        docstring); the revision of a Hub id is resolved once here and passed on, so every file comes from the same
+        commit and transformers asks the Hub no second time."""
         path = pretrained_model_name_or_path
         if path is None or os.path.isfile(path) or kwargs.get("gguf_file") or kwargs.get("state_dict") is not None:
             return super().from_pretrained(path, *args, **kwargs)
@@ -209,7 +212,11 @@ class WeightsCheckMixin:
 
     @classmethod
     def _check_folder_model(cls, path: str, folder_config: dict[str, Any], kwargs: dict[str, Any]) -> None:
-        """Raise a one-line `ValueError` when the folder holds a model this class does not load by design."""
+        """Raise a one-line `ValueError` when the folder holds a model this class does not load by design. Towers
+        (classes of a sub-config, `base_config_key`) are building blocks shared across families and load as in
+        transformers (their own folders, and their part of a whole-model folder): only whole models are checked."""
+        if cls.config_class.base_config_key:
+            return
         model_type = folder_config.get("model_type")
         own_type = cls.config_class.model_type
         loadable = (own_type, *cls.also_loads_model_types)
@@ -230,8 +237,12 @@ class WeightsCheckMixin:
         raise ValueError(f"{path} holds {holds}, {reason}: load it with {' or '.join(calls)}.")
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """transformers' `save_pretrained`, then `weights_checksums.json` beside the weights (on the main process;
-        with `push_to_hub=True` it is written before the upload, by `_upload_modified_files`)."""
+        """transformers' `save_pretrained` in the current key layout, then `weights_checksums.json` beside the
+        weights (on the main process; with `push_to_hub=True` it is written before the upload, by
+        `_upload_modified_files`). transformers would write renamed keys back as they were loaded
+        (`save_original_format`): an ALBEF model loaded from a CODIS folder would save `codis.` keys, and `Trainer`
+        resumes with `load_state_dict`, which reads only the current names."""
+        kwargs.setdefault("save_original_format", False)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True) and not kwargs.get("push_to_hub") and os.path.isdir(save_directory):
             write_weights_checksums(save_directory)
