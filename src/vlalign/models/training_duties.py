@@ -1,12 +1,20 @@
 """Per-step training duties: the work an alignment model needs around every optimizer step.
 
 Some objectives keep state that the optimizer does not update: ALBEF's momentum encoders take an EMA step and its
-queues take the step's momentum features; FDT clamps its logit-scale parameter and follows a temperature schedule.
-A model declares that work by implementing the hooks of [`TrainingDutiesMixin`]; [`TrainingDutiesCallback`] runs them
-from any `transformers.Trainer`, and vlalign's `AlignmentTrainer` adds the callback by itself.
+queues take the step's momentum features (SIMLA and CODIS too; CODIS also re-normalises its prototypes); FDT clamps
+its logit-scale parameter and follows a temperature schedule. A model declares that work by implementing the hooks of
+[`TrainingDutiesMixin`]; [`TrainingDutiesCallback`] runs them from any `transformers.Trainer`, and vlalign's
+`AlignmentTrainer` adds the callback by itself.
 
 A model with duties refuses to train on weights that an optimizer changed without its duties having run (plain
-`Trainer` without the callback, or a hand-written loop that forgot them), instead of silently training without them.
+`Trainer` without the callback, or a hand-written loop that forgot them), instead of silently training without them:
+after the duties it records a few elements of every trainable parameter, and the next training forward compares them
+bitwise. Values, not version counters, so that no optimizer kernel (Trainer's default fused AdamW writes parameters
+without bumping them) and no compiled step can slip past. The one blind spot, an update that changes none of the
+recorded elements (learning rate 0), is described at `TrainingDutiesMixin.check_training_duties`.
+
+A step the optimizer skipped (an fp16 overflow, a non-finite loss `AlignmentTrainer` skips) runs no duties, and the
+step number the model's hooks and schedules see counts only the steps that were applied.
 
 This file is shipped with saved models (remote code): it imports only torch and transformers.
 """
@@ -31,6 +39,7 @@ class TrainingDutiesMixin:
     * `set_training_progress(step, steps_per_epoch)`: called before each optimizer step's forward passes; schedules
       that depend on the step (ALBEF's α warm-up, FDT's temperature decay) read it, so a resumed run continues them.
     * `before_optimizer_step(step)` / `after_optimizer_step(step)`: run right before and after `optimizer.step()`.
+    * `optimizer_step_skipped(step)`: instead of both when the optimizer skipped the step.
     * `training_log_values()`: scalars worth logging next to the losses (α, temperatures, sparsity...).
     """
 
@@ -77,14 +86,17 @@ class TrainingDutiesMixin:
         parameter, as raw bytes (a NaN compares equal to itself), keyed by the parameters' identities and shapes.
 
         Only the values are read, so any writer is seen: fused and foreach optimizer kernels, compiled steps,
-        `.data` assignments. One concatenation of views: a kernel or two whatever the number of parameters."""
+        `.data` assignments. A strided view per parameter and one concatenation (one kernel on an accelerator)."""
         parameters = [p for p in self.parameters() if p.requires_grad]
         key = tuple((id(p), p.shape) for p in parameters)
         samples = []
         for parameter in parameters:
             local = parameter.to_local() if hasattr(parameter, "to_local") else parameter  # a DTensor's own shard
-            flat = local.detach().reshape(-1)
-            samples.append(flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES])
+            local = local if local.is_contiguous() else local.reshape(-1)
+            count = local.numel()
+            samples.append(
+                local.as_strided((min(count, FINGERPRINT_SAMPLES),), (max(1, count // FINGERPRINT_SAMPLES),))
+            )
         values = torch.cat(samples) if samples else torch.zeros(0)
         return key, values.view(torch.uint8)
 

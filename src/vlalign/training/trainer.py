@@ -3,7 +3,10 @@
 What it adds to `Trainer`, the same for a fusion model (ALBEF) and a dual encoder (FDT):
 
 * the model's per-step duties run around every optimizer step (`TrainingDutiesCallback`: ALBEF's EMA and queue
-  update, FDT's logit-scale clamp; schedules such as ALBEF's α warm-up or FDT's temperature read the step);
+  update, CODIS's prototype re-normalisation, FDT's logit-scale clamp; schedules such as ALBEF's α warm-up or FDT's
+  temperature read the step), whatever `optim` is;
+* `on_nonfinite_loss="skip"` skips the whole optimizer step of a batch with a non-finite loss (`NonfiniteStepSkip`):
+  weights, optimizer state, lr schedule, momentum encoders, queues, codebooks and random state stay as before it;
 * each named loss the model's output carries (`loss_itc`, `loss_itm`, ...) and the model's own log values (α,
   temperatures) are logged;
 * the method's official optimizer parameter groups (from the method registry), and ALBEF's per-epoch cosine
@@ -16,11 +19,15 @@ What it adds to `Trainer`, the same for a fusion model (ALBEF) and a dual encode
   every process has written its files, so a save killed halfway never leaves a checkpoint that looks complete (and
   `resume_from_checkpoint=True` takes the previous one); a resume checks the checkpoint's files first and refuses a
   truncated or corrupt one with an error naming the file;
+* resuming a finished run (its last checkpoint at `max_steps`) trains no further step;
+* one run per output folder: `train()` holds the folder's lock (`vlalign.files.folder_lock`), so a second run into it
+  refuses at start instead of failing after training;
 * `evaluate()` runs image-text retrieval (ITC ranking, ITM re-ranking where the model has ITM) on an
   evaluation-layout dataset (one row per image, `captions`).
 
 Everything a resume needs lives in the model's state dict (momentum encoders, queues, codebooks) or is a function of
-the step, and the Trainer checkpoints optimizer, scheduler, RNG states and data position, so resuming is exact.
+the step, and the Trainer checkpoints optimizer, scheduler, RNG states, data position and the count of skipped steps
+(`TrainingDutiesCallback` in `trainer_state.json`), so resuming is exact.
 """
 
 from __future__ import annotations
@@ -99,8 +106,9 @@ class AlignmentTrainingArguments(TrainingArguments):
     on_nonfinite_loss: str = field(
         default="raise",
         metadata={
-            "help": "A NaN/inf training loss: 'raise' stops with the step and every loss value; 'skip' drops that "
-            "batch's update (no gradient) and counts it in the logs as `nonfinite_skipped`.",
+            "help": "A NaN/inf training loss: 'raise' stops with the step and every loss value; 'skip' skips the "
+            "optimizer step of that batch (with gradient accumulation the whole step): no update, no duties, the lr "
+            "schedule unchanged, as if the batches were not there; counted in the logs as `nonfinite_skipped`.",
             "choices": ["raise", "skip"],
         },
     )
