@@ -1,7 +1,8 @@
 """Honest output: the README's commands, run on the installed package, print no warning that is not in `ALLOWED`
 (each entry with its reason). Reduced so that it runs in well under a minute: the quick start with a few steps
-(`QuickstartSettings`), every Python block of the README, and the README's `vlalign retrieve` and `vlalign evaluate`
-on the quick start's output, through the `vlalign` console script's entry point."""
+(`QuickstartSettings`), every Python block of the README, and the README's `vlalign retrieve`, `evaluate`, `index` and
+gallery `retrieve` on the quick start's output, through the `vlalign` console script's entry point. (`vlalign push`
+needs the Hub; `vlalign convert` an official checkpoint.)"""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ DRIVER = textwrap.dedent(
     model = ["--model", "quickstart_output/model"]
     assert vlalign(["retrieve", *model, "--images", "photos/", "--query", "a red circle", "--top-k", "5", "--rerank"]) == 0
     assert vlalign(["evaluate", *model, "--synthetic-size", "12", "--k-test", "4"]) == 0
+    assert vlalign(["index", *model, "--image-folder", "photos/", "--output", "gallery", "--index-type", "hnsw"]) == 0
+    assert vlalign(["retrieve", *model, "--gallery", "gallery", "--query", "a red circle", "--top-k", "5", "--rerank"]) == 0
     """
 )
 
@@ -97,7 +100,7 @@ def test_readme_commands_print_no_unexplained_warning(tmp_path):
         [sys.executable, str(driver), str(README)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-5000:]
-    assert "photos/" in result.stdout and '"txt_r1"' in result.stdout  # retrieve and evaluate printed their results
+    assert "photos/" in result.stdout and '"txt_r1"' in result.stdout and "Indexed 6 images" in result.stdout
     assert unexplained(warnings_in(result.stderr)) == []
 
 
