@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlalign.data.synthetic import make_synthetic_dataset
 from vlalign.methods import get_method
@@ -70,10 +71,13 @@ def test_the_readme_has_code():
 
 
 @pytest.mark.parametrize("number", range(4))
-def test_python_block_runs_as_written(number, quickstart_folder, monkeypatch):
+def test_python_block_runs_as_written(number, quickstart_folder, monkeypatch, request):
     """Each block on its own (its imports and data included), as a reader copies it."""
     code = code_blocks("python")[number]
     monkeypatch.chdir(quickstart_folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(code, f"README.md python block {number}", "exec"), namespace)
     if "trainer" in namespace:  # the Train block trained and evaluated
