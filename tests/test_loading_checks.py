@@ -95,9 +95,13 @@ def damaged_copy(saved: dict[str, dict], tmp_path: Path, class_name: str = "Albe
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def must_not_build(self, *args, **kwargs):
+    raise AssertionError(f"{type(self).__name__} was built from a folder it refuses")
+
+
 @pytest.mark.parametrize("folder_method", METHODS)
 @pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda cls: cls.__name__)
-def test_load_matrix(saved, cls, folder_method):
+def test_load_matrix(saved, cls, folder_method, monkeypatch):
     """Each folder of `folder_method` loads into `cls` with the saving model's features, or is refused in one line
     naming the folder's model type and architecture and the calls that load it."""
     own_method = cls.config_class.model_type
@@ -115,15 +119,17 @@ def test_load_matrix(saved, cls, folder_method):
             assert torch.equal(image, entry["features"][0]), (cls.__name__, folder_class)
             assert torch.equal(text, entry["features"][1]), (cls.__name__, folder_class)
             continue
-        with pytest.raises(ValueError) as refused:
+        with monkeypatch.context() as patch, pytest.raises(ValueError) as refused:
+            patch.setattr(cls, "__init__", must_not_build)
             cls.from_pretrained(folder)
         if folder_method == own_method:
             continue  # the SIMLA retrieval folder into SimlaForPreTraining: its own test below
         loadable = " or ".join(repr(t) for t in [own_method, *sorted(LOADS_BY_DESIGN[own_method] - {own_method})])
         auto_class = "AutoModelForPreTraining" if cls.__name__.endswith("ForPreTraining") else "AutoModel"
         assert str(refused.value) == (
-            f"{folder} holds a '{folder_method}' model (architectures ['{folder_class}']), but {cls.__name__} loads "
-            f"{loadable} folders: load it with {folder_class}.from_pretrained(...) or {auto_class}.from_pretrained(...)."
+            f"{folder} holds a model of type '{folder_method}' (architectures ['{folder_class}']), but "
+            f"{cls.__name__} loads {loadable} folders: load it with {folder_class}.from_pretrained(...) or "
+            f"{auto_class}.from_pretrained(...)."
         )
 
 
@@ -142,7 +148,7 @@ def test_an_albef_model_loaded_from_a_codis_folder_saves_an_albef_folder(saved, 
 def test_explicit_config_is_checked_against_the_folder(saved):
     simla_folder = saved["SimlaModel"]["folder"]
     config = vlalign.AlbefConfig.from_pretrained(saved["AlbefModel"]["folder"])
-    with pytest.raises(ValueError, match=re.escape(f"{simla_folder} holds a 'simla' model")):
+    with pytest.raises(ValueError, match=re.escape(f"{simla_folder} holds a model of type 'simla'")):
         vlalign.AlbefModel.from_pretrained(simla_folder, config=config)
     # the same config with its own folder loads as before
     model = vlalign.AlbefModel.from_pretrained(saved["AlbefModel"]["folder"], config=config)
@@ -154,7 +160,7 @@ def test_a_simla_retrieval_folder_names_the_missing_pretraining_heads(saved):
     with pytest.raises(ValueError) as refused:
         vlalign.SimlaForPreTraining.from_pretrained(folder)
     assert str(refused.value) == (
-        f"{folder} holds a 'simla' model (architectures ['SimlaForImageTextRetrieval']), saved without "
+        f"{folder} holds a model of type 'simla' (architectures ['SimlaForImageTextRetrieval']), saved without "
         "use_pretraining_heads=True, which SimlaForPreTraining needs: load it with "
         "SimlaForImageTextRetrieval.from_pretrained(...) or AutoModel.from_pretrained(...)."
     )

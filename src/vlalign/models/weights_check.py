@@ -226,7 +226,7 @@ class WeightsCheckMixin:
         if model_type is None or (model_type in loadable and not missing):
             return
         architectures = folder_config.get("architectures") or []
-        holds = f"a {model_type!r} model (architectures {architectures})"
+        holds = f"a model of type {model_type!r} (architectures {architectures})"
         if model_type in loadable:  # the Auto class of this class's role would pick this class again
             needs = ", ".join(f"{name}={value!r}" for name, value in missing.items())
             reason, auto_class = f"saved without {needs}, which {cls.__name__} needs", "AutoModel"
