@@ -103,10 +103,11 @@ def _default_to_pil_backend(image_processor_name: str) -> None:
     classes, and then warns "Requested torchvision backend is not available. Falling back to pil backend" for a
     processor registered for PIL only, as ours are (PIL for the official numerics). The processors transformers
     resolves to PIL by default are those named in `DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS`; ours join that list
-    (a new list: on torchvision < 0.27 the old one is transformers' Lanczos list, which must stay as it is).
+    (a new list: on torchvision < 0.27 the old one is transformers' Lanczos list, which must stay as it is). A
+    transformers without that list loads them as before (tests/test_warnings.py then reports the warning).
     """
-    names = image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS
-    if image_processor_name not in names:
+    names = getattr(image_processing_auto, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
+    if names is not None and image_processor_name not in names:
         image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS = [*names, image_processor_name]
 
 
