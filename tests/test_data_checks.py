@@ -149,6 +149,14 @@ def test_invisible_only_captions_are_counted_as_empty_by_the_loaders_and_skipped
     assert [row["image_id"] for row in rows] == ["good"]
 
 
+def test_an_invisible_only_query_is_refused_by_gallery_search(albef, synthetic):
+    processor, model = albef
+    gallery = embed_gallery(model, processor, synthetic["test"].select_columns(["image"]), show_progress=False)
+    with pytest.raises(ValueError, match=r"pass non-empty strings as queries \(not only whitespace or invisible"):
+        search_gallery(model, processor, gallery, ["a red square", "\u200b\ufeff"])
+    assert len(search_gallery(model, processor, gallery, ["a red square"], k=2)[0]) == 2
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. every image extension PIL reads, in shards
 # ---------------------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 from datasets.table import InMemoryTable
 from transformers.image_utils import load_image
 
-from ..models.input_checks import open_image
+from ..models.input_checks import is_blank, open_image
 from .retrieval import encode_images, encode_texts, rerank_pairs
 
 EMBEDDINGS_COLUMN = "embeddings"
@@ -258,8 +258,11 @@ def _query_items(queries, modality: str):
     if not queries:
         raise ValueError("The list of queries is empty; pass at least one query.")
     if modality == "image":
-        if not all(isinstance(query, str) and query.strip() for query in queries):
-            raise ValueError("An image gallery is searched with captions: pass non-empty strings as queries.")
+        if not all(isinstance(query, str) and not is_blank(query) for query in queries):
+            raise ValueError(
+                "An image gallery is searched with captions: pass non-empty strings as queries (not only whitespace or "
+                "invisible characters)."
+            )
         return queries
     return _image_dataset([_query_image(query, position) for position, query in enumerate(queries)])
 
