@@ -7,8 +7,6 @@ names the flag, the value and the fix.
 (`--max_steps` in the scripts, `--max-steps` in the CLI). `check_image_size` and `check_not_empty` check what is known
 only once a config or the data is at hand. All raise `ArgumentError`; entry points print its message and exit with
 status 2, as argparse does for a bad flag.
-
-Imports nothing beyond the standard library, so a command line can check its arguments before loading torch.
 """
 
 from __future__ import annotations
@@ -16,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from huggingface_hub.errors import StrictDataclassError
 
 #: counts of at least 1 (batch sizes, re-rank candidates, ...)
 POSITIVE_INTEGERS = (
@@ -101,7 +101,7 @@ def check_image_size(image_size: int, vision_config: Any, flag: str = "--image_s
     crop every image) by building that config at the new size, before any model is resized to it."""
     try:
         type(vision_config).from_dict({**vision_config.to_dict(), "image_size": image_size})
-    except Exception as error:  # the config's validators raise ValueError or huggingface_hub's validation errors
+    except (ValueError, TypeError, StrictDataclassError) as error:  # what a config's checks raise
         raise ArgumentError(f"{flag} {image_size}: {one_line(error)}") from None
 
 
@@ -113,11 +113,9 @@ def check_not_empty(rows: int, source: str, fix: str) -> None:
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line; a validation error wrapping another (huggingface_hub's strict configs)
-    gives the message of the one it wraps."""
-    cause = (
-        error.__cause__ if error.__cause__ is not None and type(error).__name__.startswith("StrictDataclass") else None
-    )
+    """An exception's message on one line; a strict config's validation error gives the message of the error it
+    wraps (the validator's own, without huggingface_hub's preamble)."""
+    cause = error.__cause__ if isinstance(error, StrictDataclassError) else None
     return " ".join(str(cause or error).split())
 
 
