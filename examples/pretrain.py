@@ -160,10 +160,9 @@ from vlalign.data.transforms_fdt import fdt_train_transform
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes import dataset_captions
 from vlalign.recipes.fdt import fdt_lr_schedule
-from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
+from vlalign.training.argument_checks import ArgumentError, bad_value_of, check_image_size, check_not_empty
 from vlalign.training.script_helpers import (
     apply_config_overrides,
-    bad_value_of,
     check_images_field,
     on_error_field,
     parse_script_args,

@@ -12,7 +12,8 @@ status 2, as argparse does for a bad flag.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from huggingface_hub.errors import StrictDataclassError
@@ -99,10 +100,20 @@ def _check_run_length(values: Mapping[str, Any], flag_name: Callable[[str], str]
 def check_image_size(image_size: int, vision_config: Any, flag: str = "--image_size") -> None:
     """Check `image_size` against a vision config's own rules (its patch size: a side the patch does not divide would
     crop every image) by building that config at the new size, before any model is resized to it."""
-    try:
+    with bad_value_of(flag, image_size):
         type(vision_config).from_dict({**vision_config.to_dict(), "image_size": image_size})
-    except (ValueError, TypeError, StrictDataclassError) as error:  # what a config's checks raise
-        raise ArgumentError(f"{flag} {image_size}: {one_line(error)}") from None
+
+
+@contextmanager
+def bad_value_of(flag: str, value: Any) -> Iterator[None]:
+    """Whatever a config or parser refuses inside this block (a `ValueError`, `TypeError` or a strict config's
+    validation error) is a bad `flag` value: re-raised as one `ArgumentError` line naming it."""
+    try:
+        yield
+    except ArgumentError:
+        raise
+    except (ValueError, TypeError, StrictDataclassError) as error:
+        raise ArgumentError(f"{flag} {value}: {one_line(error)}") from None
 
 
 def check_not_empty(rows: int, source: str, fix: str) -> None:
@@ -121,6 +132,7 @@ def one_line(error: BaseException) -> str:
 
 __all__ = [
     "ArgumentError",
+    "bad_value_of",
     "check_arguments",
     "check_image_size",
     "check_not_empty",

@@ -10,17 +10,15 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub.errors import StrictDataclassError
 from transformers import HfArgumentParser
 
 from ..auto import MODEL_FAMILIES
-from .argument_checks import ArgumentError, check_arguments, one_line
+from .argument_checks import ArgumentError, bad_value_of, check_arguments, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -99,18 +97,6 @@ def parse_checked(parser: HfArgumentParser, flags: list[str]) -> tuple:
     return parsed
 
 
-@contextmanager
-def bad_value_of(flag: str, value: Any) -> Iterator[None]:
-    """Whatever a config or parser refuses inside this block (a `ValueError`, `TypeError` or a strict config's
-    validation error) is a bad `flag` value: re-raised as one `ArgumentError` line naming it."""
-    try:
-        yield
-    except ArgumentError:
-        raise
-    except (ValueError, TypeError, StrictDataclassError) as error:
-        raise ArgumentError(f"{flag} {value}: {one_line(error)}") from None
-
-
 def run_script(main: Callable[[], None]) -> None:
     """Run an example script's `main`; an `ArgumentError` ends it with one line on stderr and exit status 2, as
     argparse ends on a bad flag (no traceback: the message names the flag and the fix)."""
@@ -150,7 +136,6 @@ def wants_teacher_view(config: Any, augment: bool) -> bool:
 __all__ = [
     "RECIPE_SUFFIXES",
     "apply_config_overrides",
-    "bad_value_of",
     "parse_checked",
     "parse_script_args",
     "read_recipe",
