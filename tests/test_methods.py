@@ -1,7 +1,8 @@
 """Every registered method, through the same checks (as timm tests every registered model): forward and backward with
-a finite gradient for every trainable parameter, the per-step duties guard, save/load round trips through the Auto
-classes, loading with `trust_remote_code` where vlalign is not importable, both pipelines, retrieval evaluation and an
-exact Trainer resume. A new method joins by registering in `vlalign.methods`."""
+a finite gradient for every trainable parameter, the per-step duties guard (its optimizer × trainer matrix is in
+tests/test_training_duties.py), save/load round trips through the Auto classes, loading with `trust_remote_code`
+where vlalign is not importable, both pipelines, retrieval evaluation and an exact Trainer resume. A new method joins
+by registering in `vlalign.methods`."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from transformers import (
     AutoModelForPreTraining,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
-    Trainer,
-    TrainingArguments,
     pipeline,
 )
 
@@ -139,20 +138,6 @@ def test_save_and_load_through_the_auto_classes(setup, dataset, tmp_path):
         expected = model.base_model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
         got = base.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
-
-
-def test_plain_trainer_runs_the_duties_through_the_models_callback(setup, dataset, tmp_path):
-    method, processor, build = setup
-    model = build()
-    args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3, report_to="none",
-        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, save_strategy="no", dataloader_drop_last=True,
-    )  # fmt: skip
-    collator = pretraining_collator(method, processor, dataset)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset["train"], data_collator=collator,
-                      callbacks=[model.training_callback()])  # fmt: skip
-    trainer.train()  # without the callback the second step raises (see above)
-    assert trainer.state.global_step == 3
 
 
 def test_alignment_trainer_runs_the_duties_once_per_step(setup, dataset, tmp_path):

@@ -124,3 +124,16 @@ def test_fdt_refuses_non_finite_codebook_scores_with_a_clear_error(dataset):
     with torch.no_grad(), pytest.raises(FloatingPointError, match="Check the pixel values for NaN/inf"):
         model.fdt.get_image_features(pixel_values=extreme["pixel_values"])
     assert torch.isfinite(model(**finite[0]).loss)  # finite inputs pass the check
+
+
+def test_fdt_at_an_infinite_learning_rate_stops_with_the_step_and_the_scores(dataset, tmp_path):
+    """The weights turn NaN after the first step; the duties check compares NaN weights bitwise (no false refusal),
+    and FDT names the non-finite scores instead of crashing in sparsemax."""
+    build, finite, _ = method_batches("fdt", dataset)
+    args = AlignmentTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=3, learning_rate=float("inf"),
+        train_sampling_strategy="sequential", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = AlignmentTrainer(model=build(), args=args, train_dataset=Batches(finite), data_collator=first_item)
+    with pytest.raises(FloatingPointError, match="Non-finite training loss at step 2: FDT's image codebook scores"):
+        trainer.train()
