@@ -1,5 +1,6 @@
-"""`on_nonfinite_loss="skip"` poisons nothing: a run with a batch whose loss is not finite (NaN pixels, so NaN
-features reach the momentum stash) inserted between finite ones ends bitwise where the run without that batch ends —
+"""`on_nonfinite_loss="skip"` poisons nothing: a run with a batch whose loss is not finite (pixels of 1e30: finite, so
+the models take them, but the features overflow to NaN and reach the momentum stash) inserted between finite ones ends
+bitwise where the run without that batch ends —
 online and momentum weights, queues and `queue_ptr`, codebooks, optimizer state, lr schedule, random state — for every
 registered method. With gradient accumulation the whole accumulated step is skipped."""
 
@@ -49,14 +50,14 @@ def first_item(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def method_batches(name: str, dataset) -> tuple[object, list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """(a model builder, finite batches, a batch whose pixels are NaN) for method `name`."""
+    """(a model builder, finite batches, a batch whose features overflow) for method `name`."""
     method = get_method(name)
     processor = method.build_processor(method.build_tokenizer(dataset_captions(dataset)), IMAGE_SIZE)
     collator = pretraining_collator(method, processor, dataset)
     torch.manual_seed(0)  # the collator's masking draws
     rows = dataset["train"]
     batches = [collator([rows[i] for i in range(start, start + BATCH)]) for start in range(0, len(rows), BATCH)]
-    poisoned = dict(batches[0], pixel_values=torch.full_like(batches[0]["pixel_values"], float("nan")))
+    poisoned = dict(batches[0], pixel_values=torch.full_like(batches[0]["pixel_values"], 1e30))
 
     def build():
         torch.manual_seed(0)
@@ -93,6 +94,11 @@ def assert_same_run(with_skip: AlignmentTrainer, without: AlignmentTrainer) -> N
 @pytest.mark.parametrize("name", method_names())
 def test_a_skipped_batch_leaves_the_run_as_without_it(name, dataset, tmp_path):
     build, finite, poisoned = method_batches(name, dataset)
+    model = build().train()
+    with pytest.raises(FloatingPointError):
+        model(**poisoned)
+    stash = getattr(model, "_momentum_feature_stash", [])  # what the duties would enqueue (the ALBEF family)
+    assert all(not torch.isfinite(features).all() for features, _, _ in stash) and len(stash) == int(name != "fdt")
     # the same epoch length for both runs, so that epoch-based schedules (ALBEF's α warm-up) agree
     without = train(build, finite[:5], max_steps=4, output_dir=tmp_path / "without")
     rng_without = torch.get_rng_state()
