@@ -34,8 +34,9 @@ from .visualization import plot_losses, plot_recalls, plot_text_to_image_results
 DATASET_NAME = "vlalign synthetic shapes"
 SYNTHETIC_DATA_NOTE = (
     "The built-in procedurally generated image-caption data of vlalign (`vlalign.data.synthetic`): {num_train} "
-    "{image_size}-px images of one or two coloured shapes on a plain background, with two template captions each naming "
-    "colours, shapes, sizes and positions. It is a smoke-test dataset: the model learns nothing about real images."
+    "{image_size}-px images of one to three coloured shapes on a plain background, with two template captions each naming "
+    "colours, shapes, sizes and positions. It is a smoke-test dataset: the model learns nothing about real images, and "
+    "colour, background and position match most captions without shape."
 )
 
 

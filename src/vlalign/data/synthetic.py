@@ -9,8 +9,11 @@ position, count ("two red circles"), spatial relations ("above") or the backgrou
 
 Because thousands of images share attributes, retrieval is not trivial (a caption like "a red circle" fits
 many images), but it is learnable from the attributes alone, so a tiny ALBEF model trained for a couple of
-minutes on CPU gets well above chance.  Object boxes and attributes are stored alongside the images so that
-grounding checks (e.g. Grad-CAM maps) can be scored against the truth.
+minutes on CPU gets well above chance in retrieval.  Because every caption names the colours, colour, background
+and position are enough to match most captions, and such a model classifies the single-shape images by shape at
+about chance; :func:`single_attribute_images` builds the zero-shot sets that show it (shape, and colour as the
+control).  Object boxes and attributes are stored alongside the images so that grounding checks (e.g. Grad-CAM
+maps) can be scored against the truth.
 
 Generation is deterministic: every split uses its own :class:`random.Random` stream derived from ``seed``
 (never the global RNG), so the same seed gives identical pixels and captions, and changing the size of one
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -72,7 +74,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 """Background colour names and their exact RGB (backgrounds are flat, without jitter)."""
 
-SIZES: dict[str, float] = {"small": 0.25, "large": 0.4}
+SIZES: dict[str, float] = {"small": 0.2, "large": 0.375}
 """Nominal object side length as a fraction of the image size."""
 
 POSITIONS: tuple[str, ...] = (
@@ -89,7 +91,7 @@ POSITIONS: tuple[str, ...] = (
 """Position labels of the 3×3 grid cells, row-major; an object's label is the cell holding its box centre."""
 
 SHAPE_TEMPLATES: tuple[str, ...] = ("a {}", "a picture of a {}", "one {}")
-"""Prompt templates of zero-shot shape classification: the wording of the captions that leave colours out."""
+"""Prompt templates of zero-shot shape classification (no colour named: a class embedding names only the shape)."""
 
 COLOR_TEMPLATES: tuple[str, ...] = tuple(f"a {{}} {shape}" for shape in SHAPES)
 """Prompt templates of zero-shot colour classification: a colour's prompt is averaged over every shape, so the class
@@ -111,11 +113,7 @@ _POSITION_PHRASES: dict[str, tuple[str, ...]] = {
 }
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 _NUM_OBJECTS_WEIGHTS = (0.45, 0.45, 0.10)  # P(1), P(2), P(3) objects per image
-# What an extra object repeats of the scene's first object: shape and colour (counts: "two red circles"), the colour
-# only (so colour does not tell the objects apart), or nothing.
-_EXTRA_OBJECT_KINDS = {"same kind": 0.2, "same colour": 0.4, "new": 0.4}
-_TWIN_PROB = 0.3  # chance that a scene is followed by its shape twin: same layout, sizes and colours, other shapes
-_COLOR_MENTION_PROB = 0.6  # chance that a caption names the objects' colours (every caption names every shape)
+_SAME_KIND_PROB = 0.3  # chance that an extra object repeats the first object's shape and colour (counts)
 _COLOR_JITTER = 12  # max per-channel deviation of an object's colour from its nominal RGB
 _MIN_GAP = 2  # pixels of background kept between object boxes
 _SPLITS = ("train", "validation", "test")
@@ -181,12 +179,10 @@ def _sample_scene(rng: random.Random, image_size: int) -> tuple[str, list[dict[s
     color_names = list(COLORS)
     objects: list[dict[str, Any]] = []
     for i in range(num_objects):
-        shape, color, size = rng.choice(SHAPES), rng.choice(color_names), rng.choice(list(SIZES))
-        kind = rng.choices(list(_EXTRA_OBJECT_KINDS), weights=list(_EXTRA_OBJECT_KINDS.values()))[0]
-        if i > 0 and kind == "same kind":
+        if i > 0 and rng.random() < _SAME_KIND_PROB:
             shape, color, size = objects[0]["shape"], objects[0]["color"], objects[0]["size"]
-        elif i > 0 and kind == "same colour":
-            color = objects[0]["color"]
+        else:
+            shape, color, size = rng.choice(SHAPES), rng.choice(color_names), rng.choice(list(SIZES))
         used = {o["cell"] for o in objects}
         free = [c for c in range(9) if c not in used]
         rng.shuffle(free)
@@ -218,17 +214,6 @@ def _sample_scene(rng: random.Random, image_size: int) -> tuple[str, list[dict[s
     for o in objects:
         del o["cell"]
     return background, objects
-
-
-def _shape_twin(rng: random.Random, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same objects (boxes, sizes, colours) with every shape swapped by a random fixed-point-free permutation of
-    `SHAPES`: a scene that only shape tells apart from the original, and whose shapes still group the same way."""
-    while True:
-        swapped = rng.sample(SHAPES, len(SHAPES))
-        if all(a != b for a, b in zip(SHAPES, swapped, strict=True)):
-            break
-    mapping = dict(zip(SHAPES, swapped, strict=True))
-    return [{**o, "shape": mapping[o["shape"]]} for o in objects]
 
 
 def _star_points(box: list[int]) -> list[tuple[float, float]]:
@@ -281,22 +266,20 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _groups(objects: list[dict[str, Any]], with_color: bool) -> list[list[dict[str, Any]]]:
-    """Objects grouped by shape and colour (by shape alone for a caption that leaves colours out), in order of first
-    appearance."""
-    groups: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+def _groups(objects: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Objects grouped by (shape, colour), in order of first appearance."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for o in objects:
-        groups.setdefault((o["shape"], o["color"] if with_color else None), []).append(o)
+        groups.setdefault((o["shape"], o["color"]), []).append(o)
     return list(groups.values())
 
 
-def _noun_phrase(group: list[dict[str, Any]], with_size: bool, with_color: bool, article: bool = True) -> str:
+def _noun_phrase(group: list[dict[str, Any]], with_size: bool, article: bool = True) -> str:
     first = group[0]
     words = []
     if with_size and all(o["size"] == first["size"] for o in group):
         words.append(first["size"])
-    if with_color:
-        words.append(first["color"])
+    words.append(first["color"])
     words.append(first["shape"] + ("s" if len(group) > 1 else ""))
     if len(group) > 1:
         return " ".join([_COUNT_WORDS[len(group)], *words])
@@ -319,66 +302,56 @@ def _relation(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 
 def _caption_candidates(rng: random.Random, background: str, objects: list[dict[str, Any]]) -> list[str]:
-    """One caption per applicable template, in random order. Random sub-choices inside each template: whether it
-    names sizes, whether it names colours (`_COLOR_MENTION_PROB`; shapes are always named), the position phrase."""
-    grouped = {with_color: _groups(objects, with_color) for with_color in (True, False)}
-    for groups in grouped.values():
-        rng.shuffle(groups)
+    """One caption per applicable template, in random order (random sub-choices inside each template)."""
+    groups = _groups(objects)
+    rng.shuffle(groups)
     bg = background
 
     def size() -> bool:
         return rng.random() < 0.5
 
-    def color() -> bool:
-        return rng.random() < _COLOR_MENTION_PROB
-
     def pos(o: dict[str, Any]) -> str:
         return rng.choice(_POSITION_PHRASES[o["position"]])
 
-    def listing() -> str:
-        with_size, with_color = size(), color()
-        return _join([_noun_phrase(g, with_size, with_color) for g in grouped[with_color]])
+    def listing(with_size: bool) -> str:
+        return _join([_noun_phrase(g, with_size) for g in groups])
 
     out: list[str] = []
     if len(objects) == 1:
         o = objects[0]
-        g = [o]
+        g = groups[0]
         out += [
-            f"{_noun_phrase(g, True, color())} {pos(o)}",
-            f"{_noun_phrase(g, size(), color())} on {_article(bg)} {bg} background",
-            f"{bg} image with {_noun_phrase(g, size(), color())} {pos(o)}",
-            f"{_noun_phrase(g, size(), color())} {pos(o)} of {_article(bg)} {bg} background",
-            f"there is {_noun_phrase(g, size(), color())} {pos(o)}",
-            f"a picture of {_noun_phrase(g, size(), color())}",
-            f"{_noun_phrase(g, size(), color())} against {_article(bg)} {bg} backdrop",
-            f"one {_noun_phrase(g, size(), color(), article=False)} {pos(o)}",
+            f"{_noun_phrase(g, True)} {pos(o)}",
+            f"{_noun_phrase(g, size())} on {_article(bg)} {bg} background",
+            f"{bg} image with {_noun_phrase(g, size())} {pos(o)}",
+            f"{_noun_phrase(g, size())} {pos(o)} of {_article(bg)} {bg} background",
+            f"there is {_noun_phrase(g, size())} {pos(o)}",
+            f"a picture of {_noun_phrase(g, size())}",
+            f"{_noun_phrase(g, size())} against {_article(bg)} {bg} backdrop",
+            f"one {_noun_phrase(g, size(), article=False)} {pos(o)}",
         ]
     else:
-        with_color = color()
         with_pos = []
-        for g in grouped[with_color]:
-            phrase = _noun_phrase(g, size(), with_color)
+        for g in groups:
+            phrase = _noun_phrase(g, size())
             with_pos.append(f"{phrase} {pos(g[0])}" if len(g) == 1 else phrase)
         out += [
-            listing(),
-            f"{listing()} on {_article(bg)} {bg} background",
-            f"{bg} image with {listing()}",
+            listing(size()),
+            f"{listing(size())} on {_article(bg)} {bg} background",
+            f"{bg} image with {listing(size())}",
             _join(with_pos),
-            f"{_COUNT_WORDS[len(objects)]} shapes: {listing()}",
-            f"a picture of {listing()}",
-            f"{listing()} against {_article(bg)} {bg} backdrop",
+            f"{_COUNT_WORDS[len(objects)]} shapes: {listing(size())}",
+            f"a picture of {listing(size())}",
+            f"{listing(size())} against {_article(bg)} {bg} backdrop",
         ]
         if len(objects) == 2:
             a, b = objects if rng.random() < 0.5 else objects[::-1]
-            with_color = color()
-            groups = grouped[with_color]
             if len(groups) == 2:
-                ga, gb = (groups[0], groups[1]) if groups[0][0] is a else (groups[1], groups[0])
-                out.append(
-                    f"{_noun_phrase(ga, size(), with_color)} {_relation(a, b)} {_noun_phrase(gb, size(), with_color)}"
-                )
+                ga = groups[0] if groups[0][0] is a else groups[1]
+                gb = groups[1] if ga is groups[0] else groups[0]
+                out.append(f"{_noun_phrase(ga, size())} {_relation(a, b)} {_noun_phrase(gb, size())}")
             else:
-                out.append(f"{_noun_phrase(groups[0], size(), with_color)}, one {pos(a)} and one {pos(b)}")
+                out.append(f"{_noun_phrase(groups[0], size())}, one {pos(a)} and one {pos(b)}")
     rng.shuffle(out)
     return out
 
@@ -404,21 +377,10 @@ def _split_rng(seed: int, split_index: int) -> random.Random:
     return random.Random(int(state[0]) << 64 | int(state[1]))
 
 
-def _scenes(rng: random.Random, num: int, image_size: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """`num` (background, objects) scenes; after a scene, with probability `_TWIN_PROB`, its shape twin."""
-    made = 0
-    while made < num:
-        background, objects = _sample_scene(rng, image_size)
-        yield background, objects
-        made += 1
-        if made < num and rng.random() < _TWIN_PROB:
-            yield background, _shape_twin(rng, objects)
-            made += 1
-
-
 def _make_split(rng: random.Random, num: int, first_id: int, image_size: int, captions_per_image: int) -> dict:
     columns: dict[str, list] = {"image": [], "image_id": [], "captions": [], "objects": [], "background": []}
-    for i, (background, objects) in enumerate(_scenes(rng, num, image_size)):
+    for i in range(num):
+        background, objects = _sample_scene(rng, image_size)
         columns["image"].append(_render(background, objects, image_size))
         columns["image_id"].append(first_id + i)
         columns["captions"].append(_captions(rng, background, objects, captions_per_image))
