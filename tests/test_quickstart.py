@@ -43,6 +43,8 @@ def test_quickstart_writes_every_artefact(tmp_path, capsys):
     assert saved["chance"] == summary["chance"] == expected_chance
     assert "(chance 20.0%," in printed and "zero-shot colour classification" in printed and "(chance 12.5%," in printed
     assert printed.count("R@1 chance 8.3%") == 2
+    # a shape accuracy under 2x chance is called what it is
+    assert ("shape accuracy is under 2x chance" in printed) == (zero_shot["top1_accuracy"] < 40.0)
     assert saved["retrieval"] == pytest.approx(summary["metrics"])
     assert {"model.safetensors", "config.json", "processor_config.json", "modeling_albef.py"} <= {
         p.name for p in (tmp_path / "model").iterdir()
