@@ -31,6 +31,7 @@ from vlalign.methods import get_method
 from vlalign.models.input_checks import MAX_IMAGE_PIXELS_ENV, ImageTooLargeError, is_blank, open_image
 from vlalign.pipelines.retrieval import TASK, register_pipelines
 from vlalign.recipes import dataset_captions
+from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
 IMAGE_SIZE = 32
 INVISIBLE = ["\u200b", "\u200c\u200d", "\ufeff", "\u00ad", " \u2060\t\u180e "]
@@ -240,6 +241,30 @@ def test_a_truncated_image_in_evaluation_names_the_dataset_row_and_file(albef, s
     images = load_images(_undecoded(test), 0, 3)  # what evaluation encodes: the images datasets would decode, in RGB
     for image, expected in zip(images, test["image"], strict=True):
         np.testing.assert_array_equal(np.asarray(image), np.asarray(expected.convert("RGB")))
+
+
+def test_a_truncated_image_in_training_names_the_row_and_the_file(synthetic, truncated, tmp_path):
+    """`datasets` would decode the image column inside the DataLoader and raise PIL's bare error; `AlignmentTrainer`
+    reads it undecoded, so the collator opens the file and names it."""
+    method = get_method("albef")
+    processor = method.build_processor(method.build_tokenizer(dataset_captions(synthetic)), IMAGE_SIZE)
+    config = method.tiny_config(processor.tokenizer, IMAGE_SIZE, **method.test_overrides)
+    rows = datasets.Dataset.from_dict(
+        {"image": [str(truncated)] * 2, "caption": ["a dog", "a cat"]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
+    args = AlignmentTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to=[], use_cpu=True
+    )
+    trainer = AlignmentTrainer(
+        model=method.pretraining_class(config), args=args, train_dataset=rows,
+        data_collator=AlignmentCollator(processor, preset="pretrain"),
+    )  # fmt: skip
+    assert trainer.train_dataset.features["image"].decode is False and rows.features["image"].decode is True
+    with pytest.raises(
+        ValueError, match=r"Batch row 0, column 'image' \(file .*cut\.png\): the image could not be read"
+    ):
+        trainer.train()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -168,6 +168,19 @@ def test_damaged_checkpoint_is_refused_naming_the_file_and_the_previous_checkpoi
             build_trainer("albef", str(output)).train(resume_from_checkpoint=True)
 
 
+def test_flipped_bytes_in_the_weights_are_refused_by_their_recorded_checksum(checkpoints, tmp_path):
+    """A flip inside the weights' data region leaves a valid safetensors file; the sha256 record catches it."""
+    output = tmp_path / "run"
+    for step in (3, 6):
+        shutil.copytree(checkpoints / f"checkpoint-{step}", output / f"checkpoint-{step}")
+    flip_a_byte(output / "checkpoint-6" / "model.safetensors")
+    message = (
+        r"checkpoint-6: the model weights differ from what was saved \(.*model.safetensors does not match the sha256"
+    )
+    with pytest.raises(ValueError, match=message + r".*Resume from .*checkpoint-3, the previous checkpoint"):
+        verify_checkpoint(str(output / "checkpoint-6"))
+
+
 def test_damaged_only_checkpoint_says_to_start_again(checkpoints, tmp_path):
     folder = tmp_path / "checkpoint-3"
     shutil.copytree(checkpoints / "checkpoint-3", folder)

@@ -45,6 +45,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import datasets
 import torch
 from accelerate.state import GradientState
 from accelerate.utils import broadcast_object_list, gather_object
@@ -58,6 +59,7 @@ from ..data.streaming import STREAM_POSITION, ImageTextStream, StreamDataLoader,
 from ..evaluation import evaluate_retrieval
 from ..files import FolderLockedError, folder_lock
 from ..models.training_duties import TrainingDutiesCallback, TrainingDutiesMixin
+from ..models.weights_check import CHECKSUMS_NAME, check_weights_files
 from .optim import get_epoch_schedule, with_temperature_learning_rate
 
 #: file of a checkpoint that holds the training stream's position
@@ -179,6 +181,7 @@ class AlignmentTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.train_dataset = images_read_by_the_collator(self.train_dataset, self.data_collator)
         if not any(isinstance(cb, TrainingDutiesCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainingDutiesCallback())  # unless the user passed `model.training_callback()`
         self._wire_duties_callback()
@@ -523,11 +526,23 @@ class AlignmentTrainer(Trainer):
         return metrics
 
 
+def images_read_by_the_collator(dataset, collator):
+    """`dataset` with its image column (the collator's `image_column`) read undecoded when `datasets` would decode it:
+    the collator then opens each image itself and names a file it cannot read with its batch row and the fix, where
+    `datasets`' own decoding inside the DataLoader raises PIL's bare error. The pixels are the same."""
+    column = getattr(collator, "image_column", None)
+    feature = getattr(dataset, "features", {}).get(column) if isinstance(dataset, datasets.Dataset) else None
+    if not (isinstance(feature, datasets.Image) and feature.decode):
+        return dataset
+    return dataset.cast_column(column, datasets.Image(decode=False))
+
+
 def verify_checkpoint(folder: str, needs_optimizer: bool = True) -> None:
     """Raise a `ValueError` naming the file when the Trainer checkpoint `folder` lacks a file a resume reads
     (trainer state, model weights, optimizer and scheduler when `needs_optimizer`) or holds a truncated or corrupt
     one: JSON that does not parse, a safetensors file its header does not cover, a torch archive (`.pt`, `.pth`,
-    `.bin`) that is cut short or fails its CRC check, a shard its index lists but the folder lacks."""
+    `.bin`) that is cut short or fails its CRC check, a shard its index lists but the folder lacks, weights that differ
+    from the sha256 `weights_checksums.json` recorded when they were saved."""
     if not os.path.isdir(folder):
         return  # Trainer raises its own error for a missing folder
 
@@ -571,6 +586,11 @@ def verify_checkpoint(folder: str, needs_optimizer: bool = True) -> None:
                 refuse(name, f"is truncated or corrupt (not a complete torch archive: {error})")
             if damaged is not None:
                 refuse(name, f"is corrupt (CRC mismatch in its record {damaged})")
+    if CHECKSUMS_NAME in names:  # the weights' sha256 recorded by `save_pretrained`: catches flipped bytes
+        try:
+            check_weights_files(folder, {})
+        except OSError as error:
+            refuse("the model weights", f"differ from what was saved ({error})")
 
 
 def _previous_checkpoint_hint(folder: str) -> str:
