@@ -17,6 +17,7 @@ import huggingface_hub
 import pytest
 import torch
 from hub_server import DEFAULT_TOKEN, LocalHub, _HubError, _Response, patch_clients
+from transformers import AutoTokenizer
 
 import vlalign_cli
 from vlalign.cli import main
@@ -419,10 +420,11 @@ def test_retrieve_warns_when_most_query_words_are_unknown(saved_model, image_fol
              "--on-error", "skip", "--query"]  # fmt: skip
     assert main([*query, "zebra giraffe elephant"]) == 0
     warnings_printed = [line for line in capsys.readouterr().err.splitlines() if "Query" in line]
+    vocabulary = len(AutoTokenizer.from_pretrained(saved_model))  # built from the synthetic captions
     assert warnings_printed == [
         "vlalign retrieve: warning: Query 'zebra giraffe elephant': 3 of 3 word pieces (100%) are the tokenizer's "
-        "unknown token [UNK]: its vocabulary (33 tokens) does not cover these words, so the ranking rests on the few "
-        "known pieces, if any. Rephrase the query with words the model was trained on."
+        f"unknown token [UNK]: its vocabulary ({vocabulary} tokens) does not cover these words, so the ranking rests "
+        "on the few known pieces, if any. Rephrase the query with words the model was trained on."
     ]
     assert main([*query, test_split["captions"][0][0]]) == 0
     assert "Query" not in capsys.readouterr().err

@@ -19,10 +19,12 @@ for both.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import datasets
-import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -86,13 +88,18 @@ def _undecoded(dataset: Any) -> Any:
     return dataset
 
 
+#: what `load_images` opens itself: no image, a path, encoded bytes, a `datasets.Image(decode=False)` dict, a PIL image
+_OPENED_HERE = (type(None), str, os.PathLike, bytes, bytearray, Mapping, PIL.Image.Image)
+
+
 def load_images(dataset: Any, start: int, stop: int) -> list[Any]:
     """The images of rows `start` to `stop` of `dataset` (an `image` column; see `_undecoded`), each opened with
     `open_image` (the pixel limit applies) and decoded to RGB here, so that an unreadable, truncated or oversized
-    image is named by its row and file with the fix; arrays and tensors are passed on for the processor to check."""
+    image is named by its row and file with the fix; anything else (arrays, tensors, what a custom processor reads) is
+    passed on for the processor to check."""
     images = []
     for row, image in enumerate(dataset[start:stop]["image"], start=start):
-        if isinstance(image, (np.ndarray, torch.Tensor)):
+        if not isinstance(image, _OPENED_HERE):  # arrays, tensors, whatever else the processor takes
             images.append(image)
             continue
         file = image_file(image)
