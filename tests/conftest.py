@@ -78,6 +78,16 @@ def micro_albef_config(tokenizer, image_size: int = 32, **overrides) -> vlalign.
     return tiny_albef_recipe(tokenizer, image_size, **{**get_method("albef").test_overrides, **overrides})
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU their spinning costs several times the work; a module
+    opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_config() -> vlalign.AlbefConfig:
     return tiny_albef_config()

@@ -17,6 +17,7 @@ import huggingface_hub
 import pytest
 import torch
 from hub_server import DEFAULT_TOKEN, LocalHub, _HubError, _Response, patch_clients
+from test_bad_inputs_cli import run
 from transformers import AutoTokenizer
 
 import vlalign_cli
@@ -28,15 +29,6 @@ from vlalign.threads import ENV_VAR
 
 REPO_ID = "user/tiny-pushed"
 IMAGE_SIZE = 32
-
-
-def run(*args: str, capsys) -> tuple[int, str]:
-    """`vlalign ARGS` in this process: (exit code, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 def assert_one_line(code: int, stderr: str, *phrases: str) -> None:

@@ -183,13 +183,7 @@ def make_case(spec: CaseSpec) -> Case:
     return Case(spec, context["config"], inputs, context["towers"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU their spinning costs several times the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=SPECS, ids=[spec.id for spec in SPECS])

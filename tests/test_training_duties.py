@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from test_methods import IMAGE_SIZE, pretraining_collator
-from test_nonfinite_skip import Batches, first_item, one_thread  # noqa: F401  (autouse)
+from test_nonfinite_skip import Batches, first_item
 from transformers import Trainer, TrainingArguments
 
 from vlalign.data.synthetic import make_synthetic_dataset
@@ -24,6 +24,9 @@ from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArgument
 BATCH = 3
 OPTIMIZERS = ["adamw_torch_fused", "adamw_torch", "sgd", "adafactor"]
 REFUSAL = r"per-step training duties did not run .*callbacks=\[model.training_callback\(\)\]"
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
