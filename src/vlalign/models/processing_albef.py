@@ -6,21 +6,30 @@ official `Resize((s, s), BICUBIC) → ToTensor → Normalize` eval transform. Th
 
 Text: the official `pre_caption` cleaning, then "[CLS] text" without [SEP] (see `AlbefTokenizer`), with the official
 lengths: 25 tokens when pretraining, 30 (padded to 30) when evaluating retrieval, untruncated when fine-tuning.
+VQA (`VQA.py`): questions cleaned by `pre_question` (30 words and 25 tokens when training, 50 words untruncated when
+testing); answers uncleaned, with the end-of-answer token appended as text ("red[SEP]" → "[CLS] red [SEP]"), which the
+answer decoder learns to predict.
 """
 
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
-from .input_checks import RgbImageProcessorMixin
+from .input_checks import RgbImageProcessorMixin, is_blank
 from .processing_alignment import AlignmentProcessor
-from .tokenization_albef import pre_caption
+from .tokenization_albef import pre_caption, pre_question
 
-#: text settings of the official code, per stage
+#: text settings of the official code, per stage (VQA texts are cleaned by the processor, not again by the tokenizer)
 TEXT_PRESETS: dict[str, dict] = {
     "pretrain": {"max_length": 25, "padding": "longest", "truncation": True},
     "train": {"padding": "longest", "truncation": False},
     "eval": {"max_length": 30, "padding": "max_length", "truncation": True},
+    "vqa_question": {"max_length": 25, "padding": "longest", "truncation": True, "clean_captions": False},
+    "vqa_test_question": {"padding": "longest", "truncation": False, "clean_captions": False},
+    "vqa_answer": {"padding": "longest", "truncation": False, "clean_captions": False},
 }
+
+#: words `pre_question` keeps per VQA question preset (the official max_ques_words of training and testing)
+VQA_QUESTION_WORDS: dict[str, int] = {"vqa_question": 30, "vqa_test_question": 50}
 
 #: image resolution of the official configs, per stage
 IMAGE_PRESETS: dict[str, int] = {"pretrain": 256, "train": 384, "eval": 384}
@@ -74,5 +83,16 @@ class AlbefProcessor(AlignmentProcessor):
         """The official `pre_caption` (the tokenizer applies it too: it is idempotent)."""
         return pre_caption(text, self.max_words) if self.clean_captions else text.strip()
 
+    def clean_text(self, text: str, preset: str | None = None) -> str:
+        """Captions: `clean_caption`. VQA questions: the official `pre_question` (30 words when training, 50 when
+        testing). VQA answers: left as they are, with the tokenizer's [SEP] appended as the end-of-answer token (the
+        official `eos`); a blank answer stays blank, so `clean` refuses it."""
+        if preset in VQA_QUESTION_WORDS:
+            return pre_question(text, VQA_QUESTION_WORDS[preset]) if self.clean_captions else text.strip()
+        if preset == "vqa_answer":
+            answer = text.strip()
+            return answer if is_blank(answer) else answer + str(self.tokenizer.sep_token)
+        return self.clean_caption(text)
 
-__all__ = ["AlbefImageProcessor", "AlbefProcessor", "pre_caption"]
+
+__all__ = ["AlbefImageProcessor", "AlbefProcessor", "pre_caption", "pre_question"]

@@ -28,13 +28,19 @@ class AlignmentProcessor(ProcessorMixin):
         """The method's caption cleaning before tokenizing (default: strip surrounding whitespace)."""
         return text.strip()
 
-    def clean(self, texts: list[str]) -> list[str]:
-        """Validate captions ([`check_caption`]) and clean them; an empty caption, or one of only invisible characters
-        ([`is_blank`]: zero-width spaces, BOM, soft hyphens, ...), is an error, not a silent empty sequence."""
+    def clean_text(self, text: str, preset: str | None = None) -> str:
+        """The cleaning `preset` applies to one text before tokenizing (default: `clean_caption`, whatever the
+        preset); a processor whose presets handle other kinds of text (VQA questions, answers) overrides it."""
+        return self.clean_caption(text)
+
+    def clean(self, texts: list[str], preset: str | None = None) -> list[str]:
+        """Validate captions ([`check_caption`]) and clean them for `preset` (`clean_text`); an empty caption, or one
+        of only invisible characters ([`is_blank`]: zero-width spaces, BOM, soft hyphens, ...), is an error, not a
+        silent empty sequence."""
         cleaned = []
         for position, text in enumerate(texts):
             check_caption(text, f"Text {position}")
-            result = self.clean_caption(text)
+            result = self.clean_text(text, preset)
             if is_blank(result):
                 invisible = " (it holds only invisible characters)" if result else ""
                 raise ValueError(
@@ -71,7 +77,7 @@ class AlignmentProcessor(ProcessorMixin):
             if not texts:
                 raise ValueError("text is an empty list; pass at least one caption.")
             text_kwargs = {**self.text_presets[preset], **kwargs}
-            data.update(self.tokenizer(self.clean(texts), return_tensors=return_tensors, **text_kwargs))
+            data.update(self.tokenizer(self.clean(texts, preset), return_tensors=return_tensors, **text_kwargs))
         if images is not None:  # the image processor validates them (`RgbImageProcessorMixin`)
             data.update(self.image_processor(images, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)

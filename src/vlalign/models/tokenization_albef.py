@@ -27,6 +27,15 @@ def pre_caption(caption: str, max_words: int = 30) -> str:
     return " ".join(caption.split(" ")[:max_words])
 
 
+def pre_question(question: str, max_words: int = 30) -> str:
+    """ALBEF's VQA question cleaning: `pre_caption` without the `<person>` rule and the whitespace collapsing (only
+    trailing spaces are removed); the first `max_words` space-separated pieces are kept (30 when training, 50 when
+    testing). Idempotent."""
+    question = _DELETED_CHARACTERS.sub("", question.lower())
+    question = _SPACED_CHARACTERS.sub(" ", question).rstrip(" ")
+    return " ".join(question.split(" ")[:max_words])
+
+
 class AlbefTokenizer(BertTokenizer):
     """A `BertTokenizer` that cleans captions with `pre_caption` (unless `clean_captions=False`) and, unless
     `add_sep_token=True`, ends single sequences without [SEP]."""
@@ -53,8 +62,11 @@ class AlbefTokenizer(BertTokenizer):
             special_tokens=[(cls, self.cls_token_id), (sep, self.sep_token_id)],
         )
 
-    def __call__(self, text=None, *args, **kwargs):
-        if self.clean_captions and text is not None:
+    def __call__(self, text=None, *args, clean_captions: bool | None = None, **kwargs):
+        """BERT tokenization of `pre_caption`-cleaned text; `clean_captions=False` skips the cleaning for this call
+        (text the caller cleaned otherwise, e.g. VQA questions and answers; see `AlbefProcessor`'s presets)."""
+        clean_captions = self.clean_captions if clean_captions is None else clean_captions
+        if clean_captions and text is not None:
             text = pre_caption(text, self.max_words) if isinstance(text, str) else self._clean_batch(text)
         return super().__call__(text, *args, **kwargs)
 
@@ -62,4 +74,4 @@ class AlbefTokenizer(BertTokenizer):
         return [pre_caption(t, self.max_words) if isinstance(t, str) else t for t in texts]
 
 
-__all__ = ["AlbefTokenizer", "pre_caption"]
+__all__ = ["AlbefTokenizer", "pre_caption", "pre_question"]
