@@ -1,6 +1,7 @@
 """`evaluate` metrics shipped with vlalign, loadable offline by path:
-``evaluate.load(vlalign.metrics.path("retrieval_recall"))`` (image-text retrieval R@K) and
-``evaluate.load(vlalign.metrics.path("topk_accuracy"))`` (top-K classification accuracy); and
+``evaluate.load(vlalign.metrics.path("retrieval_recall"))`` (image-text retrieval R@K),
+``evaluate.load(vlalign.metrics.path("topk_accuracy"))`` (top-K classification accuracy) and
+``evaluate.load(vlalign.metrics.path("vqa_accuracy"))`` (the VQA accuracy); and
 `retrieval_compute_metrics`, the recalls as a `Trainer` `compute_metrics` function."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .compute_metrics import retrieval_compute_metrics
 
-METRICS = ("retrieval_recall", "topk_accuracy")
+METRICS = ("retrieval_recall", "topk_accuracy", "vqa_accuracy")
 
 
 def path(name: str) -> str:
