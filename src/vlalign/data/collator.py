@@ -184,18 +184,10 @@ class AlignmentCollator:
         texts = [self._pick_caption(position, row) for position, row in enumerate(rows)]
         self._check_texts(texts, rows)
         images = [self._load_image(position, row) for position, row in enumerate(rows)]
-
-        if self.image_transform is None:
-            encoded = self.processor(images=images, text=texts, preset=self.preset, return_tensors="pt")
-            pixel_values = encoded["pixel_values"]
-        else:
-            encoded = self.processor(text=texts, preset=self.preset, return_tensors="pt")
-            pixel_values = self._transform_images(images, rows)
-
-        if self.image_transform is not None:  # the processor's own output is in range: its inputs are checked
-            self._check_pixel_values(pixel_values, rows, "pixel_values")
+        encoded = self.processor(text=texts, preset=self.preset, return_tensors="pt")
+        pixel_values = self._pixel_values(images, rows)
         batch = {
-            "pixel_values": pixel_values.to(torch.float32),
+            "pixel_values": pixel_values,
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
         }
@@ -307,6 +299,15 @@ class AlignmentCollator:
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError for some malformed files
             raise ValueError(f"{where}: the image could not be read ({err}). {_LOADER_HINT}") from err
         return image
+
+    def _pixel_values(self, images: list[Any], rows: list[Mapping[str, Any]]) -> torch.Tensor:
+        """float32 `pixel_values` of the loaded images: the image processor's, or `image_transform`'s (checked; the
+        processor's own output is in range because its inputs are checked)."""
+        if self.image_transform is None:
+            return self.processor(images=images, return_tensors="pt")["pixel_values"].to(torch.float32)
+        pixel_values = self._transform_images(images, rows)
+        self._check_pixel_values(pixel_values, rows, "pixel_values")
+        return pixel_values.to(torch.float32)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor, rows: list[Mapping[str, Any]], view: str) -> None:
         """Refuse non-finite or absurd pixel values from `image_transform` (one that does not scale to [0, 1] before
