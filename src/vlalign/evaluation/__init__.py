@@ -1,9 +1,11 @@
-"""Evaluation protocols: image-text retrieval, FAISS search of stored galleries, and zero-shot classification with
-prompt ensembles; `evaluate` evaluators of both with bootstrap intervals."""
+"""Evaluation protocols: image-text retrieval, FAISS search of stored galleries, zero-shot classification with
+prompt ensembles, and visual question answering (VQA accuracy, the evaluation server's result file); `evaluate`
+evaluators of retrieval and zero-shot classification with bootstrap intervals."""
 
 from .evaluators import ImageTextRetrievalEvaluator, ZeroShotImageClassificationEvaluator
 from .gallery import Gallery, GalleryMetadata, embed_gallery, load_gallery, search_gallery
 from .retrieval import evaluate_retrieval, recall_metrics, retrieval_ranks
+from .vqa import evaluate_vqa, write_vqa_results
 from .zero_shot import fill_templates, zero_shot_class_embeddings, zero_shot_classify
 
 __all__ = [
@@ -13,11 +15,13 @@ __all__ = [
     "ZeroShotImageClassificationEvaluator",
     "embed_gallery",
     "evaluate_retrieval",
+    "evaluate_vqa",
     "fill_templates",
     "load_gallery",
     "recall_metrics",
     "retrieval_ranks",
     "search_gallery",
+    "write_vqa_results",
     "zero_shot_class_embeddings",
     "zero_shot_classify",
 ]
