@@ -21,6 +21,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForPreTraining,
+    AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
@@ -41,7 +42,8 @@ class ModelFamily:
     """The classes of one method: what each Auto class loads for its `config_class`.
 
     `retrieval_class` is the retrieval fine-tuning model; None for dual encoders, whose `model_class` is the
-    retrieval model.
+    retrieval model. `question_answering_class` is the VQA model (`AutoModelForVisualQuestionAnswering`); None for a
+    family without one.
     """
 
     config_class: type
@@ -51,6 +53,7 @@ class ModelFamily:
     processor_class: type
     image_processor_class: type
     tokenizer_class: type
+    question_answering_class: type | None = None
 
     @property
     def model_type(self) -> str:
@@ -87,10 +90,14 @@ class ModelFamily:
         AutoTokenizer.register(config_class, tokenizer_class=self.tokenizer_class, exist_ok=True)
         AutoProcessor.register(config_class, self.processor_class, exist_ok=True)
         AutoModelForImageTextRetrieval.register(config_class, self.retrieval_model_class, exist_ok=True)
+        if self.question_answering_class is not None:
+            AutoModelForVisualQuestionAnswering.register(config_class, self.question_answering_class, exist_ok=True)
 
         config_class.register_for_auto_class()
         self.model_class.register_for_auto_class("AutoModel")
         self.pretraining_class.register_for_auto_class("AutoModelForPreTraining")
+        if self.question_answering_class is not None:
+            self.question_answering_class.register_for_auto_class("AutoModelForVisualQuestionAnswering")
         self.image_processor_class.register_for_auto_class("AutoImageProcessor")
         self.tokenizer_class.register_for_auto_class("AutoTokenizer")
         self.processor_class.register_for_auto_class()
@@ -122,6 +129,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             processor_class=models.AlbefProcessor,
             image_processor_class=models.AlbefImageProcessor,
             tokenizer_class=models.AlbefTokenizer,
+            question_answering_class=models.AlbefForQuestionAnswering,
         ),
         ModelFamily(
             config_class=models.CodisConfig,

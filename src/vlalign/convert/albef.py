@@ -22,7 +22,7 @@ import yaml
 
 from ..auto import model_family
 from ..files import normalize_permissions
-from ..models import AlbefConfig, AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefTokenizer
+from ..models import AlbefConfig, AlbefPreTrainedModel, AlbefTokenizer
 from ..models.modeling_albef import interpolate_pos_embed
 from ..recipes.albef import albef_processor
 from ..sources import SourceError, check_vocabulary, resolve_pretrained
@@ -122,7 +122,11 @@ def build_config(
     vision = {key: yaml_config.get(key, default) for key, default in OFFICIAL_VISION.items()}
     text_config = {key: bert_config[key] for key in BERT_CONFIG_KEYS if key in bert_config}
     if tokenizer is not None:
-        text_config.update(cls_token_id=tokenizer.cls_token_id, mask_token_id=tokenizer.mask_token_id)
+        text_config.update(
+            cls_token_id=tokenizer.cls_token_id,
+            mask_token_id=tokenizer.mask_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+        )
     optional = {
         key: yaml_config[key]
         for key in ("embed_dim", "temp", "queue_size", "momentum", "alpha", "mlm_probability", "k_test", "distill")
@@ -321,7 +325,7 @@ def convert_albef_checkpoint(
     image_size: int | None = None,
     target: str = "albef",
     new_modules: Iterable[str] = (),
-) -> AlbefForPreTraining | AlbefForImageTextRetrieval:
+) -> AlbefPreTrainedModel:
     """Convert an official ALBEF checkpoint and save it (weights, config, processor, remote code) to `output_dir`.
 
     Args:
@@ -331,22 +335,33 @@ def convert_albef_checkpoint(
         output_dir: where to write the converted folder.
         tokenizer: a folder with `vocab.txt`/tokenizer files or a Hub id; default: a `vocab.txt` beside the
             checkpoint or configs, else `bert-base-uncased`.
-        task: `"pretraining"`, `"retrieval"`, or `"auto"` (retrieval when the YAML has `k_test`, else pretraining).
+        task: `"pretraining"`, `"retrieval"`, `"vqa"` (a VQA model: initialised from a pretraining checkpoint as the
+            official VQA script does, or a fine-tuned VQA checkpoint; see `convert.albef_vqa`), or `"auto"` (VQA for
+            a checkpoint with an answer decoder, else retrieval when the YAML has `k_test`, else pretraining).
         image_size: target resolution; default the YAML's `image_res`. Position embeddings are interpolated.
         target: the registered method to convert into: `"albef"`, or a family with ALBEF's weight layout plus its
             own modules (`"codis"`), which keep their fresh initialisation.
         new_modules: regular expressions matching the target's weight names that ALBEF checkpoints lack.
     """
+    if task not in ("auto", "pretraining", "retrieval", "vqa"):
+        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa' or 'auto'.")
     family = model_family(target)
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
-    if task == "auto":
-        task = "retrieval" if "k_test" in yaml_config else "pretraining"
-    if task not in ("pretraining", "retrieval"):
-        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval' or 'auto'.")
     original = load_original_checkpoint(checkpoint)
     processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], family.tokenizer_class)
     config = build_config(yaml_config, bert_config, processor_tokenizer, image_size, family.config_class)
     check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
+    processor = albef_processor(
+        processor_tokenizer, config.vision_config.image_size, family.processor_class, family.image_processor_class
+    )
+    if task == "vqa" or (task == "auto" and any(key.startswith("text_decoder.") for key in original)):
+        from .albef_vqa import convert_to_vqa
+
+        model = convert_to_vqa(original, config, family.question_answering_class, new_modules)
+        save_converted(model, processor, output_dir)
+        return model
+    if task == "auto":
+        task = "retrieval" if "k_test" in yaml_config else "pretraining"
     model_class = family.pretraining_class if task == "pretraining" else family.retrieval_class
 
     state_dict, dropped = convert_state_dict(original, config, with_mlm_head=task == "pretraining")
@@ -354,7 +369,7 @@ def convert_albef_checkpoint(
     if unknown:
         raise CheckpointError(
             f"{len(unknown)} checkpoint keys are not ALBEF keys (first: {', '.join(unknown[:5])}). Is this an ALBEF "
-            "checkpoint? VQA/NLVR checkpoints are not supported yet."
+            "checkpoint? NLVR checkpoints are not supported yet."
         )
     # Fine-tuned checkpoints have neither momentum encoders nor queues: the momentum encoders start as copies of the
     # online ones (as the official code's copy_params) and the queues keep their random unit-vector init. A family
@@ -362,9 +377,6 @@ def convert_albef_checkpoint(
     has_momentum = any("_m." in key for key in state_dict)
     allowed_missing = [r"_queue$", r"^queue_ptr$", *new_modules, *([] if has_momentum else [r"_m\."])]
     model = load_converted_weights(model_class, config, state_dict, allowed_missing, has_momentum)
-    processor = albef_processor(
-        processor_tokenizer, config.vision_config.image_size, family.processor_class, family.image_processor_class
-    )
     save_converted(model, processor, output_dir)
     return model
 

@@ -14,6 +14,7 @@ from .modeling_albef import (
     AlbefTextModel,
     AlbefVisionModel,
 )
+from .modeling_albef_vqa import AlbefForQuestionAnswering
 from .modeling_codis import (
     CodisCodebook,
     CodisForImageTextRetrieval,
@@ -41,6 +42,7 @@ __all__ = [
     "AlbefConfig",
     "AlbefForImageTextRetrieval",
     "AlbefForPreTraining",
+    "AlbefForQuestionAnswering",
     "AlbefImageProcessor",
     "AlbefModel",
     "AlbefPreTrainedModel",

@@ -3,6 +3,7 @@
 Defaults reproduce the paper's model: ViT-B/16 at 256 px and BERT-base with cross-attention from layer 6 on.
 """
 
+import copy
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -85,6 +86,7 @@ class AlbefTextConfig(PreTrainedConfig):
         pad_token_id: id of [PAD] (never masked, ignored by attention).
         cls_token_id: id of [CLS] (never masked).
         mask_token_id: id of [MASK] used by MLM.
+        sep_token_id: id of [SEP], which ends every answer of the VQA answer decoder.
         encoder_width: width of the image tokens the cross-attention reads (the ViT width).
         initializer_range: std of the normal initialisation.
     """
@@ -107,6 +109,7 @@ class AlbefTextConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     cls_token_id: int = 101
     mask_token_id: int = 103
+    sep_token_id: int = 102
     encoder_width: int = 768
     initializer_range: float = 0.02
 
@@ -140,7 +143,8 @@ class AlbefConfig(PreTrainedConfig):
         alpha_warmup_epochs: epochs over which the Trainer ramps alpha linearly from 0 (per step).
         distill: whether momentum distillation is used (the retrieval fine-tuning switch of the official configs).
         mlm_probability: fraction of text tokens selected for masked language modelling.
-        k_test: candidates re-ranked by ITM per query in retrieval evaluation (256 for COCO, 128 for Flickr30K).
+        k_test: candidates re-ranked per query: by ITM in retrieval evaluation (256 for COCO, 128 for Flickr30K), by
+            the full answer likelihood in VQA answer ranking (128 in the official VQA.yaml).
         itm_score_mode: how re-ranked candidates are scored: `"itm_logit"` (ALBEF: the raw match logit),
             `"itm_plus_itc"` (BLIP/LAVIS: match logit plus ITC cosine) or `"itc_only"` (no re-rank).
         itc_global_negatives: contrast each process's features with the momentum features of the whole global batch
@@ -148,6 +152,9 @@ class AlbefConfig(PreTrainedConfig):
             of how the global batch is split across processes.
         add_sep_token: whether captions end with [SEP]; the released ALBEF checkpoints were trained without it.
         initializer_factor: scale applied to all initialisations (1.0 as in the paper).
+        num_decoder_layers: layers of the VQA answer decoder (a BERT LM with cross-attention to the question in every
+            layer); default the number of fusion layers (6 for BERT-base), which the official VQA initialisation fills
+            from the pretrained fusion layers.
     """
 
     model_type = "albef"
@@ -177,6 +184,7 @@ class AlbefConfig(PreTrainedConfig):
     itc_global_negatives: bool = False
     add_sep_token: bool = False
     initializer_factor: float = 1.0
+    num_decoder_layers: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -185,8 +193,21 @@ class AlbefConfig(PreTrainedConfig):
             raise ValueError(f"itm_score_mode={self.itm_score_mode!r} is not one of {ITM_SCORE_MODES}.")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be positive, got {self.queue_size}.")
+        if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
+            raise ValueError(
+                f"num_decoder_layers must be positive (or None: one per fusion layer), got {self.num_decoder_layers}."
+            )
         # The cross-attention reads the image tokens, so its input width is the ViT width by construction.
         self.text_config.encoder_width = self.vision_config.hidden_size
+
+    def answer_decoder_config(self) -> AlbefTextConfig:
+        """The text config of the VQA answer decoder: the text config with cross-attention in every one of its
+        `num_decoder_layers` layers (`fusion_layer=0`), reading the question states (text width)."""
+        text = self.text_config
+        num_layers = self.num_decoder_layers or text.num_hidden_layers - text.fusion_layer
+        decoder = copy.deepcopy(text)
+        decoder.num_hidden_layers, decoder.fusion_layer, decoder.encoder_width = num_layers, 0, text.hidden_size
+        return decoder
 
 
 __all__ = ["AlbefConfig", "AlbefTextConfig", "AlbefVisionConfig"]

@@ -139,7 +139,7 @@ class AlbefPreTrainedModel(WeightsCheckMixin, FrozenParametersMixin, RemoteCodeS
         """Every parameter and buffer, so weights a checkpoint lacks (or a model built on the meta device) start from
         the same distribution as a fresh model: BERT-style normal init for the text side, truncated normal (timm) for
         the ViT. `AlbefModel` adds its temperature, the training models their queues and momentum copies
-        (`AlbefMomentumDistilledModel._initialize_weights`)."""
+        (`MomentumDistillationMixin._initialize_weights`)."""
         std = getattr(self.config, "initializer_range", 0.02) * getattr(self.config, "initializer_factor", 1.0)
         if isinstance(module, AlbefVisionEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=0.02)

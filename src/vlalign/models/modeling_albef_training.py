@@ -155,7 +155,80 @@ class ContrastiveMatchingOutput:
         }
 
 
-class AlbefMomentumDistilledModel(TrainingDutiesMixin, AlbefPreTrainedModel):
+class MomentumDistillationMixin:
+    """Momentum (EMA) copies of a model's modules and the distillation weight α, for training models of the ALBEF
+    family (pretraining, retrieval, VQA). A child module `X_m` of the model is the momentum copy of `X`, a module of
+    the online model (`base_model`) or of the model itself; the copies are frozen (`frozen_modules`), start equal to
+    their online modules, and take one EMA step per optimizer step (`momentum_update`, a training duty)."""
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """transformers' per-module initialisation; then, at the model itself (visited last), the training state a
+        checkpoint may lack (`_init_training_state`). This runs even when transformers skips the model's own
+        `_init_weights` because its buffers were loaded, so a momentum module missing from a checkpoint (a fine-tuned
+        file, an EMA copy the config newly asks for) starts as a copy of its online module rather than as random
+        weights. Loaded tensors are never overwritten."""
+        super()._initialize_weights(module, is_custom_code)
+        if module is self:
+            with torch.no_grad():
+                self._init_training_state()
+
+    def _init_training_state(self) -> None:
+        """Momentum parameters equal to their online ones."""
+        for online, momentum in self.momentum_parameter_pairs():
+            init.copy_(momentum, online)
+
+    def momentum_module_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) module pairs: each child `X_m` of this model with its online module `X`, looked up in
+        the online model first, then in this model."""
+        pairs = []
+        for name, momentum in self.named_children():
+            if name.endswith("_m"):
+                online_name = name.removesuffix("_m")
+                owner = self.base_model if hasattr(self.base_model, online_name) else self
+                pairs.append((owner.get_submodule(online_name), momentum))
+        return pairs
+
+    def momentum_parameter_pairs(self) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:
+        for online, momentum in self.momentum_module_pairs():
+            yield from zip(online.parameters(), momentum.parameters(), strict=True)
+
+    def momentum_modules(self) -> list[nn.Module]:
+        return [momentum for _, momentum in self.momentum_module_pairs()]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The momentum encoders: updated by the EMA, never by the optimizer."""
+        return self.momentum_modules()
+
+    @torch.no_grad()
+    def copy_params_to_momentum(self) -> None:
+        """Make the momentum encoders equal to the online ones (done at construction by the official code)."""
+        for online, momentum in self.momentum_parameter_pairs():
+            momentum.copy_(online)
+            momentum.requires_grad_(False)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """θ_m ← m·θ_m + (1-m)·θ for every momentum parameter. Call once per optimizer step."""
+        pairs = list(self.momentum_parameter_pairs())
+        momentum_params = [m for _, m in pairs]
+        torch._foreach_mul_(momentum_params, self.config.momentum)
+        torch._foreach_add_(momentum_params, [o.detach() for o, _ in pairs], alpha=1 - self.config.momentum)
+
+    def _distillation_weight(self, alpha: float | None) -> float:
+        """α for this forward: the argument; else the official warm-up at the step a trainer set (see
+        `set_training_progress`); else `config.alpha`. Always 0 when `config.distill` is off."""
+        progress = self.training_progress()
+        if not self.config.distill:
+            alpha = 0.0
+        elif alpha is None and progress is not None:
+            alpha = albef_alpha(*progress, self.config.alpha, self.config.alpha_warmup_epochs)
+        elif alpha is None:
+            alpha = self.config.alpha
+        self._last_alpha = float(alpha)
+        return alpha
+
+
+class AlbefMomentumDistilledModel(MomentumDistillationMixin, TrainingDutiesMixin, AlbefPreTrainedModel):
     """Base of the ALBEF-family training models: ITC and ITM with momentum distillation.
 
     It holds the online model (`base_model_class`, as the attribute named by `base_model_prefix`; reach it through
@@ -205,18 +278,10 @@ class AlbefMomentumDistilledModel(TrainingDutiesMixin, AlbefPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.get_input_embeddings()
 
-    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
-        """transformers' per-module initialisation; then, at the model itself (visited last), the training state a
-        checkpoint may lack: random unit queues, and momentum parameters equal to their online ones. This runs even
-        when transformers skips the model's own `_init_weights` because its buffers were loaded, so a momentum module
-        missing from a checkpoint (a fine-tuned file, an EMA copy the config newly asks for) starts as a copy of its
-        online module rather than as random weights. Loaded tensors are never overwritten."""
-        super()._initialize_weights(module, is_custom_code)
-        if module is self:
-            with torch.no_grad():
-                self._init_queues()
-                for online, momentum in self.momentum_parameter_pairs():
-                    init.copy_(momentum, online)
+    def _init_training_state(self) -> None:
+        """Random unit queues, and momentum parameters equal to their online ones."""
+        self._init_queues()
+        super()._init_training_state()
 
     def _init_queues(self) -> None:
         """Queues start full of random unit vectors (one per column), as in the official code."""
@@ -224,43 +289,6 @@ class AlbefMomentumDistilledModel(TrainingDutiesMixin, AlbefPreTrainedModel):
             if not getattr(queue, "_is_hf_initialized", False):
                 queue.copy_(F.normalize(torch.randn_like(queue), dim=0))
         init.zeros_(self.queue_ptr)
-
-    def momentum_module_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, momentum) module pairs: each child `X_m` of this model with its online module `X`, looked up in
-        the online model first, then in this model."""
-        pairs = []
-        for name, momentum in self.named_children():
-            if name.endswith("_m"):
-                online_name = name.removesuffix("_m")
-                owner = self.base_model if hasattr(self.base_model, online_name) else self
-                pairs.append((owner.get_submodule(online_name), momentum))
-        return pairs
-
-    def momentum_parameter_pairs(self) -> Iterator[tuple[nn.Parameter, nn.Parameter]]:
-        for online, momentum in self.momentum_module_pairs():
-            yield from zip(online.parameters(), momentum.parameters(), strict=True)
-
-    def momentum_modules(self) -> list[nn.Module]:
-        return [momentum for _, momentum in self.momentum_module_pairs()]
-
-    def frozen_modules(self) -> list[nn.Module]:
-        """The momentum encoders: updated by the EMA, never by the optimizer."""
-        return self.momentum_modules()
-
-    @torch.no_grad()
-    def copy_params_to_momentum(self) -> None:
-        """Make the momentum encoders equal to the online ones (done at construction by the official code)."""
-        for online, momentum in self.momentum_parameter_pairs():
-            momentum.copy_(online)
-            momentum.requires_grad_(False)
-
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """θ_m ← m·θ_m + (1-m)·θ for every momentum parameter. Call once per optimizer step."""
-        pairs = list(self.momentum_parameter_pairs())
-        momentum_params = [m for _, m in pairs]
-        torch._foreach_mul_(momentum_params, self.config.momentum)
-        torch._foreach_add_(momentum_params, [o.detach() for o, _ in pairs], alpha=1 - self.config.momentum)
 
     @torch.no_grad()
     def enqueue(self, image_feats: torch.Tensor, text_feats: torch.Tensor, idx: torch.Tensor | None = None) -> None:
@@ -286,19 +314,6 @@ class AlbefMomentumDistilledModel(TrainingDutiesMixin, AlbefPreTrainedModel):
         if self.queues_image_ids:
             return self.idx_queue.clone().view(-1)
         return torch.full((self.config.queue_size,), -100, dtype=torch.long, device=self.queue_ptr.device)
-
-    def _distillation_weight(self, alpha: float | None) -> float:
-        """α for this forward: the argument; else the official warm-up at the step a trainer set (see
-        `set_training_progress`); else `config.alpha`. Always 0 when `config.distill` is off."""
-        progress = self.training_progress()
-        if not self.config.distill:
-            alpha = 0.0
-        elif alpha is None and progress is not None:
-            alpha = albef_alpha(*progress, self.config.alpha, self.config.alpha_warmup_epochs)
-        elif alpha is None:
-            alpha = self.config.alpha
-        self._last_alpha = float(alpha)
-        return alpha
 
     def _stash_momentum_features(self, image_feat_m: torch.Tensor, text_feat_m: torch.Tensor, idx: torch.Tensor):
         """Keep a training forward's momentum features for the queue update after the optimizer step."""
@@ -505,6 +520,7 @@ __all__ = [
     "AlbefForPreTrainingOutput",
     "AlbefMomentumDistilledModel",
     "ContrastiveMatchingOutput",
+    "MomentumDistillationMixin",
     "PairFeatures",
     "albef_alpha",
     "legacy_albef_attribute",

@@ -78,6 +78,7 @@ def tiny_albef_config(
             pad_token_id=tokenizer.pad_token_id,
             cls_token_id=tokenizer.cls_token_id,
             mask_token_id=tokenizer.mask_token_id,
+            sep_token_id=tokenizer.sep_token_id,
         ),
         embed_dim=64,
         queue_size=256,
