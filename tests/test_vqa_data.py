@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -15,9 +16,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vlalign.data.loaders import DataValidationError
+from vlalign.data.synthetic import SHAPES, make_synthetic_dataset
+from vlalign.data.synthetic_vqa import QUESTION_TYPES, SYNONYMS, make_synthetic_vqa_dataset
 from vlalign.data.vqa import (
     VqaCollator,
     answer_weights,
+    build_answer_list,
     load_answer_list,
     load_vqa_dataset,
     load_vqa_json,
@@ -240,3 +244,65 @@ def test_vqav2_style_test_split_and_bad_rows():
         assert load_vqa_dataset(source, on_error="skip")["question_id"] == [10]
     with pytest.raises(ValueError, match="answers_column='human_answers' is not a column"):
         load_vqa_dataset(source, answers_column="human_answers")
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> datasets.DatasetDict:
+    return make_synthetic_vqa_dataset(num_train=60, num_validation=0, num_test=20, image_size=48, seed=3)
+
+
+def test_synthetic_questions_are_answered_by_their_scenes(synthetic):
+    train = synthetic["train"]
+    assert {"image", "question_id", "question", "answers", "dataset", "question_type"} <= set(train.column_names)
+    assert len(synthetic["validation"]) == 0 and synthetic["validation"].column_names == train.column_names
+    scenes = make_synthetic_dataset(60, 0, 20, 48, captions_per_image=1, seed=3)["train"]
+    objects = dict(zip(scenes["image_id"], scenes["objects"], strict=True))
+    backgrounds = dict(zip(scenes["image_id"], scenes["background"], strict=True))
+    for row in train:
+        scene, truth, question = objects[row["image_id"]], row["answer"], row["question"]
+        kind = row["question_type"]
+        if kind == "background":
+            assert truth == backgrounds[row["image_id"]]
+        elif kind == "count":
+            shape = question.removeprefix("how many ").removesuffix("s are there?")
+            assert truth == str(sum(o["shape"] == shape for o in scene))
+        elif kind == "color":
+            shape = question.removeprefix("what color is the ").removesuffix("?")
+            assert {o["color"] for o in scene if o["shape"] == shape} == {truth}
+        elif kind == "shape":
+            assert truth in {o["shape"] for o in scene} and truth in SHAPES
+        else:
+            colour, shape = question.removeprefix("where is the ").removesuffix("?").split()
+            assert [o["position"] for o in scene if (o["color"], o["shape"]) == (colour, shape)] == [truth]
+        assert len(row["answers"]) == 10 and Counter(row["answers"]).most_common(1)[0][0] == truth
+    assert set(train["question_type"]) == set(QUESTION_TYPES)
+    ids = list(train["question_id"]) + list(synthetic["test"]["question_id"])
+    assert len(set(ids)) == len(ids)
+
+
+def test_synthetic_answers_vary_like_people_and_reproduce_from_the_seed(synthetic):
+    answers = [a for row in synthetic["train"]["answers"] for a in row]
+    truths = [
+        t for t, row in zip(synthetic["train"]["answer"], synthetic["train"]["answers"], strict=True) for _ in row
+    ]
+    differing = [a for a, t in zip(answers, truths, strict=True) if a != t]
+    synonyms = [a for a, t in zip(answers, truths, strict=True) if a in SYNONYMS.get(t, ())]
+    assert 0.03 < len(differing) / len(answers) < 0.2 and synonyms and len(synonyms) < len(differing)
+    again = make_synthetic_vqa_dataset(num_train=60, num_validation=0, num_test=20, image_size=48, seed=3)
+    assert again["train"]["answers"] == synthetic["train"]["answers"]
+    assert again["test"]["question"] == synthetic["test"]["question"]
+    other = make_synthetic_vqa_dataset(num_train=60, num_validation=0, num_test=0, image_size=48, seed=4)
+    assert other["train"]["question"] != synthetic["train"]["question"]
+    assert make_synthetic_vqa_dataset(5, 0, 0, 48, wrong_answer_rate=0.0, seed=3)["train"]["answers"] != []
+    with pytest.raises(ValueError, match="questions_per_image"):
+        make_synthetic_vqa_dataset(5, 0, 0, questions_per_image=6)
+
+
+def test_answer_list_is_built_from_the_training_answers(synthetic):
+    answer_list = build_answer_list(synthetic["train"])
+    votes = Counter(a for row in synthetic["train"]["answers"] for a in row)
+    assert sorted(answer_list) == sorted(votes) and votes[answer_list[0]] == max(votes.values())
+    assert [votes[a] for a in answer_list] == sorted(votes.values(), reverse=True)
+    assert build_answer_list(synthetic["train"], max_answers=3) == answer_list[:3]
+    with pytest.raises(ValueError, match="no human answers"):
+        build_answer_list(load_vqa_json(DATA / "vqa_test.json", DATA))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from vlalign.data.vqa import vqa_features
-from vlalign.evaluation import evaluate_vqa, write_vqa_results
+from vlalign.evaluation import evaluate_vqa, majority_answer_baseline, write_vqa_results
 from vlalign.models import AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
 
 VQA_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "albef" / "downstream" / "vqa"
@@ -142,3 +142,17 @@ def test_bad_input_gets_clear_errors(processor, tmp_path):
     broken = broken.map(lambda row: {"image": {"bytes": b"not an image", "path": "bad.png"}})
     with pytest.raises(ValueError, match="Row 0 of the dataset, column 'image': the image could not be read"):
         evaluate_vqa(model, processor, broken, ANSWER_LIST, show_progress=False)
+
+
+def test_majority_answer_baseline_overall_and_per_question_type():
+    def split(answers, types):
+        return datasets.Dataset.from_dict({"answers": answers, "question_type": types})
+
+    train = split([["red"] * 10, ["red"] * 9 + ["blue"], ["2"] * 10], ["color", "color", "count"])
+    test = split([["red"] * 10, ["2"] * 3 + ["3"] * 7], ["color", "count"])
+    baseline = majority_answer_baseline(train, test)
+    assert baseline["answer"] == "red" and baseline["vqa_accuracy"] == pytest.approx(50.0)
+    assert baseline["per_type_answers"] == {"color": "red", "count": "2"}
+    assert baseline["per_type_vqa_accuracy"] == pytest.approx(100 * (1.0 + 0.9) / 2)
+    with pytest.raises(ValueError, match="needs human answers"):
+        majority_answer_baseline(train, split([[], []], ["color", "count"]))

@@ -20,6 +20,7 @@ reported in a warning with ``on_error="skip"``.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "VqaCollator",
     "VqaLoadReport",
     "answer_weights",
+    "build_answer_list",
     "load_answer_list",
     "load_vqa_dataset",
     "load_vqa_json",
@@ -234,6 +236,15 @@ def _image_path(entry: Mapping[str, Any], image_root: Any, where: str) -> str:
             )
         image_root = image_root[source]
     return os.path.join(image_root, entry["image"])
+
+
+def build_answer_list(dataset: datasets.Dataset, max_answers: int | None = None) -> list[str]:
+    """Candidate answers from a VQA-layout split (its training split, as the official list was built): its distinct
+    human answers, most frequent first (ties in order of first appearance), at most `max_answers`."""
+    counts = Counter(answer for answers in dataset["answers"] for answer in answers)
+    if not counts:
+        raise ValueError("The dataset has no human answers to build an answer list from; pass a training split.")
+    return [answer for answer, _ in counts.most_common(max_answers)]
 
 
 def load_answer_list(path: str | os.PathLike[str]) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from ..metrics.vqa_accuracy.vqa_accuracy import vqa_accuracy
 from .retrieval import _undecoded, load_images
 
-__all__ = ["evaluate_vqa", "write_vqa_results"]
+__all__ = ["evaluate_vqa", "majority_answer_baseline", "write_vqa_results"]
 
 
 def _question_ids(dataset: Any) -> list[Any]:
@@ -182,4 +183,27 @@ def evaluate_vqa(
         results.update(vqa_accuracy(answers, references, types, normalize_references))
     if result_file is not None:
         write_vqa_results(predictions, result_file)
+    return results
+
+
+def majority_answer_baseline(train, test, normalize_references: bool = False) -> dict[str, Any]:
+    """The VQA accuracy on `test` of answering without looking: every question with the most frequent human answer
+    of `train` (``vqa_accuracy``, ``answer``), and, with a `question_type` column, every question with its type's
+    most frequent training answer (``per_type_vqa_accuracy``, ``per_type_answers``). What a model must beat to show
+    it reads the image."""
+    references = _human_answers(test)
+    if references is None or _human_answers(train) is None:
+        raise ValueError("The majority baseline needs human answers in both the training and the evaluation split.")
+    votes = Counter(answer for answers in train["answers"] for answer in answers)
+    majority = votes.most_common(1)[0][0]
+    results: dict[str, Any] = {"answer": majority}
+    results.update(vqa_accuracy([majority] * len(references), references, None, normalize_references))
+    if "question_type" in train.column_names and "question_type" in test.column_names:
+        by_type: dict[str, Counter] = {}
+        for kind, answers in zip(train["question_type"], train["answers"], strict=True):
+            by_type.setdefault(kind, Counter()).update(answers)
+        answers = {kind: counter.most_common(1)[0][0] for kind, counter in sorted(by_type.items())}
+        guesses = [answers.get(kind, majority) for kind in test["question_type"]]
+        typed = vqa_accuracy(guesses, references, None, normalize_references)
+        results.update(per_type_answers=answers, per_type_vqa_accuracy=typed["vqa_accuracy"])
     return results
