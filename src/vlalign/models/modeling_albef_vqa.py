@@ -513,7 +513,7 @@ class QuestionAnsweringMixin:
 
 
 class AlbefForQuestionAnswering(
-    QuestionAnsweringMixin, MomentumDistillationMixin, TrainingDutiesMixin, AlbefPreTrainedModel
+    QuestionAnsweringMixin, MomentumDistillationMixin, TrainingDutiesMixin, AlbefPreTrainedModel, GenerationMixin
 ):
     """ALBEF fine-tuned for VQA (the official `model_vqa.py`): the ViT, the text and fusion encoders fuse the question
     with its image; the answer decoder ([`AlbefAnswerDecoder`], `config.num_decoder_layers` layers) scores answers
