@@ -157,6 +157,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             processor_class=models.SimlaProcessor,
             image_processor_class=models.SimlaImageProcessor,
             tokenizer_class=models.SimlaTokenizer,
+            question_answering_class=models.SimlaForQuestionAnswering,
         ),
     )
 }

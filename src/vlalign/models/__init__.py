@@ -26,6 +26,7 @@ from .modeling_fdt import FdtForPreTraining, FdtModel, FdtPreTrainedModel, FdtTe
 from .modeling_simla import (
     SimlaForImageTextRetrieval,
     SimlaForPreTraining,
+    SimlaForQuestionAnswering,
     SimlaModel,
     SimlaPreTrainedModel,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "SimlaConfig",
     "SimlaForImageTextRetrieval",
     "SimlaForPreTraining",
+    "SimlaForQuestionAnswering",
     "SimlaImageProcessor",
     "SimlaModel",
     "SimlaPreTrainedModel",

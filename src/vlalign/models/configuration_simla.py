@@ -51,6 +51,8 @@ class SimlaConfig(AlbefConfig):
             output); 8192, DALL-E's dVAE, hard-coded in the official code.
         psl_attention_layer: index of the BERT layer whose self-attention (CLS query row) picks the PSL keywords;
             `None` (default) means the last layer, the official hard-coded index 11 of the 12-layer stack.
+        num_decoder_layers: layers of the VQA answer decoder, initialised from the last ones of the pretrained stack;
+            `None` (default) means half the stack, the official hard-coded 6 of 12.
         psl_positions_per_head: key positions each attention head votes for (official, hard-coded: 4).
         psl_num_keywords: most-voted positions whose token ids become the PSL targets (official, hard-coded: 5).
         use_pretraining_heads: whether [`SimlaModel`] carries the pretraining-only heads `mim_head` and `concept_head`
@@ -61,6 +63,10 @@ class SimlaConfig(AlbefConfig):
             negatives).
         mlm_distill_axis: axis the student's log-softmax normalises in MLM distillation: `"sequence"` (the official
             default, `log_softmax(dim=1)` in SIMLA's `med.py`, an old ALBEF bug) or `"vocab"` (the fix).
+        answer_distillation: whether VQA fine-tuning distils the answer decoder from its momentum copy with weight α,
+            as ALBEF's does. Off by default: the official SIMLA VQA model runs the momentum encoders and decoder but
+            never passes α to its decoder's loss, so the loss is the plain answer likelihood (the momentum copies still
+            take their EMA steps).
         kwargs: the [`AlbefConfig`] fields.
     """
 
@@ -80,6 +86,7 @@ class SimlaConfig(AlbefConfig):
     mlm_distill_axis: Literal["sequence", "vocab"] = "sequence"
     use_pretraining_heads: bool = True
     retrieval_queue_idx: bool = False
+    answer_distillation: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -96,6 +103,8 @@ class SimlaConfig(AlbefConfig):
                 f"vision_config.hidden_size={vision.hidden_size} must equal text_config.hidden_size="
                 f"{text.hidden_size}: SIMLA's masked image modelling runs ViT outputs through the BERT layers."
             )
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = max(1, text.num_hidden_layers // 2)
         if self.psl_attention_layer is None:
             self.psl_attention_layer = text.num_hidden_layers - 1
         if not 0 <= self.psl_attention_layer < text.num_hidden_layers:

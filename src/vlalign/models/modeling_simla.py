@@ -37,12 +37,14 @@ from .losses import (
 from .modeling_albef import AlbefForImageTextRetrieval, AlbefForPreTraining, AlbefModel
 from .modeling_albef_encoders import AlbefFusionModel, AlbefPreTrainedModel, AlbefTextModel, AlbefVisionModel
 from .modeling_albef_training import AlbefForPreTrainingOutput, legacy_albef_attribute
+from .modeling_albef_vqa import AlbefForQuestionAnswering
 
 #: Auto classes a saved SIMLA folder answers to with `trust_remote_code=True`
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_simla.SimlaConfig",
     "AutoModel": "modeling_simla.SimlaModel",
     "AutoModelForPreTraining": "modeling_simla.SimlaForPreTraining",
+    "AutoModelForVisualQuestionAnswering": "modeling_simla.SimlaForQuestionAnswering",
     "AutoModelForZeroShotImageClassification": "modeling_simla.SimlaModel",
 }
 
@@ -417,10 +419,35 @@ class SimlaForImageTextRetrieval(SimlaMomentumMixin, AlbefForImageTextRetrieval,
         return self.config.retrieval_queue_idx
 
 
+class SimlaForQuestionAnswering(AlbefForQuestionAnswering, SimlaPreTrainedModel):
+    """SIMLA fine-tuned for VQA (the official `models/simla/vqa.py`): [`AlbefForQuestionAnswering`] with SIMLA's
+    single stream as the question encoder (the question's embeddings run through every layer, cross-attending to the
+    image) and an answer decoder of `config.num_decoder_layers` MED layers (no token types; 6 of 12 by default,
+    initialised from the last pretrained layers by `vlalign convert --method simla --task vqa`).
+
+    As in the official model there is no mask token and no MIM/keyword head, and the answer loss is not distilled
+    unless `config.answer_distillation` is set (see [`SimlaConfig`]); with `config.distill` the momentum copies are
+    kept and take their EMA steps as the official ones do.
+    """
+
+    config_class = SimlaConfig
+
+    def __init__(self, config: SimlaConfig):
+        """Built from any SIMLA config, a pretraining one included; the model's own config is
+        `without_pretraining_modules(config)`, so that a folder it saves says what it holds."""
+        super().__init__(without_pretraining_modules(config))
+
+    def _distillation_weight(self, alpha: float | None) -> float:
+        """α of the answer loss: ALBEF's with `config.answer_distillation`, else 0 (the official SIMLA decoder is
+        never given α)."""
+        return super()._distillation_weight(alpha if self.config.answer_distillation else 0.0)
+
+
 __all__ = [
     "SimlaForImageTextRetrieval",
     "SimlaForPreTraining",
     "SimlaForPreTrainingOutput",
+    "SimlaForQuestionAnswering",
     "SimlaModel",
     "SimlaPreTrainedModel",
     "SimlaTextOutput",
