@@ -333,13 +333,14 @@ def test_foreign_keys_are_refused(tmp_path, original):
 
 
 def test_unknown_task_is_refused(tmp_path, capsys):
-    with pytest.raises(ValueError, match="Unknown task 'vqa'"):
+    with pytest.raises(ValueError, match="Unknown task 'nlvr'"):
         convert_simla_checkpoint(
-            ORIGINAL / "checkpoint.pth", [ORIGINAL / "Pretrain.yaml", BERT_JSON], tmp_path / "out", task="vqa"
+            ORIGINAL / "checkpoint.pth", [ORIGINAL / "Pretrain.yaml", BERT_JSON], tmp_path / "out", task="nlvr"
         )
+    assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as exit_info:  # the CLI offers only the known tasks
-        main(convert_args(ORIGINAL / "checkpoint.pth", ORIGINAL / "Pretrain.yaml", tmp_path / "out", "--task", "vqa"))
-    assert exit_info.value.code == 2 and "invalid choice: 'vqa'" in capsys.readouterr().err
+        main(convert_args(ORIGINAL / "checkpoint.pth", ORIGINAL / "Pretrain.yaml", tmp_path / "out", "--task", "nlvr"))
+    assert exit_info.value.code == 2 and "invalid choice: 'nlvr'" in capsys.readouterr().err
 
 
 def test_weights_without_momentum_copies_or_queues_start_the_momentum_model_from_the_online_one(tmp_path):

@@ -6,9 +6,9 @@ cross-attention in every layer. So the ViT becomes an `AlbefVisionModel` (`use_m
 skips cross-attention when no image states are given (SIMLA's `mode='text'`). Key renaming reuses ALBEF's rules.
 `simla_config` and `convert_online_state_dict` give the config and weights of the downstream `SimlaModel`,
 `convert_pretraining_state_dict` those of `SimlaForPreTraining` (momentum copies, queues, MLM heads),
-`convert_retrieval_state_dict` those of `SimlaForImageTextRetrieval`, and `convert_simla_checkpoint` turns an official
-`.pth` (pretraining or fine-tuned retrieval layout) into a folder the Auto classes load (`vlalign convert --method
-simla`).
+`convert_retrieval_state_dict` those of `SimlaForImageTextRetrieval` (`convert.simla_vqa` builds
+`SimlaForQuestionAnswering`), and `convert_simla_checkpoint` turns an official `.pth` (pretraining, fine-tuned
+retrieval or fine-tuned VQA layout) into a folder the Auto classes load (`vlalign convert --method simla`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 
 from ..models.configuration_simla import SimlaConfig, SimlaTextConfig, SimlaVisionConfig
-from ..models.modeling_simla import SimlaForImageTextRetrieval, SimlaForPreTraining
+from ..models.modeling_simla import (
+    SimlaForImageTextRetrieval,
+    SimlaForPreTraining,
+    SimlaForQuestionAnswering,
+    without_pretraining_modules,
+)
 from ..models.tokenization_simla import SimlaTokenizer
 from ..recipes.simla import simla_processor
 from .albef import (
@@ -33,7 +38,9 @@ from .albef import (
     load_tokenizer,
     save_converted,
 )
+from .albef_vqa import is_vqa_layout
 from .restricted_unpickle import load_official_checkpoint
+from .simla_vqa import convert_simla_to_vqa
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
@@ -80,7 +87,7 @@ _PRETRAINING_ONLY = re.compile(
 #: `position_ids` buffers
 _DROPPABLE = re.compile(r"(cls\.predictions\.decoder\.(weight|bias)|position_ids)$")
 
-TASKS = ("pretraining", "retrieval")
+TASKS = ("pretraining", "retrieval", "vqa")
 
 
 def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[SimlaVisionConfig, SimlaTextConfig]:
@@ -115,8 +122,9 @@ def simla_config(
 
     Args:
         yaml_config, bert_config: the parsed official files.
-        tokenizer: when given, the [CLS], [MASK] and [PAD] ids come from its vocabulary (MLM masking, PSL targets and
-            padding depend on them), not from bert-base-uncased's defaults.
+        tokenizer: when given, the [CLS], [MASK], [PAD] and [SEP] ids come from its vocabulary (MLM masking, PSL
+            targets, padding and the VQA answers' start and end depend on them), not from bert-base-uncased's
+            defaults.
         image_size: target resolution; default the YAML's `image_res`.
     """
     vision_config, text_config = simla_encoder_configs(yaml_config, bert_config)
@@ -126,6 +134,7 @@ def simla_config(
         text_config.cls_token_id = tokenizer.cls_token_id
         text_config.mask_token_id = tokenizer.mask_token_id
         text_config.pad_token_id = tokenizer.pad_token_id
+        text_config.sep_token_id = tokenizer.sep_token_id
     settings = {key: yaml_config[key] for key in _YAML_KEYS if key in yaml_config}
     return SimlaConfig(vision_config=vision_config, text_config=text_config, **settings)
 
@@ -204,36 +213,44 @@ def convert_simla_checkpoint(
     tokenizer: str | Path | None = None,
     task: str = "auto",
     image_size: int | None = None,
-) -> SimlaForPreTraining | SimlaForImageTextRetrieval:
+) -> SimlaForPreTraining | SimlaForImageTextRetrieval | SimlaForQuestionAnswering:
     """Convert an official SIMLA checkpoint and save it (weights, config, processor, remote code) to `output_dir`.
 
     Args:
         checkpoint: the official `.pth` file, pretraining layout (`text_encoder.bert.*`, momentum copies, MLM/MIM/
             keyword heads, queues; its config may be a pickled OmegaConf object, read without running its code) or
-            fine-tuned retrieval layout (`text_encoder.*`, `idx_queue`, no heads, no mask token).
-        config_files: the official YAML (`Pretrain.yaml`, `Retrieval_coco.yaml`, ...) and the MED BERT json; the json
+            fine-tuned retrieval layout (`text_encoder.*`, `idx_queue`, no heads, no mask token) or fine-tuned VQA layout
+            (`text_encoder.*`, `text_decoder.bert.*`, `text_decoder.cls.*`).
+        config_files: the official YAML (`Pretrain.yaml`, `Retrieval_coco.yaml`, `VQA.yaml`, ...) and the MED BERT json; the json
             may be omitted when the YAML's `bert_config` path resolves beside it.
         output_dir: where to write the converted folder.
         tokenizer: a folder with `vocab.txt`/tokenizer files or a Hub id; default: a `vocab.txt` beside the checkpoint
             or configs, else `bert-base-uncased`. Its [CLS]/[MASK]/[PAD] ids go into the config.
         task: `"pretraining"` (`SimlaForPreTraining`), `"retrieval"` (`SimlaForImageTextRetrieval`; from a pretraining
-            checkpoint this is what `Retrieval.py` loads: heads and mask token dropped, `idx_queue` at -100), or
-            `"auto"` (retrieval when the YAML has `k_test`, else pretraining).
+            checkpoint this is what `Retrieval.py` loads: heads and mask token dropped, `idx_queue` at -100), `"vqa"`
+            (`SimlaForQuestionAnswering`; from a pretraining checkpoint this is what `VQA.py` loads, see
+            `convert.simla_vqa`), or `"auto"` (VQA for a checkpoint with an answer decoder, else retrieval when the
+            YAML has `k_test`, else pretraining).
         image_size: target resolution; default the YAML's `image_res`. ViT position embeddings (online and momentum)
             are interpolated when the checkpoint's grid differs.
 
     Raises:
         CheckpointError: the file is unreadable, or its keys or shapes do not fit the config (the message names them).
     """
+    if task not in (*TASKS, "auto"):
+        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa' or 'auto'.")
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
-    if task == "auto":
-        task = "retrieval" if "k_test" in yaml_config else "pretraining"
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval' or 'auto'.")
     original, _ = load_official_checkpoint(checkpoint)
+    if task == "auto":
+        task = "vqa" if is_vqa_layout(original) else "retrieval" if "k_test" in yaml_config else "pretraining"
     processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], SimlaTokenizer)
     config = simla_config(yaml_config, bert_config, processor_tokenizer, image_size)
     check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
+    processor = _build_processor(processor_tokenizer, config.vision_config.image_size)
+    if task == "vqa":
+        model = convert_simla_to_vqa(original, without_pretraining_modules(config))
+        save_converted(model, processor, output_dir)
+        return model
 
     if task == "pretraining":
         heads = ("mim_head.weight", "concept_head.weight", "text_encoder.cls.predictions.bias")
@@ -251,14 +268,14 @@ def convert_simla_checkpoint(
     if unknown:
         raise CheckpointError(
             f"{len(unknown)} checkpoint keys are not SIMLA {task} keys (first: {', '.join(unknown[:5])}). Is this a "
-            "SIMLA checkpoint? VQA/NLVR/grounding checkpoints are not supported."
+            "SIMLA checkpoint? A VQA checkpoint converts with task 'vqa'; NLVR/grounding checkpoints are not supported."
         )
     # A checkpoint without momentum encoders (e.g. weights saved for inference) starts them as copies of the online
     # ones, as the official `copy_params`; missing queues keep their random unit-vector init, `idx_queue` -100.
     has_momentum = any(key.split(".", 1)[0].endswith("_m") for key in state_dict)
     allowed_missing = [r"_queue$", r"^queue_ptr$", *([] if has_momentum else [r"^[a-z_]+_m\."])]
     model = load_converted_weights(model_class, config, state_dict, allowed_missing, has_momentum)
-    save_converted(model, _build_processor(processor_tokenizer, config.vision_config.image_size), output_dir)
+    save_converted(model, processor, output_dir)
     return model
 
 
