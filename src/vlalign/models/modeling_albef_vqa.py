@@ -227,7 +227,6 @@ class QuestionAnsweringMixin:
     """
 
     main_input_name = "pixel_values"
-    loss_names = ("loss",)
     # the loss is a sum over answers' tokens divided by questions, so Trainer must not rescale it itself
     accepts_loss_kwargs = False
 
