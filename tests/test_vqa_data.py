@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import TINY_TEXT_CONFIG, tiny_albef_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -26,7 +27,7 @@ from vlalign.data.vqa import (
     load_vqa_dataset,
     load_vqa_json,
 )
-from vlalign.models import AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
+from vlalign.models import AlbefForQuestionAnswering, AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
 
 VQA_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "albef" / "downstream" / "vqa"
 DATA = VQA_FIXTURES / "data"
@@ -306,3 +307,13 @@ def test_answer_list_is_built_from_the_training_answers(synthetic):
     assert build_answer_list(synthetic["train"], max_answers=3) == answer_list[:3]
     with pytest.raises(ValueError, match="no human answers"):
         build_answer_list(load_vqa_json(DATA / "vqa_test.json", DATA))
+
+
+def test_collated_batch_is_what_the_albef_vqa_model_trains_on(processor):
+    torch.manual_seed(0)
+    text_config = dict(TINY_TEXT_CONFIG, sep_token_id=processor.tokenizer.sep_token_id)
+    model = AlbefForQuestionAnswering(tiny_albef_config(distill=False, num_decoder_layers=1, text_config=text_config))
+    batch = VqaCollator(processor)(list(load_vqa_json(DATA / "vqa_train.json", DATA)))
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.text_decoder.get_input_embeddings().weight.grad.abs().sum() > 0

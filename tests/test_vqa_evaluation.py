@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
+from conftest import TINY_TEXT_CONFIG, tiny_albef_config
 from PIL import Image
 
 from vlalign.data.vqa import vqa_features
 from vlalign.evaluation import evaluate_vqa, majority_answer_baseline, write_vqa_results
-from vlalign.models import AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
+from vlalign.models import AlbefForQuestionAnswering, AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
 
 VQA_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "albef" / "downstream" / "vqa"
 ANSWER_LIST = ["red", "blue", "dog", "on the table"]
@@ -24,7 +25,7 @@ ANSWER_LIST = ["red", "blue", "dog", "on the table"]
 @pytest.fixture(scope="module")
 def processor() -> AlbefProcessor:
     tokenizer = AlbefTokenizer.from_pretrained(VQA_FIXTURES / "original")
-    return AlbefProcessor(AlbefImageProcessor(size={"height": 16, "width": 16}), tokenizer)
+    return AlbefProcessor(AlbefImageProcessor(size={"height": 32, "width": 32}), tokenizer)
 
 
 class ColourAnswerer(torch.nn.Module):
@@ -156,3 +157,26 @@ def test_majority_answer_baseline_overall_and_per_question_type():
     assert baseline["per_type_vqa_accuracy"] == pytest.approx(100 * (1.0 + 0.9) / 2)
     with pytest.raises(ValueError, match="needs human answers"):
         majority_answer_baseline(train, split([[], []], ["color", "count"]))
+
+
+def test_the_albef_vqa_model_through_the_evaluator_equals_its_own_api(processor):
+    torch.manual_seed(0)
+    text_config = dict(TINY_TEXT_CONFIG, sep_token_id=processor.tokenizer.sep_token_id)
+    model = AlbefForQuestionAnswering(tiny_albef_config(distill=False, num_decoder_layers=1, text_config=text_config))
+    dataset = questions(HUMANS, COLOURS)
+    ranked = evaluate_vqa(model, processor, dataset, ANSWER_LIST, k=3, batch_size=2, show_progress=False)
+    generated = evaluate_vqa(
+        model, processor, dataset, batch_size=2, generate_kwargs={"max_new_tokens": 3}, show_progress=False
+    )
+    encoded = processor(images=list(dataset["image"]), text=list(dataset["question"]), preset="vqa_test_question")
+    inputs = {name: encoded[name] for name in ("pixel_values", "input_ids", "attention_mask")}
+    candidates = processor(text=ANSWER_LIST, preset="vqa_answer")
+    model.eval()
+    direct = model.rank_answers(**inputs, answer_input_ids=candidates["input_ids"],
+                                answer_attention_mask=candidates["attention_mask"], k=3)  # fmt: skip
+    assert [p["answer"] for p in ranked["predictions"]] == [ANSWER_LIST[i] for i in direct.answer_indices[:, 0]]
+    assert [p["score"] for p in ranked["predictions"]] == pytest.approx(direct.scores[:, 0].tolist(), abs=1e-6)
+    tokens = model.generate(**inputs, max_new_tokens=3)
+    decoded = [text.strip() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
+    assert [p["answer"] for p in generated["predictions"]] == decoded
+    assert 0.0 <= ranked["vqa_accuracy"] <= 100.0 and generated["num_questions"] == 3
