@@ -12,10 +12,13 @@ import datasets
 import pytest
 import torch
 from conftest import TINY_TEXT_CONFIG, tiny_albef_config
+from huggingface_hub import ModelCard
 from PIL import Image
 
 from vlalign.data.vqa import vqa_features
 from vlalign.evaluation import evaluate_vqa, majority_answer_baseline, write_vqa_results
+from vlalign.hub.card import build_model_card, save_model_card
+from vlalign.hub.push import card_kwargs
 from vlalign.models import AlbefForQuestionAnswering, AlbefImageProcessor, AlbefProcessor, AlbefTokenizer
 
 VQA_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "albef" / "downstream" / "vqa"
@@ -180,3 +183,28 @@ def test_the_albef_vqa_model_through_the_evaluator_equals_its_own_api(processor)
     decoded = [text.strip() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
     assert [p["answer"] for p in generated["predictions"]] == decoded
     assert 0.0 <= ranked["vqa_accuracy"] <= 100.0 and generated["num_questions"] == 3
+
+
+def test_vqa_results_become_the_cards_model_index(processor, tmp_path):
+    torch.manual_seed(0)
+    text_config = dict(TINY_TEXT_CONFIG, sep_token_id=processor.tokenizer.sep_token_id)
+    model = AlbefForQuestionAnswering(tiny_albef_config(distill=False, num_decoder_layers=1, text_config=text_config))
+    saved = {"dataset_name": "Synthetic VQA (test)", "vqa": {"vqa_accuracy": 61.234, "num_questions": 600}}
+    card = build_model_card(model, **card_kwargs(saved), model_id="user/tiny-albef-vqa")
+    loaded = ModelCard.load(save_model_card(card, tmp_path))
+    [result] = loaded.data.eval_results
+    assert (result.task_type, result.metric_type, result.metric_value) == (
+        "visual-question-answering",
+        "vqa_accuracy",
+        61.234,
+    )
+    assert (result.dataset_name, result.dataset_type, result.dataset_split) == (
+        "Synthetic VQA (test)", "synthetic-vqa-test", "test",
+    )  # fmt: skip
+    assert loaded.data.pipeline_tag == "visual-question-answering"
+    assert "VQA accuracy **61.23**" in " ".join(loaded.text.split()) and "(600 questions)" in loaded.text
+    assert "No evaluation results were reported" not in loaded.text
+    with pytest.raises(ValueError, match="no 'vqa_accuracy'"):
+        build_model_card(model, metrics=None, dataset_name="x", vqa_metrics={"accuracy": 50.0})
+    with pytest.raises(ValueError, match="not a percentage"):
+        build_model_card(model, metrics=None, dataset_name="x", vqa_metrics={"vqa_accuracy": 0.61 * 1000})

@@ -1,5 +1,5 @@
 """Model cards for published vlalign checkpoints: Hub metadata (library, pipeline tag, tags, datasets, a
-`model-index` with every measured retrieval recall and zero-shot accuracy) plus a README rendered from the family's Jinja template.
+`model-index` with every measured retrieval recall, zero-shot accuracy and VQA accuracy) plus a README rendered from the family's Jinja template.
 
 The template ships inside the package (`vlalign/hub/templates/<model_type>.md`) and is read with
 `importlib.resources`, so it is found from an editable checkout and from an installed wheel alike (the wheel must
@@ -33,6 +33,8 @@ TASK_TYPE = "image-text-retrieval"
 TASK_NAME = "Image-Text Retrieval"
 ZERO_SHOT_TASK_TYPE = "zero-shot-image-classification"
 ZERO_SHOT_TASK_NAME = "Zero-Shot Image Classification"
+VQA_TASK_TYPE = "visual-question-answering"
+VQA_TASK_NAME = "Visual Question Answering"
 PIPELINE_TAG = "zero-shot-image-classification"
 LIBRARY_NAME = "transformers"
 DEFAULT_TAGS = ("vlalign", "image-text-retrieval", "vision-language")
@@ -184,6 +186,27 @@ def zero_shot_eval_results(
     ]
 
 
+def vqa_eval_results(
+    metrics: Mapping[str, Any], *, dataset_name: str, dataset_type: str, dataset_split: str = "test"
+) -> list[EvalResult]:
+    """The `EvalResult` of a measured VQA accuracy (`evaluate_vqa`'s `vqa_accuracy`, percent; `metric_type`
+    "vqa_accuracy"), the `visual-question-answering` task of the model-index."""
+    if "vqa_accuracy" not in metrics:
+        raise ValueError(f"vqa_metrics has no 'vqa_accuracy' (what evaluate_vqa returns); got {sorted(metrics)}.")
+    return [
+        EvalResult(
+            task_type=VQA_TASK_TYPE,
+            task_name=VQA_TASK_NAME,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            metric_type="vqa_accuracy",
+            metric_name="VQA accuracy",
+            metric_value=_percent("vqa_accuracy", metrics["vqa_accuracy"]),
+        )
+    ]
+
+
 def build_model_card(
     model,
     *,
@@ -191,6 +214,7 @@ def build_model_card(
     dataset_name: str,
     dataset_split: str = "test",
     zero_shot_metrics: Mapping[str, Any] | None = None,
+    vqa_metrics: Mapping[str, Any] | None = None,
     training_args: Mapping[str, Any] | Any | None = None,
     model_id: str | None = None,
     base_model: str | None = None,
@@ -218,6 +242,9 @@ def build_model_card(
         zero_shot_metrics: zero-shot classification results as `ZeroShotImageClassificationEvaluator` returns them
             (`top{k}_accuracy`, percent), with `dataset_name` when measured on other data than `metrics` (e.g. a
             labelled subset); they join the `model-index` as the `zero-shot-image-classification` task.
+        vqa_metrics: VQA results as `evaluate_vqa` returns them (`vqa_accuracy`, percent; `num_questions`), with
+            `dataset_name` when measured on other data than `metrics`; they join the `model-index` as the
+            `visual-question-answering` task. A model that answers questions (`rank_answers`) gets that pipeline tag.
         training_args: the `Trainer` that trained the model (what actually ran is shown: optimizer steps, epochs,
             global batch, the optimizer object's class and groups, and the main arguments), a `TrainingArguments`
             (its main fields) or a dict (shown as given).
@@ -262,13 +289,32 @@ def build_model_card(
             zero_shot_metrics, dataset_name=zero_shot_name, dataset_type=zero_shot_type, dataset_split=dataset_split
         )
 
+    vqa_type = None
+    vqa = None
+    if vqa_metrics is not None:
+        vqa_name = vqa_metrics.get("dataset_name", dataset_name)
+        vqa_type = dataset_type if vqa_name == dataset_name else _slug(vqa_name)
+        vqa_results = vqa_eval_results(
+            vqa_metrics, dataset_name=vqa_name, dataset_type=vqa_type, dataset_split=dataset_split
+        )
+        eval_results = (eval_results or []) + vqa_results
+        vqa = {
+            "dataset_name": vqa_name,
+            "dataset_split": dataset_split,
+            "vqa_accuracy": vqa_results[0].metric_value,
+            "num_questions": _extra(vqa_metrics, "num_questions"),
+        }
+    answers_questions = hasattr(model, "rank_answers")
+
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
-        pipeline_tag=PIPELINE_TAG,
+        pipeline_tag=VQA_TASK_TYPE if answers_questions else PIPELINE_TAG,
         license=license,
         language=language,
         tags=list(dict.fromkeys([DEFAULT_TAGS[0], *config_class.hub_tags, *DEFAULT_TAGS[1:], *tags])),
-        datasets=list(dict.fromkeys([*train_datasets, dataset_type, *([zero_shot_type] if zero_shot_type else [])])),
+        datasets=list(
+            dict.fromkeys([*train_datasets, dataset_type, *(name for name in (zero_shot_type, vqa_type) if name)])
+        ),
         base_model=base_model,
         model_name=model_name,
         eval_results=eval_results,
@@ -288,6 +334,7 @@ def build_model_card(
         method_title=config_class.method_title,
         paper=config_class.method_paper,
         results=results,
+        vqa_results=vqa,
         dataset_name=dataset_name,
         dataset_split=dataset_split,
         training_data=training_data,
@@ -434,7 +481,7 @@ def _percent(key: str, value: Any) -> float:
         raise TypeError(f"metrics[{key!r}] must be a number, got {value!r}.")
     value = float(value)
     if not math.isfinite(value) or not 0.0 <= value <= 100.0:
-        raise ValueError(f"metrics[{key!r}] = {value} is not a recall in percent (0 to 100).")
+        raise ValueError(f"metrics[{key!r}] = {value} is not a percentage (0 to 100).")
     return value
 
 
@@ -528,12 +575,14 @@ __all__ = [
     "MAIN_TRAINING_ARGUMENTS",
     "PIPELINE_TAG",
     "TASK_TYPE",
+    "VQA_TASK_TYPE",
     "build_model_card",
     "config_summary",
     "describe_optimizer",
     "describe_tokenizer",
     "retrieval_eval_results",
     "save_model_card",
+    "vqa_eval_results",
     "zero_shot_eval_results",
     "template_path",
     "trainer_summary",

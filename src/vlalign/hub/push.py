@@ -13,6 +13,7 @@ results with the datasets named) and uploads it with `push_folder_to_hub`.
      "retrieval": {"txt_r1": ..., "r_mean": ..., "num_images": ..., ...},                 # evaluator outputs
      "zero_shot": {"top1_accuracy": ..., "top5_accuracy": ..., "num_images": ..., "num_classes": ...,
                    "dataset_name": "...", "class_names": [...], "templates": [...]},      # optional
+     "vqa": {"vqa_accuracy": ..., "num_questions": ..., "dataset_name": "..."},           # optional (evaluate_vqa)
      "training_args": {"optimizer steps": ..., ...}, "training_data": "..."}              # optional, for the card
 """
 
@@ -119,6 +120,7 @@ def card_kwargs(results: dict[str, Any]) -> dict[str, Any]:
     return dict(
         metrics=results.get("retrieval"),
         zero_shot_metrics=results.get("zero_shot"),
+        vqa_metrics=results.get("vqa"),
         dataset_name=results["dataset_name"],
         dataset_split=results.get("dataset_split", "test"),
         training_args=results.get("training_args"),
