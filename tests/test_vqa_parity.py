@@ -8,6 +8,10 @@ the `vlalign convert` CLI and loaded with `AutoModelForVisualQuestionAnswering`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ import torch
 from conftest import run_cli
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, pipeline
 
 import vlalign
 
@@ -159,3 +163,54 @@ def test_pretraining_checkpoint_gives_the_official_vqa_initialisation(vqa_dir, t
     assert weights.keys() == expected.keys()
     for key, tensor in expected.items():
         assert torch.equal(weights[key], tensor), key
+
+
+ANSWER_LIST = json.loads((VQA / "data" / "answer_list.json").read_text())
+TEST_QUESTIONS = json.loads((VQA / "data" / "vqa_test.json").read_text())
+
+
+def test_pipeline_answers_on_the_saved_folder(vqa_dir):
+    vqa = pipeline("visual-question-answering", model=str(vqa_dir))
+    row = TEST_QUESTIONS[0]
+    image = str(VQA / "data" / row["image"])
+    ranked = vqa(image, question=row["question"], candidate_answers=ANSWER_LIST, top_k=2)
+    assert [result["answer"] for result in ranked][:1] == ["three"]  # the official evaluation's answer
+    assert ranked[0]["score"] >= ranked[1]["score"] > 0
+    generated = vqa({"image": image, "question": row["question"]}, top_k=2, max_new_tokens=3)
+    assert len(generated) == 2 and all(isinstance(result["answer"], str) for result in generated)
+    assert 0 < generated[1]["score"] <= generated[0]["score"] <= 1
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["vlalign"] = None  # make `import vlalign` fail in this process
+    try:
+        import vlalign  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("vlalign is importable; the test would prove nothing")
+    from transformers import pipeline
+
+    folder, image, question, answers, output = sys.argv[1:]
+    vqa = pipeline("visual-question-answering", model=folder, trust_remote_code=True)
+    result = vqa(image, question=question, candidate_answers=json.loads(answers))
+    json.dump({"answer": result[0]["answer"], "model": type(vqa.model).__module__}, open(output, "w"))
+    """
+)
+
+
+def test_pipeline_with_remote_code_without_vlalign(vqa_dir, tmp_path):
+    script = tmp_path / "answer.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    row = TEST_QUESTIONS[0]
+    arguments = [str(vqa_dir), str(VQA / "data" / row["image"]), row["question"], json.dumps(ANSWER_LIST)]
+    result = subprocess.run(
+        [sys.executable, str(script), *arguments, str(tmp_path / "out.json")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads((tmp_path / "out.json").read_text())
+    assert answer["answer"] == "three" and answer["model"].startswith("transformers_modules.")

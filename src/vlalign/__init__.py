@@ -1,8 +1,9 @@
 """vlalign: Hugging Face-native vision-language alignment pretraining (ALBEF, SIMLA, CODIS, FDT).
 
 Importing vlalign registers every model family (`vlalign.auto.MODEL_FAMILIES`) with the transformers Auto classes and
-adds the `zero-shot-image-text-retrieval` pipeline. It imports the models only: training (`vlalign.training`),
-evaluation, hub publishing and the method registry (`vlalign.methods`) load when first used.
+adds the `zero-shot-image-text-retrieval` and `visual-question-answering` pipelines. It imports the models only:
+training (`vlalign.training`), evaluation, hub publishing and the method registry (`vlalign.methods`) load when first
+used.
 """
 
 import importlib
@@ -11,9 +12,11 @@ from .auto import AutoModelForImageTextRetrieval, register_auto_classes
 from .models import *  # noqa: F403
 from .models import __all__ as _models_all
 from .models.pipeline_retrieval import register_pipelines
+from .models.pipeline_vqa import register_vqa_pipeline
 
 register_auto_classes()
 register_pipelines()
+register_vqa_pipeline()
 
 __version__ = "0.1.0"
 __all__ = [*_models_all, "AutoModelForImageTextRetrieval", "__version__"]

@@ -27,7 +27,13 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_albef import AlbefConfig, AlbefTextConfig
 from .losses import check_loss_finite
-from .modeling_albef_encoders import AlbefFusionModel, AlbefPreTrainedModel, AlbefTextModel, AlbefVisionModel
+from .modeling_albef_encoders import (
+    REMOTE_CODE_AUTO_MAP,
+    AlbefFusionModel,
+    AlbefPreTrainedModel,
+    AlbefTextModel,
+    AlbefVisionModel,
+)
 from .modeling_albef_layers import (
     AlbefAttention,
     AlbefMLMHead,
@@ -37,7 +43,12 @@ from .modeling_albef_layers import (
     warn_if_attentions_unavailable,
 )
 from .modeling_albef_training import MomentumDistillationMixin
+from .pipeline_vqa import REMOTE_PIPELINE as REMOTE_VQA_PIPELINE
+from .pipeline_vqa import TASK as VQA_TASK
 from .training_duties import TrainingDutiesMixin
+
+#: answer tokens `generate` produces at most unless told otherwise
+DEFAULT_MAX_ANSWER_TOKENS = 10
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -227,6 +238,8 @@ class QuestionAnsweringMixin:
     """
 
     main_input_name = "pixel_values"
+    #: saved folders name the VQA pipeline (shipped beside the code) for `trust_remote_code=True`
+    remote_code_pipelines = {VQA_TASK: REMOTE_VQA_PIPELINE}
     # the loss is a sum over answers' tokens divided by questions, so Trainer must not rescale it itself
     accepts_loss_kwargs = False
 
@@ -451,6 +464,25 @@ class QuestionAnsweringMixin:
         )
 
     @torch.no_grad()
+    def answer_log_likelihood(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        answer_input_ids: torch.Tensor,
+        answer_attention_mask: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """`[questions]` log P(answer | image, question) the decoder gives the answer of each question (one answer row
+        per question, "[CLS] answer [SEP]"): the full-sequence likelihood, the corrected ranking score."""
+        question_states, _ = self.encode_question(
+            pixel_values, input_ids, attention_mask, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        decoded = self.decode_answers(answer_input_ids, answer_attention_mask, question_states, attention_mask)
+        targets = answer_targets(answer_input_ids, self.config.text_config.pad_token_id)
+        return -summed_answer_loss(decoded.logits[:, :-1], targets)
+
+    @torch.no_grad()
     def generate(
         self,
         pixel_values: torch.Tensor,
@@ -461,8 +493,8 @@ class QuestionAnsweringMixin:
     ) -> torch.Tensor:
         r"""
         Free-form answers: the question states are computed once, then the answer decoder generates from [CLS] until
-        [SEP] through transformers' `GenerationMixin.generate` (greedy by default; `num_beams`, `max_new_tokens`,
-        sampling... are passed on). Returns `[questions, tokens]` ids starting with [CLS]; decode them with
+        [SEP] through transformers' `GenerationMixin.generate` (greedy by default; `num_beams`, `max_new_tokens`
+        (default 10), sampling... are passed on). Returns `[questions, tokens]` ids starting with [CLS]; decode them with
         `processor.batch_decode(ids, skip_special_tokens=True)`.
 
         Args:
@@ -477,12 +509,14 @@ class QuestionAnsweringMixin:
         start_ids = torch.full(
             (question_states.shape[0], 1), self.answer_start_token_id, dtype=torch.long, device=question_states.device
         )
-        generate_kwargs = {
+        defaults = {
             "eos_token_id": self.answer_end_token_id,
             "pad_token_id": self.config.text_config.pad_token_id,
             "use_cache": False,
-            **generate_kwargs,
         }
+        if "max_length" not in generate_kwargs:  # answers are short (BLIP and LAVIS stop VQA answers at 10 tokens)
+            defaults["max_new_tokens"] = DEFAULT_MAX_ANSWER_TOKENS
+        generate_kwargs = {**defaults, **generate_kwargs}
         if attention_mask is None:
             attention_mask = torch.ones(question_states.shape[:2], dtype=torch.long, device=question_states.device)
         return self.text_decoder.generate(
@@ -523,6 +557,11 @@ class AlbefForQuestionAnswering(
     does (the decoder's layers from the pretrained fusion layers, its embeddings and LM head from the pretrained text
     embeddings and MLM head) or loads an official fine-tuned VQA checkpoint.
     """
+
+    remote_code_auto_map = {
+        **REMOTE_CODE_AUTO_MAP,
+        "AutoModelForVisualQuestionAnswering": "modeling_albef_vqa.AlbefForQuestionAnswering",
+    }
 
     def __init__(self, config: AlbefConfig):
         super().__init__(config)

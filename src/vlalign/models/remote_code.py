@@ -14,7 +14,8 @@ class RemoteCodeSaveMixin:
     """`save_pretrained` for a model family registered for remote code (importing vlalign registers every family).
 
     Whichever class of the family saves the folder, its `config.json` answers every Auto class of the family
-    (`remote_code_auto_map`) and names the retrieval pipeline shipped beside the code (`custom_pipelines`), so
+    (`remote_code_auto_map`) and names the pipelines shipped beside the code (`remote_code_pipelines`, written as
+    `custom_pipelines`: the retrieval pipeline, the VQA pipeline for VQA models), so
     `AutoModel`, `AutoModelForPreTraining`, the zero-shot classification pipeline and the retrieval pipeline all load
     it with `trust_remote_code=True`. The in-memory config is left as it was: in this process the pipeline task is
     registered, and a `custom_pipelines` entry would make `transformers.pipeline` ask for remote code.
@@ -22,6 +23,8 @@ class RemoteCodeSaveMixin:
 
     #: Auto class -> "module.Class" of the family, written into `auto_map`
     remote_code_auto_map: dict[str, str] = {}
+    #: pipeline task -> its `custom_pipelines` entry (the pipeline file shipped beside the code)
+    remote_code_pipelines: dict[str, dict] = {TASK: REMOTE_PIPELINE}
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         config = self.config
@@ -31,7 +34,7 @@ class RemoteCodeSaveMixin:
             return
         saved = {name: getattr(config, name, None) for name in ("auto_map", "custom_pipelines")}
         config.auto_map = {**self.remote_code_auto_map, **(saved["auto_map"] or {})}
-        config.custom_pipelines = {TASK: dict(REMOTE_PIPELINE)}
+        config.custom_pipelines = {task: dict(entry) for task, entry in self.remote_code_pipelines.items()}
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
