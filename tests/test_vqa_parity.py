@@ -214,3 +214,23 @@ def test_pipeline_with_remote_code_without_vlalign(vqa_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     answer = json.loads((tmp_path / "out.json").read_text())
     assert answer["answer"] == "three" and answer["model"].startswith("transformers_modules.")
+
+
+def test_codis_question_answering_is_albefs_without_the_codebook(vqa_dir, model, golden, tmp_path):
+    """An ALBEF VQA checkpoint converted into CODIS answers exactly as ALBEF's (the codebook is not in the VQA path)."""
+    original = VQA / "original"
+    run_cli(
+        "convert", "--method", "codis", "--task", "vqa", "--checkpoint", str(original / "checkpoint.pth"),
+        "--config", str(original / "VQA.yaml"), "--config", str(original / "config_bert.json"),
+        "--output", str(tmp_path / "codis"),
+    )  # fmt: skip
+    codis = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "codis").train()
+    assert isinstance(codis, vlalign.CodisForQuestionAnswering) and codis.config.model_type == "codis"
+    assert not any("codebook" in name for name in codis.state_dict())
+    inputs, _ = golden
+    torch.testing.assert_close(
+        training_forward(codis, inputs, 0.4).answer_loss,
+        training_forward(model, inputs, 0.4).answer_loss,
+        atol=0,
+        rtol=0,
+    )

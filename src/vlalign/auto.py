@@ -139,6 +139,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             processor_class=models.CodisProcessor,
             image_processor_class=models.CodisImageProcessor,
             tokenizer_class=models.CodisTokenizer,
+            question_answering_class=models.CodisForQuestionAnswering,
         ),
         ModelFamily(
             config_class=models.FdtConfig,

@@ -19,6 +19,7 @@ from .modeling_codis import (
     CodisCodebook,
     CodisForImageTextRetrieval,
     CodisForPreTraining,
+    CodisForQuestionAnswering,
     CodisModel,
     CodisPreTrainedModel,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "CodisConfig",
     "CodisForImageTextRetrieval",
     "CodisForPreTraining",
+    "CodisForQuestionAnswering",
     "CodisImageProcessor",
     "CodisModel",
     "CodisPreTrainedModel",

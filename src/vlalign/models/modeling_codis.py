@@ -43,6 +43,7 @@ from .modeling_albef_training import (
     PairFeatures,
     legacy_albef_attribute,
 )
+from .modeling_albef_vqa import AlbefForQuestionAnswering
 from .sinkhorn import transport_plans
 
 
@@ -376,11 +377,29 @@ class CodisForImageTextRetrieval(CodisMomentumMixin, AlbefForImageTextRetrieval,
         return ("loss_itc", "loss_itm")
 
 
+class CodisForQuestionAnswering(AlbefForQuestionAnswering, CodisPreTrainedModel):
+    """CODIS fine-tuned for VQA: [`AlbefForQuestionAnswering`] under CODIS's config and name.
+
+    The codebook is left out on purpose. CODIS aligns the projected ITC features of images and texts through the
+    codebook during pretraining; a VQA model answers from the fused question tokens (text and fusion encoders) through
+    the answer decoder, a path that never reads the projections nor the codebook. Its weights are therefore exactly
+    ALBEF's VQA weights (`vlalign convert --method codis --task vqa` takes the same official checkpoints), and what
+    CODIS pretraining adds reaches VQA through the encoders it trained.
+    """
+
+    config_class = CodisConfig  # transformers would infer AlbefConfig from the inherited classes' `__init__`
+    remote_code_auto_map = {
+        **REMOTE_CODE_AUTO_MAP,
+        "AutoModelForVisualQuestionAnswering": "modeling_codis.CodisForQuestionAnswering",
+    }
+
+
 __all__ = [
     "CodisCodebook",
     "CodisForImageTextRetrieval",
     "CodisForPreTraining",
     "CodisForPreTrainingOutput",
+    "CodisForQuestionAnswering",
     "CodisModel",
     "CodisPreTrainedModel",
 ]
