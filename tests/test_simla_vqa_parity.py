@@ -38,17 +38,22 @@ CHECKPOINTS = {
 ATOL, SUM_ATOL, PROB_ATOL = 1e-5, 1e-4, 1e-6
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("simla_vqa")
+def convert_checkpoints(root: Path, names: tuple[str, ...] = tuple(CHECKPOINTS)) -> dict[str, Path]:
+    """`vlalign convert --method simla --task vqa` of the named fixture checkpoints into folders under `root`."""
     original = VQA / "original"
-    for name, checkpoint in CHECKPOINTS.items():
+    for name in names:
+        checkpoint = CHECKPOINTS[name]
         run_cli(
             "convert", "--method", "simla", "--task", "vqa", "--checkpoint", str(checkpoint),
             "--config", str(original / "VQA.yaml"), "--config", str(original / "shared_bert.json"),
             "--tokenizer", str(original), "--output", str(root / name),
         )  # fmt: skip
-    return {name: root / name for name in CHECKPOINTS}
+    return {name: root / name for name in names}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    return convert_checkpoints(tmp_path_factory.mktemp("simla_vqa"))
 
 
 def load(folder: Path, **config_overrides) -> SimlaForQuestionAnswering:
