@@ -1,6 +1,6 @@
 """transformers' model conventions, checked on every model class of every registered method (as timm tests every
 registered model, and as transformers' `ModelTesterMixin` checks each of its models): the `<M>Model`, the training
-classes (`<M>ForPreTraining`, `<M>ForImageTextRetrieval`) and the towers they are built from (every `PreTrainedModel`
+classes (`<M>ForPreTraining`, `<M>ForImageTextRetrieval`, `<M>ForQuestionAnswering`) and the towers they are built from (every `PreTrainedModel`
 inside the `<M>Model`, e.g. `AlbefVisionModel`, `FdtTextModel`), each at its method's tiny test size. A new method
 joins by registering in `vlalign.methods`; a new tower by being a `PreTrainedModel` inside its `<M>Model`.
 
@@ -55,7 +55,7 @@ def _tower_paths(model_class: type, config_class: type) -> list[tuple[str, type]
 @dataclass(frozen=True)
 class CaseSpec:
     method: str
-    role: str  # "model", "pretraining", "retrieval" or "tower"
+    role: str  # "model", "pretraining", "retrieval", "question_answering" or "tower"
     cls: type
     tower_path: str | None = None
 
@@ -70,6 +70,8 @@ def _case_specs() -> list[CaseSpec]:
         roles = [("model", method.model_class), ("pretraining", method.pretraining_class)]
         if method.retrieval_class is not None:
             roles.append(("retrieval", method.retrieval_class))
+        if method.family.question_answering_class is not None:
+            roles.append(("question_answering", method.family.question_answering_class))
         specs += [CaseSpec(method.name, role, cls) for role, cls in roles]
         for path, cls in _tower_paths(method.model_class, method.config_class):
             specs.append(CaseSpec(method.name, "tower", cls, path))
@@ -180,7 +182,25 @@ def make_case(spec: CaseSpec) -> Case:
     inputs = {key: value for key, value in context["batch"].items() if key in parameters}
     if spec.role == "retrieval":
         inputs["idx"] = torch.tensor([0, 1, 1, 2])  # two captions of one image
+    if spec.role == "question_answering":
+        inputs.update(vqa_answers(context["config"].text_config, context["batch"]["input_ids"]))
     return Case(spec, context["config"], inputs, context["towers"])
+
+
+def vqa_answers(text_config, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Answer rows for a VQA training forward: two answers for the first question (one of them padded), one for each
+    other, "[CLS] w w [SEP]" with words taken from the captions."""
+    words = torch.cat([input_ids[:1, 1:3], input_ids[:, 2:4]])
+    cls = torch.full((len(words), 1), text_config.cls_token_id)
+    sep = torch.full((len(words), 1), text_config.sep_token_id)
+    answer_input_ids = torch.cat([cls, words, sep], dim=1)
+    answer_input_ids[0, 2:] = torch.tensor([text_config.sep_token_id, text_config.pad_token_id])
+    return {
+        "answer_input_ids": answer_input_ids,
+        "answer_attention_mask": (answer_input_ids != text_config.pad_token_id).long(),
+        "answer_weights": torch.tensor([0.7, 0.3, 1.0, 1.0, 1.0]),
+        "answers_per_question": torch.tensor([2, 1, 1, 1]),
+    }
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -191,7 +211,7 @@ def case(request) -> Case:
     return make_case(request.param)
 
 
-TRAINING_SPECS = [spec for spec in SPECS if spec.role in ("pretraining", "retrieval")]
+TRAINING_SPECS = [spec for spec in SPECS if spec.role in ("pretraining", "retrieval", "question_answering")]
 SDPA_SPECS = [spec for spec in SPECS if spec.cls._supports_sdpa]
 
 
