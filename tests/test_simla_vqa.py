@@ -1,9 +1,11 @@
 """`SimlaForQuestionAnswering` beyond parity, on the fixture's converted SIMLA VQA model (`test_simla_vqa_parity.py`):
-free generation (greedy and beam) decoded by the processor, loading with `trust_remote_code=True` where vlalign cannot
-be imported, and the momentum copies' EMA as a training duty although the official answer loss never reads them."""
+free generation (greedy and beam) decoded by the processor, the `visual-question-answering` pipeline, loading model
+and pipeline with `trust_remote_code=True` where vlalign cannot be imported, and the momentum copies' EMA as a
+training duty although the official answer loss never reads them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_simla_vqa_parity import VQA, convert_checkpoints, load
-from transformers import AutoProcessor
+from transformers import AutoProcessor, pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,24 +51,43 @@ def test_generate_greedy_and_beam(folder):
     assert torch.equal(greedy[:, 1], start_logits.argmax(-1))
 
 
+def official_evaluation() -> tuple[list[dict], list[str], list[str]]:
+    """The fixture's test questions, answer list and the official evaluation's answers."""
+    meta = json.loads((VQA / "meta.json").read_text())
+    return meta["test_annotations"], meta["answer_list"], [row["answer"] for row in meta["evaluation_result"]]
+
+
+def test_pipeline_ranks_candidates_as_the_official_evaluation_and_generates(folder):
+    vqa = pipeline("visual-question-answering", model=str(folder))
+    questions, answer_list, official = official_evaluation()
+    for row, answer in zip(questions, official, strict=True):
+        ranked = vqa(
+            str(VQA / "data" / row["image"]), question=row["question"], candidate_answers=answer_list, top_k=2
+        )
+        assert ranked[0]["answer"] == answer and ranked[0]["score"] >= ranked[1]["score"] > 0
+    generated = vqa({"image": str(VQA / "data" / questions[0]["image"]), "question": questions[0]["question"]})
+    assert isinstance(generated[0]["answer"], str) and 0 < generated[0]["score"] <= 1
+
+
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import json, sys
     sys.modules["vlalign"] = None  # make `import vlalign` fail in this process
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoModelForVisualQuestionAnswering
+    from transformers import pipeline
 
-    folder, inputs_file, output_file = sys.argv[1:]
-    inputs = load_file(inputs_file)
-    model = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=True).eval()
+    folder, inputs_file, image, question, answers, output_file = sys.argv[1:]
+    vqa = pipeline("visual-question-answering", model=folder, trust_remote_code=True)
+    answer = vqa(image, question=question, candidate_answers=json.loads(answers))[0]["answer"]
+    inputs, model = load_file(inputs_file), vqa.model  # AutoModelForVisualQuestionAnswering's choice
     ranking = model.rank_answers(
         inputs["pixel_values"], inputs["test_question_input_ids"], inputs["test_question_attention_mask"],
         inputs["answer_list_input_ids"], inputs["answer_list_attention_mask"], k=int(inputs["k_test"]),
     )
     torch.save(
         {"class": [type(model).__module__, type(model).__name__], "ids": ranking.answer_indices,
-         "scores": ranking.scores},
+         "scores": ranking.scores, "answer": answer},
         output_file,
     )
     """
@@ -77,7 +98,10 @@ def test_trust_remote_code_without_vlalign(folder, tmp_path):
     script = tmp_path / "load.py"
     script.write_text(REMOTE_SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    arguments = [str(folder), str(VQA / "inputs.safetensors"), str(tmp_path / "out.pt")]
+    questions, answer_list, official = official_evaluation()
+    image, question = str(VQA / "data" / questions[0]["image"]), questions[0]["question"]
+    arguments = [str(folder), str(VQA / "inputs.safetensors"), image, question, json.dumps(answer_list)]
+    arguments.append(str(tmp_path / "out.pt"))
     result = subprocess.run(
         [sys.executable, str(script), *arguments], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
@@ -88,6 +112,7 @@ def test_trust_remote_code_without_vlalign(folder, tmp_path):
     expected = load_file(VQA / "outputs.safetensors")
     assert torch.equal(loaded["ids"], expected["topk_ids"])
     torch.testing.assert_close(loaded["scores"], expected["topk_probs"], atol=1e-6, rtol=0)
+    assert loaded["answer"] == official[0]
 
 
 def test_momentum_copies_take_the_ema_step_though_the_loss_does_not_read_them(folder):
