@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli
+from conftest import FIXTURES, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
@@ -197,3 +197,25 @@ def test_official_evaluation_answers(folders):
     )
     answers = [{"question_id": p["question_id"], "answer": p["answer"]} for p in results["predictions"]]
     assert answers == meta["evaluation_result"]
+
+
+def test_the_task_is_recognised_and_other_checkpoints_are_refused(tmp_path):
+    original = VQA / "original"
+    configs = ["--config", str(original / "VQA.yaml"), "--config", str(original / "shared_bert.json")]
+    run_cli("convert", "--method", "simla", "--checkpoint", str(CHECKPOINTS["finetuned"]), *configs,
+            "--output", str(tmp_path / "auto"))  # fmt: skip
+    assert type(AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "auto")) is SimlaForQuestionAnswering
+    refusals = {  # a retrieval checkpoint has no MLM head to start the decoder from; ALBEF's BERT is not SIMLA's
+        FIXTURES / "simla" / "retrieval" / "checkpoint_retrieval_layout.pth": "neither an answer decoder",
+        DOWNSTREAM.parents[1]
+        / "albef"
+        / "downstream"
+        / "vqa"
+        / "original"
+        / "checkpoint.pth": "does not fit the config",
+    }
+    for checkpoint, message in refusals.items():
+        result = run_cli("convert", "--method", "simla", "--task", "vqa", "--checkpoint", str(checkpoint), *configs,
+                         "--output", str(tmp_path / checkpoint.parent.name), check=False)  # fmt: skip
+        assert result.returncode != 0 and message in result.stderr.replace("\n", " "), result.stderr
+        assert not (tmp_path / checkpoint.parent.name).exists()

@@ -19,6 +19,7 @@ import torch
 
 from ..models.configuration_simla import SimlaConfig
 from ..models.modeling_simla import SimlaForQuestionAnswering
+from .albef import CheckpointError
 from .albef_vqa import PRETRAINING_ONLY_KEYS, convert_to_vqa, is_vqa_layout, pretraining_to_vqa_layout
 
 #: keys of SIMLA's pretraining-only modules that the VQA model lacks, beyond ALBEF's (`PRETRAINING_ONLY_KEYS`)
@@ -44,6 +45,12 @@ def convert_simla_to_vqa(original: dict[str, torch.Tensor], config: SimlaConfig)
     them, or an official fine-tuned SIMLA VQA checkpoint's (`text_encoder.*`, `text_decoder.bert.*`,
     `text_decoder.cls.*` and their `_m` copies)."""
     if not is_vqa_layout(original):
+        if not any(key.startswith("text_encoder.cls.") for key in original):
+            raise CheckpointError(
+                "This checkpoint has neither an answer decoder (`text_decoder.*`, a fine-tuned VQA checkpoint) nor the "
+                "MLM head (`text_encoder.cls.*`) the decoder's LM head is initialised from: it is not a SIMLA "
+                "pretraining checkpoint (a fine-tuned retrieval one?). Convert the pretraining or a VQA checkpoint."
+            )
         original, _ = simla_vqa_initialisation(original, config)
     return convert_to_vqa(original, config, SimlaForQuestionAnswering)
 
