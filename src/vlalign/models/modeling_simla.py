@@ -9,8 +9,9 @@ image) embeddings:
   (`mode='multimodal'`), which is ALBEF's `fuse` applied to the embedding-layer output;
 * masked image modelling: the masked image tokens are the queries and cross-attend to the caption embeddings.
 
-Everything else (ViT, projections, ITC temperature, ITM head, CLIP-style `forward`) is [`AlbefModel`]'s. This file
-imports only torch, transformers and its sibling files, so saved checkpoints load with `trust_remote_code=True`.
+Everything else (ViT, projections, ITC temperature, ITM head, CLIP-style `forward`) is [`AlbefModel`]'s, and the VQA
+model is ALBEF's ([`AlbefForQuestionAnswering`]) with the whole stack as the question encoder. This file imports only
+torch, transformers and its sibling files, so saved checkpoints load with `trust_remote_code=True`.
 """
 
 from __future__ import annotations
