@@ -5,7 +5,8 @@ Both official checkpoints go through `vlalign convert --method simla --task vqa`
 `AutoModelForVisualQuestionAnswering`: the pretraining checkpoint (`downstream/pretrained`), initialised as `VQA.py`
 does, and the fine-tuned VQA layout (the fixture's `original/checkpoint.pth`, which is that initialisation). Every
 recorded tensor is matched at the README's tolerances (1e-5 on states and logits, 1e-4 on sums of token losses, 1e-6
-on probabilities, ids exactly), and the official evaluation's answers are reproduced through `evaluate_vqa`.
+on probabilities, ids exactly), the saved processor's VQA presets and `VqaCollator` reproduce the official tokens and
+answer weights, and the official evaluation's answers are reproduced through `evaluate_vqa`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
 from vlalign.convert.restricted_unpickle import load_official_checkpoint
 from vlalign.convert.simla_vqa import simla_vqa_initialisation
-from vlalign.data.vqa import load_answer_list, load_vqa_json
+from vlalign.data.vqa import VqaCollator, load_answer_list, load_vqa_json
 from vlalign.evaluation import evaluate_vqa
 from vlalign.models import SimlaConfig, SimlaForQuestionAnswering
 
@@ -184,6 +185,26 @@ def test_answer_ranking_matches_official(folders, golden):
     assert_close(ranking.log_likelihoods, expected["rank_log_probs_sum"], SUM_ATOL)
     assert torch.equal(ranking.answer_indices, expected["topk_ids"])
     assert_close(ranking.scores, expected["topk_probs"], PROB_ATOL)
+
+
+def test_processor_and_collator_reproduce_the_official_inputs(folders, golden):
+    inputs, _ = golden
+    processor = AutoProcessor.from_pretrained(folders["finetuned"])
+    assert type(processor).__name__ == "SimlaProcessor"
+    batch = VqaCollator(processor)(list(load_vqa_json(VQA / "data" / "vqa_train.json", VQA / "data")))
+    assert torch.equal(batch["answer_weights"], inputs["answer_weights"])
+    assert torch.equal(batch["answers_per_question"], inputs["answer_k"])
+    for ours, official in [("input_ids", "question_input_ids"), ("answer_input_ids", "answer_input_ids")]:
+        assert torch.equal(batch[ours], inputs[official]), ours
+        assert torch.equal(
+            batch[ours.replace("input_ids", "attention_mask")], inputs[official.replace("input_ids", "attention_mask")]
+        )
+    meta = json.loads((VQA / "meta.json").read_text())
+    test_questions = processor(text=[row["question"] for row in meta["test_annotations"]], preset="vqa_test_question")
+    answer_list = processor(text=meta["answer_list"], preset="vqa_answer")
+    for encoded, official in [(test_questions, "test_question"), (answer_list, "answer_list")]:
+        assert torch.equal(encoded["input_ids"], inputs[f"{official}_input_ids"])
+        assert torch.equal(encoded["attention_mask"], inputs[f"{official}_attention_mask"])
 
 
 def test_official_evaluation_answers(folders):
