@@ -58,6 +58,7 @@ class CaseSpec:
     role: str  # "model", "pretraining", "retrieval", "question_answering" or "tower"
     cls: type
     tower_path: str | None = None
+    owner: str = "model"  # the role of the model a tower is found in: "model", or "question_answering" (its decoder)
 
     @property
     def id(self) -> str:
@@ -73,8 +74,13 @@ def _case_specs() -> list[CaseSpec]:
         if method.family.question_answering_class is not None:
             roles.append(("question_answering", method.family.question_answering_class))
         specs += [CaseSpec(method.name, role, cls) for role, cls in roles]
-        for path, cls in _tower_paths(method.model_class, method.config_class):
-            specs.append(CaseSpec(method.name, "tower", cls, path))
+        towers = _tower_paths(method.model_class, method.config_class)
+        specs += [CaseSpec(method.name, "tower", cls, path) for path, cls in towers]
+        if method.family.question_answering_class is not None:  # its own towers: the answer decoder
+            known = {cls for _, cls in towers}
+            for path, cls in _tower_paths(method.family.question_answering_class, method.config_class):
+                if cls not in known:
+                    specs.append(CaseSpec(method.name, "tower", cls, path, owner="question_answering"))
     return specs
 
 
@@ -147,26 +153,38 @@ def method_context(name: str) -> dict[str, Any]:
 
         return hook
 
-    paths = [spec.tower_path for spec in SPECS if spec.method == name and spec.role == "tower"]
+    specs = [spec for spec in SPECS if spec.method == name and spec.role == "tower"]
+    paths = [spec.tower_path for spec in specs if spec.owner == "model"]
     # towers the model's forward does not run (ALBEF's fusion encoder serves `itm_score`) get what the pretraining
     # forward passes the same tower of its online model
     pretraining = method.pretraining_class(copy.deepcopy(config)).eval()
-    for runner, online, inputs in ((model, model, pair), (pretraining, pretraining.base_model, batch)):
+    runs = [(model, model, pair, paths), (pretraining, pretraining.base_model, batch, paths)]
+    owners = {"model": model}
+    if method.family.question_answering_class is not None:
+        owners["question_answering"] = method.family.question_answering_class(copy.deepcopy(config)).eval()
+        answered = {**pair, **vqa_answers(config.text_config, pair["input_ids"])}
+        own_paths = [spec.tower_path for spec in specs if spec.owner == "question_answering"]
+        runs.append((owners["question_answering"], owners["question_answering"], answered, own_paths))
+    for runner, online, inputs, run_paths in runs:
         handles = [
-            online.get_submodule(path).register_forward_pre_hook(recorder(path), with_kwargs=True) for path in paths
+            online.get_submodule(path).register_forward_pre_hook(recorder(path), with_kwargs=True)
+            for path in run_paths
         ]
         with torch.no_grad():
             runner(**inputs)
         for handle in handles:
             handle.remove()
-    towers = [module for module in model.modules() if module is not model and isinstance(module, PreTrainedModel)]
     return {
         "config": config,
         "batch": batch,
-        "model": model,
+        "owners": owners,
         "tower_inputs": tower_inputs,
-        "towers": towers,
+        "towers": {role: towers_of(owner) for role, owner in owners.items()},
     }
+
+
+def towers_of(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules() if module is not model and isinstance(module, PreTrainedModel)]
 
 
 def tensor_count(inputs: dict[str, Any]) -> int:
@@ -176,7 +194,7 @@ def tensor_count(inputs: dict[str, Any]) -> int:
 def make_case(spec: CaseSpec) -> Case:
     context = method_context(spec.method)
     if spec.role == "tower":
-        tower = context["model"].get_submodule(spec.tower_path)
+        tower = context["owners"][spec.owner].get_submodule(spec.tower_path)
         return Case(spec, tower.config, context["tower_inputs"][spec.tower_path], [tower])
     parameters = forward_parameters(spec.cls)
     inputs = {key: value for key, value in context["batch"].items() if key in parameters}
@@ -184,7 +202,8 @@ def make_case(spec: CaseSpec) -> Case:
         inputs["idx"] = torch.tensor([0, 1, 1, 2])  # two captions of one image
     if spec.role == "question_answering":
         inputs.update(vqa_answers(context["config"].text_config, context["batch"]["input_ids"]))
-    return Case(spec, context["config"], inputs, context["towers"])
+        return Case(spec, context["config"], inputs, context["towers"]["question_answering"])
+    return Case(spec, context["config"], inputs, context["towers"]["model"])
 
 
 def vqa_answers(text_config, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:

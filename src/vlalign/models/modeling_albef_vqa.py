@@ -83,7 +83,20 @@ class AlbefQuestionAnsweringOutput(ModelOutput):
     vision_model_output: BaseModelOutputWithPooling | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     fusion_model_output: ModelOutput | None = None
-    decoder_output: CausalLMOutputWithCrossAttentions | None = None
+    decoder_output: AlbefAnswerDecoderOutput | None = None
+
+
+@dataclasses.dataclass
+class AlbefAnswerDecoderOutput(CausalLMOutputWithCrossAttentions):
+    """
+    Output of [`AlbefAnswerDecoder`]: transformers' causal-LM output (`logits`, `hidden_states`, `attentions`,
+    `cross_attentions`) with the last layer's states.
+
+    Args:
+        last_hidden_state: `[batch, tokens, hidden]` the answer tokens after the last layer (what the LM head reads).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -149,6 +162,11 @@ class AlbefAnswerDecoder(AlbefPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def get_output_embeddings(self) -> None:
+        """None: the LM head scores with the word embeddings themselves (tied by construction, no weight of its own),
+        so resizing the input embeddings resizes the output side too (its bias by `resize_token_embeddings`)."""
+        return None
+
     @capture_outputs
     def forward(
         self,
@@ -158,8 +176,7 @@ class AlbefAnswerDecoder(AlbefPreTrainedModel, GenerationMixin):
         encoder_attention_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithCrossAttentions:
+    ) -> AlbefAnswerDecoderOutput:
         r"""
         Args:
             input_ids: `[batch, tokens]` answers, "[CLS] answer [SEP]"; attention_mask: their padding mask.
@@ -179,7 +196,7 @@ class AlbefAnswerDecoder(AlbefPreTrainedModel, GenerationMixin):
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, encoder_hidden_states, question_mask)
         logits = self.lm_head(hidden_states, self.embeddings.word_embeddings.weight)
-        return CausalLMOutputWithCrossAttentions(logits=logits)
+        return AlbefAnswerDecoderOutput(logits=logits, last_hidden_state=hidden_states)
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, attention_mask=None, **model_kwargs) -> dict:
         """The whole answer so far at every step (the decoder keeps no cache: answers are a few tokens), with the
@@ -276,7 +293,7 @@ class QuestionAnsweringMixin:
         question_attention_mask: torch.Tensor | None,
         momentum: bool = False,
         output_flags: dict[str, bool] | None = None,
-    ) -> CausalLMOutputWithCrossAttentions:
+    ) -> AlbefAnswerDecoderOutput:
         """The (momentum) decoder's output for answers, each attending to its row of `question_states`."""
         decoder = self.text_decoder_m if momentum else self.text_decoder
         return decoder(
@@ -621,6 +638,7 @@ class AlbefForQuestionAnswering(
 
 __all__ = [
     "AlbefAnswerDecoder",
+    "AlbefAnswerDecoderOutput",
     "AlbefForQuestionAnswering",
     "AlbefQuestionAnsweringOutput",
     "AnswerRankingOutput",
