@@ -234,3 +234,25 @@ def test_codis_question_answering_is_albefs_without_the_codebook(vqa_dir, model,
         atol=0,
         rtol=0,
     )
+
+
+def test_from_pretraining_gives_the_official_initialisation_from_a_vlalign_folder(vqa_dir, tmp_path):
+    """A vlalign pretraining folder (the fixture's pretraining checkpoint converted as such) initialises the VQA model
+    as VQA.py does; loading it directly into the VQA class is refused, naming `from_pretraining`."""
+    pretrained = DOWNSTREAM / "pretrained"
+    run_cli(
+        "convert", "--method", "albef", "--task", "pretraining", "--checkpoint", str(pretrained / "checkpoint.pth"),
+        "--config", str(pretrained / "Pretrain.yaml"), "--config", str(pretrained / "config_bert.json"),
+        "--output", str(tmp_path / "pretraining"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds AlbefForPreTraining, not a VQA model: .*from_pretraining\("):
+        AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "pretraining")
+    pretraining = vlalign.AlbefForPreTraining.from_pretrained(tmp_path / "pretraining")
+    initialised = vlalign.AlbefForQuestionAnswering.from_pretraining(pretraining, k_test=4)
+    assert initialised.config.k_test == 4
+    assert not any(p.requires_grad for m in initialised.momentum_modules() for p in m.parameters())
+    expected = load_file(vqa_dir / "model.safetensors")
+    state = initialised.state_dict()
+    assert state.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(state[key], tensor), key

@@ -13,7 +13,10 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -240,6 +243,21 @@ def summed_answer_loss(
     return loss
 
 
+def _decoder_key_from_pretraining(key: str, num_layers: int) -> str | None:
+    """The answer-decoder key a pretraining model's weight initialises (official VQA.py): text embeddings → decoder
+    embeddings, fusion layer i (< `num_layers`) → decoder layer i, MLM head → LM head; momentum copies alike."""
+    match = re.match(r"^(text_model|fusion_model|mlm_head)(_m)?\.(.+)$", key)
+    if match is None:
+        return None
+    module, momentum, rest = match.group(1), match.group(2) or "", match.group(3)
+    if module == "mlm_head":
+        return f"text_decoder{momentum}.lm_head.{rest}"
+    if module == "text_model":
+        return f"text_decoder{momentum}.{rest}" if rest.startswith("embeddings.") else None
+    layer = re.match(r"^layers\.(\d+)\.", rest)
+    return f"text_decoder{momentum}.{rest}" if layer and int(layer.group(1)) < num_layers else None
+
+
 class QuestionAnsweringMixin:
     """VQA given a question encoder and an answer decoder: the official training loss (`forward`), answer-list
     ranking (`rank_answers`) and free generation (`generate`).
@@ -272,6 +290,49 @@ class QuestionAnsweringMixin:
         interpolate_pos_encoding: bool = False,
     ) -> tuple[torch.Tensor, dict[str, ModelOutput]]:
         raise NotImplementedError
+
+    # -- initialisation from a pretrained model ------------------------------------------------------------------
+
+    @classmethod
+    def from_pretraining(cls, model: nn.Module, **config_overrides):
+        """A VQA model initialised from a vlalign model of the family (a pretraining model, or its online model) as
+        the official VQA script initialises one from a pretraining checkpoint: the encoders (and their momentum
+        copies) are the model's; the answer decoder's layer i is its fusion layer i, the decoder's embeddings are its
+        text embeddings and the LM head its MLM head. Without an MLM head (an `<M>Model`) the LM head keeps its fresh
+        initialisation; without momentum encoders the copies start equal to the online ones. `config_overrides`
+        (e.g. `k_test`, `alpha`) change the copied config. For official checkpoints: `vlalign convert --task vqa`."""
+        config = copy.deepcopy(model.config)
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
+        vqa = cls(config)
+        num_layers = config.answer_decoder_config().num_hidden_layers
+        prefix = f"{model.base_model_prefix}."
+        state = {key.removeprefix(prefix): value for key, value in model.state_dict().items()}
+        vqa_state = vqa.state_dict()
+        mapped = {key: value for key, value in state.items() if key in vqa_state}
+        for key, value in state.items():
+            decoder_key = _decoder_key_from_pretraining(key, num_layers)
+            if decoder_key in vqa_state:
+                mapped[decoder_key] = value
+        vqa.load_state_dict(mapped, strict=False)
+        if not any(key.endswith("_m") for key, _ in model.named_children()):
+            vqa.copy_params_to_momentum()
+        vqa.apply_freezing()
+        return vqa
+
+    @classmethod
+    def _check_folder_model(cls, path: str, folder_config: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """Also refuse a folder of the family that holds no VQA model (a pretraining or retrieval model): loading it
+        would leave the answer decoder at random; `from_pretraining` initialises one from such a model instead."""
+        super()._check_folder_model(path, folder_config, kwargs)
+        architectures = folder_config.get("architectures") or []
+        if architectures and not any(name.endswith("ForQuestionAnswering") for name in architectures):
+            raise ValueError(
+                f"{path} holds {architectures[0]}, not a VQA model: {cls.__name__}.from_pretrained would leave its "
+                f"answer decoder untrained. Initialise one from it with "
+                f"{cls.__name__}.from_pretraining({architectures[0]}.from_pretrained(...)), or convert an official "
+                "checkpoint with `vlalign convert --task vqa`."
+            )
 
     # -- shared machinery ----------------------------------------------------------------------------------------
 
