@@ -243,21 +243,6 @@ def summed_answer_loss(
     return loss
 
 
-def _decoder_key_from_pretraining(key: str, num_layers: int) -> str | None:
-    """The answer-decoder key a pretraining model's weight initialises (official VQA.py): text embeddings → decoder
-    embeddings, fusion layer i (< `num_layers`) → decoder layer i, MLM head → LM head; momentum copies alike."""
-    match = re.match(r"^(text_model|fusion_model|mlm_head)(_m)?\.(.+)$", key)
-    if match is None:
-        return None
-    module, momentum, rest = match.group(1), match.group(2) or "", match.group(3)
-    if module == "mlm_head":
-        return f"text_decoder{momentum}.lm_head.{rest}"
-    if module == "text_model":
-        return f"text_decoder{momentum}.{rest}" if rest.startswith("embeddings.") else None
-    layer = re.match(r"^layers\.(\d+)\.", rest)
-    return f"text_decoder{momentum}.{rest}" if layer and int(layer.group(1)) < num_layers else None
-
-
 class QuestionAnsweringMixin:
     """VQA given a question encoder and an answer decoder: the official training loss (`forward`), answer-list
     ranking (`rank_answers`) and free generation (`generate`).
@@ -289,7 +274,25 @@ class QuestionAnsweringMixin:
         output_flags: dict[str, bool] | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> tuple[torch.Tensor, dict[str, ModelOutput]]:
-        raise NotImplementedError
+        """(question states `[questions, tokens, width]` the decoder attends to, the towers' outputs as
+        `AlbefQuestionAnsweringOutput` fields); `momentum=True` encodes with the momentum copies."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode_question.")
+
+    @staticmethod
+    def decoder_key_from_pretraining(key: str, num_layers: int) -> str | None:
+        """The answer-decoder weight a pretraining model's weight `key` initialises (official VQA.py), or None: text
+        embeddings → decoder embeddings, fusion layer i (< `num_layers`) → decoder layer i, MLM head → LM head;
+        momentum copies alike. A family whose decoder starts from other layers overrides it."""
+        match = re.match(r"^(text_model|fusion_model|mlm_head)(_m)?\.(.+)$", key)
+        if match is None:
+            return None
+        module, momentum, rest = match.group(1), match.group(2) or "", match.group(3)
+        if module == "mlm_head":
+            return f"text_decoder{momentum}.lm_head.{rest}"
+        if module == "text_model":
+            return f"text_decoder{momentum}.{rest}" if rest.startswith("embeddings.") else None
+        layer = re.match(r"^layers\.(\d+)\.", rest)
+        return f"text_decoder{momentum}.{rest}" if layer and int(layer.group(1)) < num_layers else None
 
     # -- initialisation from a pretrained model ------------------------------------------------------------------
 
@@ -311,7 +314,7 @@ class QuestionAnsweringMixin:
         vqa_state = vqa.state_dict()
         mapped = {key: value for key, value in state.items() if key in vqa_state}
         for key, value in state.items():
-            decoder_key = _decoder_key_from_pretraining(key, num_layers)
+            decoder_key = cls.decoder_key_from_pretraining(key, num_layers)
             if decoder_key in vqa_state:
                 mapped[decoder_key] = value
         vqa.load_state_dict(mapped, strict=False)
