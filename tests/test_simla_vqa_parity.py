@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FIXTURES, run_cli
 from safetensors.torch import load_file
-from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+from transformers import AutoModelForPreTraining, AutoModelForVisualQuestionAnswering, AutoProcessor
 
 from vlalign.convert.restricted_unpickle import load_official_checkpoint
 from vlalign.convert.simla_vqa import simla_vqa_initialisation
@@ -240,3 +240,22 @@ def test_the_task_is_recognised_and_other_checkpoints_are_refused(tmp_path):
                          "--output", str(tmp_path / checkpoint.parent.name), check=False)  # fmt: skip
         assert result.returncode != 0 and message in result.stderr.replace("\n", " "), result.stderr
         assert not (tmp_path / checkpoint.parent.name).exists()
+
+
+def test_from_pretraining_gives_the_official_initialisation_from_a_vlalign_folder(folders, tmp_path):
+    """A vlalign SIMLA pretraining folder (the fixture's pretraining checkpoint converted as such) initialises the VQA
+    model as VQA.py does: the decoder from the second half of the stack, not from its first layers."""
+    pretrained = DOWNSTREAM / "pretrained"
+    run_cli(
+        "convert", "--method", "simla", "--task", "pretraining", "--checkpoint", str(pretrained / "checkpoint.pth"),
+        "--config", str(pretrained / "Pretrain.yaml"), "--config", str(pretrained / "shared_bert.json"),
+        "--output", str(tmp_path / "pretraining"),
+    )  # fmt: skip
+    pretraining = AutoModelForPreTraining.from_pretrained(tmp_path / "pretraining")
+    initialised = SimlaForQuestionAnswering.from_pretraining(pretraining, k_test=4)
+    assert initialised.config.k_test == 4 and initialised.vision_model.embeddings.mask_token is None
+    expected = load_file(folders["finetuned"] / "model.safetensors")
+    state = initialised.state_dict()
+    assert state.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(state[key], tensor), key

@@ -5,7 +5,8 @@ Two inputs, told apart by their keys:
 
 * a **pretraining** checkpoint (`text_encoder.bert.*`, no decoder): the VQA model is initialised from it as the
   official `VQA.py` does: the encoder keeps every BERT layer, the answer decoder's layer i is pretrained layer
-  `fusion_layer + i` (the fusion layers), its embeddings and LM head are the pretrained text embeddings and MLM head;
+  `config.answer_decoder_first_layer() + i` (ALBEF: the fusion layers), its embeddings and LM head are the
+  pretrained text embeddings and MLM head;
   projections, ITM head, temperature and queues have no place in the VQA model and are dropped (the official
   `strict=False` load reports them as unexpected);
 * a **fine-tuned VQA** checkpoint (the layout of the official `model_vqa.py`: `text_encoder.*`, `text_decoder.bert.*`,
@@ -41,11 +42,12 @@ def is_vqa_layout(original: dict[str, torch.Tensor]) -> bool:
 
 
 def pretraining_to_vqa_layout(
-    original: dict[str, torch.Tensor], fusion_layer: int, num_decoder_layers: int
+    original: dict[str, torch.Tensor], first_layer: int, num_decoder_layers: int
 ) -> dict[str, torch.Tensor]:
     """The official VQA initialisation of a pretraining state dict, in the official VQA layout: `text_encoder(_m).*`
-    without `bert.`, and `text_decoder(_m).bert.encoder.layer.i` = pretrained layer `fusion_layer + i`, with the
-    pretrained embeddings and MLM head as the decoder's. Pretraining-only keys are dropped."""
+    without `bert.`, and `text_decoder(_m).bert.encoder.layer.i` = pretrained layer `first_layer + i`
+    (`config.answer_decoder_first_layer()`), with the pretrained embeddings and MLM head as the decoder's.
+    Pretraining-only keys are dropped."""
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in original.items():
         if re.match(PRETRAINING_ONLY_KEYS, key):
@@ -60,8 +62,8 @@ def pretraining_to_vqa_layout(
         layer = re.match(r"^bert\.encoder\.layer\.(\d+)\.(.+)$", rest)
         if layer is None:
             converted[f"text_decoder{momentum}.{rest}"] = tensor
-        elif 0 <= int(layer.group(1)) - fusion_layer < num_decoder_layers:
-            decoder_layer = int(layer.group(1)) - fusion_layer
+        elif 0 <= int(layer.group(1)) - first_layer < num_decoder_layers:
+            decoder_layer = int(layer.group(1)) - first_layer
             converted[f"text_decoder{momentum}.bert.encoder.layer.{decoder_layer}.{layer.group(2)}"] = tensor
     return converted
 
@@ -120,7 +122,7 @@ def convert_to_vqa(
     fusion_layer = config.text_config.fusion_layer
     if not is_vqa_layout(original):
         num_decoder_layers = config.answer_decoder_config().num_hidden_layers
-        original = pretraining_to_vqa_layout(original, fusion_layer, num_decoder_layers)
+        original = pretraining_to_vqa_layout(original, config.answer_decoder_first_layer(), num_decoder_layers)
     state_dict, dropped = convert_vqa_state_dict(original, fusion_layer)
     unknown = [k for k in dropped if not re.search(r"(cls\.predictions\.decoder\.|position_ids$)", k)]
     if unknown:

@@ -36,8 +36,7 @@ def simla_vqa_initialisation(
     ]
     kept = {key: value for key, value in original.items() if not re.match(SIMLA_PRETRAINING_ONLY_KEYS, key)}
     num_decoder_layers = config.answer_decoder_config().num_hidden_layers
-    first_decoder_layer = config.text_config.num_hidden_layers - num_decoder_layers
-    return pretraining_to_vqa_layout(kept, first_decoder_layer, num_decoder_layers), dropped
+    return pretraining_to_vqa_layout(kept, config.answer_decoder_first_layer(), num_decoder_layers), dropped
 
 
 def convert_simla_to_vqa(original: dict[str, torch.Tensor], config: SimlaConfig) -> SimlaForQuestionAnswering:

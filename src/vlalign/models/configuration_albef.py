@@ -209,5 +209,10 @@ class AlbefConfig(PreTrainedConfig):
         decoder.num_hidden_layers, decoder.fusion_layer, decoder.encoder_width = num_layers, 0, text.hidden_size
         return decoder
 
+    def answer_decoder_first_layer(self) -> int:
+        """The BERT layer the VQA answer decoder's first layer is initialised from (decoder layer i from layer
+        first + i): the first fusion layer, as the official VQA script does (layer 6 of BERT-base)."""
+        return self.text_config.fusion_layer
+
 
 __all__ = ["AlbefConfig", "AlbefTextConfig", "AlbefVisionConfig"]

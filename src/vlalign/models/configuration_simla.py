@@ -116,5 +116,10 @@ class SimlaConfig(AlbefConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
 
+    def answer_decoder_first_layer(self) -> int:
+        """The first of the stack's last `num_decoder_layers` layers: every SIMLA layer cross-attends, and the official
+        VQA script starts the decoder from layer 6 of 12 as ALBEF's does."""
+        return self.text_config.num_hidden_layers - self.answer_decoder_config().num_hidden_layers
+
 
 __all__ = ["SimlaConfig", "SimlaTextConfig", "SimlaVisionConfig"]

@@ -279,10 +279,10 @@ class QuestionAnsweringMixin:
         raise NotImplementedError(f"{type(self).__name__} must implement encode_question.")
 
     @staticmethod
-    def decoder_key_from_pretraining(key: str, num_layers: int) -> str | None:
+    def decoder_key_from_pretraining(key: str, num_layers: int, first_layer: int = 0) -> str | None:
         """The answer-decoder weight a pretraining model's weight `key` initialises (official VQA.py), or None: text
-        embeddings → decoder embeddings, fusion layer i (< `num_layers`) → decoder layer i, MLM head → LM head;
-        momentum copies alike. A family whose decoder starts from other layers overrides it."""
+        embeddings → decoder embeddings, fusion layer `first_layer + i` (i < `num_layers`) → decoder layer i, MLM
+        head → LM head; momentum copies alike. A family whose decoder starts from other layers overrides it."""
         match = re.match(r"^(text_model|fusion_model|mlm_head)(_m)?\.(.+)$", key)
         if match is None:
             return None
@@ -291,8 +291,10 @@ class QuestionAnsweringMixin:
             return f"text_decoder{momentum}.lm_head.{rest}"
         if module == "text_model":
             return f"text_decoder{momentum}.{rest}" if rest.startswith("embeddings.") else None
-        layer = re.match(r"^layers\.(\d+)\.", rest)
-        return f"text_decoder{momentum}.{rest}" if layer and int(layer.group(1)) < num_layers else None
+        layer = re.match(r"^layers\.(\d+)\.(.+)$", rest)
+        if layer is None or not 0 <= int(layer.group(1)) - first_layer < num_layers:
+            return None
+        return f"text_decoder{momentum}.layers.{int(layer.group(1)) - first_layer}.{layer.group(2)}"
 
     # -- initialisation from a pretrained model ------------------------------------------------------------------
 
@@ -300,7 +302,8 @@ class QuestionAnsweringMixin:
     def from_pretraining(cls, model: nn.Module, **config_overrides):
         """A VQA model initialised from a vlalign model of the family (a pretraining model, or its online model) as
         the official VQA script initialises one from a pretraining checkpoint: the encoders (and their momentum
-        copies) are the model's; the answer decoder's layer i is its fusion layer i, the decoder's embeddings are its
+        copies) are the model's; the answer decoder's layer i is BERT layer `config.answer_decoder_first_layer() + i`
+        (ALBEF: fusion layer i; SIMLA: the second half of its stack), the decoder's embeddings are its
         text embeddings and the LM head its MLM head. Without an MLM head (an `<M>Model`) the LM head keeps its fresh
         initialisation; without momentum encoders the copies start equal to the online ones. `config_overrides`
         (e.g. `k_test`, `alpha`) change the copied config. For official checkpoints: `vlalign convert --task vqa`."""
@@ -309,12 +312,13 @@ class QuestionAnsweringMixin:
             setattr(config, name, value)
         vqa = cls(config)
         num_layers = config.answer_decoder_config().num_hidden_layers
+        first_layer = config.answer_decoder_first_layer() - config.text_config.fusion_layer  # in fusion_model.layers
         prefix = f"{model.base_model_prefix}."
         state = {key.removeprefix(prefix): value for key, value in model.state_dict().items()}
         vqa_state = vqa.state_dict()
         mapped = {key: value for key, value in state.items() if key in vqa_state}
         for key, value in state.items():
-            decoder_key = cls.decoder_key_from_pretraining(key, num_layers)
+            decoder_key = cls.decoder_key_from_pretraining(key, num_layers, first_layer)
             if decoder_key in vqa_state:
                 mapped[decoder_key] = value
         vqa.load_state_dict(mapped, strict=False)
