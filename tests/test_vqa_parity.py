@@ -256,3 +256,20 @@ def test_from_pretraining_gives_the_official_initialisation_from_a_vlalign_folde
     assert state.keys() == expected.keys()
     for key, tensor in expected.items():
         assert torch.equal(state[key], tensor), key
+
+
+def test_a_checkpoint_without_decoder_or_mlm_head_is_refused(tmp_path):
+    """A fine-tuned retrieval checkpoint (no `bert.` prefix, no MLM head) cannot initialise the answer decoder."""
+    original = torch.load(DOWNSTREAM / "pretrained" / "checkpoint.pth", weights_only=True)["model"]
+    retrieval = {key.replace("text_encoder.bert.", "text_encoder."): value for key, value in original.items()}
+    retrieval = {key: value for key, value in retrieval.items() if ".cls." not in key}
+    torch.save(retrieval, tmp_path / "retrieval.pth")
+    original_dir = VQA / "original"
+    result = run_cli(
+        "convert", "--method", "albef", "--task", "vqa", "--checkpoint", str(tmp_path / "retrieval.pth"),
+        "--config", str(original_dir / "VQA.yaml"), "--config", str(original_dir / "config_bert.json"),
+        "--output", str(tmp_path / "out"), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "neither an answer decoder (`text_decoder.*`" in result.stderr and "MLM head" in result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()

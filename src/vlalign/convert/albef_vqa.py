@@ -121,6 +121,12 @@ def convert_to_vqa(
     a family built on ALBEF that ALBEF checkpoints lack (they keep their fresh initialisation)."""
     fusion_layer = config.text_config.fusion_layer
     if not is_vqa_layout(original):
+        if not any(key.startswith("text_encoder.cls.") for key in original):
+            raise CheckpointError(
+                "This checkpoint has neither an answer decoder (`text_decoder.*`, a fine-tuned VQA checkpoint) nor the "
+                "MLM head (`text_encoder.cls.*`) the decoder's LM head is initialised from: it is not a pretraining "
+                "checkpoint (a fine-tuned retrieval one?). Convert the pretraining checkpoint or a VQA checkpoint."
+            )
         num_decoder_layers = config.answer_decoder_config().num_hidden_layers
         original = pretraining_to_vqa_layout(original, config.answer_decoder_first_layer(), num_decoder_layers)
     state_dict, dropped = convert_vqa_state_dict(original, fusion_layer)
