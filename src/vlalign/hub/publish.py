@@ -187,12 +187,22 @@ def push_folder_to_hub(
 
 
 def required_files(folder: Path) -> tuple[str, ...]:
-    """The files a publishable folder needs: the common ones and its method's remote code (from `config.json`)."""
+    """The files a publishable folder needs: the common ones and its method's remote code (from `config.json`); the
+    modeling file is the one `auto_map` names for the saved class (`modeling_albef_vqa.py` for a VQA model)."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         return REQUIRED_FILES
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    return (*REQUIRED_FILES, *model_family(model_type).remote_code_files)
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    code = model_family(config.get("model_type")).remote_code_files
+    architecture = (config.get("architectures") or [None])[0]
+    modeling = {
+        f"{reference.split('--')[-1].rsplit('.', 1)[0]}.py"
+        for reference in (config.get("auto_map") or {}).values()
+        if reference.endswith(f".{architecture}")
+    }
+    if modeling:
+        code = (*(name for name in code if not name.startswith("modeling_")), *sorted(modeling))
+    return (*REQUIRED_FILES, *code)
 
 
 def _check_folder(folder: Path) -> None:

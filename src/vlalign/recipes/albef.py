@@ -16,8 +16,26 @@ def build_tokenizer(captions: Iterable[str], tokenizer_class: type[AlbefTokenize
     """A word-level `AlbefTokenizer` (or subclass) over the (cleaned) words of `captions`, for closed-vocabulary data
     such as the synthetic dataset. Real data uses a pretrained vocabulary
     (`AlbefTokenizer.from_pretrained("bert-base-uncased")`)."""
-    words = sorted({word for caption in captions for word in pre_caption(caption).split()})
-    return tokenizer_class(vocab={token: index for index, token in enumerate([*SPECIAL_TOKENS, *words])})
+    return tokenizer_class(vocab={token: index for index, token in enumerate([*SPECIAL_TOKENS, *_words(captions)])})
+
+
+def extend_tokenizer(tokenizer: AlbefTokenizer, texts: Iterable[str]) -> AlbefTokenizer:
+    """`tokenizer` (a closed-vocabulary one of `build_tokenizer`) with the words of `texts` it lacks appended to its
+    vocabulary, every existing id unchanged, so a model trained with it keeps its embeddings and is resized for the
+    new words (`model.resize_token_embeddings(len(new_tokenizer))`). E.g. the synthetic VQA set's questions and
+    answers ("how", "many", "0"), which the captions a quick-start model was pretrained on never use."""
+    vocab = tokenizer.get_vocab()
+    new_words = [word for word in _words(texts) if word not in vocab]
+    if not new_words:
+        return tokenizer
+    vocab = {**vocab, **{word: len(vocab) + index for index, word in enumerate(new_words)}}
+    settings = {key: value for key, value in tokenizer.init_kwargs.items() if key not in ("vocab", "backend")}
+    return type(tokenizer)(vocab=vocab, **settings)
+
+
+def _words(texts: Iterable[str]) -> list[str]:
+    """The distinct words of `texts` after the caption cleaning, sorted."""
+    return sorted({word for text in texts for word in pre_caption(text).split()})
 
 
 def dataset_captions(dataset_dict) -> list[str]:

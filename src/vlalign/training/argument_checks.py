@@ -31,6 +31,7 @@ POSITIVE_INTEGERS = (
     "image_size",
     "synthetic_size",
     "train_num_samples",
+    "warmup_stages",
 )
 #: counts that may be 0 (an optional evaluation split)
 NON_NEGATIVE_INTEGERS = ("num_validation", "num_test")

@@ -79,6 +79,8 @@ def parse_script_args(
     method = first.parse_known_args(flags)[0].method or recipe.get("method", "albef")
     if method not in MODEL_FAMILIES:
         raise ArgumentError(f"{recipe_file}: method {method!r} is none of {sorted(MODEL_FAMILIES)}")
+    if method not in method_defaults:
+        raise ArgumentError(f"--method {method}: this script serves {', '.join(sorted(method_defaults))}.")
     parser.set_defaults(**{**method_defaults[method], **recipe})
     return parse_checked(parser, flags)
 

@@ -95,6 +95,13 @@ class AlignmentTrainingArguments(TrainingArguments):
     albef_lr_schedule: bool | None = field(default=None, metadata={"help": "Deprecated name of epoch_lr_schedule."})
     warmup_lr: float | None = field(default=None, metadata={"help": "Warm-up start lr of ALBEF's schedule."})
     min_lr: float = field(default=1e-5, metadata={"help": "Final lr of ALBEF's schedule."})
+    warmup_stages: int | None = field(
+        default=20,
+        metadata={
+            "help": "Stages of epoch_lr_schedule's staircase warm-up: the official scheduler steps once every 100 "
+            "iterations (20 stages over pretraining's 2,000 steps, 4 over VQA's 400); None: a smooth ramp."
+        },
+    )
     k_test: int | None = field(default=None, metadata={"help": "ITM re-rank candidates (default: config.k_test)."})
     itc_only_eval: bool = field(default=False, metadata={"help": "Evaluate with ITC ranking only (no re-rank)."})
     temperature_learning_rate: float | None = field(
@@ -435,6 +442,7 @@ class AlignmentTrainer(Trainer):
                 warmup_steps=self.args.get_warmup_steps(num_training_steps),
                 warmup_lr=self.args.warmup_lr,
                 min_lr=self.args.min_lr,
+                warmup_stages=self.args.warmup_stages,
             )
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
