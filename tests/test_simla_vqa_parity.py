@@ -23,6 +23,7 @@ from transformers import AutoModelForPreTraining, AutoModelForVisualQuestionAnsw
 
 from vlalign.convert.restricted_unpickle import load_official_checkpoint
 from vlalign.convert.simla_vqa import simla_vqa_initialisation
+from vlalign.convert.vqa_init import vqa_model_from_pretrained
 from vlalign.data.vqa import VqaCollator, load_answer_list, load_vqa_json
 from vlalign.evaluation import evaluate_vqa
 from vlalign.models import SimlaConfig, SimlaForQuestionAnswering
@@ -255,7 +256,8 @@ def test_from_pretraining_gives_the_official_initialisation_from_a_vlalign_folde
     initialised = SimlaForQuestionAnswering.from_pretraining(pretraining, k_test=4)
     assert initialised.config.k_test == 4 and initialised.vision_model.embeddings.mask_token is None
     expected = load_file(folders["finetuned"] / "model.safetensors")
-    state = initialised.state_dict()
-    assert state.keys() == expected.keys()
-    for key, tensor in expected.items():
-        assert torch.equal(state[key], tensor), key
+    for model in (initialised, vqa_model_from_pretrained(pretraining)):  # the fine-tuning script's route too
+        state = model.state_dict()
+        assert state.keys() == expected.keys()
+        for key, tensor in expected.items():
+            assert torch.equal(state[key], tensor), key

@@ -18,19 +18,19 @@ import re
 import torch
 
 from ..auto import family_of
-from ..models.configuration_simla import SimlaConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["first_decoder_layer", "vqa_model_from_pretrained"]
+__all__ = ["first_decoder_layer", "load_vqa_model", "vqa_model_from_pretrained"]
 
 
 def first_decoder_layer(config) -> int:
     """The pretrained BERT layer that the answer decoder's first layer starts from (decoder layer i from layer
-    `first + i`): ALBEF's (and CODIS's) first fusion layer; for SIMLA the first of the last `num_decoder_layers`."""
+    `first + i`), `config.answer_decoder_first_layer()`: ALBEF's (and CODIS's) first fusion layer; for SIMLA the
+    first of the last `num_decoder_layers`. Checked to be a layer that cross-attends to the image."""
     text = config.text_config
     num_decoder_layers = config.answer_decoder_config().num_hidden_layers
-    first = text.num_hidden_layers - num_decoder_layers if isinstance(config, SimlaConfig) else text.fusion_layer
+    first = config.answer_decoder_first_layer()
     if first < text.fusion_layer or first + num_decoder_layers > text.num_hidden_layers:
         raise ValueError(
             f"The answer decoder's {num_decoder_layers} layers start from pretrained layers {first} to "
@@ -109,3 +109,23 @@ def vqa_model_from_pretrained(pretrained, config=None):
             type(pretrained).__name__,
         )
     return model.train()
+
+
+def load_vqa_model(folder, config=None):
+    """The `<Method>ForQuestionAnswering` of a saved vlalign folder (or Hub id): loaded as it is when it holds one
+    (`vlalign convert --task vqa`, a fine-tuned VQA model), else started from the saved model
+    (`vqa_model_from_pretrained`). `config`: the folder's config with changes (e.g. overrides), or None."""
+    from transformers import AutoConfig
+
+    config = config if config is not None else AutoConfig.from_pretrained(folder)
+    family = family_of(config)
+    saved = (config.architectures or [family.model_class.__name__])[0]
+    candidates = (family.question_answering_class, family.pretraining_class, family.retrieval_class, family.model_class)
+    saved_class = next((c for c in candidates if c is not None and c.__name__ == saved), None)
+    if saved_class is None:
+        raise ValueError(f"{folder} holds a {saved}, none of {family.model_type}'s models; pass a vlalign folder.")
+    model = saved_class.from_pretrained(folder, config=config)
+    if saved_class is family.question_answering_class:
+        return model
+    logger.info("Starting the VQA model from the %s in %s", saved, folder)
+    return vqa_model_from_pretrained(model)
