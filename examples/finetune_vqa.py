@@ -60,7 +60,7 @@ import transformers
 from transformers import AutoConfig, AutoProcessor, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
-from vlalign.convert.vqa_init import vqa_model_from_pretrained
+from vlalign.convert.vqa_init import load_vqa_model
 from vlalign.data.synthetic_vqa import make_synthetic_vqa_dataset
 from vlalign.data.transforms import albef_train_transform
 from vlalign.data.vqa import VqaCollator, build_answer_list, load_answer_list, load_vqa_json
@@ -68,7 +68,7 @@ from vlalign.evaluation.vqa import evaluate_vqa, majority_answer_baseline
 from vlalign.hub import save_for_hub, training_args_summary
 from vlalign.hub.push import card_kwargs, save_results
 from vlalign.methods import Method, get_method, method_names, method_of
-from vlalign.recipes.albef import extend_tokenizer
+from vlalign.recipes.albef import learn_words
 from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
 from vlalign.training.script_helpers import (
     apply_config_overrides,
@@ -204,31 +204,10 @@ def load_model(args: ScriptArguments, method: Method, train: datasets.Dataset, a
         )
     config = apply_config_overrides(config, args.config_overrides)
     processor = AutoProcessor.from_pretrained(args.model_name_or_path)
-    saved_class = saved_model_class(method, config)
-    model = saved_class.from_pretrained(args.model_name_or_path, config=config)
-    if saved_class is not method.family.question_answering_class:
-        logger.info("Starting the VQA model from the %s in %s", saved_class.__name__, args.model_name_or_path)
-        model = vqa_model_from_pretrained(model)
-    if not args.train_json:
-        tokenizer = extend_tokenizer(processor.tokenizer, texts)
-        if len(tokenizer) > len(processor.tokenizer):
-            logger.info(
-                "Adding %d words of the synthetic VQA set to the vocabulary", len(tokenizer) - len(processor.tokenizer)
-            )
-            processor.tokenizer = tokenizer
-            model.resize_token_embeddings(len(tokenizer))
+    model = load_vqa_model(args.model_name_or_path, config)
+    if not args.train_json and (added := learn_words(model, processor, texts)):
+        logger.info("Added %d words of the synthetic VQA set to the vocabulary", added)
     return model, processor
-
-
-def saved_model_class(method: Method, config) -> type:
-    """The class a folder's weights were saved from (its config's `architectures`), among the method's models."""
-    family = method.family
-    classes = [family.question_answering_class, family.pretraining_class, family.retrieval_class, family.model_class]
-    saved = (config.architectures or [family.model_class.__name__])[0]
-    for model_class in classes:
-        if model_class is not None and model_class.__name__ == saved:
-            return model_class
-    raise ArgumentError(f"--model_name_or_path holds a {saved}, none of {method.name}'s models; pass a vlalign folder")
 
 
 def main() -> None:

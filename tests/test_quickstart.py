@@ -76,3 +76,53 @@ def test_chance_levels_name_every_figure():
         "zero_shot_color_top1_accuracy": 12.5,
     }
     assert chance_levels(Rows(dataset), None, None) == {"txt_r1": 25.0, "img_r1": 25.0}
+
+
+@pytest.fixture(scope="module")
+def quickstart_model(tmp_path_factory):
+    """What `vlalign quickstart` saves (an `AlbefModel` with its processor), tiny and untrained."""
+    from vlalign.data.synthetic import make_synthetic_dataset
+    from vlalign.methods import get_method
+    from vlalign.recipes import dataset_captions
+
+    method = get_method("albef")
+    tokenizer = method.build_tokenizer(dataset_captions(make_synthetic_dataset(8, 0, 0, image_size=64, seed=0)))
+    folder = tmp_path_factory.mktemp("quickstart_output") / "model"
+    method.model_class(method.tiny_config(tokenizer, 64, **method.test_overrides)).save_pretrained(folder)
+    method.build_processor(tokenizer, 64).save_pretrained(folder)
+    return folder
+
+
+def test_vqa_quickstart_writes_every_artefact(quickstart_model, tmp_path, capsys):
+    from vlalign.quickstart_vqa import VqaQuickstartSettings, run_vqa_quickstart
+
+    settings = VqaQuickstartSettings(
+        pretrained=str(quickstart_model), num_train=16, num_test=8, batch_size=8, max_steps=2, warmup_steps=1, k=4
+    )
+    summary = run_vqa_quickstart(tmp_path, settings)
+    printed = capsys.readouterr().out
+    vqa = summary["vqa"]
+    assert summary["started_from"] == str(quickstart_model) and summary["pretrain_seconds"] is None
+    table = printed[printed.index("[5/5]") :]
+    assert "baseline" in table and "overall" in table
+    for kind, accuracy in vqa["vqa_accuracy_per_type"].items():  # one row per question type, model then baseline
+        level = vqa["majority_baseline"]["per_type_by_type"][kind]
+        assert f"{kind:<14}{accuracy:8.1f}{level:10.1f}" in table
+    assert f"{vqa['majority_baseline']['per_type_vqa_accuracy']:.1f}% answering each question type's" in table
+    assert printed.count("' -> '") == 8  # the pipeline's answers to the shown questions
+    for name in ("vqa_answers.png", "vqa_losses.png", "summary.json", "vqa_result.json"):
+        assert (tmp_path / name).stat().st_size > 100, name
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    [result] = card.data.eval_results
+    assert (result.task_type, result.metric_value) == ("visual-question-answering", pytest.approx(vqa["vqa_accuracy"]))
+    saved = json.loads((tmp_path / "model" / "eval_results.json").read_text())
+    assert saved["vqa"]["vqa_accuracy"] == vqa["vqa_accuracy"] and saved["vqa"]["num_questions"] == 24
+
+
+def test_vqa_quickstart_refuses_another_methods_model(quickstart_model, tmp_path):
+    from vlalign.quickstart_vqa import VqaQuickstartSettings, run_vqa_quickstart
+
+    with pytest.raises(ValueError, match="holds a albef model; pass --method albef or another folder"):
+        run_vqa_quickstart(tmp_path, VqaQuickstartSettings(method="simla", pretrained=str(quickstart_model)))
+    with pytest.raises(ValueError, match="fdt has no visual question answering model"):
+        VqaQuickstartSettings(method="fdt")

@@ -51,11 +51,28 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    if args.task == "vqa":
+        return _quickstart_vqa(args)
     from .quickstart import QuickstartSettings, run_quickstart
 
-    _check_output_folder(args.output_dir, "--output-dir")
+    if args.pretrained is not None:
+        raise ValueError("--from starts VQA fine-tuning from a pretrained model; pass --task vqa with it.")
+    output_dir = args.output_dir or "quickstart_output"
+    _check_output_folder(output_dir, "--output-dir")
     settings = QuickstartSettings(method=args.method, seed=args.seed, max_steps=args.max_steps)
-    run_quickstart(args.output_dir, settings, num_threads=args.num_threads)
+    run_quickstart(output_dir, settings, num_threads=args.num_threads)
+    return 0
+
+
+def _quickstart_vqa(args: argparse.Namespace) -> int:
+    from .quickstart_vqa import VqaQuickstartSettings, run_vqa_quickstart
+
+    output_dir = args.output_dir or "quickstart_vqa_output"
+    _check_output_folder(output_dir, "--output-dir")
+    settings = VqaQuickstartSettings(
+        method=args.method, pretrained=args.pretrained, seed=args.seed, max_steps=args.max_steps
+    )
+    run_vqa_quickstart(output_dir, settings, num_threads=args.num_threads)
     return 0
 
 

@@ -34,6 +34,19 @@ class QuickstartRecipe:
 
 
 @dataclass(frozen=True)
+class VqaQuickstartRecipe:
+    """Settings of `vlalign quickstart --task vqa`: fine-tuning the quick start's pretrained model on the built-in
+    synthetic VQA set (tuned per method), and `k`, the candidates the answer ranking re-scores."""
+
+    max_steps: int
+    learning_rate: float
+    batch_size: int = 32
+    warmup_steps: int = 50
+    weight_decay: float = 0.02
+    k: int = 16
+
+
+@dataclass(frozen=True)
 class Method:
     """What the CLI, the quick start and the tests need to know about one alignment method, beyond its models.
 
@@ -59,6 +72,8 @@ class Method:
         pretraining_inputs: `(config, processor, train_dataset) -> dict` of extra `AlignmentCollator` arguments that
             pretraining needs beyond image-caption pairs (SIMLA: the masked-image-modelling masks and image-tokenizer
             targets, with the built-in tokenizer fitted on `train_dataset`'s images), or None.
+        vqa_quickstart: the tuned settings of `vlalign quickstart --task vqa --method NAME`; None for a method
+            without a VQA model.
     """
 
     family: ModelFamily
@@ -71,6 +86,7 @@ class Method:
     loss_names: tuple[str, ...]
     example_plots: Callable[..., list[Path]] | None = None
     pretraining_inputs: Callable[..., dict[str, Any]] | None = None
+    vqa_quickstart: VqaQuickstartRecipe | None = None
 
     @property
     def name(self) -> str:
@@ -197,6 +213,7 @@ def _albef() -> Method:
             queue_size=8,
         ),
         quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
+        vqa_quickstart=VqaQuickstartRecipe(max_steps=400, learning_rate=5e-4),
         converter=convert_albef_checkpoint,
         loss_names=("loss_itc", "loss_itm", "loss_mlm"),
     )
@@ -234,6 +251,7 @@ def _codis() -> Method:
         tiny_config=tiny_codis_config,
         test_overrides=dict(get_method("albef").test_overrides, codebook_size=12),
         quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
+        vqa_quickstart=VqaQuickstartRecipe(max_steps=400, learning_rate=5e-4),
         converter=convert_albef_to_codis,
         loss_names=("loss_align", "loss_code", "loss_ot", "loss_itm", "loss_mlm"),
         example_plots=codis_example_plots,
@@ -254,6 +272,7 @@ def _simla() -> Method:
         test_overrides=dict(albef_overrides, mim_vocab_size=16),
         # the temperature at the official 1e-4: at 2e-3 it fell to ~0.007 within 500 steps and ITC stalled
         quickstart=QuickstartRecipe(max_steps=400, learning_rate=2e-3, temperature_learning_rate=1e-4),
+        vqa_quickstart=VqaQuickstartRecipe(max_steps=400, learning_rate=5e-4),
         converter=convert_simla_checkpoint,
         loss_names=("loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_psl"),
         example_plots=simla_example_plots,
@@ -290,6 +309,7 @@ def method_of(model_or_config: Any) -> Method:
 __all__ = [
     "Method",
     "QuickstartRecipe",
+    "VqaQuickstartRecipe",
     "all_methods",
     "get_method",
     "method_names",

@@ -420,6 +420,33 @@ def simla_example_plots(
     ]  # fmt: skip
 
 
+def plot_vqa_answers(
+    images, questions: Sequence[str], answers: Sequence[dict], path: str | Path, truths: Sequence[str] | None = None
+) -> Path:
+    """A grid of test images, each with its question and the predicted answer and score (`answers`: the VQA
+    pipeline's best `{"answer", "score"}` per question); with `truths`, right answers in green, wrong ones in red with
+    the true answer beside them."""
+    columns = min(4, len(questions))
+    rows = math.ceil(len(questions) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False)
+    for position, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if position >= len(questions):
+            continue
+        axis.imshow(images[position])
+        predicted = answers[position]
+        label = f"{predicted['answer']} ({predicted['score']:.2f})"
+        colour = "black"
+        if truths is not None:
+            right = predicted["answer"] == truths[position]
+            colour = "green" if right else "red"
+            label += "" if right else f"  [true: {truths[position]}]"
+        axis.set_title("\n".join(_wrap(questions[position], 28)), fontsize=8)
+        axis.text(0.5, -0.08, label, transform=axis.transAxes, ha="center", va="top", fontsize=9, color=colour)
+    figure.suptitle("VQA on synthetic test images: predicted answer (score)")
+    return _save(figure, path)
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, current = [], ""
     for word in text.split():
@@ -454,6 +481,7 @@ __all__ = [
     "plot_psl_keywords",
     "plot_recalls",
     "plot_text_to_image_results",
+    "plot_vqa_answers",
     "prototype_assignments",
     "psl_keywords",
     "simla_example_plots",

@@ -77,7 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="train, evaluate, save, reload and query a tiny model on the built-in synthetic data",
     )
     quickstart.add_argument("--method", default="albef", choices=METHOD_NAMES)
-    quickstart.add_argument("--output-dir", default="quickstart_output")
+    quickstart.add_argument(
+        "--task",
+        default="retrieval",
+        choices=["retrieval", "vqa"],
+        help="'retrieval': pretrain and evaluate retrieval; 'vqa': fine-tune the pretrained model for visual question "
+        "answering (albef, codis, simla)",
+    )
+    quickstart.add_argument(
+        "--from",
+        dest="pretrained",
+        help="--task vqa: the model folder of a quick-start pretraining run of the method (default: quickstart_output/"
+        "model beside the output folder; without one, the pretraining runs first)",
+    )
+    quickstart.add_argument(
+        "--output-dir", help="output folder (default: quickstart_output, or quickstart_vqa_output with --task vqa)"
+    )
     quickstart.add_argument(
         "--max-steps", type=positive_int, help="optimizer steps (default: the method's tuned recipe)"
     )

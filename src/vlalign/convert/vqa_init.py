@@ -120,7 +120,12 @@ def load_vqa_model(folder, config=None):
     config = config if config is not None else AutoConfig.from_pretrained(folder)
     family = family_of(config)
     saved = (config.architectures or [family.model_class.__name__])[0]
-    candidates = (family.question_answering_class, family.pretraining_class, family.retrieval_class, family.model_class)
+    candidates = (
+        family.question_answering_class,
+        family.pretraining_class,
+        family.retrieval_class,
+        family.model_class,
+    )
     saved_class = next((c for c in candidates if c is not None and c.__name__ == saved), None)
     if saved_class is None:
         raise ValueError(f"{folder} holds a {saved}, none of {family.model_type}'s models; pass a vlalign folder.")

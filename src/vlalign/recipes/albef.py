@@ -33,6 +33,17 @@ def extend_tokenizer(tokenizer: AlbefTokenizer, texts: Iterable[str]) -> AlbefTo
     return type(tokenizer)(vocab=vocab, **settings)
 
 
+def learn_words(model, processor, texts: Iterable[str]) -> int:
+    """Give `processor` the `extend_tokenizer` of its tokenizer with the words of `texts` and resize `model`'s
+    embeddings to match (new rows as transformers initialises them); returns how many words were added."""
+    tokenizer = extend_tokenizer(processor.tokenizer, texts)
+    added = len(tokenizer) - len(processor.tokenizer)
+    if added:
+        processor.tokenizer = tokenizer
+        model.resize_token_embeddings(len(tokenizer))
+    return added
+
+
 def _words(texts: Iterable[str]) -> list[str]:
     """The distinct words of `texts` after the caption cleaning, sorted."""
     return sorted({word for text in texts for word in pre_caption(text).split()})
