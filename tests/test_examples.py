@@ -36,20 +36,34 @@ ALBEF_COCO = dict(  # docs/reproducing.md, Retrieval_coco.yaml
     learning_rate=1e-5, weight_decay=0.02, num_train_epochs=5, per_device_train_batch_size=32,
     per_device_eval_batch_size=64, epoch_lr_schedule=True, min_lr=1e-6, image_size=384, k_test=256, **_ADAMW,
 )  # fmt: skip
+ALBEF_VQA = dict(  # VQA.yaml (ALBEF's and SIMLA's): a 4-stage warm-up over 400 steps (the scheduler steps every 100)
+    learning_rate=2e-5, weight_decay=0.02, num_train_epochs=8, per_device_train_batch_size=32,
+    per_device_eval_batch_size=16, epoch_lr_schedule=True, warmup_lr=1e-5, warmup_steps=400, warmup_stages=4,
+    min_lr=1e-6, image_size=384, k_test=128, **_ADAMW,
+)  # fmt: skip
 FLICKR = dict(num_train_epochs=10, k_test=128)  # Retrieval_flickr.yaml: COCO's recipe, longer, fewer ITM candidates
 FDT_FINETUNE = dict(  # no released recipe: FDT's pretraining optimizer with ALBEF's fine-tuning lr and lengths
     learning_rate=1e-5, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-8, max_grad_norm=0.0,
     num_train_epochs=5, per_device_train_batch_size=128, lr_scheduler_type="cosine", warmup_steps=0, image_size=224,
 )  # fmt: skip
 RECIPE_SPECS: dict[str, dict[str, dict]] = {
-    "albef": dict(pretrain=ALBEF_PRETRAIN, finetune_coco=ALBEF_COCO, finetune_flickr30k={**ALBEF_COCO, **FLICKR}),
+    "albef": dict(
+        pretrain=ALBEF_PRETRAIN,
+        finetune_coco=ALBEF_COCO,
+        finetune_flickr30k={**ALBEF_COCO, **FLICKR},
+        finetune_vqa=ALBEF_VQA,
+    ),
     "codis": dict(  # docs/reproducing.md: ALBEF's recipes
-        pretrain=ALBEF_PRETRAIN, finetune_coco=ALBEF_COCO, finetune_flickr30k={**ALBEF_COCO, **FLICKR}
+        pretrain=ALBEF_PRETRAIN,
+        finetune_coco=ALBEF_COCO,
+        finetune_flickr30k={**ALBEF_COCO, **FLICKR},
+        finetune_vqa=ALBEF_VQA,
     ),
     "simla": dict(  # docs/reproducing.md: ALBEF's, evaluation batch 32 (COCO) / 64 (Flickr)
         pretrain=ALBEF_PRETRAIN,
         finetune_coco={**ALBEF_COCO, "per_device_eval_batch_size": 32},
         finetune_flickr30k={**ALBEF_COCO, **FLICKR, "per_device_eval_batch_size": 64},
+        finetune_vqa=ALBEF_VQA,
     ),
     "fdt": dict(
         pretrain=dict(  # docs/reproducing.md, config_cc3m.yaml

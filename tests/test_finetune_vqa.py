@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
-from test_examples import EXAMPLES, load_script, refusal, run_example
+from test_examples import EXAMPLES, RECIPE_SPECS, load_script, refusal, run_example
 from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
 from vlalign.data.synthetic import make_synthetic_dataset
@@ -125,17 +126,20 @@ def test_bad_arguments_are_refused_before_any_model_is_built(tmp_path, monkeypat
     )
 
 
-def test_defaults_are_the_official_vqa_yaml():
-    """ALBEF's configs/VQA.yaml (SIMLA's is the same; CODIS takes ALBEF's), written out independently."""
+@pytest.mark.parametrize("method", ["albef", "simla", "codis"])
+def test_defaults_and_recipe_are_the_official_vqa_yaml(method):
+    """The script's defaults and examples/configs/<method>/finetune_vqa.yaml are ALBEF's configs/VQA.yaml (SIMLA's
+    is the same; CODIS takes ALBEF's), written out independently in test_examples' RECIPE_SPECS."""
     script = load_script("finetune_vqa")
-    official = dict(
-        learning_rate=2e-5, weight_decay=0.02, num_train_epochs=8, per_device_train_batch_size=32,
-        per_device_eval_batch_size=16, epoch_lr_schedule=True, warmup_lr=1e-5, warmup_steps=400, warmup_stages=4,
-        min_lr=1e-6, k_test=128,
-    )  # fmt: skip
-    for method in ("albef", "simla", "codis"):
-        script_args, training_args = script.parse_args(["--method", method, "--output_dir", "unused"])
-        assert {name: getattr(training_args, name) for name in official} == official
-        recipe = script.parse_args([str(EXAMPLES / "configs" / method / "finetune_vqa.yaml")])[1]
-        assert {name: getattr(recipe, name) for name in official} == official
-        assert script.REAL_DATA_IMAGE_SIZE == 384 and script_args.method == method
+    official = {name: value for name, value in RECIPE_SPECS[method]["finetune_vqa"].items() if name != "image_size"}
+    training_args = script.parse_args(["--method", method, "--output_dir", "unused"])[1]
+    assert {name: getattr(training_args, name) for name in official} == official
+    recipe = EXAMPLES / "configs" / method / "finetune_vqa.yaml"
+    script_args, training_args = script.parse_args([str(recipe)])
+    parsed = {**vars(training_args), **vars(script_args)}
+    assert {name: parsed[name] for name in RECIPE_SPECS[method]["finetune_vqa"]} == RECIPE_SPECS[method][
+        "finetune_vqa"
+    ]
+    for name, value in yaml.safe_load(recipe.read_text()).items():
+        assert parsed[name] == value, name
+    assert script_args.method == method and script.REAL_DATA_IMAGE_SIZE == 384
