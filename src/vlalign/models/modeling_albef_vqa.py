@@ -299,33 +299,57 @@ class QuestionAnsweringMixin:
     # -- initialisation from a pretrained model ------------------------------------------------------------------
 
     @classmethod
+    @torch.no_grad()
     def from_pretraining(cls, model: nn.Module, **config_overrides):
-        """A VQA model initialised from a vlalign model of the family (a pretraining model, or its online model) as
-        the official VQA script initialises one from a pretraining checkpoint: the encoders (and their momentum
-        copies) are the model's; the answer decoder's layer i is BERT layer `config.answer_decoder_first_layer() + i`
-        (ALBEF: fusion layer i; SIMLA: the second half of its stack), the decoder's embeddings are its
-        text embeddings and the LM head its MLM head. Without an MLM head (an `<M>Model`) the LM head keeps its fresh
-        initialisation; without momentum encoders the copies start equal to the online ones. `config_overrides`
-        (e.g. `k_test`, `alpha`) change the copied config. For official checkpoints: `vlalign convert --task vqa`."""
+        """A VQA model initialised from a vlalign model of the family (a pretraining or retrieval model, or its online
+        model) as the official VQA script initialises one from a pretraining checkpoint: the encoders (and their
+        momentum copies) are the model's; the answer decoder's layer i is BERT layer
+        `config.answer_decoder_first_layer() + i` (ALBEF: fusion layer i; SIMLA: the second half of its stack), the
+        decoder's embeddings are its text embeddings and the LM head its MLM head. Without an MLM head (an `<M>Model`)
+        the LM head's transform keeps its fresh initialisation (its output layer is tied to the embeddings); without
+        momentum encoders the copies start equal to the online ones, as the official model builds them.
+        `config_overrides` (e.g. `k_test`, `alpha`) change the copied config; sizes must stay the model's. For
+        official checkpoints: `vlalign convert --task vqa`."""
         config = copy.deepcopy(model.config)
         for name, value in config_overrides.items():
             setattr(config, name, value)
         vqa = cls(config)
         num_layers = config.answer_decoder_config().num_hidden_layers
-        first_layer = config.answer_decoder_first_layer() - config.text_config.fusion_layer  # in fusion_model.layers
+        text = config.text_config
+        first = config.answer_decoder_first_layer()
+        if first < text.fusion_layer or first + num_layers > text.num_hidden_layers:
+            raise ValueError(
+                f"The answer decoder's {num_layers} layers would start from pretrained layers {first} to "
+                f"{first + num_layers - 1}, but only layers {text.fusion_layer} to {text.num_hidden_layers - 1} "
+                "cross-attend to the image: set num_decoder_layers to at most the number of fusion layers."
+            )
         prefix = f"{model.base_model_prefix}."
         state = {key.removeprefix(prefix): value for key, value in model.state_dict().items()}
-        vqa_state = vqa.state_dict()
-        mapped = {key: value for key, value in state.items() if key in vqa_state}
+        expected = vqa.state_dict()
+        weights = {}
         for key, value in state.items():
-            decoder_key = cls.decoder_key_from_pretraining(key, num_layers, first_layer)
-            if decoder_key in vqa_state:
-                mapped[decoder_key] = value
-        vqa.load_state_dict(mapped, strict=False)
-        if not any(key.endswith("_m") for key, _ in model.named_children()):
+            for target in (key, cls.decoder_key_from_pretraining(key, num_layers, first - text.fusion_layer)):
+                if target not in expected:
+                    continue
+                if expected[target].shape != value.shape:
+                    raise ValueError(
+                        f"{key} has shape {tuple(value.shape)} but the VQA model's {target} has "
+                        f"{tuple(expected[target].shape)}: config_overrides may not change the model's sizes."
+                    )
+                weights[target] = value
+        vqa.load_state_dict(weights, strict=False)
+        missing = set(expected) - set(weights)
+        fresh_head = {key for key in missing if re.match(r"^text_decoder(_m)?\.lm_head\.", key)}
+        momentum = {key for key in missing - fresh_head if re.match(r"^[a-z_]+_m\.", key)}
+        if lacking := sorted(missing - fresh_head - momentum):
+            raise ValueError(
+                f"{type(model).__name__} lacks {len(lacking)} weights the VQA model needs (first: "
+                f"{', '.join(lacking[:5])}); pass a pretraining, retrieval or inference model of the family."
+            )
+        if momentum:
             vqa.copy_params_to_momentum()
         vqa.apply_freezing()
-        return vqa
+        return vqa.train()
 
     @classmethod
     def _check_folder_model(cls, path: str, folder_config: dict[str, Any], kwargs: dict[str, Any]) -> None:
