@@ -18,14 +18,16 @@ from .input_checks import RgbImageProcessorMixin, is_blank
 from .processing_alignment import AlignmentProcessor
 from .tokenization_albef import pre_caption, pre_question
 
-#: text settings of the official code, per stage (VQA texts are cleaned by the processor, not again by the tokenizer)
+#: text settings of the official code, per stage (VQA texts are cleaned by the processor, not again by the tokenizer;
+#: answers, which the official code never truncates, are cut at the training questions' 25 tokens, far above any VQA or
+#: Visual Genome answer, so that no text overflows the model's positions)
 TEXT_PRESETS: dict[str, dict] = {
     "pretrain": {"max_length": 25, "padding": "longest", "truncation": True},
     "train": {"padding": "longest", "truncation": False},
     "eval": {"max_length": 30, "padding": "max_length", "truncation": True},
     "vqa_question": {"max_length": 25, "padding": "longest", "truncation": True, "clean_captions": False},
     "vqa_test_question": {"padding": "longest", "truncation": False, "clean_captions": False},
-    "vqa_answer": {"padding": "longest", "truncation": False, "clean_captions": False},
+    "vqa_answer": {"max_length": 25, "padding": "longest", "truncation": True, "clean_captions": False},
 }
 
 #: words `pre_question` keeps per VQA question preset (the official max_ques_words of training and testing)
