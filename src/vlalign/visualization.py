@@ -428,11 +428,13 @@ def plot_vqa_answers(
     the true answer beside them."""
     columns = min(4, len(questions))
     rows = math.ceil(len(questions) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.5 * rows), squeeze=False)
     for position, axis in enumerate(axes.flat):
-        axis.axis("off")
         if position >= len(questions):
+            axis.axis("off")
             continue
+        axis.set_xticks([])
+        axis.set_yticks([])
         axis.imshow(images[position])
         predicted = answers[position]
         label = f"{predicted['answer']} ({predicted['score']:.2f})"
@@ -442,7 +444,7 @@ def plot_vqa_answers(
             colour = "green" if right else "red"
             label += "" if right else f"  [true: {truths[position]}]"
         axis.set_title("\n".join(_wrap(questions[position], 28)), fontsize=8)
-        axis.text(0.5, -0.08, label, transform=axis.transAxes, ha="center", va="top", fontsize=9, color=colour)
+        axis.set_xlabel(label, fontsize=9, color=colour)  # a label, so that tight_layout makes room for it
     figure.suptitle("VQA on synthetic test images: predicted answer (score)")
     return _save(figure, path)
 
