@@ -55,7 +55,7 @@ def _tower_paths(model_class: type, config_class: type) -> list[tuple[str, type]
 @dataclass(frozen=True)
 class CaseSpec:
     method: str
-    role: str  # "model", "pretraining", "retrieval", "question_answering" or "tower"
+    role: str  # "model", "pretraining", "retrieval", "question_answering", "visual_entailment" or "tower"
     cls: type
     tower_path: str | None = None
     owner: str = "model"  # the role of the model a tower is found in: "model", or "question_answering" (its decoder)
@@ -73,6 +73,8 @@ def _case_specs() -> list[CaseSpec]:
             roles.append(("retrieval", method.retrieval_class))
         if method.family.question_answering_class is not None:
             roles.append(("question_answering", method.family.question_answering_class))
+        if method.family.visual_entailment_class is not None:
+            roles.append(("visual_entailment", method.family.visual_entailment_class))
         specs += [CaseSpec(method.name, role, cls) for role, cls in roles]
         towers = _tower_paths(method.model_class, method.config_class)
         specs += [CaseSpec(method.name, "tower", cls, path) for path, cls in towers]
@@ -203,6 +205,9 @@ def make_case(spec: CaseSpec) -> Case:
     if spec.role == "question_answering":
         inputs.update(vqa_answers(context["config"].text_config, context["batch"]["input_ids"]))
         return Case(spec, context["config"], inputs, context["towers"]["question_answering"])
+    if spec.role == "visual_entailment":  # one label of each class; its towers are its own (momentum copies too)
+        inputs["labels"] = torch.arange(len(inputs["input_ids"])) % 3
+        return Case(spec, context["config"], inputs, towers_of(spec.cls(copy.deepcopy(context["config"]))))
     return Case(spec, context["config"], inputs, context["towers"]["model"])
 
 
@@ -230,7 +235,9 @@ def case(request) -> Case:
     return make_case(request.param)
 
 
-TRAINING_SPECS = [spec for spec in SPECS if spec.role in ("pretraining", "retrieval", "question_answering")]
+TRAINING_SPECS = [
+    spec for spec in SPECS if spec.role in ("pretraining", "retrieval", "question_answering", "visual_entailment")
+]
 SDPA_SPECS = [spec for spec in SPECS if spec.cls._supports_sdpa]
 
 

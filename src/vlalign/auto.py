@@ -9,6 +9,10 @@ above `vlalign.models`. The method registry (`vlalign.methods`) points at these 
 would load as the pretraining model through `AutoModelForPreTraining` (dropping its image-index queue, adding an MLM
 head) and as the bare encoders through `AutoModel`; this class loads it as what it is, `AlbefForImageTextRetrieval`.
 For a dual encoder (FDT) the retrieval model is its `<Method>Model`.
+
+`AutoModelForVisualEntailment` is another: transformers has no image + text classification Auto class.
+`AutoModelForSequenceClassification` is for text alone (its pipelines and callers pass no image), and
+`AutoModelForImageClassification` for images alone; an entailment model needs both, so it gets its own class.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ class AutoModelForImageTextRetrieval(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
 
 
+class AutoModelForVisualEntailment(_BaseAutoModelClass):
+    """Loads a visual entailment (SNLI-VE) model: `<Method>ForVisualEntailment`."""
+
+    _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     """The classes of one method: what each Auto class loads for its `config_class`.
@@ -54,6 +64,8 @@ class ModelFamily:
     image_processor_class: type
     tokenizer_class: type
     question_answering_class: type | None = None
+    #: the visual entailment model (`AutoModelForVisualEntailment`); None for a family without one
+    visual_entailment_class: type | None = None
 
     @property
     def model_type(self) -> str:
@@ -92,6 +104,8 @@ class ModelFamily:
         AutoModelForImageTextRetrieval.register(config_class, self.retrieval_model_class, exist_ok=True)
         if self.question_answering_class is not None:
             AutoModelForVisualQuestionAnswering.register(config_class, self.question_answering_class, exist_ok=True)
+        if self.visual_entailment_class is not None:
+            AutoModelForVisualEntailment.register(config_class, self.visual_entailment_class, exist_ok=True)
 
         config_class.register_for_auto_class()
         self.model_class.register_for_auto_class("AutoModel")
@@ -130,6 +144,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_processor_class=models.AlbefImageProcessor,
             tokenizer_class=models.AlbefTokenizer,
             question_answering_class=models.AlbefForQuestionAnswering,
+            visual_entailment_class=models.AlbefForVisualEntailment,
         ),
         ModelFamily(
             config_class=models.CodisConfig,
@@ -140,6 +155,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_processor_class=models.CodisImageProcessor,
             tokenizer_class=models.CodisTokenizer,
             question_answering_class=models.CodisForQuestionAnswering,
+            visual_entailment_class=models.CodisForVisualEntailment,
         ),
         ModelFamily(
             config_class=models.FdtConfig,
@@ -159,6 +175,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_processor_class=models.SimlaImageProcessor,
             tokenizer_class=models.SimlaTokenizer,
             question_answering_class=models.SimlaForQuestionAnswering,
+            visual_entailment_class=models.SimlaForVisualEntailment,
         ),
     )
 }
@@ -192,6 +209,7 @@ def register_auto_classes() -> None:
 __all__ = [
     "MODEL_FAMILIES",
     "AutoModelForImageTextRetrieval",
+    "AutoModelForVisualEntailment",
     "ModelFamily",
     "family_of",
     "model_family",

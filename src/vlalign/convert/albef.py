@@ -336,15 +336,17 @@ def convert_albef_checkpoint(
         tokenizer: a folder with `vocab.txt`/tokenizer files or a Hub id; default: a `vocab.txt` beside the
             checkpoint or configs, else `bert-base-uncased`.
         task: `"pretraining"`, `"retrieval"`, `"vqa"` (a VQA model: initialised from a pretraining checkpoint as the
-            official VQA script does, or a fine-tuned VQA checkpoint; see `convert.albef_vqa`), or `"auto"` (VQA for
-            a checkpoint with an answer decoder, else retrieval when the YAML has `k_test`, else pretraining).
+            official VQA script does, or a fine-tuned VQA checkpoint; see `convert.albef_vqa`), `"ve"` (a visual
+            entailment model, from a pretraining or fine-tuned VE checkpoint; see `convert.ve`), or `"auto"` (VQA for
+            a checkpoint with an answer decoder, VE for one with `cls_head`, else retrieval when the YAML has `k_test`,
+            else pretraining).
         image_size: target resolution; default the YAML's `image_res`. Position embeddings are interpolated.
         target: the registered method to convert into: `"albef"`, or a family with ALBEF's weight layout plus its
             own modules (`"codis"`), which keep their fresh initialisation.
         new_modules: regular expressions matching the target's weight names that ALBEF checkpoints lack.
     """
-    if task not in ("auto", "pretraining", "retrieval", "vqa"):
-        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa' or 'auto'.")
+    if task not in ("auto", "pretraining", "retrieval", "vqa", "ve"):
+        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa', 've' or 'auto'.")
     family = model_family(target)
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
     original = load_original_checkpoint(checkpoint)
@@ -358,6 +360,12 @@ def convert_albef_checkpoint(
         from .albef_vqa import convert_to_vqa
 
         model = convert_to_vqa(original, config, family.question_answering_class, new_modules)
+        save_converted(model, processor, output_dir)
+        return model
+    if task == "ve" or (task == "auto" and any(key.startswith("cls_head.") for key in original)):
+        from .ve import convert_to_ve
+
+        model = convert_to_ve(original, config, family.visual_entailment_class, yaml_config, tuple(new_modules))
         save_converted(model, processor, output_dir)
         return model
     if task == "auto":

@@ -25,6 +25,7 @@ from ..models.modeling_simla import (
     SimlaForQuestionAnswering,
     without_pretraining_modules,
 )
+from ..models.modeling_simla_ve import SimlaForVisualEntailment
 from ..models.tokenization_simla import SimlaTokenizer
 from ..recipes.simla import simla_processor
 from .albef import (
@@ -41,6 +42,7 @@ from .albef import (
 from .albef_vqa import is_vqa_layout
 from .restricted_unpickle import load_official_checkpoint
 from .simla_vqa import convert_simla_to_vqa
+from .ve import convert_to_ve, is_ve_layout
 
 #: the ViT shape SIMLA's code hard-codes (patch, width, depth, heads); the fixture YAMLs override it with `vit_*` keys
 OFFICIAL_SIMLA_VISION = {"vit_patch_size": 16, "vit_embed_dim": 768, "vit_depth": 12, "vit_num_heads": 12}
@@ -87,7 +89,7 @@ _PRETRAINING_ONLY = re.compile(
 #: `position_ids` buffers
 _DROPPABLE = re.compile(r"(cls\.predictions\.decoder\.(weight|bias)|position_ids)$")
 
-TASKS = ("pretraining", "retrieval", "vqa")
+TASKS = ("pretraining", "retrieval", "vqa", "ve")
 
 
 def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[SimlaVisionConfig, SimlaTextConfig]:
@@ -229,8 +231,9 @@ def convert_simla_checkpoint(
         task: `"pretraining"` (`SimlaForPreTraining`), `"retrieval"` (`SimlaForImageTextRetrieval`; from a pretraining
             checkpoint this is what `Retrieval.py` loads: heads and mask token dropped, `idx_queue` at -100), `"vqa"`
             (`SimlaForQuestionAnswering`; from a pretraining checkpoint this is what `VQA.py` loads, see
-            `convert.simla_vqa`), or `"auto"` (VQA for a checkpoint with an answer decoder, else retrieval when the
-            YAML has `k_test`, else pretraining).
+            `convert.simla_vqa`), `"ve"` (`SimlaForVisualEntailment`, from a pretraining or fine-tuned VE checkpoint;
+            see `convert.ve`), or `"auto"` (VQA for a checkpoint with an answer decoder, VE for one with `cls_head`,
+            else retrieval when the YAML has `k_test`, else pretraining).
         image_size: target resolution; default the YAML's `image_res`. ViT position embeddings (online and momentum)
             are interpolated when the checkpoint's grid differs.
 
@@ -238,17 +241,22 @@ def convert_simla_checkpoint(
         CheckpointError: the file is unreadable, or its keys or shapes do not fit the config (the message names them).
     """
     if task not in (*TASKS, "auto"):
-        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa' or 'auto'.")
+        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa', 've' or 'auto'.")
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
     original, _ = load_official_checkpoint(checkpoint)
     if task == "auto":
         task = "vqa" if is_vqa_layout(original) else "retrieval" if "k_test" in yaml_config else "pretraining"
+        task = "ve" if is_ve_layout(original) else task
     processor_tokenizer = load_tokenizer(tokenizer, [Path(checkpoint).parent, *config_dirs], SimlaTokenizer)
     config = simla_config(yaml_config, bert_config, processor_tokenizer, image_size)
     check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
     processor = _build_processor(processor_tokenizer, config.vision_config.image_size)
     if task == "vqa":
         model = convert_simla_to_vqa(original, without_pretraining_modules(config))
+        save_converted(model, processor, output_dir)
+        return model
+    if task == "ve":
+        model = convert_to_ve(original, without_pretraining_modules(config), SimlaForVisualEntailment, yaml_config)
         save_converted(model, processor, output_dir)
         return model
 

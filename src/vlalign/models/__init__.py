@@ -14,6 +14,7 @@ from .modeling_albef import (
     AlbefTextModel,
     AlbefVisionModel,
 )
+from .modeling_albef_ve import AlbefForVisualEntailment
 from .modeling_albef_vqa import AlbefForQuestionAnswering
 from .modeling_codis import (
     CodisCodebook,
@@ -23,6 +24,7 @@ from .modeling_codis import (
     CodisModel,
     CodisPreTrainedModel,
 )
+from .modeling_codis_ve import CodisForVisualEntailment
 from .modeling_fdt import FdtForPreTraining, FdtModel, FdtPreTrainedModel, FdtTextModel, FdtVisionModel
 from .modeling_simla import (
     SimlaForImageTextRetrieval,
@@ -31,6 +33,7 @@ from .modeling_simla import (
     SimlaModel,
     SimlaPreTrainedModel,
 )
+from .modeling_simla_ve import SimlaForVisualEntailment
 from .processing_albef import AlbefImageProcessor, AlbefProcessor
 from .processing_codis import CodisImageProcessor, CodisProcessor
 from .processing_fdt import FdtImageProcessor, FdtProcessor
@@ -45,6 +48,7 @@ __all__ = [
     "AlbefForImageTextRetrieval",
     "AlbefForPreTraining",
     "AlbefForQuestionAnswering",
+    "AlbefForVisualEntailment",
     "AlbefImageProcessor",
     "AlbefModel",
     "AlbefPreTrainedModel",
@@ -59,6 +63,7 @@ __all__ = [
     "CodisForImageTextRetrieval",
     "CodisForPreTraining",
     "CodisForQuestionAnswering",
+    "CodisForVisualEntailment",
     "CodisImageProcessor",
     "CodisModel",
     "CodisPreTrainedModel",
@@ -79,6 +84,7 @@ __all__ = [
     "SimlaForImageTextRetrieval",
     "SimlaForPreTraining",
     "SimlaForQuestionAnswering",
+    "SimlaForVisualEntailment",
     "SimlaImageProcessor",
     "SimlaModel",
     "SimlaPreTrainedModel",
