@@ -41,6 +41,18 @@ class AutoModelForImageTextRetrieval(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
 
 
+class AutoModelForVisualReasoning(_BaseAutoModelClass):
+    """Loads an NLVR2 model (two images + a sentence → true/false): `<Method>ForVisualReasoning`."""
+
+    _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
+
+
+class AutoModelForTextAssignment(_BaseAutoModelClass):
+    """Loads a text-assignment model (the NLVR2 pretraining step): `<Method>ForTextAssignment`."""
+
+    _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
+
+
 class AutoModelForVisualEntailment(_BaseAutoModelClass):
     """Loads a visual entailment (SNLI-VE) model: `<Method>ForVisualEntailment`."""
 
@@ -64,6 +76,10 @@ class ModelFamily:
     image_processor_class: type
     tokenizer_class: type
     question_answering_class: type | None = None
+    #: the NLVR2 model (`AutoModelForVisualReasoning`) and its text-assignment pretraining model
+    #: (`AutoModelForTextAssignment`); None for a family without them
+    visual_reasoning_class: type | None = None
+    text_assignment_class: type | None = None
     #: the visual entailment model (`AutoModelForVisualEntailment`); None for a family without one
     visual_entailment_class: type | None = None
 
@@ -104,6 +120,14 @@ class ModelFamily:
         AutoModelForImageTextRetrieval.register(config_class, self.retrieval_model_class, exist_ok=True)
         if self.question_answering_class is not None:
             AutoModelForVisualQuestionAnswering.register(config_class, self.question_answering_class, exist_ok=True)
+        for auto_class, model_class in (
+            (AutoModelForVisualReasoning, self.visual_reasoning_class),
+            (AutoModelForTextAssignment, self.text_assignment_class),
+        ):
+            if model_class is not None:
+                auto_class.register(config_class, model_class, exist_ok=True)
+                # what `register_for_auto_class` sets; it accepts only transformers' own Auto class names
+                model_class._auto_class = auto_class.__name__
         if self.visual_entailment_class is not None:
             AutoModelForVisualEntailment.register(config_class, self.visual_entailment_class, exist_ok=True)
 
@@ -144,6 +168,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_processor_class=models.AlbefImageProcessor,
             tokenizer_class=models.AlbefTokenizer,
             question_answering_class=models.AlbefForQuestionAnswering,
+            visual_reasoning_class=models.AlbefForVisualReasoning,
+            text_assignment_class=models.AlbefForTextAssignment,
             visual_entailment_class=models.AlbefForVisualEntailment,
         ),
         ModelFamily(
@@ -155,6 +181,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_processor_class=models.CodisImageProcessor,
             tokenizer_class=models.CodisTokenizer,
             question_answering_class=models.CodisForQuestionAnswering,
+            visual_reasoning_class=models.CodisForVisualReasoning,
+            text_assignment_class=models.CodisForTextAssignment,
             visual_entailment_class=models.CodisForVisualEntailment,
         ),
         ModelFamily(
@@ -175,6 +203,8 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
             image_processor_class=models.SimlaImageProcessor,
             tokenizer_class=models.SimlaTokenizer,
             question_answering_class=models.SimlaForQuestionAnswering,
+            visual_reasoning_class=models.SimlaForVisualReasoning,
+            text_assignment_class=models.SimlaForTextAssignment,
             visual_entailment_class=models.SimlaForVisualEntailment,
         ),
     )
@@ -209,7 +239,9 @@ def register_auto_classes() -> None:
 __all__ = [
     "MODEL_FAMILIES",
     "AutoModelForImageTextRetrieval",
+    "AutoModelForTextAssignment",
     "AutoModelForVisualEntailment",
+    "AutoModelForVisualReasoning",
     "ModelFamily",
     "family_of",
     "model_family",

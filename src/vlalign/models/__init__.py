@@ -14,6 +14,7 @@ from .modeling_albef import (
     AlbefTextModel,
     AlbefVisionModel,
 )
+from .modeling_albef_nlvr import AlbefForTextAssignment, AlbefForVisualReasoning
 from .modeling_albef_ve import AlbefForVisualEntailment
 from .modeling_albef_vqa import AlbefForQuestionAnswering
 from .modeling_codis import (
@@ -24,6 +25,7 @@ from .modeling_codis import (
     CodisModel,
     CodisPreTrainedModel,
 )
+from .modeling_codis_nlvr import CodisForTextAssignment, CodisForVisualReasoning
 from .modeling_codis_ve import CodisForVisualEntailment
 from .modeling_fdt import FdtForPreTraining, FdtModel, FdtPreTrainedModel, FdtTextModel, FdtVisionModel
 from .modeling_simla import (
@@ -33,6 +35,7 @@ from .modeling_simla import (
     SimlaModel,
     SimlaPreTrainedModel,
 )
+from .modeling_simla_nlvr import SimlaForTextAssignment, SimlaForVisualReasoning
 from .modeling_simla_ve import SimlaForVisualEntailment
 from .processing_albef import AlbefImageProcessor, AlbefProcessor
 from .processing_codis import CodisImageProcessor, CodisProcessor
@@ -48,7 +51,9 @@ __all__ = [
     "AlbefForImageTextRetrieval",
     "AlbefForPreTraining",
     "AlbefForQuestionAnswering",
+    "AlbefForTextAssignment",
     "AlbefForVisualEntailment",
+    "AlbefForVisualReasoning",
     "AlbefImageProcessor",
     "AlbefModel",
     "AlbefPreTrainedModel",
@@ -63,7 +68,9 @@ __all__ = [
     "CodisForImageTextRetrieval",
     "CodisForPreTraining",
     "CodisForQuestionAnswering",
+    "CodisForTextAssignment",
     "CodisForVisualEntailment",
+    "CodisForVisualReasoning",
     "CodisImageProcessor",
     "CodisModel",
     "CodisPreTrainedModel",
@@ -84,7 +91,9 @@ __all__ = [
     "SimlaForImageTextRetrieval",
     "SimlaForPreTraining",
     "SimlaForQuestionAnswering",
+    "SimlaForTextAssignment",
     "SimlaForVisualEntailment",
+    "SimlaForVisualReasoning",
     "SimlaImageProcessor",
     "SimlaModel",
     "SimlaPreTrainedModel",
