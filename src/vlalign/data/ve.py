@@ -1,0 +1,173 @@
+"""Visual entailment (SNLI-VE) data: the official ALBEF/SIMLA JSON format (``ve_train.json``, ``ve_dev.json``,
+``ve_test.json``: a list of ``{"image": "<Flickr30k id>", "sentence": "<hypothesis>", "label": "entailment" |
+"neutral" | "contradiction"}``, the image read from ``<image_root>/<image>.jpg`` as the official ``ve_dataset.py``
+does).
+
+The loader returns the **VE layout**, one row per (image, hypothesis) pair: ``image`` (:class:`datasets.Image`),
+``sentence`` (str, as in the file: the processor's ``"train"`` preset applies the official ``pre_caption``) and
+``label`` (:class:`datasets.ClassLabel` with the official indices: contradiction 0, neutral 1, entailment 2).
+
+Problems are handled as by the other loaders (:mod:`vlalign.data.loaders`): a malformed file or entry (not a list, not
+an object, a missing or non-string ``image`` / ``sentence`` / ``label``) raises a ``ValueError`` naming the file, the
+entry and the fix; unreadable images, blank hypotheses and labels outside the three classes (SNLI's ``"-"``, no
+annotator consensus) raise a :class:`~vlalign.data.loaders.DataValidationError` with ``on_error="raise"`` (default), or
+are dropped, counted and reported in a warning with ``on_error="skip"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from ..models.input_checks import is_blank
+from ..models.modeling_albef_ve import VE_ID2LABEL
+from .loaders import (
+    _MAX_LISTED,
+    CheckImages,
+    OnError,
+    _check_images,
+    _check_mode,
+    _finish,
+    _read_json,
+    _report_or_dataset,
+    _validate_on_error,
+)
+
+__all__ = ["VE_LABELS", "VeLoadReport", "load_ve_json", "ve_features"]
+
+#: the class names in index order (the official `ve_dataset.py` map: contradiction 0, neutral 1, entailment 2)
+VE_LABELS = tuple(VE_ID2LABEL[index] for index in sorted(VE_ID2LABEL))
+_ENTRY_FORMAT = (
+    'Each entry must be {"image": "<image id, read as <image_root>/<id>.jpg>", "sentence": "<hypothesis>", '
+    f'"label": one of {", ".join(map(repr, VE_LABELS))}}} (the official SNLI-VE JSON).'
+)
+
+
+def ve_features() -> datasets.Features:
+    """The features of the VE layout."""
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "sentence": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=VE_LABELS),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class VeLoadReport:
+    """What :func:`load_ve_json` found and kept.
+
+    Attributes:
+        source: the annotation file(s).
+        num_samples: pairs in the source.
+        num_kept: pairs in the returned dataset.
+        bad_images: ``(image reference, reason)`` for every distinct image that could not be read.
+        bad_rows: ``(entry reference, reason)`` for blank hypotheses and unknown labels.
+        image_check: how far images were checked (``check_images``).
+    """
+
+    source: str
+    num_samples: int
+    num_kept: int
+    bad_images: tuple[tuple[str, str], ...] = ()
+    bad_rows: tuple[tuple[str, str], ...] = ()
+    image_check: CheckImages = "header"
+
+    @property
+    def num_skipped(self) -> int:
+        return self.num_samples - self.num_kept
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_images and not self.bad_rows
+
+    def describe_problems(self) -> str:
+        """Counts and the first few examples of each kind of problem, in one line."""
+        parts = []
+        for problems, kind in ((self.bad_images, "unreadable image(s)"), (self.bad_rows, "bad pair(s)")):
+            if problems:
+                shown = "; ".join(f"{ref} ({reason})" for ref, reason in problems[:_MAX_LISTED])
+                more = ", ..." if len(problems) > _MAX_LISTED else ""
+                parts.append(f"{len(problems)} {kind}: {shown}{more}")
+        return "; ".join(parts) if parts else "no problems"
+
+
+def _check_entry(entry: object, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}. {_ENTRY_FORMAT}")
+    for key in ("image", "sentence", "label"):
+        if not isinstance(entry.get(key), str):
+            found = "missing" if key not in entry else f"{type(entry[key]).__name__} {entry[key]!r}"
+            raise ValueError(f"{where}: {key!r} must be a string, it is {found}. {_ENTRY_FORMAT}")
+
+
+def _row_problem(sentence: str, label: str) -> str | None:
+    """Why a pair cannot be used (None when it can)."""
+    if is_blank(sentence):
+        return "blank hypothesis"
+    if label not in VE_LABELS:
+        return f"label {label!r} is none of {', '.join(VE_LABELS)}"
+    return None
+
+
+def load_ve_json(
+    annotation_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    image_root: str | os.PathLike[str],
+    *,
+    on_error: OnError = "raise",
+    check_images: CheckImages | bool = "header",
+    num_workers: int | None = None,
+    return_report: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, VeLoadReport]:
+    """Load official SNLI-VE annotation files into the VE layout, rows in file order.
+
+    Args:
+        annotation_files: one file or several (concatenated).
+        image_root: the folder of the images (the official ``image_root``); entry ``image`` ``"X"`` is
+            ``<image_root>/X.jpg`` (a name that already ends in ``.jpg`` is used as it is).
+        on_error, check_images, num_workers, return_report: as in :func:`vlalign.data.loaders.load_karpathy_json`.
+    """
+    _validate_on_error(on_error)
+    check = _check_mode(check_images)
+    files = [annotation_files] if isinstance(annotation_files, str | os.PathLike) else list(annotation_files)
+    if not files:
+        raise ValueError("Pass at least one annotation file.")
+    paths, sentences, labels, refs = [], [], [], []
+    for file in files:
+        entries = _read_json(file)
+        if not isinstance(entries, list):
+            raise ValueError(f"{file}: expected a JSON list of pairs, got {type(entries).__name__}. {_ENTRY_FORMAT}")
+        for position, entry in enumerate(entries):
+            where = f"{file}: entry {position}"
+            _check_entry(entry, where)
+            name = entry["image"] if entry["image"].lower().endswith(".jpg") else f"{entry['image']}.jpg"
+            paths.append(str(Path(image_root) / name))
+            sentences.append(entry["sentence"])
+            labels.append(entry["label"])
+            refs.append(f"{where}: {name}")
+    distinct = list(dict.fromkeys(paths))
+    problems = dict(zip(distinct, _check_images(distinct, check, num_workers), strict=True))
+    keep, bad_images, bad_rows = [], {}, []
+    for row, (path, sentence, label, ref) in enumerate(zip(paths, sentences, labels, refs, strict=True)):
+        problem = _row_problem(sentence, label)
+        if problem is not None:
+            bad_rows.append((ref, problem))
+        if problems[path] is not None:
+            bad_images.setdefault(path, problems[path])
+        if problem is None and problems[path] is None:
+            keep.append(row)
+    source = ", ".join(map(str, files))
+    report = VeLoadReport(source, len(paths), len(keep), tuple(bad_images.items()), tuple(bad_rows), check)
+    _finish(report, on_error)
+    columns = {
+        "image": [paths[i] for i in keep],
+        "sentence": [sentences[i] for i in keep],
+        "label": [VE_LABELS.index(labels[i]) for i in keep],
+    }
+    dataset = datasets.Dataset.from_dict(columns, features=ve_features())
+    return _report_or_dataset(dataset, report, return_report)
