@@ -19,7 +19,7 @@ from transformers import AutoProcessor
 
 from vlalign import AutoModelForVisualEntailment
 from vlalign.data.loaders import DataValidationError
-from vlalign.data.ve import VE_LABELS, load_ve_json
+from vlalign.data.ve import VE_LABELS, VeCollator, load_ve_json
 from vlalign.evaluation.ve import entailment_accuracy, evaluate_ve
 from vlalign.models import AlbefForVisualEntailment, CodisForVisualEntailment
 
@@ -252,3 +252,21 @@ def test_malformed_files_name_the_entry_and_the_format(tmp_path, content, messag
     with pytest.raises(ValueError, match=message) as raised:
         load_ve_json(write(tmp_path, content), tmp_path)
     assert "official SNLI-VE JSON" in str(raised.value)
+
+
+def test_collator_gives_the_official_training_inputs(folder):
+    """The fixture's pairs collate into the official tokens (pre_caption, padded to the longest) and label indices."""
+    dataset = load_ve_json(VE / "data" / "ve_test.json", VE / "data")
+    collator = VeCollator(AutoProcessor.from_pretrained(folder))
+    collated = collator([dataset[i] for i in range(len(dataset))])
+    inputs = load_file(VE / "inputs.safetensors")
+    assert torch.equal(collated["input_ids"], inputs["input_ids"])
+    assert torch.equal(collated["attention_mask"], inputs["attention_mask"])
+    assert torch.equal(collated["labels"], inputs["targets"])
+    assert collated["pixel_values"].shape == (4, 3, 32, 32)
+    named = collator([{**dataset[0], "label": "neutral"}])
+    assert named["labels"].tolist() == [1]
+    with pytest.raises(ValueError, match="row 0: label .maybe. is not a class"):
+        collator([{**dataset[0], "label": "maybe"}])
+    with pytest.raises(KeyError, match="remove_unused_columns=False"):
+        collator([{"image": dataset[0]["image"], "sentence": "a dog"}])

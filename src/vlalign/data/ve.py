@@ -17,14 +17,17 @@ are dropped, counted and reported in a warning with ``on_error="skip"``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
+import torch
 
 from ..models.input_checks import is_blank
 from ..models.modeling_albef_ve import VE_ID2LABEL
+from .collator import AlignmentCollator, _row_label
 from .loaders import (
     _MAX_LISTED,
     CheckImages,
@@ -37,7 +40,7 @@ from .loaders import (
     _validate_on_error,
 )
 
-__all__ = ["VE_LABELS", "VeLoadReport", "load_ve_json", "ve_features"]
+__all__ = ["VE_LABELS", "VeCollator", "VeLoadReport", "load_ve_json", "ve_features"]
 
 #: the class names in index order (the official `ve_dataset.py` map: contradiction 0, neutral 1, entailment 2)
 VE_LABELS = tuple(VE_ID2LABEL[index] for index in sorted(VE_ID2LABEL))
@@ -171,3 +174,61 @@ def load_ve_json(
     }
     dataset = datasets.Dataset.from_dict(columns, features=ve_features())
     return _report_or_dataset(dataset, report, return_report)
+
+
+@dataclass
+class VeCollator(AlignmentCollator):
+    """Collate VE-layout rows into the training inputs of the `<Method>ForVisualEntailment` models.
+
+    Images are loaded, checked and transformed as by :class:`~vlalign.data.collator.AlignmentCollator` (same
+    ``image_transform``, row-seeded augmentations, errors naming the row); hypotheses are tokenized with the
+    processor's ``preset`` (default ``"train"``: the official ``pre_caption(s, 30)``, padded to the longest, no
+    truncation, as `VE.py`).
+
+    Returns:
+        ``pixel_values`` [B, 3, H, W], ``input_ids`` / ``attention_mask`` [B, L] and ``labels`` long [B] (class
+        indices; label names such as ``"entailment"`` are mapped with the official order).
+    """
+
+    preset: str = "train"
+    text_column: str = "sentence"
+    label_column: str = "label"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unused = [name for name in ("idx_column", "masked_image_modeling") if getattr(self, name) is not None]
+        if self.teacher_view:
+            unused.append("teacher_view")
+        if unused:
+            raise ValueError(f"VeCollator does not use {unused}; visual entailment has no such inputs.")
+
+    def _collate(self, rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        sentences = [row[self.text_column] for row in rows]
+        self._check_texts(sentences, rows)
+        labels = [self._label(position, row) for position, row in enumerate(rows)]
+        images = [self._load_image(position, row) for position, row in enumerate(rows)]
+        encoded = self.processor(text=sentences, preset=self.preset, return_tensors="pt")
+        return {
+            "pixel_values": self._pixel_values(images, rows),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+    def _label(self, position: int, row: Mapping[str, Any]) -> int:
+        where = _row_label(position, row, capital=True)
+        if self.label_column not in row:
+            raise KeyError(
+                f"{where} has no {self.label_column!r} column; available: {sorted(map(str, row))}. With "
+                "transformers.Trainer, set TrainingArguments(remove_unused_columns=False)."
+            )
+        label = row[self.label_column]
+        if isinstance(label, str) and label in VE_LABELS:
+            return VE_LABELS.index(label)
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(VE_LABELS):
+            return label
+        raise ValueError(
+            f"{where}: label {label!r} is not a class: pass an index 0..{len(VE_LABELS) - 1} or one of "
+            f"{', '.join(VE_LABELS)}. Load the data with vlalign.data.ve.load_ve_json (on_error='skip' drops and "
+            "counts such rows)."
+        )
