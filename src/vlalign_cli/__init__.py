@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--tokenizer", help="folder with vocabulary / tokenizer files, or a Hub id")
     convert.add_argument("--output", required=True, help="output folder")
-    convert.add_argument("--task", default="auto", choices=["auto", "pretraining", "retrieval", "vqa", "ve"])
+    convert.add_argument(
+        "--task", default="auto", choices=["auto", "pretraining", "retrieval", "vqa", "ve", "nlvr2", "text-assignment"]
+    )
     convert.add_argument("--image-size", type=positive_int, help="target resolution (default: the config's)")
 
     quickstart = commands.add_parser(

@@ -345,8 +345,11 @@ def convert_albef_checkpoint(
             own modules (`"codis"`), which keep their fresh initialisation.
         new_modules: regular expressions matching the target's weight names that ALBEF checkpoints lack.
     """
-    if task not in ("auto", "pretraining", "retrieval", "vqa", "ve"):
-        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa', 've' or 'auto'.")
+    if task not in ("auto", "pretraining", "retrieval", "vqa", "ve", "nlvr2", "text-assignment"):
+        raise ValueError(
+            f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa', 've', 'nlvr2', 'text-assignment' or "
+            "'auto'."
+        )
     family = model_family(target)
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
     original = load_original_checkpoint(checkpoint)
@@ -356,6 +359,15 @@ def convert_albef_checkpoint(
     processor = albef_processor(
         processor_tokenizer, config.vision_config.image_size, family.processor_class, family.image_processor_class
     )
+    from .nlvr import convert_to_two_image_task, two_image_task
+
+    # NLVR2 or its text-assignment pretraining (checked before VE: NLVR checkpoints have cls_head too)
+    two_image = two_image_task(original, task, bert_config.get("num_hidden_layers"))
+    if two_image is not None:
+        reasoning, assignment = family.visual_reasoning_class, family.text_assignment_class
+        model = convert_to_two_image_task(original, config, two_image, reasoning, assignment)
+        save_converted(model, processor, output_dir)
+        return model
     if task == "vqa" or (task == "auto" and any(key.startswith("text_decoder.") for key in original)):
         from .albef_vqa import convert_to_vqa
 
@@ -377,7 +389,7 @@ def convert_albef_checkpoint(
     if unknown:
         raise CheckpointError(
             f"{len(unknown)} checkpoint keys are not ALBEF keys (first: {', '.join(unknown[:5])}). Is this an ALBEF "
-            "checkpoint? NLVR checkpoints are not supported yet."
+            "checkpoint? NLVR checkpoints convert with --task nlvr2."
         )
     # Fine-tuned checkpoints have neither momentum encoders nor queues: the momentum encoders start as copies of the
     # online ones (as the official code's copy_params) and the queues keep their random unit-vector init. A family

@@ -25,6 +25,7 @@ from ..models.modeling_simla import (
     SimlaForQuestionAnswering,
     without_pretraining_modules,
 )
+from ..models.modeling_simla_nlvr import SimlaForTextAssignment, SimlaForVisualReasoning
 from ..models.modeling_simla_ve import SimlaForVisualEntailment
 from ..models.tokenization_simla import SimlaTokenizer
 from ..recipes.simla import simla_processor
@@ -40,6 +41,7 @@ from .albef import (
     save_converted,
 )
 from .albef_vqa import is_vqa_layout
+from .nlvr import convert_to_two_image_task, two_image_task
 from .restricted_unpickle import load_official_checkpoint
 from .simla_vqa import convert_simla_to_vqa
 from .ve import convert_to_ve, is_ve_layout
@@ -89,7 +91,7 @@ _PRETRAINING_ONLY = re.compile(
 #: `position_ids` buffers
 _DROPPABLE = re.compile(r"(cls\.predictions\.decoder\.(weight|bias)|position_ids)$")
 
-TASKS = ("pretraining", "retrieval", "vqa", "ve")
+TASKS = ("pretraining", "retrieval", "vqa", "ve", "nlvr2", "text-assignment")
 
 
 def simla_encoder_configs(yaml_config: dict, bert_config: dict) -> tuple[SimlaVisionConfig, SimlaTextConfig]:
@@ -241,9 +243,11 @@ def convert_simla_checkpoint(
         CheckpointError: the file is unreadable, or its keys or shapes do not fit the config (the message names them).
     """
     if task not in (*TASKS, "auto"):
-        raise ValueError(f"Unknown task {task!r}; choose 'pretraining', 'retrieval', 'vqa', 've' or 'auto'.")
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)} or 'auto'.")
     yaml_config, bert_config, config_dirs = _read_configs(config_files)
     original, _ = load_official_checkpoint(checkpoint)
+    two_image = two_image_task(original, task, bert_config.get("num_hidden_layers"))
+    task = two_image or task  # before the VE check: NLVR checkpoints have cls_head too
     if task == "auto":
         task = "vqa" if is_vqa_layout(original) else "retrieval" if "k_test" in yaml_config else "pretraining"
         task = "ve" if is_ve_layout(original) else task
@@ -251,6 +255,10 @@ def convert_simla_checkpoint(
     config = simla_config(yaml_config, bert_config, processor_tokenizer, image_size)
     check_image_size(config.vision_config, "--image-size" if image_size else "image_res")
     processor = _build_processor(processor_tokenizer, config.vision_config.image_size)
+    if two_image is not None:
+        model = convert_to_two_image_task(original, config, task, SimlaForVisualReasoning, SimlaForTextAssignment)
+        save_converted(model, processor, output_dir)
+        return model
     if task == "vqa":
         model = convert_simla_to_vqa(original, without_pretraining_modules(config))
         save_converted(model, processor, output_dir)
@@ -276,7 +284,8 @@ def convert_simla_checkpoint(
     if unknown:
         raise CheckpointError(
             f"{len(unknown)} checkpoint keys are not SIMLA {task} keys (first: {', '.join(unknown[:5])}). Is this a "
-            "SIMLA checkpoint? A VQA checkpoint converts with task 'vqa'; NLVR/grounding checkpoints are not supported."
+            "SIMLA checkpoint? VQA and NLVR checkpoints convert with task 'vqa' and 'nlvr2'; grounding ones are not "
+            "supported."
         )
     # A checkpoint without momentum encoders (e.g. weights saved for inference) starts them as copies of the online
     # ones, as the official `copy_params`; missing queues keep their random unit-vector init, `idx_queue` -100.
