@@ -17,6 +17,7 @@ The official VE config keeps α constant (`warm_up: False`): the converted confi
 
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
@@ -24,6 +25,8 @@ from torch import nn
 
 from ..models import AlbefConfig, AlbefPreTrainedModel
 from .albef import CheckpointError, _convert_key, load_converted_weights
+
+logger = logging.getLogger(__name__)
 
 #: pretraining keys the official VE initialisation leaves out (its `strict=False` load reports them as unexpected)
 PRETRAINING_ONLY_KEYS = (
@@ -115,10 +118,36 @@ def _official_head(model: nn.Module) -> None:
             parameter_m.copy_(parameter)
 
 
+def load_ve_model(folder, config=None):
+    """The `<Method>ForVisualEntailment` of a saved vlalign folder (or Hub id): loaded as it is when it holds one
+    (`vlalign convert --task ve`, a fine-tuned model), else initialised from the saved model (a pretraining,
+    retrieval or inference model of the family) with `from_pretraining`, in training mode. `config`: the folder's
+    config with changes (e.g. overrides), or None."""
+    from transformers import AutoConfig
+
+    from ..auto import family_of
+
+    config = config if config is not None else AutoConfig.from_pretrained(folder)
+    family = family_of(config)
+    if family.visual_entailment_class is None:
+        raise ValueError(f"{family.model_type} has no visual entailment model.")
+    saved = (config.architectures or [family.model_class.__name__])[0]
+    candidates = (family.visual_entailment_class, family.pretraining_class, family.retrieval_class, family.model_class)
+    saved_class = next((c for c in candidates if c is not None and c.__name__ == saved), None)
+    if saved_class is None:
+        raise ValueError(f"{folder} holds a {saved}, none of {family.model_type}'s models; pass a vlalign folder.")
+    model = saved_class.from_pretrained(folder, config=config)
+    if saved_class is family.visual_entailment_class:
+        return model
+    logger.info("Starting the visual entailment model from the %s in %s", saved, folder)
+    return family.visual_entailment_class.from_pretraining(model)
+
+
 __all__ = [
     "PRETRAINING_ONLY_KEYS",
     "convert_to_ve",
     "convert_ve_state_dict",
     "is_ve_layout",
+    "load_ve_model",
     "pretraining_keys_left_out",
 ]
