@@ -182,6 +182,7 @@ def test_from_pretraining_matches_the_conversion(method, folders):
         ve = METHODS[method][1].from_pretraining(pretraining)
         converted = AutoModelForVisualEntailment.from_pretrained(folders["pretrained"])
     assert ve.training
+    assert pretraining.config.alpha_warmup_epochs == 1 and ve.config.alpha_warmup_epochs == 0  # VE: α constant
     state, reference = ve.state_dict(), converted.state_dict()
     assert state.keys() == reference.keys()
     for key in state:

@@ -155,7 +155,9 @@ class AlbefForVisualEntailment(MomentumDistillationMixin, TrainingDutiesMixin, A
             official_head_init: initialise the head as the official model does (PyTorch's default `nn.Linear` init,
                 the momentum head a copy of it); False keeps transformers' init (normal, std `initializer_range`).
             config_overrides: changes to the copied config (e.g. `alpha`, `distill`); sizes must stay the model's.
+                `alpha_warmup_epochs` defaults to 0: the official VE config keeps α constant (`warm_up: False`).
         """
+        config_overrides.setdefault("alpha_warmup_epochs", 0.0)
         config = copy.deepcopy(model.config)
         for name, value in config_overrides.items():
             setattr(config, name, value)
