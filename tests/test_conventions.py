@@ -75,6 +75,9 @@ def _case_specs() -> list[CaseSpec]:
             roles.append(("question_answering", method.family.question_answering_class))
         if method.family.visual_entailment_class is not None:
             roles.append(("visual_entailment", method.family.visual_entailment_class))
+        for role in ("visual_reasoning", "text_assignment"):
+            if (model_class := getattr(method.family, f"{role}_class", None)) is not None:
+                roles.append((role, model_class))
         specs += [CaseSpec(method.name, role, cls) for role, cls in roles]
         towers = _tower_paths(method.model_class, method.config_class)
         specs += [CaseSpec(method.name, "tower", cls, path) for path, cls in towers]
@@ -208,6 +211,12 @@ def make_case(spec: CaseSpec) -> Case:
     if spec.role == "visual_entailment":  # one label of each class; its towers are its own (momentum copies too)
         inputs["labels"] = torch.arange(len(inputs["input_ids"])) % 3
         return Case(spec, context["config"], inputs, towers_of(spec.cls(copy.deepcopy(context["config"]))))
+    if spec.role in ("visual_reasoning", "text_assignment"):  # its towers are its own (two-image fusion, momentum)
+        if spec.role == "visual_reasoning":  # two images per sentence, one label of each class
+            pixel_values = context["batch"]["pixel_values"]
+            inputs["pixel_values"] = torch.stack([pixel_values, pixel_values.roll(1, 0)], 1)
+            inputs["labels"] = torch.arange(len(inputs["input_ids"])) % 2
+        return Case(spec, context["config"], inputs, towers_of(spec.cls(copy.deepcopy(context["config"]))))
     return Case(spec, context["config"], inputs, context["towers"]["model"])
 
 
@@ -235,9 +244,10 @@ def case(request) -> Case:
     return make_case(request.param)
 
 
-TRAINING_SPECS = [
-    spec for spec in SPECS if spec.role in ("pretraining", "retrieval", "question_answering", "visual_entailment")
-]
+TRAINING_ROLES = (
+    "pretraining", "retrieval", "question_answering", "visual_entailment", "visual_reasoning", "text_assignment"
+)  # fmt: skip
+TRAINING_SPECS = [spec for spec in SPECS if spec.role in TRAINING_ROLES]
 SDPA_SPECS = [spec for spec in SPECS if spec.cls._supports_sdpa]
 
 

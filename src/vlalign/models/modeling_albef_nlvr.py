@@ -534,7 +534,8 @@ class AlbefForTextAssignment(TwoImageEncoderMixin, AlbefPreTrainedModel):
     """ALBEF's text-assignment pretraining for NLVR2 (the official `model_pretrain_nlvr.py`): each caption is fused
     with two images and `ta_head` says where its own image is: left (0), right (1) or neither (2). The other images
     come from the batch, drawn by the ITC image-image similarity (`vision_proj`, temperature 0.07).
-    `temp` and `text_proj` are kept because the official model has them (its checkpoint holds them), though unused.
+    `temp` and `text_proj` are kept because the official model has them (its checkpoint holds them), though unused;
+    they and `vision_proj` receive no gradient from the official loss and are kept frozen.
 
     `from_pretraining` and `vlalign convert --task text-assignment` initialise it as the official `Pretrain_nlvr.py`:
     each pretrained BERT layer from the first fusion layer on initialises both layers of its pair."""
@@ -562,6 +563,16 @@ class AlbefForTextAssignment(TwoImageEncoderMixin, AlbefPreTrainedModel):
         super()._init_weights(module)
         if module is self:
             self.temp.fill_(self.config.temp)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The projections: the official loss never reaches them (`vision_proj` only weighs the draw, under no_grad;
+        `text_proj` is unused), so its AdamW, which skips parameters without gradients, never changes them."""
+        return [*super().frozen_modules(), self.vision_proj, self.text_proj]
+
+    def apply_freezing(self) -> None:
+        """`frozen_modules` and the unused temperature stay frozen."""
+        super().apply_freezing()
+        self.temp.requires_grad_(False)
 
     @classmethod
     @torch.no_grad()
