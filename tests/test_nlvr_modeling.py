@@ -109,9 +109,11 @@ def test_save_reload_outputs_and_states(tmp_path):
     torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
     output = reloaded(**inputs, output_hidden_states=True)
     assert len(output.fusion_model_output.hidden_states) == 5  # the input and each of the 4 fusion layers
-    with pytest.raises(ValueError, match="not an NLVR2 model"):
-        vlalign.AlbefForPreTraining(tiny_albef_config()).save_pretrained(tmp_path / "pre")
+    vlalign.AlbefForPreTraining(tiny_albef_config()).save_pretrained(tmp_path / "pre")
+    with pytest.raises(ValueError, match=r"not a VisualReasoning model: .*from_text_assignment"):
         AlbefForVisualReasoning.from_pretrained(tmp_path / "pre")
+    with pytest.raises(ValueError, match=r"not a TextAssignment model: .*--task text-assignment"):
+        AlbefForTextAssignment.from_pretrained(tmp_path)
 
 
 def test_text_assignment_draw_is_seeded_and_replayable():
@@ -202,6 +204,27 @@ def test_simla_pairs_the_second_half_of_its_single_stream(cls):
     if cls is SimlaForTextAssignment:
         inputs["pixel_values"] = inputs["pixel_values"][:, 0]
     assert model(**inputs).logits.shape == (3, 3 if cls is SimlaForTextAssignment else 2)
+
+
+def test_simla_token_types_stay_random_unless_switched():
+    """The pretrained MED BERT has no token-type table: the official load leaves the two-image encoder's at its
+    construction values (row 0 added to every token); `zero_token_types=True` starts it at zeros."""
+    config = vlalign.SimlaConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           image_size=32),
+        text_config={**TINY_TEXT_CONFIG, "fusion_layer": 0},
+        embed_dim=16, queue_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    pretrained = vlalign.SimlaForPreTraining(config)
+    table = "text_model.embeddings.token_type_embeddings.weight"
+    quirk = SimlaForTextAssignment.from_pretraining(pretrained).state_dict()[table]
+    assert quirk.abs().sum() > 0
+    assert (
+        SimlaForTextAssignment.from_pretraining(pretrained, zero_token_types=True).state_dict()[table].abs().sum() == 0
+    )
+    reasoning = SimlaForVisualReasoning.from_pretraining(pretrained, zero_token_types=True)
+    assert reasoning.state_dict()[table].abs().sum() == 0
 
 
 def test_codis_classes_are_albef_under_codis_config(tmp_path):

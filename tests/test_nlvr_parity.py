@@ -193,6 +193,22 @@ def test_momentum_switch_starts_the_teacher_from_the_loaded_weights(method):
     assert all(torch.equal(online, momentum) for online, momentum in model.momentum_parameter_pairs())
 
 
+def test_token_type_switch(method):
+    """`zero_token_types=True` zeroes the token-type table only where the checkpoint lacks it (SIMLA's pretraining
+    checkpoint); ALBEF's pretrained table is loaded either way."""
+    original = nlvr_dir(method) / "original"
+    yaml_config = read_config_file(original / "NLVR_pretrain.yaml")
+    bert_config = read_config_file(original / "config_bert.json")
+    config = build_config(yaml_config, bert_config) if method == "albef" else simla_config(yaml_config, bert_config)
+    family = model_family(method)
+    checkpoint = load_original_checkpoint(nlvr_dir(method).parent / "pretrained" / "checkpoint.pth")
+    classes = (family.visual_reasoning_class, family.text_assignment_class)
+    model = convert_to_two_image_task(checkpoint, config, "text-assignment", *classes, zero_token_types=True)
+    table = model.text_model.embeddings.token_type_embeddings.weight
+    expected = checkpoint.get("text_encoder.bert.embeddings.token_type_embeddings.weight", torch.zeros_like(table))
+    assert torch.equal(table, expected)
+
+
 def test_auto_task_recognises_nlvr_and_text_assignment_checkpoints(method, tmp_path):
     """`--task auto` (the default) tells an NLVR checkpoint (`cls_head` and more BERT layers than the json: a VE one
     has `cls_head` too) and a text-assignment one (`ta_head`) from the others."""

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..models.modeling_albef_nlvr import first_paired_layer
+from ..models.modeling_albef_nlvr import first_paired_layer, zero_missing_token_types
 from .albef import CheckpointError, _check_fit, _convert_bert_key, _convert_vit_key, _fit_position_embeddings
 
 TASKS = ("nlvr2", "text-assignment")
@@ -155,10 +155,15 @@ def convert_to_two_image_task(
     visual_reasoning_class: type,
     text_assignment_class: type,
     momentum_from_loaded: bool = False,
+    zero_token_types: bool = False,
 ):
     """An NLVR2 (`task="nlvr2"`) or text-assignment model holding an official checkpoint's weights as the official
     scripts place them (see the module docstring). `config` is the method's config read from the official files (its
-    BERT json has the pretrained layer count); the model classes build their two-image config from it."""
+    BERT json has the pretrained layer count); the model classes build their two-image config from it.
+
+    Switches for the official quirks: `momentum_from_loaded` starts NLVR2's momentum copies from the loaded weights
+    (not the construction-time ones); `zero_token_types` starts a token-type table a pretraining checkpoint lacks
+    (SIMLA's) at zeros (not at random values whose row 0 is added to every token)."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     model_class = visual_reasoning_class if task == "nlvr2" else text_assignment_class
@@ -183,7 +188,10 @@ def convert_to_two_image_task(
             f"{len(unknown)} checkpoint keys are not two-image encoder keys (first: {', '.join(unknown[:5])})."
         )
     if task == "text-assignment":
-        return _load(model_class, two_image, state_dict, fresh_from_pretraining)
+        model = _load(model_class, two_image, state_dict, fresh_from_pretraining)
+        if zero_token_types:
+            zero_missing_token_types(model, state_dict)
+        return model
     if layout == "nlvr2":
         has_momentum = any(re.match(r"^[a-z_]+_m\.", key) for key in state_dict)
         model = _load(model_class, two_image, state_dict, [] if has_momentum else [r"^[a-z_]+_m\."])
@@ -193,6 +201,8 @@ def convert_to_two_image_task(
     # NLVR.py on a text-assignment checkpoint: online encoders only; projections, temperature and ta_head unexpected
     state_dict = {key: value for key, value in state_dict.items() if not _TEXT_ASSIGNMENT_HEADS.match(key)}
     model = _load(model_class, two_image, state_dict, [r"^cls_head\.", r"^[a-z_]+_m\.", *fresh_from_pretraining])
+    if zero_token_types:
+        zero_missing_token_types(model, state_dict)
     if momentum_from_loaded and two_image.distill:
         model.copy_params_to_momentum()
     return model

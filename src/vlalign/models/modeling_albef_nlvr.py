@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -260,6 +261,23 @@ class TwoImageEncoderMixin:
     """The two-image encoding shared by the NLVR and text-assignment models of the family: ViT, text encoder and
     [`AlbefTwoImageFusionModel`] (`vision_model`, `text_model`, `fusion_model`, and `_m` copies where present)."""
 
+    #: what a folder this class loads holds (its `architectures` end with it), and how to make one from another model
+    folder_architecture_suffix: str = ""
+    folder_initialisation_hint: str = ""
+
+    @classmethod
+    def _check_folder_model(cls, path: str, folder_config: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        """Also refuse a folder of the family that holds another model (a pretraining, VE or text-assignment one):
+        its layers are not the two-image encoder's (or its head would load at random)."""
+        super()._check_folder_model(path, folder_config, kwargs)
+        architectures = folder_config.get("architectures") or []
+        if architectures and not any(name.endswith(cls.folder_architecture_suffix) for name in architectures):
+            raise ValueError(
+                f"{path} holds {architectures[0]}, not a {cls.folder_architecture_suffix.removeprefix('For')} model: "
+                f"{cls.__name__}.from_pretrained would leave weights untrained or misplaced. "
+                + cls.folder_initialisation_hint.format(name=cls.__name__)
+            )
+
     @classmethod
     def two_image_config(cls, config: AlbefConfig) -> AlbefConfig:
         """The model's config from a pretraining config of the family (`two_image_config`: ALBEF pairs its fusion
@@ -342,6 +360,11 @@ class AlbefForVisualReasoning(
         **REMOTE_CODE_AUTO_MAP,
         "AutoModelForVisualReasoning": "modeling_albef_nlvr.AlbefForVisualReasoning",
     }
+    folder_architecture_suffix = "ForVisualReasoning"
+    folder_initialisation_hint = (
+        "Initialise one with {name}.from_pretraining(...) or from_text_assignment(...), or convert an official "
+        "checkpoint with `vlalign convert --task nlvr2`."
+    )
 
     def __init__(self, config: AlbefConfig):
         config = self.two_image_config(config)
@@ -384,30 +407,22 @@ class AlbefForVisualReasoning(
 
     @classmethod
     @torch.no_grad()
-    def from_pretraining(cls, model: nn.Module, momentum_from_loaded: bool = False, **config_overrides):
+    def from_pretraining(
+        cls,
+        model: nn.Module,
+        momentum_from_loaded: bool = False,
+        zero_token_types: bool = False,
+        **config_overrides,
+    ):
         """An NLVR2 model from a pretraining or retrieval model of the family (or its online model), through the
         text-assignment initialisation ([`AlbefForTextAssignment.from_pretraining`]: every pretrained layer from
         the first paired layer on initialises both layers of its pair) without the text-assignment training."""
-        assignment_class = cls.text_assignment_class()
-        return cls.from_text_assignment(
-            assignment_class.from_pretraining(model, **config_overrides), momentum_from_loaded
-        )
+        assignment = cls.text_assignment_class().from_pretraining(model, zero_token_types, **config_overrides)
+        return cls.from_text_assignment(assignment, momentum_from_loaded)
 
     @classmethod
     def text_assignment_class(cls) -> type:
         return AlbefForTextAssignment
-
-    @classmethod
-    def _check_folder_model(cls, path: str, folder_config: dict[str, Any], kwargs: dict[str, Any]) -> None:
-        """Also refuse a folder that holds no NLVR2 model: its head would load at random."""
-        super()._check_folder_model(path, folder_config, kwargs)
-        architectures = folder_config.get("architectures") or []
-        if architectures and not any(name.endswith("ForVisualReasoning") for name in architectures):
-            raise ValueError(
-                f"{path} holds {architectures[0]}, not an NLVR2 model: {cls.__name__}.from_pretrained would leave its "
-                f"head untrained. Initialise one with {cls.__name__}.from_pretraining(...) or "
-                "from_text_assignment(...), or convert an official checkpoint with `vlalign convert --task nlvr2`."
-            )
 
     # -- forward ----------------------------------------------------------------------------------------------
 
@@ -505,6 +520,15 @@ class AlbefForVisualReasoning(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def zero_missing_token_types(model: nn.Module, loaded: Iterable[str]) -> None:
+    """Zero the token-type table of `model`'s text encoder when the `loaded` weight names lack it (the switch for
+    the official quirk that leaves SIMLA's at its random construction values)."""
+    key = "text_model.embeddings.token_type_embeddings.weight"
+    if key not in set(loaded) and model.text_model.embeddings.token_type_embeddings is not None:
+        model.text_model.embeddings.token_type_embeddings.weight.zero_()
+
+
 def draw_text_assignment(
     weights: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -545,6 +569,11 @@ class AlbefForTextAssignment(TwoImageEncoderMixin, AlbefPreTrainedModel):
         **REMOTE_CODE_AUTO_MAP,
         "AutoModelForTextAssignment": "modeling_albef_nlvr.AlbefForTextAssignment",
     }
+    folder_architecture_suffix = "ForTextAssignment"
+    folder_initialisation_hint = (
+        "Initialise one with {name}.from_pretraining(...), or convert an official checkpoint with "
+        "`vlalign convert --task text-assignment`."
+    )
 
     def __init__(self, config: AlbefConfig):
         config = self.two_image_config(config)
@@ -576,12 +605,14 @@ class AlbefForTextAssignment(TwoImageEncoderMixin, AlbefPreTrainedModel):
 
     @classmethod
     @torch.no_grad()
-    def from_pretraining(cls, model: nn.Module, **config_overrides):
+    def from_pretraining(cls, model: nn.Module, zero_token_types: bool = False, **config_overrides):
         """A text-assignment model initialised from a pretraining or retrieval model of the family (or its online
         model) as the official `Pretrain_nlvr.py` does: the ViT, text embeddings, layers before the first paired layer
         and the projections are the model's; pretrained layer `first + i` initialises both layers `first + 2i` and
         `first + 2i + 1`; `ta_head` (and any weight the pretrained model lacks) is fresh; momentum weights, heads and
-        queues are left out."""
+        queues are left out. A token-type table the pretrained model lacks (SIMLA's MED BERT) keeps its random
+        construction values, whose row 0 is then added to every token (the official quirk);
+        `zero_token_types=True` starts it at zeros instead, so the pretrained embeddings are unchanged."""
         config = copy.deepcopy(model.config)
         for name, value in config_overrides.items():
             setattr(config, name, value)
@@ -606,6 +637,8 @@ class AlbefForTextAssignment(TwoImageEncoderMixin, AlbefPreTrainedModel):
         if mismatched:
             raise ValueError(f"Shapes differ for {mismatched[:5]}: config_overrides may not change the model's sizes.")
         assignment.load_state_dict(weights, strict=False)
+        if zero_token_types:
+            zero_missing_token_types(assignment, weights)
         return assignment.train()
 
     @torch.no_grad()
@@ -686,4 +719,5 @@ __all__ = [
     "split_image_pairs",
     "two_image_config",
     "two_image_layer_sources",
+    "zero_missing_token_types",
 ]
