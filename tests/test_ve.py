@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import run_cli
@@ -19,7 +20,7 @@ from transformers import AutoProcessor
 
 from vlalign import AutoModelForVisualEntailment
 from vlalign.data.loaders import DataValidationError
-from vlalign.data.ve import VE_LABELS, VeCollator, load_ve_json
+from vlalign.data.ve import VE_LABELS, VeCollator, load_ve_dataset, load_ve_json
 from vlalign.evaluation.ve import entailment_accuracy, evaluate_ve
 from vlalign.models import AlbefForVisualEntailment, CodisForVisualEntailment
 
@@ -270,3 +271,44 @@ def test_collator_gives_the_official_training_inputs(folder):
         collator([{**dataset[0], "label": "maybe"}])
     with pytest.raises(KeyError, match="remove_unused_columns=False"):
         collator([{"image": dataset[0]["image"], "sentence": "a dog"}])
+
+
+def hub_layout(labels, names=("entailment", "neutral", "contradiction")) -> datasets.Dataset:
+    """The fixture's pairs as a Hub dataset would hold them: an Image column, `hypothesis`, and a ClassLabel in
+    another order than the official one."""
+    rows = json.loads((VE / "data" / "ve_test.json").read_text())
+    features = datasets.Features(
+        {"image": datasets.Image(), "hypothesis": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "image": [str(VE / "data" / f"{row['image']}.jpg") for row in rows],
+            "hypothesis": [row["sentence"] for row in rows],
+            "label": labels if labels is not None else [names.index(row["label"]) for row in rows],
+        },
+        features=features,
+    )
+
+
+def test_hub_layout_maps_labels_by_name():
+    adapted = load_ve_dataset(hub_layout(None))
+    assert adapted["label"] == load_file(VE / "inputs.safetensors")["targets"].tolist()  # the official indices
+    assert list(adapted.features["label"].names) == list(VE_LABELS)
+    assert adapted["sentence"] == hub_layout(None)["hypothesis"] and adapted[0]["image"].mode == "RGB"
+    as_names = hub_layout(None).cast_column("label", datasets.Value("string"))
+    as_names = as_names.map(lambda row, i: {"label": ["entailment", "neutral", "contradiction", "entailment"][i]},
+                            with_indices=True)  # fmt: skip
+    assert load_ve_dataset(as_names)["label"] == adapted["label"]
+    with pytest.warns(UserWarning, match="skipped 1 of 4"):
+        dataset, report = load_ve_dataset(hub_layout([0, -1, 2, 0]), on_error="skip", return_report=True)
+    assert len(dataset) == 3 and report.bad_rows[0][1] == "label '-1' is none of contradiction, neutral, entailment"
+    with pytest.raises(DataValidationError, match="1 of 4 samples"):
+        load_ve_dataset(hub_layout([0, -1, 2, 0]))
+    unnamed = hub_layout(None).cast_column("label", datasets.Value("int64"))
+    with pytest.raises(ValueError, match="pass label_names"):
+        load_ve_dataset(unnamed)
+    assert (
+        load_ve_dataset(unnamed, label_names=["entailment", "neutral", "contradiction"])["label"] == adapted["label"]
+    )
+    with pytest.raises(ValueError, match="sentence_column='premise' is not a column"):
+        load_ve_dataset(hub_layout(None), sentence_column="premise")

@@ -32,15 +32,20 @@ from .loaders import (
     _MAX_LISTED,
     CheckImages,
     OnError,
+    _assemble,
     _check_images,
     _check_mode,
+    _column,
     _finish,
+    _image_sources,
     _read_json,
     _report_or_dataset,
+    _require_columns,
+    _split_rows,
     _validate_on_error,
 )
 
-__all__ = ["VE_LABELS", "VeCollator", "VeLoadReport", "load_ve_json", "ve_features"]
+__all__ = ["VE_LABELS", "VeCollator", "VeLoadReport", "load_ve_dataset", "load_ve_json", "ve_features"]
 
 #: the class names in index order (the official `ve_dataset.py` map: contradiction 0, neutral 1, entailment 2)
 VE_LABELS = tuple(VE_ID2LABEL[index] for index in sorted(VE_ID2LABEL))
@@ -174,6 +179,94 @@ def load_ve_json(
     }
     dataset = datasets.Dataset.from_dict(columns, features=ve_features())
     return _report_or_dataset(dataset, report, return_report)
+
+
+def _label_names(dataset: datasets.Dataset, column: str, label_names: Sequence[str] | None) -> list[str] | None:
+    """The names of an integer label column's classes: `label_names`, else its `ClassLabel` names; None for a
+    column of label names."""
+    feature = dataset.features[column]
+    if label_names is not None:
+        return list(label_names)
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    if getattr(feature, "dtype", None) == "string":
+        return None
+    raise ValueError(
+        f"label_column={column!r} holds {feature} without class names; pass label_names (the class of each index, "
+        f"e.g. {list(VE_LABELS)} for the official order) or a ClassLabel / string column."
+    )
+
+
+def load_ve_dataset(
+    dataset: datasets.Dataset,
+    image_column: str | Sequence[str] = "image",
+    sentence_column: str | None = None,
+    label_column: str = "label",
+    *,
+    label_names: Sequence[str] | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+    split: str | Sequence[str] | None = None,
+    split_column: str = "split",
+    on_error: OnError = "raise",
+    check_images: CheckImages | bool = "header",
+    num_workers: int | None = None,
+    return_report: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, VeLoadReport]:
+    """Adapt an SNLI-VE-style :mod:`datasets` dataset (image, hypothesis, label) to the VE layout.
+
+    Args:
+        dataset: the source, e.g. an SNLI-VE dataset from the Hub.
+        image_column: a :class:`datasets.Image` column, or columns of path parts joined under ``image_root``.
+        sentence_column: the hypothesis; default ``"sentence"``, else ``"hypothesis"``, whichever the dataset has.
+        label_column: the label: a :class:`datasets.ClassLabel` or integer column (its class names are mapped to the
+            official indices by name, whatever their order in the source) or a column of label names.
+        label_names: the class name of each index of an integer label column without class names.
+        image_root, split, split_column, on_error, check_images, num_workers, return_report: as in
+            :func:`vlalign.data.loaders.load_image_text_dataset`.
+
+    A row with a blank hypothesis, or a label that is none of the three classes (a missing label, -1, SNLI's
+    ``"-"``), is a bad pair; images are not decoded.
+    """
+    _validate_on_error(on_error)
+    check = _check_mode(check_images)
+    image_columns = [image_column] if isinstance(image_column, str) else list(image_column)
+    if sentence_column is None:
+        sentence_column = next((c for c in ("sentence", "hypothesis") if c in dataset.column_names), "sentence")
+    _require_columns(
+        dataset,
+        image_column=image_columns,
+        sentence_column=sentence_column,
+        label_column=label_column,
+        split_column=split_column if split is not None else None,
+    )
+    names = _label_names(dataset, label_column, label_names)
+    source_name = f"dataset {dataset.info.dataset_name or ''}".rstrip()
+    source = f"{source_name} ({dataset.num_rows} rows{'' if split is None else f', split {split}'})"
+    rows = _split_rows(dataset, split_column, split)
+    images, image_sources, refs = _image_sources(dataset, image_columns, image_root, rows)
+    image_problems = _check_images(image_sources, check, num_workers)
+    sentences, raw_labels = _column(dataset, sentence_column), _column(dataset, label_column)
+    keep, bad_images, bad_rows, labels = [], {}, [], []
+    for position, (row, ref, image_problem) in enumerate(zip(rows, refs, image_problems, strict=True)):
+        sentence, label = sentences[row], raw_labels[row]
+        if sentence is not None and not isinstance(sentence, str):
+            raise TypeError(f"{source}: {ref}: the hypothesis must be a string, got {sentence!r}.")
+        if names is not None and isinstance(label, int) and 0 <= label < len(names):
+            label = names[label]
+        problem = _row_problem(sentence or "", label if isinstance(label, str) else repr(label))
+        if problem is not None:
+            bad_rows.append((ref, problem))
+        if image_problem is not None:
+            bad_images.setdefault(ref, image_problem)
+        if problem is None and image_problem is None:
+            keep.append(position)
+            labels.append(VE_LABELS.index(label))
+    report = VeLoadReport(source, len(rows), len(keep), tuple(bad_images.items()), tuple(bad_rows), check)
+    _finish(report, on_error)
+    columns = {"sentence": [sentences[rows[k]] for k in keep], "label": labels}
+    features = {name: feature for name, feature in ve_features().items() if name != "image"}
+    result = _assemble(images, [rows[k] for k in keep], columns, features)
+    return _report_or_dataset(result, report, return_report)
 
 
 @dataclass
