@@ -8,7 +8,13 @@ used.
 
 import importlib
 
-from .auto import AutoModelForImageTextRetrieval, AutoModelForVisualEntailment, register_auto_classes
+from .auto import (
+    AutoModelForImageTextRetrieval,
+    AutoModelForTextAssignment,
+    AutoModelForVisualEntailment,
+    AutoModelForVisualReasoning,
+    register_auto_classes,
+)
 from .models import *  # noqa: F403
 from .models import __all__ as _models_all
 from .models.pipeline_retrieval import register_pipelines
@@ -19,7 +25,14 @@ register_pipelines()
 register_vqa_pipeline()
 
 __version__ = "0.1.0"
-__all__ = [*_models_all, "AutoModelForImageTextRetrieval", "AutoModelForVisualEntailment", "__version__"]
+__all__ = [
+    *_models_all,
+    "AutoModelForImageTextRetrieval",
+    "AutoModelForTextAssignment",
+    "AutoModelForVisualEntailment",
+    "AutoModelForVisualReasoning",
+    "__version__",
+]
 
 _SUBMODULES = (
     "cli",
