@@ -23,7 +23,8 @@ warm-up at 1e-5 for the first 100 steps (`warmup_epochs: 1` of the official sche
 
 The data are the official SNLI-VE JSON files (`vlalign.data.ve.load_ve_json`: `{"image", "sentence", "label"}`, the
 image `<image_root>/<image>.jpg`). The output folder holds the fine-tuned model with its processor and
-`eval_results.json` with the validation and test accuracy (overall and per class) beside the majority-class baseline.
+`eval_results.json` with the validation and test accuracy (overall and per class) beside the majority-class baseline,
+and a model card whose `model-index` holds the accuracies.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import vlalign  # noqa: F401  (registers every method with the Auto classes)
 from vlalign.convert.ve import load_ve_model
 from vlalign.data.transforms import albef_train_transform
 from vlalign.data.ve import VeCollator, load_ve_json
-from vlalign.evaluation.ve import evaluate_ve
+from vlalign.evaluation.ve import evaluate_ve, ve_model_card
 from vlalign.hub import training_args_summary
 from vlalign.hub.push import save_results
 from vlalign.methods import get_method, method_names, method_of
@@ -216,6 +217,8 @@ def finish(trainer, train, evaluation: dict[str, datasets.Dataset], script_args:
         results[name] = scored
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    scored = {name: results[name] for name in evaluation}
+    ve_model_card(output_dir.name, script_args.method, scored).save(output_dir / "README.md")
     save_results(results, output_dir)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from test_examples import load_script, run_example
 
@@ -53,6 +54,10 @@ def test_finetune_ve_from_a_pretraining_folder(tmp_path):
     for split in ("val", "test"):
         assert 0.0 <= results[split]["accuracy"] <= 1.0 and results[split]["num_pairs"] == 4
         assert results[split]["majority_baseline"] == 0.5  # entailment: 2 of the 4 pairs
+    card = ModelCard.load(out / "README.md")
+    index = {result.dataset_split: result for result in card.data.eval_results}
+    assert set(index) == {"val", "test"} and index["test"].task_type == "visual-entailment"
+    assert index["test"].metric_value == round(100 * results["test"]["accuracy"], 2)
     trained = AutoModelForVisualEntailment.from_pretrained(out)
     assert type(trained) is AlbefForVisualEntailment and trained.config.alpha_warmup_epochs == 0
     # the head started equal to its momentum copy; two optimizer steps and two EMA steps later they differ

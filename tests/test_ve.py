@@ -21,7 +21,7 @@ from transformers import AutoProcessor
 from vlalign import AutoModelForVisualEntailment
 from vlalign.data.loaders import DataValidationError
 from vlalign.data.ve import VE_LABELS, VeCollator, load_ve_dataset, load_ve_json
-from vlalign.evaluation.ve import entailment_accuracy, evaluate_ve
+from vlalign.evaluation.ve import entailment_accuracy, evaluate_ve, ve_eval_results, ve_model_card
 from vlalign.models import AlbefForVisualEntailment, CodisForVisualEntailment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -312,3 +312,16 @@ def test_hub_layout_maps_labels_by_name():
     )
     with pytest.raises(ValueError, match="sentence_column='premise' is not a column"):
         load_ve_dataset(hub_layout(None), sentence_column="premise")
+
+
+def test_model_index_holds_the_accuracy_per_split():
+    metrics = {"val": {"accuracy": 0.8014}, "test": {"accuracy": 0.803}}
+    results = ve_eval_results(metrics)
+    assert [(r.dataset_split, r.metric_type, r.metric_value, r.task_type) for r in results] == [
+        ("val", "accuracy", 80.14, "visual-entailment"),
+        ("test", "accuracy", 80.3, "visual-entailment"),
+    ]
+    card = ve_model_card("albef-ve", "albef", metrics)
+    assert card.data.to_dict()["model-index"][0]["results"][1]["metrics"][0]["value"] == 80.3
+    with pytest.raises(ValueError, match="no 'accuracy'"):
+        ve_eval_results({"test": {"acc": 0.5}})

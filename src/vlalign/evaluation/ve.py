@@ -8,15 +8,20 @@ longest, untruncated), images read with `load_images` (errors name the row and f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from tqdm.auto import tqdm
 
 from .retrieval import _undecoded, load_images
 
-__all__ = ["entailment_accuracy", "evaluate_ve"]
+__all__ = ["VE_TASK_NAME", "VE_TASK_TYPE", "entailment_accuracy", "evaluate_ve", "ve_eval_results", "ve_model_card"]
+
+#: the model-index task of visual entailment (transformers has no pipeline task for it: a free-form type)
+VE_TASK_TYPE = "visual-entailment"
+VE_TASK_NAME = "Visual Entailment"
 
 
 def entailment_accuracy(predictions: Sequence[int] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
@@ -91,3 +96,49 @@ def evaluate_ve(
             if bool((labels == index).any())
         }
     return results
+
+
+def ve_eval_results(
+    metrics: Mapping[str, Mapping[str, Any]], *, dataset_name: str = "SNLI-VE", dataset_type: str = "snli-ve"
+) -> list[EvalResult]:
+    """One model-index `EvalResult` per evaluated split: `metrics` maps a split name (``"val"``, ``"test"``) to what
+    :func:`evaluate_ve` returns (its ``accuracy``, a fraction, is reported in percent as papers do)."""
+    results = []
+    for split, values in metrics.items():
+        if "accuracy" not in values:
+            raise ValueError(f"metrics[{split!r}] has no 'accuracy' (what evaluate_ve returns); got {sorted(values)}.")
+        results.append(
+            EvalResult(
+                task_type=VE_TASK_TYPE,
+                task_name=VE_TASK_NAME,
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type="accuracy",
+                metric_name="accuracy",
+                metric_value=round(100 * float(values["accuracy"]), 2),
+            )
+        )
+    return results
+
+
+def ve_model_card(
+    model_name: str, method: str, metrics: Mapping[str, Mapping[str, Any]], *, dataset_name: str = "SNLI-VE"
+) -> ModelCard:
+    """A model card for a fine-tuned `<Method>ForVisualEntailment` with the accuracies in its `model-index`."""
+    data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        tags=["vlalign", method, VE_TASK_TYPE],
+        eval_results=ve_eval_results(metrics, dataset_name=dataset_name) or None,
+    )
+    lines = [f"| {split} | {100 * float(values['accuracy']):.2f} |" for split, values in metrics.items()]
+    table = "\n".join(["| split | accuracy (%) |", "|---|---|", *lines]) if lines else "Not evaluated."
+    body = (
+        f"# {model_name}\n\n{method.upper()} fine-tuned for visual entailment ({dataset_name}: image premise, text "
+        "hypothesis → contradiction / neutral / entailment) with vlalign's `examples/finetune_ve.py`.\n\n"
+        "```python\nimport vlalign  # registers AutoModelForVisualEntailment\n"
+        f"model = vlalign.AutoModelForVisualEntailment.from_pretrained({model_name!r})\n```\n\n"
+        f"## Results\n\n{table}\n"
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
