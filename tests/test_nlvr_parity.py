@@ -135,6 +135,18 @@ def test_text_assignment_outputs(method, folders, golden):
     assert_close(replayed.loss, outputs["ta_loss"])
 
 
+def test_global_generator_draws_what_the_official_forward_drew(method, folders, golden):
+    """The README calls the official draw RNG-dependent: seeded as the generator seeded it (`torch.manual_seed(2)`
+    right before the forward), the draw from torch's global generator is the recorded one."""
+    inputs, outputs = golden
+    model = AutoModelForTextAssignment.from_pretrained(folders["ta"]).train()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        output = model(inputs["ta_pixel_values"], inputs["ta_input_ids"], inputs["ta_attention_mask"])
+    assert torch.equal(output.pairs, outputs["ta_pairs"]) and torch.equal(output.labels, outputs["ta_labels"])
+    assert_close(output.loss, outputs["ta_loss"])
+
+
 def online_encoders(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {
         key: value for key, value in state.items() if key.startswith(("vision_model.", "text_model.", "fusion_model."))
