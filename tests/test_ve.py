@@ -15,8 +15,9 @@ import datasets
 import pytest
 import torch
 from conftest import run_cli
+from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers import AutoProcessor, pipeline
 
 from vlalign import AutoModelForVisualEntailment
 from vlalign.data.loaders import DataValidationError
@@ -325,3 +326,56 @@ def test_model_index_holds_the_accuracy_per_split():
     assert card.data.to_dict()["model-index"][0]["results"][1]["metrics"][0]["value"] == 80.3
     with pytest.raises(ValueError, match="no 'accuracy'"):
         ve_eval_results({"test": {"acc": 0.5}})
+
+
+def test_pipeline(folder, golden):
+    """`pipeline("visual-entailment")`: the softmax of the model's logits over the labels, best first."""
+    classify = pipeline("visual-entailment", model=str(folder))
+    image = VE / "data" / "img_0.jpg"
+    hypothesis = json.loads((VE / "data" / "ve_test.json").read_text())[0]["sentence"]
+    result = classify(str(image), hypothesis=hypothesis)
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor(images=[Image.open(image)], text=[hypothesis], preset="train")
+    with torch.no_grad():
+        probabilities = fresh(folder).eval()(**batch(inputs)).logits.softmax(-1)[0]
+    expected = sorted(
+        zip(("contradiction", "neutral", "entailment"), probabilities.tolist(), strict=True), key=lambda x: -x[1]
+    )
+    assert [r["label"] for r in result] == [label for label, _ in expected]
+    assert [r["score"] for r in result] == pytest.approx([p for _, p in expected], abs=1e-6)
+    assert len(classify([{"image": str(image), "hypothesis": hypothesis}] * 2, top_k=1)) == 2
+    with pytest.raises(ValueError, match="Pass the hypothesis"):
+        classify(str(image))
+
+
+REMOTE_PIPELINE = textwrap.dedent(
+    """
+    import sys
+    sys.modules["vlalign"] = None  # make `import vlalign` fail in this process
+    import json
+    from transformers import pipeline
+
+    folder, image, hypothesis, output_file = sys.argv[1:]
+    classify = pipeline("visual-entailment", model=folder, trust_remote_code=True)
+    result = classify(image, hypothesis=hypothesis)
+    json.dump({"module": type(classify.model).__module__, "name": type(classify.model).__name__, "result": result},
+              open(output_file, "w"))
+    """
+)
+
+
+def test_pipeline_with_remote_code_without_vlalign(folder, tmp_path):
+    script = tmp_path / "pipe.py"
+    script.write_text(REMOTE_PIPELINE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    image, hypothesis = str(VE / "data" / "img_0.jpg"), "Two men are playing with a ball."
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), image, hypothesis, str(tmp_path / "out.json")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads((tmp_path / "out.json").read_text())
+    assert remote["module"].startswith("transformers_modules.") and remote["name"] == "AlbefForVisualEntailment"
+    local = pipeline("visual-entailment", model=str(folder))(image, hypothesis=hypothesis)
+    assert [r["label"] for r in remote["result"]] == [r["label"] for r in local]
+    assert [r["score"] for r in remote["result"]] == pytest.approx([r["score"] for r in local], abs=1e-6)

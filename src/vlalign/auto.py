@@ -234,6 +234,21 @@ def register_auto_classes() -> None:
     """Register every family with the Auto classes (idempotent)."""
     for family in MODEL_FAMILIES.values():
         family.register()
+    register_ve_pipeline()
+
+
+def register_ve_pipeline() -> None:
+    """Register the `visual-entailment` pipeline with `transformers.pipeline` (idempotent), loading its models with
+    `AutoModelForVisualEntailment`."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .models.pipeline_ve import TASK, VisualEntailmentPipeline
+
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if registered is None or registered.get("impl") is not VisualEntailmentPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK, pipeline_class=VisualEntailmentPipeline, pt_model=AutoModelForVisualEntailment, type="multimodal"
+        )
 
 
 __all__ = [
@@ -246,4 +261,5 @@ __all__ = [
     "family_of",
     "model_family",
     "register_auto_classes",
+    "register_ve_pipeline",
 ]

@@ -33,6 +33,8 @@ from .modeling_albef_encoders import (
     AlbefVisionModel,
 )
 from .modeling_albef_training import MomentumDistillationMixin
+from .pipeline_ve import REMOTE_PIPELINE as REMOTE_VE_PIPELINE
+from .pipeline_ve import TASK as VE_TASK
 from .training_duties import TrainingDutiesMixin
 
 #: the official SNLI-VE label indices (`ve_dataset.py`): what the head's outputs mean
@@ -88,6 +90,18 @@ def entailment_head(hidden_size: int, num_labels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_labels))
 
 
+def entailment_auto_map(family_auto_map: dict[str, str], entailment_class: str) -> dict[str, str]:
+    """The `auto_map` of a saved entailment folder: the family's config, and the entailment class (`module.Class`) for
+    `AutoModelForVisualEntailment` and for `AutoModel`, the Auto class `transformers.pipeline` loads the
+    `visual-entailment` pipeline's model with under `trust_remote_code=True` (the family's other classes live in
+    files such a folder does not carry)."""
+    return {
+        "AutoConfig": family_auto_map["AutoConfig"],
+        "AutoModel": entailment_class,
+        "AutoModelForVisualEntailment": entailment_class,
+    }
+
+
 def with_entailment_labels(config: AlbefConfig) -> AlbefConfig:
     """`config` with the official SNLI-VE labels (`VE_ID2LABEL`); a copy when it had others."""
     if config.id2label != VE_ID2LABEL:
@@ -112,10 +126,9 @@ class AlbefForVisualEntailment(MomentumDistillationMixin, TrainingDutiesMixin, A
     """
 
     main_input_name = "pixel_values"
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualEntailment": "modeling_albef_ve.AlbefForVisualEntailment",
-    }
+    #: saved folders name the visual-entailment pipeline (shipped beside the code) for `trust_remote_code=True`
+    remote_code_pipelines = {VE_TASK: REMOTE_VE_PIPELINE}
+    remote_code_auto_map = entailment_auto_map(REMOTE_CODE_AUTO_MAP, "modeling_albef_ve.AlbefForVisualEntailment")
 
     def __init__(self, config: AlbefConfig):
         config = with_entailment_labels(config)
@@ -355,5 +368,6 @@ __all__ = [
     "VisualEntailmentOutput",
     "entailment_head",
     "entailment_loss",
+    "entailment_auto_map",
     "with_entailment_labels",
 ]

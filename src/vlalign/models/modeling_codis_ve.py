@@ -6,7 +6,7 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 from __future__ import annotations
 
 from .configuration_codis import CodisConfig
-from .modeling_albef_ve import AlbefForVisualEntailment
+from .modeling_albef_ve import AlbefForVisualEntailment, entailment_auto_map
 from .modeling_codis import REMOTE_CODE_AUTO_MAP, CodisPreTrainedModel
 
 
@@ -18,10 +18,7 @@ class CodisForVisualEntailment(AlbefForVisualEntailment, CodisPreTrainedModel):
     """
 
     config_class = CodisConfig  # transformers would infer AlbefConfig from the inherited classes' `__init__`
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualEntailment": "modeling_codis_ve.CodisForVisualEntailment",
-    }
+    remote_code_auto_map = entailment_auto_map(REMOTE_CODE_AUTO_MAP, "modeling_codis_ve.CodisForVisualEntailment")
 
 
 __all__ = ["CodisForVisualEntailment"]

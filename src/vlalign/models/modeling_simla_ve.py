@@ -7,7 +7,7 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 from __future__ import annotations
 
 from .configuration_simla import SimlaConfig
-from .modeling_albef_ve import AlbefForVisualEntailment
+from .modeling_albef_ve import AlbefForVisualEntailment, entailment_auto_map
 from .modeling_simla import REMOTE_CODE_AUTO_MAP, SimlaPreTrainedModel, without_pretraining_modules
 
 
@@ -19,10 +19,7 @@ class SimlaForVisualEntailment(AlbefForVisualEntailment, SimlaPreTrainedModel):
     """
 
     config_class = SimlaConfig
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualEntailment": "modeling_simla_ve.SimlaForVisualEntailment",
-    }
+    remote_code_auto_map = entailment_auto_map(REMOTE_CODE_AUTO_MAP, "modeling_simla_ve.SimlaForVisualEntailment")
 
     def __init__(self, config: SimlaConfig):
         """Built from any SIMLA config, a pretraining one included; the model's own config is
