@@ -379,3 +379,20 @@ def test_pipeline_with_remote_code_without_vlalign(folder, tmp_path):
     local = pipeline("visual-entailment", model=str(folder))(image, hypothesis=hypothesis)
     assert [r["label"] for r in remote["result"]] == [r["label"] for r in local]
     assert [r["score"] for r in remote["result"]] == pytest.approx([r["score"] for r in local], abs=1e-6)
+
+
+def test_evaluator(folder):
+    """`VisualEntailmentEvaluator` from a folder (through the pipeline) and from (model, processor): the official
+    accuracy of the fixture (0.25 → 25 %), with a bootstrap interval around it."""
+    from vlalign.evaluation.ve_evaluator import VisualEntailmentEvaluator
+
+    dataset = load_ve_json(VE / "data" / "ve_test.json", VE / "data")
+    evaluator = VisualEntailmentEvaluator()
+    result = evaluator.compute(str(folder), dataset)
+    assert result["accuracy"] == pytest.approx(25.0) and result["num_pairs"] == 4
+    assert set(result["per_class_accuracy"]) == {"contradiction", "neutral", "entailment"}
+    pair = (fresh(folder), AutoProcessor.from_pretrained(folder))
+    boot = evaluator.compute(pair, dataset, strategy="bootstrap", n_resamples=200, random_state=0)
+    low, high = boot["accuracy"]["confidence_interval"]
+    assert boot["accuracy"]["score"] == pytest.approx(25.0) and low <= 25.0 <= high
+    assert pair[0].training  # the model's mode is restored

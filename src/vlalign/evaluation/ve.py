@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 
 from .retrieval import _undecoded, load_images
 
-__all__ = ["VE_TASK_NAME", "VE_TASK_TYPE", "entailment_accuracy", "evaluate_ve", "ve_eval_results", "ve_model_card"]
+__all__ = [
+    "VE_TASK_NAME",
+    "VE_TASK_TYPE",
+    "entailment_accuracy",
+    "entailment_logits",
+    "evaluate_ve",
+    "ve_eval_results",
+    "ve_model_card",
+]
 
 #: the model-index task of visual entailment (transformers has no pipeline task for it: a free-form type)
 VE_TASK_TYPE = "visual-entailment"
@@ -32,6 +40,33 @@ def entailment_accuracy(predictions: Sequence[int] | torch.Tensor, labels: Seque
     if labels.numel() == 0:
         raise ValueError("No pairs to score: pass at least one prediction and label.")
     return (predictions == labels).double().mean().item()
+
+
+def entailment_logits(
+    model, processor, dataset, batch_size: int = 32, preset: str = "train", show_progress: bool = True
+) -> torch.Tensor:
+    """`[pairs, labels]` the model's logits for every (image, hypothesis) pair of `dataset`, in row order, on the CPU
+    (eval mode while scoring; the model's mode is restored)."""
+    images = _undecoded(dataset)
+    logits = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="visual entailment", disable=not show_progress):
+            stop = min(start + batch_size, len(dataset))
+            inputs = processor(
+                images=load_images(images, start, stop),
+                text=dataset[start:stop]["sentence"],
+                preset=preset,
+                return_tensors="pt",
+            ).to(model.device)
+            with torch.no_grad():
+                logits.append(
+                    model(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]).logits.cpu()
+                )
+    finally:
+        model.train(was_training)
+    return torch.cat(logits).float()
 
 
 def evaluate_ve(
@@ -62,24 +97,7 @@ def evaluate_ve(
                 f"The dataset has no {column!r} column (it has {dataset.column_names}); load SNLI-VE data with "
                 "vlalign.data.ve.load_ve_json."
             )
-    images = _undecoded(dataset)
-    predictions: list[int] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in tqdm(range(0, len(dataset), batch_size), desc="visual entailment", disable=not show_progress):
-            stop = min(start + batch_size, len(dataset))
-            inputs = processor(
-                images=load_images(images, start, stop),
-                text=dataset[start:stop]["sentence"],
-                preset=preset,
-                return_tensors="pt",
-            ).to(model.device)
-            predictions += model.predict(
-                inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-            ).tolist()
-    finally:
-        model.train(was_training)
+    predictions = entailment_logits(model, processor, dataset, batch_size, preset, show_progress).argmax(-1).tolist()
     id2label = model.config.id2label
     results: dict[str, Any] = {
         "predictions": predictions,
