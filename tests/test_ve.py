@@ -396,3 +396,16 @@ def test_evaluator(folder):
     low, high = boot["accuracy"]["confidence_interval"]
     assert boot["accuracy"]["score"] == pytest.approx(25.0) and low <= 25.0 <= high
     assert pair[0].training  # the model's mode is restored
+
+
+def test_auto_task_recognises_a_fine_tuned_ve_checkpoint(tmp_path):
+    """`vlalign convert` without `--task`: a checkpoint with `cls_head` is a VE checkpoint (ALBEF and SIMLA)."""
+    for method, bert in (("albef", "config_bert.json"), ("simla", "shared_bert.json")):
+        original = VE.parents[2] / method / "downstream" / "ve" / "original"
+        run_cli(
+            "convert", "--method", method, "--checkpoint", str(original / "checkpoint.pth"),
+            "--config", str(original / "VE.yaml"), "--config", str(original / bert),
+            "--tokenizer", str(original), "--output", str(tmp_path / method),
+        )  # fmt: skip
+        model = AutoModelForVisualEntailment.from_pretrained(tmp_path / method)
+        assert type(model).__name__ == f"{method.capitalize()}ForVisualEntailment"
