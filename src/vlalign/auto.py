@@ -235,6 +235,7 @@ def register_auto_classes() -> None:
     for family in MODEL_FAMILIES.values():
         family.register()
     register_ve_pipeline()
+    register_nlvr_pipeline()
 
 
 def register_ve_pipeline() -> None:
@@ -251,6 +252,20 @@ def register_ve_pipeline() -> None:
         )
 
 
+def register_nlvr_pipeline() -> None:
+    """Register the `visual-reasoning` pipeline (NLVR2) with `transformers.pipeline` (idempotent), loading its models
+    with `AutoModelForVisualReasoning`."""
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .models.pipeline_nlvr import TASK, VisualReasoningPipeline
+
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if registered is None or registered.get("impl") is not VisualReasoningPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK, pipeline_class=VisualReasoningPipeline, pt_model=AutoModelForVisualReasoning, type="multimodal"
+        )
+
+
 __all__ = [
     "MODEL_FAMILIES",
     "AutoModelForImageTextRetrieval",
@@ -261,5 +276,6 @@ __all__ = [
     "family_of",
     "model_family",
     "register_auto_classes",
+    "register_nlvr_pipeline",
     "register_ve_pipeline",
 ]

@@ -41,6 +41,8 @@ from .modeling_albef_encoders import (
 )
 from .modeling_albef_layers import padding_attention_mask, warn_if_attentions_unavailable
 from .modeling_albef_training import MomentumDistillationMixin
+from .pipeline_nlvr import REMOTE_PIPELINE as REMOTE_NLVR_PIPELINE
+from .pipeline_nlvr import TASK as NLVR_TASK
 from .training_duties import TrainingDutiesMixin
 
 #: the similarity temperature of the text-assignment draw: a literal in the official code (its `temp` is unused)
@@ -339,6 +341,17 @@ def split_image_pairs(pixel_values: torch.Tensor, num_texts: int) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def reasoning_auto_map(family_auto_map: dict[str, str], reasoning_class: str) -> dict[str, str]:
+    """The `auto_map` of a saved NLVR2 folder: the family's config, and the reasoning class (`module.Class`) for
+    `AutoModelForVisualReasoning` and for `AutoModel`, the Auto class `transformers.pipeline` loads the
+    `visual-reasoning` pipeline's model with under `trust_remote_code=True`."""
+    return {
+        "AutoConfig": family_auto_map["AutoConfig"],
+        "AutoModel": reasoning_class,
+        "AutoModelForVisualReasoning": reasoning_class,
+    }
+
+
 class AlbefForVisualReasoning(
     TwoImageEncoderMixin, MomentumDistillationMixin, TrainingDutiesMixin, AlbefPreTrainedModel
 ):
@@ -356,10 +369,9 @@ class AlbefForVisualReasoning(
     """
 
     main_input_name = "pixel_values"
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualReasoning": "modeling_albef_nlvr.AlbefForVisualReasoning",
-    }
+    #: saved folders name the visual-reasoning pipeline (shipped beside the code) for `trust_remote_code=True`
+    remote_code_pipelines = {NLVR_TASK: REMOTE_NLVR_PIPELINE}
+    remote_code_auto_map = reasoning_auto_map(REMOTE_CODE_AUTO_MAP, "modeling_albef_nlvr.AlbefForVisualReasoning")
     folder_architecture_suffix = "ForVisualReasoning"
     folder_initialisation_hint = (
         "Initialise one with {name}.from_pretraining(...) or from_text_assignment(...), or convert an official "
@@ -716,6 +728,7 @@ __all__ = [
     "VisualReasoningHead",
     "draw_text_assignment",
     "first_paired_layer",
+    "reasoning_auto_map",
     "split_image_pairs",
     "two_image_config",
     "two_image_layer_sources",

@@ -8,7 +8,7 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 from __future__ import annotations
 
 from .configuration_codis import CodisConfig
-from .modeling_albef_nlvr import AlbefForTextAssignment, AlbefForVisualReasoning
+from .modeling_albef_nlvr import AlbefForTextAssignment, AlbefForVisualReasoning, reasoning_auto_map
 from .modeling_codis import REMOTE_CODE_AUTO_MAP, CodisPreTrainedModel
 
 
@@ -26,10 +26,7 @@ class CodisForVisualReasoning(AlbefForVisualReasoning, CodisPreTrainedModel):
     """CODIS fine-tuned for NLVR2: [`AlbefForVisualReasoning`] under CODIS's config."""
 
     config_class = CodisConfig
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualReasoning": "modeling_codis_nlvr.CodisForVisualReasoning",
-    }
+    remote_code_auto_map = reasoning_auto_map(REMOTE_CODE_AUTO_MAP, "modeling_codis_nlvr.CodisForVisualReasoning")
 
     @classmethod
     def text_assignment_class(cls) -> type:

@@ -11,7 +11,12 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 from __future__ import annotations
 
 from .configuration_simla import SimlaConfig
-from .modeling_albef_nlvr import AlbefForTextAssignment, AlbefForVisualReasoning, two_image_config
+from .modeling_albef_nlvr import (
+    AlbefForTextAssignment,
+    AlbefForVisualReasoning,
+    reasoning_auto_map,
+    two_image_config,
+)
 from .modeling_simla import REMOTE_CODE_AUTO_MAP, SimlaPreTrainedModel, without_pretraining_modules
 
 #: token types of the official two-image xbert (BERT's default), which the pretrained MED BERT has none of
@@ -48,10 +53,7 @@ class SimlaForVisualReasoning(SimlaTwoImageMixin, AlbefForVisualReasoning, Simla
     """SIMLA fine-tuned for NLVR2: [`AlbefForVisualReasoning`] with SIMLA's stack (see the module docstring)."""
 
     config_class = SimlaConfig
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualReasoning": "modeling_simla_nlvr.SimlaForVisualReasoning",
-    }
+    remote_code_auto_map = reasoning_auto_map(REMOTE_CODE_AUTO_MAP, "modeling_simla_nlvr.SimlaForVisualReasoning")
 
     @classmethod
     def text_assignment_class(cls) -> type:
