@@ -21,6 +21,7 @@ checked equal and stored once (see `AlbefTwoImageFusionModel`).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -28,6 +29,8 @@ import torch
 
 from ..models.modeling_albef_nlvr import first_paired_layer, zero_missing_token_types
 from .albef import CheckpointError, _check_fit, _convert_bert_key, _convert_vit_key, _fit_position_embeddings
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("nlvr2", "text-assignment")
 
@@ -208,11 +211,47 @@ def convert_to_two_image_task(
     return model
 
 
+def load_two_image_model(folder, task: str, config=None, momentum_from_loaded: bool = False):
+    """The `<Method>ForVisualReasoning` (`task="nlvr2"`) or `<Method>ForTextAssignment` (`"text-assignment"`) of a
+    saved vlalign folder (or Hub id), in training mode: loaded as it is when the folder holds one; an NLVR2 model from
+    a text-assignment folder as the official `NLVR.py` (`from_text_assignment`: the momentum copies keep their
+    construction-time weights unless `momentum_from_loaded`); either from a pretraining, retrieval or inference model
+    of the family with `from_pretraining` (the official `Pretrain_nlvr.py` layer doubling). `config`: the folder's
+    config with changes (e.g. overrides), or None."""
+    from transformers import AutoConfig
+
+    from ..auto import family_of
+
+    if task not in ("nlvr2", "text-assignment"):
+        raise ValueError(f"task must be 'nlvr2' or 'text-assignment', got {task!r}.")
+    config = config if config is not None else AutoConfig.from_pretrained(folder)
+    family = family_of(config)
+    target = family.visual_reasoning_class if task == "nlvr2" else family.text_assignment_class
+    if target is None:
+        raise ValueError(f"{family.model_type} has no {task} model.")
+    saved = (config.architectures or [family.model_class.__name__])[0]
+    assignment = family.text_assignment_class if task == "nlvr2" else None
+    candidates = (target, assignment, family.pretraining_class, family.retrieval_class, family.model_class)
+    saved_class = next((c for c in candidates if c is not None and c.__name__ == saved), None)
+    if saved_class is None:
+        raise ValueError(f"{folder} holds a {saved}, none of {family.model_type}'s models usable for {task}.")
+    model = saved_class.from_pretrained(folder, config=config)
+    if saved_class is target:
+        return model.train()
+    logger.info("Starting the %s model from the %s in %s", task, saved, folder)
+    if saved_class is assignment:
+        return target.from_text_assignment(model, momentum_from_loaded)
+    if task == "nlvr2":
+        return target.from_pretraining(model, momentum_from_loaded)
+    return target.from_pretraining(model)
+
+
 __all__ = [
     "TASKS",
     "checkpoint_layout",
     "convert_to_two_image_task",
     "convert_two_image_state_dict",
+    "load_two_image_model",
     "text_assignment_initialisation",
     "two_image_task",
 ]
