@@ -12,14 +12,16 @@ objects decide:
 * ``background``: "the two images have the same background color",
 * ``total``: "there are three triangles in total".
 
-Labels are balanced: the wanted label alternates over the examples, and for each example the templates are drawn until
-one has the wanted truth on that pair (a new right image is drawn when none has). Everything comes from the split's own
+Labels are balanced within each statement type (so the sentence alone tells nothing): the statement type is drawn,
+true and false alternate within each type, and the right image and the statement's subject are drawn until the
+statement has the wanted truth on that pair. Everything comes from the split's own
 :class:`random.Random` stream, so the same seed gives the same set.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import datasets
@@ -33,7 +35,6 @@ __all__ = ["STATEMENT_TYPES", "make_synthetic_nlvr_dataset", "statement_truth"]
 
 STATEMENT_TYPES: tuple[str, ...] = ("more", "both color", "both shape", "one shape", "background", "total")
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
-_TRIES = 20
 
 
 def _count(objects: list[dict[str, Any]], key: str, value: str) -> int:
@@ -74,7 +75,7 @@ def _statement(kind: str, left: dict[str, Any], right: dict[str, Any], rng: rand
         return f"the {side} image has more {shape}s than the {other} one.", (shape, side)
     if kind == "both color":
         color = rng.choice(shown)["color"] if rng.random() < 0.75 else rng.choice(list(COLORS))
-        return f"both images have a {color} object.", color
+        return f"both images have {'an' if color[0] in 'aeiou' else 'a'} {color} object.", color
     if kind == "both shape":
         return f"both images have a {shape}.", shape
     if kind == "one shape":
@@ -92,22 +93,20 @@ def _examples(split: datasets.Dataset, num_pairs: int, rng: random.Random) -> di
         for objects, background in zip(split["objects"], split["background"], strict=True)
     ]
     columns: dict[str, list] = {"left": [], "right": [], "sentence": [], "label": [], "statement_type": []}
+    made: Counter[str] = Counter()
     for example in range(num_pairs):
-        wanted = example % 2 == 0  # alternate True / False
-        found = None
-        while found is None:
-            left_row = example % len(scenes)
+        kind = rng.choice(STATEMENT_TYPES)
+        wanted = made[kind] % 2 == 0  # true and false alternate within each statement type
+        made[kind] += 1
+        left_row, found = example % len(scenes), None
+        while found is None:  # a new right image and subject until the statement has the wanted truth
             right_row = rng.choice([r for r in range(len(scenes)) if r != left_row] or [left_row])
-            for _ in range(_TRIES):
-                kind = rng.choice(STATEMENT_TYPES)
-                sentence, value = _statement(kind, scenes[left_row], scenes[right_row], rng)
-                if statement_truth(kind, value, scenes[left_row], scenes[right_row]) == wanted:
-                    found = (left_row, right_row, sentence, kind)
-                    break
-        left_row, right_row, sentence, kind = found
+            sentence, value = _statement(kind, scenes[left_row], scenes[right_row], rng)
+            if statement_truth(kind, value, scenes[left_row], scenes[right_row]) == wanted:
+                found = (right_row, sentence)
         columns["left"].append(left_row)
-        columns["right"].append(right_row)
-        columns["sentence"].append(sentence)
+        columns["right"].append(found[0])
+        columns["sentence"].append(found[1])
         columns["label"].append(NLVR_LABELS.index(str(wanted)))
         columns["statement_type"].append(kind)
     return columns
@@ -126,7 +125,7 @@ def make_synthetic_nlvr_dataset(
 
     Returns:
         The NLVR2 layout (:func:`vlalign.data.nlvr.nlvr_features`): ``image_left``, ``image_right``, ``sentence``,
-        ``label`` (ClassLabel False 0 / True 1, balanced: even examples true, odd ones false, in the order drawn);
+        ``label`` (ClassLabel False 0 / True 1, balanced within each statement type: half true, ±1);
         plus ``left_id`` / ``right_id`` (the scenes' ``image_id``) and ``statement_type`` (:data:`STATEMENT_TYPES`).
     """
     scenes = make_synthetic_dataset(num_train, num_validation, num_test, image_size, captions_per_image=1, seed=seed)

@@ -4,7 +4,7 @@ in minutes.
 
 Each image (the premise) gets hypotheses with all three labels, decided by the scene's recorded objects:
 
-* ``entailment``: a true statement about what is drawn: "there is a red circle", "the square is blue" (of a shape
+* ``entailment``: a true statement about what is drawn: "there is a red circle", "there is an orange star", "the square is blue" (of a shape
   whose objects share one colour), "the background is gray".
 * ``contradiction``: the same statements with a visible attribute wrong: "there is a green circle" (a circle is
   present, none of them green), "the square is red" (the square is blue), "the background is black" (it is gray).
@@ -54,7 +54,7 @@ def _entailment(objects: list[dict[str, Any]], background: str, rng: random.Rand
         shape = rng.choice(_one_colour(by_shape))
         return f"the {shape} is {next(iter(by_shape[shape]))}.", kind
     obj = rng.choice(objects)
-    return f"there is a {obj['color']} {obj['shape']}.", kind
+    return f"there is {_a(obj['color'])} {obj['shape']}.", kind
 
 
 def _contradiction(objects: list[dict[str, Any]], background: str, rng: random.Random) -> tuple[str, str]:
@@ -67,12 +67,17 @@ def _contradiction(objects: list[dict[str, Any]], background: str, rng: random.R
     wrong = rng.choice([c for c in COLORS if c not in by_shape[shape]])
     if kind == "shape color":
         return f"the {shape} is {wrong}.", kind
-    return f"there is a {wrong} {shape}.", kind
+    return f"there is {_a(wrong)} {shape}.", kind
 
 
 def _neutral(objects: list[dict[str, Any]], background: str, rng: random.Random) -> tuple[str, str]:
     obj = rng.choice(objects)
     return f"the {obj['color']} {obj['shape']} {rng.choice(UNOBSERVABLE)}.", "unobservable"
+
+
+def _a(word: str) -> str:
+    """`word` with its indefinite article."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _colours_by_shape(objects: list[dict[str, Any]]) -> dict[str, set[str]]:
