@@ -119,6 +119,13 @@ class ScriptArguments:
             "pretraining folder (the official NLVR.py leaves them at their construction-time random weights)."
         },
     )
+    zero_token_types: bool = field(
+        default=False,
+        metadata={
+            "help": "From a pretraining folder whose BERT has no token-type table (SIMLA): start the two-image "
+            "model's at zeros instead of the official random values."
+        },
+    )
     image_size: int | None = field(
         default=None, metadata={"help": f"Fine-tuning resolution (default: {REAL_DATA_IMAGE_SIZE})."}
     )
@@ -180,7 +187,9 @@ def main() -> None:
         )
     config = apply_config_overrides(config, script_args.config_overrides)
     processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
-    model = load_two_image_model(script_args.model_name_or_path, "nlvr2", config, script_args.momentum_from_loaded)
+    model = load_two_image_model(
+        script_args.model_name_or_path, "nlvr2", config, script_args.momentum_from_loaded, script_args.zero_token_types
+    )
     model_size = model.config.vision_config.image_size
     image_size = script_args.image_size or REAL_DATA_IMAGE_SIZE
     if image_size != model_size:

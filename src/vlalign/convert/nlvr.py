@@ -211,13 +211,16 @@ def convert_to_two_image_task(
     return model
 
 
-def load_two_image_model(folder, task: str, config=None, momentum_from_loaded: bool = False):
+def load_two_image_model(
+    folder, task: str, config=None, momentum_from_loaded: bool = False, zero_token_types: bool = False
+):
     """The `<Method>ForVisualReasoning` (`task="nlvr2"`) or `<Method>ForTextAssignment` (`"text-assignment"`) of a
     saved vlalign folder (or Hub id), in training mode: loaded as it is when the folder holds one; an NLVR2 model from
     a text-assignment folder as the official `NLVR.py` (`from_text_assignment`: the momentum copies keep their
     construction-time weights unless `momentum_from_loaded`); either from a pretraining, retrieval or inference model
-    of the family with `from_pretraining` (the official `Pretrain_nlvr.py` layer doubling). `config`: the folder's
-    config with changes (e.g. overrides), or None."""
+    of the family with `from_pretraining` (the official `Pretrain_nlvr.py` layer doubling; `zero_token_types`: a
+    token-type table the pretrained model lacks starts at zeros, not random). `config`: the folder's config with
+    changes (e.g. overrides), or None."""
     from transformers import AutoConfig
 
     from ..auto import family_of
@@ -242,8 +245,8 @@ def load_two_image_model(folder, task: str, config=None, momentum_from_loaded: b
     if saved_class is assignment:
         return target.from_text_assignment(model, momentum_from_loaded)
     if task == "nlvr2":
-        return target.from_pretraining(model, momentum_from_loaded)
-    return target.from_pretraining(model)
+        return target.from_pretraining(model, momentum_from_loaded, zero_token_types)
+    return target.from_pretraining(model, zero_token_types)
 
 
 __all__ = [
