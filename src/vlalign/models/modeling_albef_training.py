@@ -214,6 +214,30 @@ class MomentumDistillationMixin:
         torch._foreach_mul_(momentum_params, self.config.momentum)
         torch._foreach_add_(momentum_params, [o.detach() for o, _ in pairs], alpha=1 - self.config.momentum)
 
+    def prime_momentum(self) -> None:
+        """The EMA step the official fine-tuning forwards (`VE.py`, `VQA.py`) take before their very first momentum
+        pass, taken once per training run.
+
+        The official forward updates the momentum copies at its start, vlalign after each optimizer step (a training
+        duty). Both give the teacher of step k ≥ 1 the same weights only when the official sequence's first update
+        changes nothing: with momentum weights θ_m ≠ θ (a pretraining checkpoint's own momentum encoders), the
+        official teacher of step 0 is m·θ_m + (1-m)·θ, not θ_m, and every later teacher differs by that step. A
+        distilling model calls this in its training forwards (training mode, gradients enabled, with labels): the
+        first one of a run at optimizer step 0 (a trainer's step, or none set) takes that step; later forwards, and a
+        run resumed at step k > 0 (whose checkpoint holds momentum weights that already include it), take none.
+        `restart_training_duties_check` (a trainer's start) re-arms it."""
+        if getattr(self, "_momentum_primed", False) or not (self.training and torch.is_grad_enabled()):
+            return
+        self._momentum_primed = True
+        progress = self.training_progress()
+        if progress is None or progress[0] == 0:
+            self.momentum_update()
+
+    def restart_training_duties_check(self) -> None:
+        """A trainer starts (or resumes) a run: its first training forward at step 0 primes the momentum copies."""
+        self._momentum_primed = False
+        super().restart_training_duties_check()
+
     def _distillation_weight(self, alpha: float | None) -> float:
         """α for this forward: the argument; else the official warm-up at the step a trainer set (see
         `set_training_progress`); else `config.alpha`. Always 0 when `config.distill` is off."""

@@ -35,6 +35,7 @@ from .modeling_albef_encoders import (
 from .modeling_albef_training import MomentumDistillationMixin
 from .pipeline_ve import REMOTE_PIPELINE as REMOTE_VE_PIPELINE
 from .pipeline_ve import TASK as VE_TASK
+from .remote_code import task_auto_map
 from .training_duties import TrainingDutiesMixin
 
 #: the official SNLI-VE label indices (`ve_dataset.py`): what the head's outputs mean
@@ -95,11 +96,7 @@ def entailment_auto_map(family_auto_map: dict[str, str], entailment_class: str) 
     `AutoModelForVisualEntailment` and for `AutoModel`, the Auto class `transformers.pipeline` loads the
     `visual-entailment` pipeline's model with under `trust_remote_code=True` (the family's other classes live in
     files such a folder does not carry)."""
-    return {
-        "AutoConfig": family_auto_map["AutoConfig"],
-        "AutoModel": entailment_class,
-        "AutoModelForVisualEntailment": entailment_class,
-    }
+    return task_auto_map(family_auto_map, "AutoModelForVisualEntailment", entailment_class)
 
 
 def with_entailment_labels(config: AlbefConfig) -> AlbefConfig:
@@ -118,8 +115,9 @@ class AlbefForVisualEntailment(MomentumDistillationMixin, TrainingDutiesMixin, A
 
     With `config.distill` the ViT, both BERT towers and the head have momentum copies that supply the distillation
     targets (weight α; the official VE config keeps α constant: `alpha_warmup_epochs=0`) and take one EMA step after
-    every optimizer step (a training duty; the official forward takes it before its momentum pass, the same sequence
-    of weights).
+    every optimizer step (a training duty). The official forward takes its EMA step before its momentum pass: the
+    first training forward of a run also takes one before its first momentum pass (`prime_momentum`), which gives the
+    official sequence of teacher weights even when the momentum copies start away from the online weights.
 
     `from_pretraining` (and `vlalign convert --task ve` from an official pretraining checkpoint) builds the official
     fine-tuning initialisation; `vlalign convert --task ve` also loads an official fine-tuned VE checkpoint.
@@ -297,6 +295,8 @@ class AlbefForVisualEntailment(MomentumDistillationMixin, TrainingDutiesMixin, A
         if labels is None:
             return VisualEntailmentOutput(logits=logits, fused_states=fused_states, **towers)
         labels = self._check_labels(labels, logits)
+        if self.config.distill:  # the official forward's EMA step before its first momentum pass
+            self.prime_momentum()
         alpha = self._distillation_weight(alpha)
         logits_m = None
         if alpha > 0:

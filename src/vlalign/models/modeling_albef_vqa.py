@@ -48,6 +48,7 @@ from .modeling_albef_layers import (
 from .modeling_albef_training import MomentumDistillationMixin
 from .pipeline_vqa import REMOTE_PIPELINE as REMOTE_VQA_PIPELINE
 from .pipeline_vqa import TASK as VQA_TASK
+from .remote_code import task_auto_map
 from .training_duties import TrainingDutiesMixin
 
 #: answer tokens `generate` produces at most unless told otherwise
@@ -250,8 +251,10 @@ class QuestionAnsweringMixin:
     A model provides `encode_question(pixel_values, input_ids, attention_mask, momentum=False, output_flags=...)`
     returning (question states, encoder outputs dict), and the decoders `text_decoder` / `text_decoder_m` (the
     momentum copy, present when `config.distill`). The momentum copies take their EMA step as a training duty after
-    each optimizer step (`after_optimizer_step`): the official forward updates them before its momentum pass, which is
-    the same sequence of weights.
+    each optimizer step (`after_optimizer_step`). The official forward updates them at its start, before its momentum
+    pass; that is the same sequence of weights only from the second update on, so the first training forward of a run
+    also takes one EMA step before its first momentum pass (`prime_momentum`): the momentum copies of a pretraining
+    checkpoint differ from its online weights, and the official teacher of step 0 is already one EMA step from them.
 
     A model lists it first and transformers' `GenerationMixin` last among its bases (after the `PreTrainedModel`, as
     transformers requires), so that `generate` is this class's.
@@ -440,6 +443,8 @@ class QuestionAnsweringMixin:
         answers_per_question, answer_weights = self._check_answers(
             input_ids, answer_input_ids, answers_per_question, answer_weights
         )
+        if self.config.distill:  # the official forward's EMA step before its first momentum pass
+            self.prime_momentum()
         alpha = self._distillation_weight(alpha)
         question_mask = (
             attention_mask.repeat_interleave(answers_per_question, 0) if attention_mask is not None else None
@@ -667,10 +672,10 @@ class AlbefForQuestionAnswering(
     embeddings and MLM head) or loads an official fine-tuned VQA checkpoint.
     """
 
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualQuestionAnswering": "modeling_albef_vqa.AlbefForQuestionAnswering",
-    }
+    #: a saved VQA folder carries this file and its imports, not `modeling_albef.py`: its `auto_map` names only those
+    remote_code_auto_map = task_auto_map(
+        REMOTE_CODE_AUTO_MAP, "AutoModelForVisualQuestionAnswering", "modeling_albef_vqa.AlbefForQuestionAnswering"
+    )
 
     def __init__(self, config: AlbefConfig):
         super().__init__(config)

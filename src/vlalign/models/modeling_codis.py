@@ -44,6 +44,7 @@ from .modeling_albef_training import (
     legacy_albef_attribute,
 )
 from .modeling_albef_vqa import AlbefForQuestionAnswering
+from .remote_code import task_auto_map
 from .sinkhorn import transport_plans
 
 
@@ -388,10 +389,9 @@ class CodisForQuestionAnswering(AlbefForQuestionAnswering, CodisPreTrainedModel)
     """
 
     config_class = CodisConfig  # transformers would infer AlbefConfig from the inherited classes' `__init__`
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForVisualQuestionAnswering": "modeling_codis.CodisForQuestionAnswering",
-    }
+    remote_code_auto_map = task_auto_map(
+        REMOTE_CODE_AUTO_MAP, "AutoModelForVisualQuestionAnswering", "modeling_codis.CodisForQuestionAnswering"
+    )
 
 
 __all__ = [

@@ -39,6 +39,7 @@ from .modeling_albef import AlbefForImageTextRetrieval, AlbefForPreTraining, Alb
 from .modeling_albef_encoders import AlbefFusionModel, AlbefPreTrainedModel, AlbefTextModel, AlbefVisionModel
 from .modeling_albef_training import AlbefForPreTrainingOutput, legacy_albef_attribute
 from .modeling_albef_vqa import AlbefForQuestionAnswering
+from .remote_code import task_auto_map
 
 #: Auto classes a saved SIMLA folder answers to with `trust_remote_code=True`
 REMOTE_CODE_AUTO_MAP = {
@@ -432,6 +433,10 @@ class SimlaForQuestionAnswering(AlbefForQuestionAnswering, SimlaPreTrainedModel)
     """
 
     config_class = SimlaConfig
+    #: SIMLA's config and this class (ALBEF's VQA map would name ALBEF's classes under a SIMLA config)
+    remote_code_auto_map = task_auto_map(
+        REMOTE_CODE_AUTO_MAP, "AutoModelForVisualQuestionAnswering", "modeling_simla.SimlaForQuestionAnswering"
+    )
 
     def __init__(self, config: SimlaConfig):
         """Built from any SIMLA config, a pretraining one included; the model's own config is

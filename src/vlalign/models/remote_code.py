@@ -46,4 +46,12 @@ class RemoteCodeSaveMixin:
             custom_object_save(self, save_directory)
 
 
-__all__ = ["RemoteCodeSaveMixin"]
+def task_auto_map(family_auto_map: dict[str, str], auto_class: str, task_class: str) -> dict[str, str]:
+    """The `auto_map` of a saved downstream-task folder (VQA, visual entailment): the family's config, and the task
+    class (`module.Class`) for its Auto class and for `AutoModel`. Such a folder carries the task class's file and the
+    files it imports, not necessarily the family's other classes (ALBEF's `modeling_albef.py`), so it names only what
+    it carries; `AutoModel` is also the Auto class a custom pipeline entry may load the model with."""
+    return {"AutoConfig": family_auto_map["AutoConfig"], "AutoModel": task_class, auto_class: task_class}
+
+
+__all__ = ["RemoteCodeSaveMixin", "task_auto_map"]
