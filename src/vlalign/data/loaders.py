@@ -75,6 +75,33 @@ OnImageIdConflict = Literal["raise", "warn", "merge"]
 _MAX_LISTED = 3  # problems quoted in error and warning messages
 
 
+class ProblemListsReport:
+    """`num_skipped`, `ok` and `describe_problems` of a task loader's report (VQA, visual entailment), a frozen
+    dataclass with `num_samples`, `num_kept` and one tuple of `(reference, reason)` pairs per kind of problem, named
+    with the kind's description in `problem_kinds`."""
+
+    #: (field, description) of each kind of problem, in the order `describe_problems` lists them
+    problem_kinds: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def num_skipped(self) -> int:
+        return self.num_samples - self.num_kept
+
+    @property
+    def ok(self) -> bool:
+        return not any(getattr(self, name) for name, _ in self.problem_kinds)
+
+    def describe_problems(self) -> str:
+        """Counts and the first few examples of each kind of problem, in one line."""
+        parts = []
+        for name, kind in self.problem_kinds:
+            if problems := getattr(self, name):
+                shown = "; ".join(f"{ref} ({reason})" for ref, reason in problems[:_MAX_LISTED])
+                more = ", ..." if len(problems) > _MAX_LISTED else ""
+                parts.append(f"{len(problems)} {kind}: {shown}{more}")
+        return "; ".join(parts) if parts else "no problems"
+
+
 @dataclass(frozen=True)
 class LoadReport:
     """What a loader found and kept.

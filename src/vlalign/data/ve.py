@@ -29,9 +29,9 @@ from ..models.input_checks import is_blank
 from ..models.modeling_albef_ve import VE_ID2LABEL
 from .collator import AlignmentCollator, _row_label
 from .loaders import (
-    _MAX_LISTED,
     CheckImages,
     OnError,
+    ProblemListsReport,
     _assemble,
     _check_images,
     _check_mode,
@@ -67,7 +67,7 @@ def ve_features() -> datasets.Features:
 
 
 @dataclass(frozen=True)
-class VeLoadReport:
+class VeLoadReport(ProblemListsReport):
     """What :func:`load_ve_json` found and kept.
 
     Attributes:
@@ -86,23 +86,7 @@ class VeLoadReport:
     bad_rows: tuple[tuple[str, str], ...] = ()
     image_check: CheckImages = "header"
 
-    @property
-    def num_skipped(self) -> int:
-        return self.num_samples - self.num_kept
-
-    @property
-    def ok(self) -> bool:
-        return not self.bad_images and not self.bad_rows
-
-    def describe_problems(self) -> str:
-        """Counts and the first few examples of each kind of problem, in one line."""
-        parts = []
-        for problems, kind in ((self.bad_images, "unreadable image(s)"), (self.bad_rows, "bad pair(s)")):
-            if problems:
-                shown = "; ".join(f"{ref} ({reason})" for ref, reason in problems[:_MAX_LISTED])
-                more = ", ..." if len(problems) > _MAX_LISTED else ""
-                parts.append(f"{len(problems)} {kind}: {shown}{more}")
-        return "; ".join(parts) if parts else "no problems"
+    problem_kinds = (("bad_images", "unreadable image(s)"), ("bad_rows", "bad pair(s)"))
 
 
 def _check_entry(entry: object, where: str) -> None:

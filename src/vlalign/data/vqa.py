@@ -31,9 +31,9 @@ import torch
 from ..models.input_checks import is_blank
 from .collator import AlignmentCollator, _row_label
 from .loaders import (
-    _MAX_LISTED,
     CheckImages,
     OnError,
+    ProblemListsReport,
     _assemble,
     _check_images,
     _check_mode,
@@ -105,7 +105,7 @@ def answer_weights(answers: Sequence[str], dataset: str = "vqa") -> tuple[list[s
 
 
 @dataclass(frozen=True)
-class VqaLoadReport:
+class VqaLoadReport(ProblemListsReport):
     """What a VQA loader found and kept.
 
     Attributes:
@@ -125,23 +125,7 @@ class VqaLoadReport:
     bad_questions: tuple[tuple[str, str], ...] = ()
     image_check: CheckImages = "header"
 
-    @property
-    def num_skipped(self) -> int:
-        return self.num_samples - self.num_kept
-
-    @property
-    def ok(self) -> bool:
-        return not self.bad_images and not self.bad_questions
-
-    def describe_problems(self) -> str:
-        """Counts and the first few examples of each kind of problem, in one line."""
-        parts = []
-        for problems, kind in ((self.bad_images, "unreadable image(s)"), (self.bad_questions, "bad question(s)")):
-            if problems:
-                shown = "; ".join(f"{ref} ({reason})" for ref, reason in problems[:_MAX_LISTED])
-                more = ", ..." if len(problems) > _MAX_LISTED else ""
-                parts.append(f"{len(problems)} {kind}: {shown}{more}")
-        return "; ".join(parts) if parts else "no problems"
+    problem_kinds = (("bad_images", "unreadable image(s)"), ("bad_questions", "bad question(s)"))
 
 
 def _question_problem(question: Any, answers: list[str] | None) -> str | None:
