@@ -20,15 +20,16 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 from __future__ import annotations
 
 import torch
-from transformers.image_utils import load_image
 from transformers.pipelines import Pipeline
+
+from .pipeline_image_text import ImageTextPipelineMixin, check_top_k
 
 TASK = "visual-entailment"
 #: the `config.json` entry that points `transformers.pipeline` at this file (`custom_pipelines[TASK]`)
 REMOTE_PIPELINE = {"impl": "pipeline_ve.VisualEntailmentPipeline", "pt": ["AutoModel"], "type": "multimodal"}
 
 
-class VisualEntailmentPipeline(Pipeline):
+class VisualEntailmentPipeline(ImageTextPipelineMixin, Pipeline):
     """Classify (image, hypothesis) pairs as contradiction / neutral / entailment with a vlalign entailment model
     (`<Method>ForVisualEntailment`).
 
@@ -44,11 +45,8 @@ class VisualEntailmentPipeline(Pipeline):
     lists for a list of pairs).
     """
 
-    _load_processor = True
-    _load_image_processor = False
-    _load_feature_extractor = False
-    _load_tokenizer = False
-    _load_video_processor = False
+    text_key = "hypothesis"
+    task_name = TASK
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -57,39 +55,23 @@ class VisualEntailmentPipeline(Pipeline):
                 f"The {TASK} pipeline needs a vlalign entailment model (`<Method>ForVisualEntailment`); got "
                 f"{type(self.model).__name__}. Load the folder with vlalign.AutoModelForVisualEntailment."
             )
-        if self.processor is None:
-            raise ValueError(
-                f"The {TASK} pipeline needs the model's processor; save one next to the model "
-                "(`processor.save_pretrained(folder)`) or pass `processor=`."
-            )
+        self._require_processor()
 
     def __call__(self, image, hypothesis: str | None = None, **kwargs):
         """Classify `hypothesis` against `image`, or each `{"image", "hypothesis"}` dict of a list."""
-        if isinstance(image, dict) or (isinstance(image, list) and image and isinstance(image[0], dict)):
-            if hypothesis is not None:
-                raise ValueError("Pass the hypothesis inside the dicts or as hypothesis=..., not both.")
-            return super().__call__(image, **kwargs)
-        if hypothesis is None:
-            raise ValueError(
-                "Pass the hypothesis: pipe(image, hypothesis='...') or pipe({'image': ..., 'hypothesis': ...})."
-            )
-        return super().__call__({"image": image, "hypothesis": hypothesis}, **kwargs)
+        return self._call_pairs(image, hypothesis, **kwargs)
 
     def _sanitize_parameters(self, top_k=None, timeout=None):
         preprocess, postprocess = {}, {}
         if timeout is not None:
             preprocess["timeout"] = timeout
         if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-                raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-            postprocess["top_k"] = top_k
+            postprocess["top_k"] = check_top_k(top_k)
         return preprocess, {}, postprocess
 
     def preprocess(self, inputs: dict, timeout=None) -> dict:
-        if not isinstance(inputs, dict) or {"image", "hypothesis"} - inputs.keys():
-            raise ValueError("Each input must be a dict with an 'image' and a 'hypothesis'.")
-        image = load_image(inputs["image"], timeout=timeout)
-        model_inputs = dict(self.processor(images=image, text=inputs["hypothesis"], preset="train"))
+        image, hypothesis = self._load_pair(inputs, timeout)
+        model_inputs = dict(self.processor(images=image, text=hypothesis, preset="train"))
         model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
         model_inputs.pop("token_type_ids", None)
         return model_inputs

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 from transformers import AutoModelForVisualQuestionAnswering
-from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
+
+from .pipeline_image_text import ImageTextPipelineMixin, check_top_k
 
 TASK = "visual-question-answering"
 #: the `config.json` entry that points `transformers.pipeline` at this file (`custom_pipelines[TASK]`)
@@ -35,7 +36,7 @@ REMOTE_PIPELINE = {
 }
 
 
-class VisualQuestionAnsweringPipeline(Pipeline):
+class VisualQuestionAnsweringPipeline(ImageTextPipelineMixin, Pipeline):
     """Answer questions about images with a vlalign VQA model (`<Method>ForQuestionAnswering`).
 
     `pipe(image, question=...)`, `pipe({"image": ..., "question": ...})` or a list of such dicts. Images may be PIL
@@ -54,19 +55,12 @@ class VisualQuestionAnsweringPipeline(Pipeline):
     Returns a list of `{"score": float, "answer": str}`, best first (a list of such lists for a list of questions).
     """
 
-    _load_processor = True
-    _load_image_processor = False
-    _load_feature_extractor = False
-    _load_tokenizer = False
-    _load_video_processor = False
+    text_key = "question"
+    task_name = TASK
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.processor is None:
-            raise ValueError(
-                f"The {TASK} pipeline needs the model's processor; save one next to the model "
-                "(`processor.save_pretrained(folder)`) or pass `processor=`."
-            )
+        self._require_processor()
         if not hasattr(self.model, "rank_answers"):
             raise TypeError(
                 f"The {TASK} pipeline needs a vlalign VQA model (`<Method>ForQuestionAnswering`); "
@@ -75,15 +69,7 @@ class VisualQuestionAnsweringPipeline(Pipeline):
 
     def __call__(self, image, question: str | None = None, **kwargs):
         """Answer `question` about `image`, or each `{"image", "question"}` dict of a list."""
-        if isinstance(image, dict) or (isinstance(image, list) and image and isinstance(image[0], dict)):
-            if question is not None:
-                raise ValueError("Pass the question inside the dicts or as question=..., not both.")
-            return super().__call__(image, **kwargs)
-        if question is None:
-            raise ValueError(
-                "Pass the question: pipe(image, question='...') or pipe({'image': ..., 'question': ...})."
-            )
-        return super().__call__({"image": image, "question": question}, **kwargs)
+        return self._call_pairs(image, question, **kwargs)
 
     def _sanitize_parameters(self, top_k=None, candidate_answers=None, timeout=None, **generate_kwargs):
         preprocess, forward, postprocess = {}, dict(generate_kwargs), {}
@@ -95,16 +81,12 @@ class VisualQuestionAnsweringPipeline(Pipeline):
                 raise ValueError("candidate_answers is empty; pass at least one answer to rank.")
             preprocess["candidate_answers"] = candidates
         if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-                raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-            forward["top_k"] = postprocess["top_k"] = top_k
+            forward["top_k"] = postprocess["top_k"] = check_top_k(top_k)
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs: dict, candidate_answers: list[str] | None = None, timeout=None) -> dict:
-        if not isinstance(inputs, dict) or {"image", "question"} - inputs.keys():
-            raise ValueError("Each input must be a dict with an 'image' and a 'question'.")
-        image = load_image(inputs["image"], timeout=timeout)
-        model_inputs = dict(self.processor(images=image, text=inputs["question"], preset="vqa_test_question"))
+        image, question = self._load_pair(inputs, timeout)
+        model_inputs = dict(self.processor(images=image, text=question, preset="vqa_test_question"))
         model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
         model_inputs.pop("token_type_ids", None)
         if candidate_answers is not None:
