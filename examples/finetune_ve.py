@@ -30,14 +30,12 @@ and a model card whose `model-index` holds the accuracies.
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import transformers
 from transformers import AutoConfig, AutoProcessor, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
@@ -48,13 +46,16 @@ from vlalign.evaluation.ve import evaluate_ve, ve_model_card
 from vlalign.hub import training_args_summary
 from vlalign.hub.push import save_results
 from vlalign.methods import get_method, method_names, method_of
-from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
+from vlalign.training.argument_checks import ArgumentError, check_not_empty
 from vlalign.training.script_helpers import (
     apply_config_overrides,
     check_images_field,
+    configure_logging,
+    fit_image_size,
     on_error_field,
     parse_script_args,
     run_script,
+    train_and_finish,
 )
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
@@ -144,13 +145,7 @@ def majority_baseline(train: datasets.Dataset, split: datasets.Dataset) -> float
 def main() -> None:
     script_args, training_args = parse_args()
     method = get_method(script_args.method)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(logging.INFO if training_args.should_log else log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
+    configure_logging(training_args, logger)
     set_seed(training_args.seed)
 
     train = load_split(script_args.train_json, script_args, "--train_json")
@@ -169,13 +164,8 @@ def main() -> None:
     config = apply_config_overrides(config, script_args.config_overrides)
     processor = AutoProcessor.from_pretrained(script_args.model_name_or_path)
     model = load_ve_model(script_args.model_name_or_path, config)
-    model_size = model.config.vision_config.image_size
     image_size = script_args.image_size or REAL_DATA_IMAGE_SIZE
-    if image_size != model_size:
-        check_image_size(image_size, model.config.vision_config)
-        logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
-        model.set_image_size(image_size)
-        processor = method.build_processor(processor.tokenizer, image_size)
+    processor = fit_image_size(model, processor, method, image_size, logger)
     transform = albef_train_transform("train", image_size) if script_args.augment else None
     trainer = AlignmentTrainer(
         model=model,
@@ -184,17 +174,7 @@ def main() -> None:
         data_collator=VeCollator(processor, image_transform=transform),
         processing_class=processor,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume is not None and resume.lower() in ("true", "last"):
-        resume = True  # the last checkpoint in output_dir
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        finish(trainer, train, evaluation, script_args)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.state.destroy_process_group()  # clean shutdown under torchrun / accelerate
+    train_and_finish(trainer, lambda: finish(trainer, train, evaluation, script_args))
 
 
 def finish(trainer, train, evaluation: dict[str, datasets.Dataset], script_args: ScriptArguments) -> None:

@@ -50,13 +50,11 @@ evaluation server's result file (`[{"question_id", "answer"}]`), and `eval_resul
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import transformers
 from transformers import AutoConfig, AutoProcessor, set_seed
 
 import vlalign  # noqa: F401  (registers every method with the Auto classes)
@@ -69,13 +67,16 @@ from vlalign.hub import save_for_hub, training_args_summary
 from vlalign.hub.push import card_kwargs, save_results
 from vlalign.methods import Method, get_method, method_names, method_of
 from vlalign.recipes.albef import learn_words
-from vlalign.training.argument_checks import ArgumentError, check_image_size, check_not_empty
+from vlalign.training.argument_checks import ArgumentError, check_not_empty
 from vlalign.training.script_helpers import (
     apply_config_overrides,
     check_images_field,
+    configure_logging,
+    fit_image_size,
     on_error_field,
     parse_script_args,
     run_script,
+    train_and_finish,
 )
 from vlalign.training.trainer import AlignmentTrainer, AlignmentTrainingArguments
 
@@ -213,13 +214,7 @@ def load_model(args: ScriptArguments, method: Method, train: datasets.Dataset, a
 def main() -> None:
     script_args, training_args = parse_args()
     method = get_method(script_args.method)
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(logging.INFO if training_args.should_log else log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
+    configure_logging(training_args, logger)
     set_seed(training_args.seed)
 
     synthetic = not script_args.train_json
@@ -228,28 +223,13 @@ def main() -> None:
     model, processor = load_model(script_args, method, train, answer_list)
     model_size = model.config.vision_config.image_size
     image_size = script_args.image_size or (model_size if synthetic else REAL_DATA_IMAGE_SIZE)
-    if image_size != model_size:
-        check_image_size(image_size, model.config.vision_config)
-        logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
-        model.set_image_size(image_size)
-        processor = method.build_processor(processor.tokenizer, image_size)
+    processor = fit_image_size(model, processor, method, image_size, logger)
     augment = (not synthetic) if script_args.augment is None else script_args.augment
     collator = VqaCollator(processor, image_transform=albef_train_transform("train", image_size) if augment else None)
     trainer = AlignmentTrainer(
         model=model, args=training_args, train_dataset=train, data_collator=collator, processing_class=processor
     )
-
-    resume = training_args.resume_from_checkpoint
-    if resume is not None and resume.lower() in ("true", "last"):
-        resume = True  # the last checkpoint in output_dir
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        finish(trainer, train, test, answer_list, script_args, synthetic)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.state.destroy_process_group()  # clean shutdown under torchrun / accelerate
+    train_and_finish(trainer, lambda: finish(trainer, train, test, answer_list, script_args, synthetic))
 
 
 def finish(trainer, train, test, answer_list, script_args: ScriptArguments, synthetic: bool) -> None:

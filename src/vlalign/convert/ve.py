@@ -123,24 +123,16 @@ def load_ve_model(folder, config=None):
     (`vlalign convert --task ve`, a fine-tuned model), else initialised from the saved model (a pretraining,
     retrieval or inference model of the family) with `from_pretraining`, in training mode. `config`: the folder's
     config with changes (e.g. overrides), or None."""
-    from transformers import AutoConfig
-
     from ..auto import family_of
+    from .task_init import load_task_model
 
-    config = config if config is not None else AutoConfig.from_pretrained(folder)
-    family = family_of(config)
-    if family.visual_entailment_class is None:
-        raise ValueError(f"{family.model_type} has no visual entailment model.")
-    saved = (config.architectures or [family.model_class.__name__])[0]
-    candidates = (family.visual_entailment_class, family.pretraining_class, family.retrieval_class, family.model_class)
-    saved_class = next((c for c in candidates if c is not None and c.__name__ == saved), None)
-    if saved_class is None:
-        raise ValueError(f"{folder} holds a {saved}, none of {family.model_type}'s models; pass a vlalign folder.")
-    model = saved_class.from_pretrained(folder, config=config)
-    if saved_class is family.visual_entailment_class:
-        return model
-    logger.info("Starting the visual entailment model from the %s in %s", saved, folder)
-    return family.visual_entailment_class.from_pretraining(model)
+    return load_task_model(
+        folder,
+        config,
+        "visual_entailment_class",
+        "visual entailment",
+        lambda model: family_of(model).visual_entailment_class.from_pretraining(model),
+    )
 
 
 __all__ = [

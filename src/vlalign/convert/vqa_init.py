@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from ..auto import family_of
+from .task_init import load_task_model
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +41,6 @@ def load_vqa_model(folder, config=None):
     """The `<Method>ForQuestionAnswering` of a saved vlalign folder (or Hub id): loaded as it is when it holds one
     (`vlalign convert --task vqa`, a fine-tuned VQA model), else started from the saved model
     (`vqa_model_from_pretrained`). `config`: the folder's config with changes (e.g. overrides), or None."""
-    from transformers import AutoConfig
-
-    config = config if config is not None else AutoConfig.from_pretrained(folder)
-    family = family_of(config)
-    saved = (config.architectures or [family.model_class.__name__])[0]
-    candidates = (
-        family.question_answering_class,
-        family.pretraining_class,
-        family.retrieval_class,
-        family.model_class,
+    return load_task_model(
+        folder, config, "question_answering_class", "visual question answering", vqa_model_from_pretrained, "VQA"
     )
-    saved_class = next((c for c in candidates if c is not None and c.__name__ == saved), None)
-    if saved_class is None:
-        raise ValueError(f"{folder} holds a {saved}, none of {family.model_type}'s models; pass a vlalign folder.")
-    model = saved_class.from_pretrained(folder, config=config)
-    if saved_class is family.question_answering_class:
-        return model
-    logger.info("Starting the VQA model from the %s in %s", saved, folder)
-    return vqa_model_from_pretrained(model)

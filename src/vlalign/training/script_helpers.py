@@ -18,7 +18,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..auto import MODEL_FAMILIES
-from .argument_checks import ArgumentError, bad_value_of, check_arguments, one_line
+from .argument_checks import ArgumentError, bad_value_of, check_arguments, check_image_size, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,53 @@ def apply_config_overrides(config: Any, overrides: str | None) -> Any:
     return config
 
 
+def configure_logging(training_args: Any, script_logger: logging.Logger) -> None:
+    """The fine-tuning scripts' logging: records on stdout, the script's logger at INFO on the process that logs (else
+    at the process's level), `datasets` and `transformers` at the process's level."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    log_level = training_args.get_process_log_level()
+    script_logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+
+def fit_image_size(
+    model: Any, processor: Any, method: Any, image_size: int, script_logger: logging.Logger = logger
+) -> Any:
+    """The processor for fine-tuning `model` at `image_size`: at another size than the model's, the size is checked
+    (`--image_size`), the model's position embeddings are interpolated to it (said on `script_logger`) and the
+    method's processor is rebuilt for it with the same tokenizer; else `processor` as it is."""
+    model_size = model.config.vision_config.image_size
+    if image_size == model_size:
+        return processor
+    check_image_size(image_size, model.config.vision_config)
+    script_logger.info("Interpolating position embeddings from %d px to %d px", model_size, image_size)
+    model.set_image_size(image_size)
+    return method.build_processor(processor.tokenizer, image_size)
+
+
+def train_and_finish(trainer: Any, finish: Callable[[], None]) -> None:
+    """Train (resuming from `--resume_from_checkpoint`; 'true' or 'last': the last checkpoint in `output_dir`), log and
+    save the training metrics and state, run `finish` on the main process, then end the process group (a clean
+    shutdown under torchrun / accelerate)."""
+    resume = trainer.args.resume_from_checkpoint
+    if resume is not None and resume.lower() in ("true", "last"):
+        resume = True
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        finish()
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.state.destroy_process_group()
+
+
 def wants_teacher_view(config: Any, augment: bool) -> bool:
     """Whether batches need `pixel_values_teacher`, a second augmented view of each image for the momentum image
     encoder (CODIS with `teacher_image_view="augmented"`, TCL's recipe); that view needs the augmentation on."""
@@ -138,9 +185,12 @@ def wants_teacher_view(config: Any, augment: bool) -> bool:
 __all__ = [
     "RECIPE_SUFFIXES",
     "apply_config_overrides",
+    "configure_logging",
+    "fit_image_size",
     "parse_checked",
     "parse_script_args",
     "read_recipe",
     "run_script",
+    "train_and_finish",
     "wants_teacher_view",
 ]
