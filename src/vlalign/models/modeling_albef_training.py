@@ -10,9 +10,11 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -524,6 +526,52 @@ class AlbefMomentumDistilledModel(MomentumDistillationMixin, TrainingDutiesMixin
         )
 
 
+def task_config(model: nn.Module, config_overrides: dict) -> AlbefConfig:
+    """A copy of `model`'s config with `config_overrides` set: the config of a fine-tuning model initialised from it."""
+    config = copy.deepcopy(model.config)
+    for name, value in config_overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def place_pretrained_weights(
+    task_model: nn.Module,
+    model: nn.Module,
+    task: str,
+    fresh_pattern: str,
+    targets: Callable[[str], Iterable[str | None]] = lambda key: (key,),
+) -> set[str]:
+    """Load a pretrained model's weights into a downstream model of its family (`from_pretraining` of the VQA and
+    entailment models): each key of `model`'s state dict (its online model's prefix removed) goes to the keys
+    `targets(key)` names that `task_model` has, shapes checked; the rest of `model` is left out. Returns the momentum
+    weights (`X_m.` keys) `model` lacked, for the caller to start as copies. Raises when `model` lacks any other weight
+    but those matching `fresh_pattern` (the task's new head)."""
+    prefix = f"{model.base_model_prefix}."
+    state = {key.removeprefix(prefix): value for key, value in model.state_dict().items()}
+    expected = task_model.state_dict()
+    weights = {}
+    for key, value in state.items():
+        for target in targets(key):
+            if target not in expected:
+                continue
+            if expected[target].shape != value.shape:
+                raise ValueError(
+                    f"{key} has shape {tuple(value.shape)} but the {task} model's {target} has "
+                    f"{tuple(expected[target].shape)}: config_overrides may not change the model's sizes."
+                )
+            weights[target] = value
+    task_model.load_state_dict(weights, strict=False)
+    missing = set(expected) - set(weights)
+    fresh = {key for key in missing if re.match(fresh_pattern, key)}
+    momentum = {key for key in missing - fresh if re.match(r"^[a-z_]+_m\.", key)}
+    if lacking := sorted(missing - fresh - momentum):
+        raise ValueError(
+            f"{type(model).__name__} lacks {len(lacking)} weights the {task} model needs (first: "
+            f"{', '.join(lacking[:5])}); pass a pretraining, retrieval or inference model of the family."
+        )
+    return momentum
+
+
 def legacy_albef_attribute() -> property:
     """`.albef`, the name the SIMLA and CODIS training models gave their online model before it was named after the
     family (`base_model_prefix`): the online model, with a `FutureWarning`."""
@@ -541,6 +589,8 @@ def legacy_albef_attribute() -> property:
 
 
 __all__ = [
+    "place_pretrained_weights",
+    "task_config",
     "AlbefForPreTrainingOutput",
     "AlbefMomentumDistilledModel",
     "ContrastiveMatchingOutput",

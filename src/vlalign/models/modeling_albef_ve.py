@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ from .modeling_albef_encoders import (
     AlbefTextModel,
     AlbefVisionModel,
 )
-from .modeling_albef_training import MomentumDistillationMixin
+from .modeling_albef_training import MomentumDistillationMixin, place_pretrained_weights, task_config
 from .pipeline_ve import REMOTE_PIPELINE as REMOTE_VE_PIPELINE
 from .pipeline_ve import TASK as VE_TASK
 from .remote_code import task_auto_map
@@ -169,32 +168,8 @@ class AlbefForVisualEntailment(MomentumDistillationMixin, TrainingDutiesMixin, A
                 `alpha_warmup_epochs` defaults to 0: the official VE config keeps α constant (`warm_up: False`).
         """
         config_overrides.setdefault("alpha_warmup_epochs", 0.0)
-        config = copy.deepcopy(model.config)
-        for name, value in config_overrides.items():
-            setattr(config, name, value)
-        ve = cls(config)
-        prefix = f"{model.base_model_prefix}."
-        state = {key.removeprefix(prefix): value for key, value in model.state_dict().items()}
-        expected = ve.state_dict()
-        weights = {}
-        for key, value in state.items():
-            if key not in expected:
-                continue
-            if expected[key].shape != value.shape:
-                raise ValueError(
-                    f"{key} has shape {tuple(value.shape)} but the entailment model's has {tuple(expected[key].shape)}: "
-                    "config_overrides may not change the model's sizes."
-                )
-            weights[key] = value
-        ve.load_state_dict(weights, strict=False)
-        missing = set(expected) - set(weights)
-        head = {key for key in missing if re.match(r"^cls_head(_m)?\.", key)}
-        momentum = {key for key in missing - head if re.match(r"^[a-z_]+_m\.", key)}
-        if lacking := sorted(missing - head - momentum):
-            raise ValueError(
-                f"{type(model).__name__} lacks {len(lacking)} weights the entailment model needs (first: "
-                f"{', '.join(lacking[:5])}); pass a pretraining, retrieval or inference model of the family."
-            )
+        ve = cls(task_config(model, config_overrides))
+        momentum = place_pretrained_weights(ve, model, "entailment", r"^cls_head(_m)?\.")
         if official_head_init:
             for layer in ve.cls_head:
                 if isinstance(layer, nn.Linear):

@@ -13,7 +13,6 @@ This file is shipped with saved models (remote code): it imports only torch, tra
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from typing import Any
@@ -45,7 +44,7 @@ from .modeling_albef_layers import (
     padding_attention_mask,
     warn_if_attentions_unavailable,
 )
-from .modeling_albef_training import MomentumDistillationMixin
+from .modeling_albef_training import MomentumDistillationMixin, place_pretrained_weights, task_config
 from .pipeline_vqa import REMOTE_PIPELINE as REMOTE_VQA_PIPELINE
 from .pipeline_vqa import TASK as VQA_TASK
 from .remote_code import task_auto_map
@@ -313,9 +312,7 @@ class QuestionAnsweringMixin:
         momentum encoders the copies start equal to the online ones, as the official model builds them.
         `config_overrides` (e.g. `k_test`, `alpha`) change the copied config; sizes must stay the model's. For
         official checkpoints: `vlalign convert --task vqa`."""
-        config = copy.deepcopy(model.config)
-        for name, value in config_overrides.items():
-            setattr(config, name, value)
+        config = task_config(model, config_overrides)
         vqa = cls(config)
         num_layers = config.answer_decoder_config().num_hidden_layers
         text = config.text_config
@@ -326,29 +323,13 @@ class QuestionAnsweringMixin:
                 f"{first + num_layers - 1}, but only layers {text.fusion_layer} to {text.num_hidden_layers - 1} "
                 "cross-attend to the image: set num_decoder_layers to at most the number of fusion layers."
             )
-        prefix = f"{model.base_model_prefix}."
-        state = {key.removeprefix(prefix): value for key, value in model.state_dict().items()}
-        expected = vqa.state_dict()
-        weights = {}
-        for key, value in state.items():
-            for target in (key, cls.decoder_key_from_pretraining(key, num_layers, first - text.fusion_layer)):
-                if target not in expected:
-                    continue
-                if expected[target].shape != value.shape:
-                    raise ValueError(
-                        f"{key} has shape {tuple(value.shape)} but the VQA model's {target} has "
-                        f"{tuple(expected[target].shape)}: config_overrides may not change the model's sizes."
-                    )
-                weights[target] = value
-        vqa.load_state_dict(weights, strict=False)
-        missing = set(expected) - set(weights)
-        fresh_head = {key for key in missing if re.match(r"^text_decoder(_m)?\.lm_head\.", key)}
-        momentum = {key for key in missing - fresh_head if re.match(r"^[a-z_]+_m\.", key)}
-        if lacking := sorted(missing - fresh_head - momentum):
-            raise ValueError(
-                f"{type(model).__name__} lacks {len(lacking)} weights the VQA model needs (first: "
-                f"{', '.join(lacking[:5])}); pass a pretraining, retrieval or inference model of the family."
-            )
+        momentum = place_pretrained_weights(
+            vqa,
+            model,
+            "VQA",
+            r"^text_decoder(_m)?\.lm_head\.",
+            lambda key: (key, cls.decoder_key_from_pretraining(key, num_layers, first - text.fusion_layer)),
+        )
         if momentum:
             vqa.copy_params_to_momentum()
         vqa.apply_freezing()
