@@ -1,7 +1,8 @@
-"""A saved VQA folder's `auto_map` names only classes whose files the folder carries, under the method's own config:
-`AutoConfig`, `AutoModel` and `AutoModelForVisualQuestionAnswering` load it with `trust_remote_code=True` in a process
-where vlalign cannot be imported (before, an ALBEF VQA folder named `modeling_albef.AlbefModel`, a file it does not
-carry, and a SIMLA one ALBEF's classes)."""
+"""A saved VQA or text-assignment folder's `auto_map` names only classes whose files the folder carries, under the
+method's own config: `AutoConfig`, `AutoModel` and the task's Auto class load it with `trust_remote_code=True` in a
+process where vlalign cannot be imported (before, ALBEF's VQA and text-assignment folders named
+`modeling_albef.AlbefModel`, a file they do not carry, and a SIMLA VQA folder ALBEF's classes). VE and NLVR2 folders
+are checked by `tests/test_ve.py` and `tests/test_nlvr_evaluation.py`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ import torch
 from conftest import TINY_TEXT_CONFIG, tiny_albef_config
 
 import vlalign
-from vlalign.models import CodisForQuestionAnswering, SimlaForQuestionAnswering
+from vlalign.models import (
+    AlbefForTextAssignment,
+    CodisForQuestionAnswering,
+    CodisForTextAssignment,
+    SimlaForQuestionAnswering,
+    SimlaForTextAssignment,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,24 +38,21 @@ SCRIPT = textwrap.dedent(
     else:
         raise SystemExit("vlalign is importable; the test would prove nothing")
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForVisualQuestionAnswering
+    import transformers
+    from transformers import AutoConfig, AutoModel
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    folder, output_file = sys.argv[1:]
+    folder, task_auto_class, output_file = sys.argv[1:]
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    vqa = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=True).eval()
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(2, 3, 32, 32, generator=generator)
-    input_ids = torch.randint(5, 245, (2, 7), generator=generator)
-    input_ids[:, 0] = 2
-    with torch.no_grad():
-        states = [m(pixel_values=pixel_values, input_ids=input_ids).question_states for m in (base, vqa)]
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    if hasattr(transformers, task_auto_class):
+        task = getattr(transformers, task_auto_class).from_pretrained(folder, trust_remote_code=True)
+    else:  # an Auto class vlalign adds: the folder's auto_map entry, as vlalign's Auto class resolves it
+        task = get_class_from_dynamic_module(config.auto_map[task_auto_class], folder).from_pretrained(folder)
     torch.save(
         {
-            "classes": [type(config).__name__, type(base).__name__, type(vqa).__name__, type(vqa).__module__],
-            "states": states,
-            "pixel_values": pixel_values,
-            "input_ids": input_ids,
+            "classes": [type(config).__name__, type(base).__name__, type(task).__name__, type(task).__module__],
+            "states": [{k: v for k, v in m.state_dict().items()} for m in (base, task)],
         },
         output_file,
     )
@@ -65,30 +69,31 @@ def tiny(cls, config_class, **text):
     return cls(config_class(**settings)).eval()
 
 
+VQA, TA = "AutoModelForVisualQuestionAnswering", "AutoModelForTextAssignment"
+#: (task Auto class, method) → (build the model, its config class and module, the class the folder names)
 MODELS = {
-    "albef": lambda: vlalign.AlbefForQuestionAnswering(tiny_albef_config()).eval(),
-    "simla": lambda: tiny(SimlaForQuestionAnswering, vlalign.SimlaConfig, fusion_layer=0),
-    "codis": lambda: tiny(CodisForQuestionAnswering, vlalign.CodisConfig),
-}
-EXPECTED = {
-    "albef": ("AlbefConfig", "configuration_albef", "modeling_albef_vqa.AlbefForQuestionAnswering"),
-    "simla": ("SimlaConfig", "configuration_simla", "modeling_simla.SimlaForQuestionAnswering"),
-    "codis": ("CodisConfig", "configuration_codis", "modeling_codis.CodisForQuestionAnswering"),
-}
+    (VQA, "albef"): (lambda: vlalign.AlbefForQuestionAnswering(tiny_albef_config()), "modeling_albef_vqa.AlbefForQuestionAnswering"),
+    (VQA, "simla"): (lambda: tiny(SimlaForQuestionAnswering, vlalign.SimlaConfig, fusion_layer=0), "modeling_simla.SimlaForQuestionAnswering"),
+    (VQA, "codis"): (lambda: tiny(CodisForQuestionAnswering, vlalign.CodisConfig), "modeling_codis.CodisForQuestionAnswering"),
+    (TA, "albef"): (lambda: AlbefForTextAssignment(tiny_albef_config()), "modeling_albef_nlvr.AlbefForTextAssignment"),
+    (TA, "simla"): (lambda: tiny(SimlaForTextAssignment, vlalign.SimlaConfig, fusion_layer=0), "modeling_simla_nlvr.SimlaForTextAssignment"),
+    (TA, "codis"): (lambda: tiny(CodisForTextAssignment, vlalign.CodisConfig), "modeling_codis_nlvr.CodisForTextAssignment"),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("method", list(MODELS))
-def test_saved_vqa_folder_loads_as_remote_code_without_vlalign(method, tmp_path):
+@pytest.mark.parametrize(("auto_class", "method"), list(MODELS), ids=[f"{a[17:]}-{m}" for a, m in MODELS])
+def test_saved_task_folder_loads_as_remote_code_without_vlalign(auto_class, method, tmp_path):
     torch.manual_seed(0)
-    model = MODELS[method]()
+    build, task_class = MODELS[auto_class, method]
+    model = build().eval()
     folder = tmp_path / "folder"
     model.save_pretrained(folder)
-    config_class, config_module, vqa_class = EXPECTED[method]
+    config_class = type(model.config).__name__
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
-        "AutoConfig": f"{config_module}.{config_class}",
-        "AutoModel": vqa_class,
-        "AutoModelForVisualQuestionAnswering": vqa_class,
+        "AutoConfig": f"configuration_{method}.{config_class}",
+        "AutoModel": task_class,
+        auto_class: task_class,
     }
     for entry in auto_map.values():  # every file the map names is in the folder
         assert (folder / f"{entry.split('.')[0]}.py").is_file(), entry
@@ -97,15 +102,16 @@ def test_saved_vqa_folder_loads_as_remote_code_without_vlalign(method, tmp_path)
     script.write_text(SCRIPT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "out.pt")],
+        [sys.executable, str(script), str(folder), auto_class, str(tmp_path / "out.pt")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     loaded = torch.load(tmp_path / "out.pt", weights_only=True)
-    name = vqa_class.split(".")[1]
+    name = task_class.split(".")[1]
     assert loaded["classes"][:3] == [config_class, name, name]
     assert loaded["classes"][3].startswith("transformers_modules.")
-    with torch.no_grad():
-        expected = model(pixel_values=loaded["pixel_values"], input_ids=loaded["input_ids"]).question_states
-    for states in loaded["states"]:
-        torch.testing.assert_close(states, expected, atol=0, rtol=0)
+    expected = model.state_dict()
+    for state in loaded["states"]:  # the saved weights, every one of them
+        assert state.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(state[key], value), key

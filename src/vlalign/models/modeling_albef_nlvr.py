@@ -43,6 +43,7 @@ from .modeling_albef_layers import padding_attention_mask, warn_if_attentions_un
 from .modeling_albef_training import MomentumDistillationMixin
 from .pipeline_nlvr import REMOTE_PIPELINE as REMOTE_NLVR_PIPELINE
 from .pipeline_nlvr import TASK as NLVR_TASK
+from .remote_code import task_auto_map
 from .training_duties import TrainingDutiesMixin
 
 #: the similarity temperature of the text-assignment draw: a literal in the official code (its `temp` is unused)
@@ -577,10 +578,10 @@ class AlbefForTextAssignment(TwoImageEncoderMixin, AlbefPreTrainedModel):
     each pretrained BERT layer from the first fusion layer on initialises both layers of its pair."""
 
     main_input_name = "pixel_values"
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForTextAssignment": "modeling_albef_nlvr.AlbefForTextAssignment",
-    }
+    #: a saved folder carries this file and its imports, not `modeling_albef.py`: its `auto_map` names only those
+    remote_code_auto_map = task_auto_map(
+        REMOTE_CODE_AUTO_MAP, "AutoModelForTextAssignment", "modeling_albef_nlvr.AlbefForTextAssignment"
+    )
     folder_architecture_suffix = "ForTextAssignment"
     folder_initialisation_hint = (
         "Initialise one with {name}.from_pretraining(...), or convert an official checkpoint with "

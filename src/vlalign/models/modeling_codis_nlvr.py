@@ -10,16 +10,16 @@ from __future__ import annotations
 from .configuration_codis import CodisConfig
 from .modeling_albef_nlvr import AlbefForTextAssignment, AlbefForVisualReasoning, reasoning_auto_map
 from .modeling_codis import REMOTE_CODE_AUTO_MAP, CodisPreTrainedModel
+from .remote_code import task_auto_map
 
 
 class CodisForTextAssignment(AlbefForTextAssignment, CodisPreTrainedModel):
     """CODIS's text-assignment pretraining for NLVR2: [`AlbefForTextAssignment`] under CODIS's config."""
 
     config_class = CodisConfig
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForTextAssignment": "modeling_codis_nlvr.CodisForTextAssignment",
-    }
+    remote_code_auto_map = task_auto_map(
+        REMOTE_CODE_AUTO_MAP, "AutoModelForTextAssignment", "modeling_codis_nlvr.CodisForTextAssignment"
+    )
 
 
 class CodisForVisualReasoning(AlbefForVisualReasoning, CodisPreTrainedModel):

@@ -18,6 +18,7 @@ from .modeling_albef_nlvr import (
     two_image_config,
 )
 from .modeling_simla import REMOTE_CODE_AUTO_MAP, SimlaPreTrainedModel, without_pretraining_modules
+from .remote_code import task_auto_map
 
 #: token types of the official two-image xbert (BERT's default), which the pretrained MED BERT has none of
 TWO_IMAGE_TYPE_VOCAB_SIZE = 2
@@ -43,10 +44,9 @@ class SimlaForTextAssignment(SimlaTwoImageMixin, AlbefForTextAssignment, SimlaPr
     docstring); `from_pretraining` leaves the token-type table at its fresh initialisation, as the official load."""
 
     config_class = SimlaConfig
-    remote_code_auto_map = {
-        **REMOTE_CODE_AUTO_MAP,
-        "AutoModelForTextAssignment": "modeling_simla_nlvr.SimlaForTextAssignment",
-    }
+    remote_code_auto_map = task_auto_map(
+        REMOTE_CODE_AUTO_MAP, "AutoModelForTextAssignment", "modeling_simla_nlvr.SimlaForTextAssignment"
+    )
 
 
 class SimlaForVisualReasoning(SimlaTwoImageMixin, AlbefForVisualReasoning, SimlaPreTrainedModel):
