@@ -184,6 +184,13 @@ def convert_state_dict(
     return converted, dropped
 
 
+def _convert_task_encoder_key(key: str, tensor: torch.Tensor, fusion_layer: int) -> dict[str, torch.Tensor] | None:
+    """An official fine-tuned task checkpoint's encoder key (`visual_encoder*`, `text_encoder*`, online or momentum)
+    under vlalign's task-model names: the pretraining model's, without the online model's prefix; None to drop it."""
+    new_keys = _convert_key(key, tensor, fusion_layer, with_mlm_head=False)
+    return {k.removeprefix("albef."): v for k, v in (new_keys or {}).items()} or None
+
+
 def _convert_key(
     key: str, tensor: torch.Tensor, fusion_layer: int, with_mlm_head: bool
 ) -> dict[str, torch.Tensor] | None:

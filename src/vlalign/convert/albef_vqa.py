@@ -25,7 +25,7 @@ from .albef import (
     _BERT_LAYER_RENAMES,
     _MLM_HEAD_RENAMES,
     CheckpointError,
-    _convert_key,
+    _convert_task_encoder_key,
     _rename,
     load_converted_weights,
 )
@@ -95,8 +95,7 @@ def convert_vqa_state_dict(
         if key.startswith("text_decoder"):
             new_keys = _convert_decoder_key(key, tensor)
         elif key.startswith(("visual_encoder", "text_encoder")):
-            new_keys = _convert_key(key, tensor, fusion_layer, with_mlm_head=False)
-            new_keys = {k.removeprefix("albef."): v for k, v in (new_keys or {}).items()} or None
+            new_keys = _convert_task_encoder_key(key, tensor, fusion_layer)
         else:
             new_keys = None
         if new_keys is None:

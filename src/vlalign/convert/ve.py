@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..models import AlbefConfig, AlbefPreTrainedModel
-from .albef import CheckpointError, _convert_key, load_converted_weights
+from .albef import CheckpointError, _convert_task_encoder_key, load_converted_weights
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ def convert_ve_state_dict(
         elif re.match(r"^cls_head(_m)?\.[02]\.(weight|bias)$", key):
             new_keys = {key: tensor}
         elif key.startswith(("visual_encoder", "text_encoder")):
-            new_keys = _convert_key(key, tensor, fusion_layer, with_mlm_head=False)
-            new_keys = {k.removeprefix("albef."): v for k, v in (new_keys or {}).items()} or None
+            new_keys = _convert_task_encoder_key(key, tensor, fusion_layer)
         else:
             new_keys = None
         if new_keys is None:
