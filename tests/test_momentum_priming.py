@@ -1,4 +1,4 @@
-"""The official VE and VQA forwards take their EMA step at their start, before the momentum pass; vlalign takes it after
+"""The official VE, VQA and NLVR2 forwards take their EMA step at their start, before the momentum pass; vlalign takes it after
 each optimizer step and, once per run, before the first momentum pass (`prime_momentum`). With momentum copies away
 from the online weights (a pretraining checkpoint's own momentum encoders) the teacher of every step must follow the
 official sequence θ_m(k+1) = m·θ_m(k) + (1-m)·θ(k), computed here by hand."""
@@ -10,6 +10,8 @@ import torch
 from conftest import tiny_albef_config
 from test_albef_vqa import build as build_vqa
 from test_albef_vqa import training_batch as vqa_batch
+from test_nlvr_modeling import batch as nlvr_batch
+from test_nlvr_modeling import build as build_nlvr
 
 import vlalign
 
@@ -47,7 +49,11 @@ def snapshot(tensors) -> list[torch.Tensor]:
     return [t.detach().clone() for t in tensors]
 
 
-@pytest.mark.parametrize(("build", "batch"), [(build_ve, ve_batch), (build_vqa, vqa_batch)], ids=["ve", "vqa"])
+@pytest.mark.parametrize(
+    ("build", "batch"),
+    [(build_ve, ve_batch), (build_vqa, vqa_batch), (build_nlvr, lambda seed: nlvr_batch(seed=seed))],
+    ids=["ve", "vqa", "nlvr2"],
+)
 def test_teacher_weights_follow_the_official_sequence(build, batch):
     model = build().train()
     shift_momentum(model)

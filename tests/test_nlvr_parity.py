@@ -86,13 +86,13 @@ def test_nlvr2_outputs(method, folders, golden):
         assert_close(output.image_embeds, outputs["image_embeds"])
         assert_close(output.fused_states, outputs["fused_states"])
         assert_close(output.logits, outputs["logits"])
-        model.train().momentum_update()  # the official forward's `_momentum_update()` before its momentum pass
-        output = model(**batch, labels=inputs["targets"], alpha=float(inputs["alpha"]))
-        assert_close(output.logits, outputs["logits_train"])
-        assert_close(output.logits_m, outputs["logits_m"])
-        assert_close(output.loss_ce, outputs["loss_ce"])
-        assert_close(output.loss, outputs["loss_alpha04"])
-        assert_close(model(**batch, labels=inputs["targets"], alpha=0.0).loss, outputs["loss_alpha0"])
+    # the first training forward (gradients on) primes the momentum copies: the official `_momentum_update()`
+    output = model.train()(**batch, labels=inputs["targets"], alpha=float(inputs["alpha"]))
+    assert_close(output.logits, outputs["logits_train"])
+    assert_close(output.logits_m, outputs["logits_m"])
+    assert_close(output.loss_ce, outputs["loss_ce"])
+    assert_close(output.loss, outputs["loss_alpha04"])
+    assert_close(model(**batch, labels=inputs["targets"], alpha=0.0).loss, outputs["loss_alpha0"])
 
 
 def test_official_evaluation_accuracy(method, folders, golden):

@@ -361,8 +361,10 @@ class AlbefForVisualReasoning(
     as false (0) / true (1).
 
     With `config.distill` the ViT, both BERT towers and the head have momentum copies that supply the distillation
-    targets (weight α) and take one EMA step after every optimizer step (a training duty; the official forward takes it
-    before its momentum pass, the same sequence of weights).
+    targets (weight α) and take one EMA step after every optimizer step (a training duty). The official forward takes
+    it before its momentum pass, so the first training forward of a run also takes one (`prime_momentum`): the momentum
+    copies start from construction-time weights, and the official teacher of step 0 is already one step towards the
+    online model.
 
     `vlalign convert --task nlvr2` initialises it as the official `NLVR.py` does from a text-assignment checkpoint (or
     from a pretraining checkpoint through the text-assignment layer doubling), or loads an official NLVR checkpoint;
@@ -499,6 +501,8 @@ class AlbefForVisualReasoning(
         if labels is None:
             return output
         self.check_training_duties()
+        if self.config.distill:  # the official forward's EMA step before its first momentum pass
+            self.prime_momentum()
         alpha = self._distillation_weight(alpha)
         output.loss_ce = F.cross_entropy(logits.float(), labels)
         output.loss = output.loss_ce
