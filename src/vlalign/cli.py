@@ -53,10 +53,14 @@ def _convert(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     if args.task == "vqa":
         return _quickstart_vqa(args)
+    if args.task in ("ve", "nlvr2"):
+        return _quickstart_reasoning(args)
     from .quickstart import QuickstartSettings, run_quickstart
 
     if args.pretrained is not None:
-        raise ValueError("--from starts VQA fine-tuning from a pretrained model; pass --task vqa with it.")
+        raise ValueError(
+            "--from starts fine-tuning from a pretrained model; pass --task vqa, --task ve or --task nlvr2 with it."
+        )
     output_dir = args.output_dir or "quickstart_output"
     _check_output_folder(output_dir, "--output-dir")
     settings = QuickstartSettings(method=args.method, seed=args.seed, max_steps=args.max_steps)
@@ -73,6 +77,18 @@ def _quickstart_vqa(args: argparse.Namespace) -> int:
         method=args.method, pretrained=args.pretrained, seed=args.seed, max_steps=args.max_steps
     )
     run_vqa_quickstart(output_dir, settings, num_threads=args.num_threads)
+    return 0
+
+
+def _quickstart_reasoning(args: argparse.Namespace) -> int:
+    from .quickstart_reasoning import ReasoningQuickstartSettings, run_reasoning_quickstart
+
+    output_dir = args.output_dir or f"quickstart_{args.task}_output"
+    _check_output_folder(output_dir, "--output-dir")
+    settings = ReasoningQuickstartSettings(
+        task=args.task, method=args.method, pretrained=args.pretrained, seed=args.seed, max_steps=args.max_steps
+    )
+    run_reasoning_quickstart(output_dir, settings, num_threads=args.num_threads)
     return 0
 
 

@@ -47,6 +47,19 @@ class VqaQuickstartRecipe:
 
 
 @dataclass(frozen=True)
+class ReasoningQuickstartRecipe:
+    """Settings of `vlalign quickstart --task ve` / `--task nlvr2`: fine-tuning the quick start's pretrained model on
+    the built-in synthetic SNLI-VE or NLVR2 set (tuned per method); `num_train`: training images (VE) or pairs (NLVR2)."""
+
+    max_steps: int
+    learning_rate: float
+    num_train: int = 2000
+    batch_size: int = 32
+    warmup_steps: int = 50
+    weight_decay: float = 0.02
+
+
+@dataclass(frozen=True)
 class Method:
     """What the CLI, the quick start and the tests need to know about one alignment method, beyond its models.
 
@@ -87,6 +100,8 @@ class Method:
     example_plots: Callable[..., list[Path]] | None = None
     pretraining_inputs: Callable[..., dict[str, Any]] | None = None
     vqa_quickstart: VqaQuickstartRecipe | None = None
+    ve_quickstart: ReasoningQuickstartRecipe | None = None
+    nlvr_quickstart: ReasoningQuickstartRecipe | None = None
 
     @property
     def name(self) -> str:
@@ -214,6 +229,8 @@ def _albef() -> Method:
         ),
         quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
         vqa_quickstart=VqaQuickstartRecipe(max_steps=400, learning_rate=5e-4),
+        ve_quickstart=ReasoningQuickstartRecipe(max_steps=300, learning_rate=5e-4),
+        nlvr_quickstart=ReasoningQuickstartRecipe(max_steps=200, learning_rate=5e-4),
         converter=convert_albef_checkpoint,
         loss_names=("loss_itc", "loss_itm", "loss_mlm"),
     )
@@ -252,6 +269,8 @@ def _codis() -> Method:
         test_overrides=dict(get_method("albef").test_overrides, codebook_size=12),
         quickstart=QuickstartRecipe(max_steps=600, learning_rate=2e-3),
         vqa_quickstart=VqaQuickstartRecipe(max_steps=400, learning_rate=5e-4),
+        ve_quickstart=ReasoningQuickstartRecipe(max_steps=300, learning_rate=5e-4),
+        nlvr_quickstart=ReasoningQuickstartRecipe(max_steps=200, learning_rate=5e-4),
         converter=convert_albef_to_codis,
         loss_names=("loss_align", "loss_code", "loss_ot", "loss_itm", "loss_mlm"),
         example_plots=codis_example_plots,
@@ -274,6 +293,8 @@ def _simla() -> Method:
         # keep the whole command under 3 minutes on 2 idle cores (400 took 196 s of quick start, R@1 38 / 32 %)
         quickstart=QuickstartRecipe(max_steps=320, learning_rate=2e-3, temperature_learning_rate=1e-4),
         vqa_quickstart=VqaQuickstartRecipe(max_steps=400, learning_rate=5e-4),
+        ve_quickstart=ReasoningQuickstartRecipe(max_steps=300, learning_rate=5e-4),
+        nlvr_quickstart=ReasoningQuickstartRecipe(max_steps=200, learning_rate=5e-4),
         converter=convert_simla_checkpoint,
         loss_names=("loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_psl"),
         example_plots=simla_example_plots,
@@ -310,6 +331,7 @@ def method_of(model_or_config: Any) -> Method:
 __all__ = [
     "Method",
     "QuickstartRecipe",
+    "ReasoningQuickstartRecipe",
     "VqaQuickstartRecipe",
     "all_methods",
     "get_method",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,24 +77,65 @@ class VqaQuickstartSettings:
 def start_model(settings: VqaQuickstartSettings, output_dir: Path) -> tuple[Any, Any, str, float | None]:
     """(VQA model, processor, where it started from, seconds spent pretraining or None): from the pretrained folder
     when it holds the method's model, else from a quick-start pretraining run made now."""
-    own = output_dir / "pretrained"  # a pretraining run an earlier VQA quick start made
-    folder = Path(settings.pretrained or (own if own.is_dir() else output_dir.parent / "quickstart_output" / "model"))
+    return start_from_pretraining(
+        settings.method, settings.pretrained, settings.seed, output_dir, load_vqa_model, vqa_model_from_pretrained
+    )
+
+
+def start_from_pretraining(
+    method: str,
+    pretrained: str | None,
+    seed: int,
+    output_dir: Path,
+    load: Callable[[Path, Any], Any],
+    from_model: Callable[[Any], Any],
+) -> tuple[Any, Any, str, float | None]:
+    """(task model, processor, where it started from, seconds spent pretraining or None) of a fine-tuning quick start:
+    `load(folder, config)` of the `pretrained` folder (default: an earlier run's `output_dir/pretrained`, else
+    `quickstart_output/model` beside `output_dir`) when it holds a `method` model, else `from_model` of a quick-start
+    pretraining run made now (kept in `output_dir/pretrained`)."""
+    own = output_dir / "pretrained"  # a pretraining run an earlier quick start made
+    folder = Path(pretrained or (own if own.is_dir() else output_dir.parent / "quickstart_output" / "model"))
     if (folder / "config.json").is_file():
         config = AutoConfig.from_pretrained(folder)
         found = method_of(config).name
-        if found == settings.method:
-            return load_vqa_model(folder, config), AutoProcessor.from_pretrained(folder), str(folder), None
-        if settings.pretrained is not None:
+        if found == method:
+            return load(folder, config), AutoProcessor.from_pretrained(folder), str(folder), None
+        if pretrained is not None:
             raise ValueError(f"--from {folder} holds a {found} model; pass --method {found} or another folder.")
-        print(f"  {folder} holds a {found} model, not a {settings.method} one")
-    elif settings.pretrained is not None:
+        print(f"  {folder} holds a {found} model, not a {method} one")
+    elif pretrained is not None:
         raise FileNotFoundError(f"--from {folder} has no config.json; pass the model folder of `vlalign quickstart`.")
-    print(f"  no {settings.method} quick-start model found: running the retrieval quick start's pretraining first")
-    run = pretrain_synthetic(own, QuickstartSettings(method=settings.method, seed=settings.seed))
+    print(f"  no {method} quick-start model found: running the retrieval quick start's pretraining first")
+    run = pretrain_synthetic(own, QuickstartSettings(method=method, seed=seed))
     print(f"  pretraining took {run.train_seconds:.0f}s ({run.trainer.state.global_step} steps); kept in {own}/")
     run.trainer.model.save_pretrained(own)  # with its MLM head, which the answer decoder's LM head starts from
     run.processor.save_pretrained(own)
-    return vqa_model_from_pretrained(run.trainer.model), run.processor, "a pretraining run made now", run.train_seconds
+    return from_model(run.trainer.model), run.processor, "a pretraining run made now", run.train_seconds
+
+
+def fine_tune(
+    model, processor, train, collator, settings, output_dir: Path, **arguments: Any
+) -> tuple[AlignmentTrainer, float, float]:
+    """(trainer, wall seconds, CPU seconds) of fine-tuning `model` on `train` with `AlignmentTrainer` on the CPU:
+    `settings`' batch size, steps, learning rate (cosine schedule after `warmup_steps`), weight decay and seed; no
+    checkpoints; `arguments`: further `AlignmentTrainingArguments`."""
+    torch.manual_seed(settings.seed)
+    args = AlignmentTrainingArguments(
+        output_dir=str(output_dir / "checkpoints"), per_device_train_batch_size=settings.batch_size,
+        max_steps=settings.max_steps, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_steps, lr_scheduler_type="cosine", logging_steps=25, save_strategy="no",
+        report_to="none", use_cpu=True, seed=settings.seed, dataloader_num_workers=0, **arguments,
+    )  # fmt: skip
+    trainer = AlignmentTrainer(
+        model=model, args=args, train_dataset=train, data_collator=collator, processing_class=processor
+    )
+    train_start, train_cpu = time.perf_counter(), time.process_time()
+    trainer.train()
+    train_seconds, train_cpu_seconds = time.perf_counter() - train_start, time.process_time() - train_cpu
+    if (output_dir / "checkpoints").is_dir() and not any((output_dir / "checkpoints").iterdir()):
+        (output_dir / "checkpoints").rmdir()
+    return trainer, train_seconds, train_cpu_seconds
 
 
 def run_vqa_quickstart(
@@ -122,22 +164,10 @@ def _run(output_dir: Path, settings: VqaQuickstartSettings) -> dict:
     print(f"  from {source}; {added} new words of the VQA set added to the vocabulary")
 
     print(f"[2/5] Fine-tuning on {len(train)} synthetic questions ({settings.max_steps} steps)")
-    torch.manual_seed(settings.seed)
-    args = AlignmentTrainingArguments(
-        output_dir=str(output_dir / "checkpoints"), per_device_train_batch_size=settings.batch_size,
-        max_steps=settings.max_steps, learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_steps, lr_scheduler_type="cosine", logging_steps=25, save_strategy="no",
-        report_to="none", use_cpu=True, seed=settings.seed, dataloader_num_workers=0, k_test=settings.k,
-    )  # fmt: skip
     # no crops or flips: questions name positions ("on the left"), which those would falsify
-    trainer = AlignmentTrainer(
-        model=model, args=args, train_dataset=train, data_collator=VqaCollator(processor), processing_class=processor
+    trainer, train_seconds, train_cpu_seconds = fine_tune(
+        model, processor, train, VqaCollator(processor), settings, output_dir, k_test=settings.k
     )
-    train_start, train_cpu = time.perf_counter(), time.process_time()
-    trainer.train()
-    train_seconds, train_cpu_seconds = time.perf_counter() - train_start, time.process_time() - train_cpu
-    if (output_dir / "checkpoints").is_dir() and not any((output_dir / "checkpoints").iterdir()):
-        (output_dir / "checkpoints").rmdir()
 
     print(f"[3/5] Answering {len(test)} test questions by ranking the {len(answer_list)} training answers")
     answered = evaluate_vqa(
@@ -225,4 +255,12 @@ def print_table(vqa: dict) -> None:
     )
 
 
-__all__ = ["VqaQuickstartSettings", "majority_by_type", "print_table", "run_vqa_quickstart", "start_model"]
+__all__ = [
+    "VqaQuickstartSettings",
+    "fine_tune",
+    "majority_by_type",
+    "print_table",
+    "run_vqa_quickstart",
+    "start_from_pretraining",
+    "start_model",
+]

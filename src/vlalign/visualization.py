@@ -421,11 +421,17 @@ def simla_example_plots(
 
 
 def plot_vqa_answers(
-    images, questions: Sequence[str], answers: Sequence[dict], path: str | Path, truths: Sequence[str] | None = None
+    images,
+    questions: Sequence[str],
+    answers: Sequence[dict],
+    path: str | Path,
+    truths: Sequence[str] | None = None,
+    title: str = "VQA on synthetic test images: predicted answer (score)",
 ) -> Path:
     """A grid of test images, each with its question and the predicted answer and score (`answers`: the VQA
     pipeline's best `{"answer", "score"}` per question); with `truths`, right answers in green, wrong ones in red with
-    the true answer beside them."""
+    the true answer beside them. Classifiers of an image and a text (visual entailment, NLVR2 with the pair drawn as one
+    image) draw their predicted labels the same way, under their own `title`."""
     columns = min(4, len(questions))
     rows = math.ceil(len(questions) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.5 * rows), squeeze=False)
@@ -445,7 +451,7 @@ def plot_vqa_answers(
             label += "" if right else f"  [true: {truths[position]}]"
         axis.set_title("\n".join(_wrap(questions[position], 28)), fontsize=8)
         axis.set_xlabel(label, fontsize=9, color=colour)  # a label, so that tight_layout makes room for it
-    figure.suptitle("VQA on synthetic test images: predicted answer (score)")
+    figure.suptitle(title)
     return _save(figure, path)
 
 

@@ -82,18 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument(
         "--task",
         default="retrieval",
-        choices=["retrieval", "vqa"],
-        help="'retrieval': pretrain and evaluate retrieval; 'vqa': fine-tune the pretrained model for visual question "
-        "answering (albef, codis, simla)",
+        choices=["retrieval", "vqa", "ve", "nlvr2"],
+        help="'retrieval': pretrain and evaluate retrieval; 'vqa', 've', 'nlvr2': fine-tune the pretrained model for "
+        "visual question answering, visual entailment or visual reasoning (albef, codis, simla)",
     )
     quickstart.add_argument(
         "--from",
         dest="pretrained",
-        help="--task vqa: the model folder of a quick-start pretraining run of the method (default: quickstart_output/"
-        "model beside the output folder; without one, the pretraining runs first)",
+        help="--task vqa|ve|nlvr2: the model folder of a quick-start pretraining run of the method (default: "
+        "quickstart_output/model beside the output folder; without one, the pretraining runs first)",
     )
     quickstart.add_argument(
-        "--output-dir", help="output folder (default: quickstart_output, or quickstart_vqa_output with --task vqa)"
+        "--output-dir",
+        help="output folder (default: quickstart_output, or quickstart_<task>_output with --task vqa|ve|nlvr2)",
     )
     quickstart.add_argument(
         "--max-steps", type=positive_int, help="optimizer steps (default: the method's tuned recipe)"

@@ -34,6 +34,7 @@ from .synthetic import COLORS, SHAPES, make_synthetic_dataset
 __all__ = ["STATEMENT_TYPES", "make_synthetic_nlvr_dataset", "statement_truth"]
 
 STATEMENT_TYPES: tuple[str, ...] = ("more", "both color", "both shape", "one shape", "background", "total")
+_TRIES = 100
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 
 
@@ -95,15 +96,17 @@ def _examples(split: datasets.Dataset, num_pairs: int, rng: random.Random) -> di
     columns: dict[str, list] = {"left": [], "right": [], "sentence": [], "label": [], "statement_type": []}
     made: Counter[str] = Counter()
     for example in range(num_pairs):
-        kind = rng.choice(STATEMENT_TYPES)
-        wanted = made[kind] % 2 == 0  # true and false alternate within each statement type
-        made[kind] += 1
         left_row, found = example % len(scenes), None
-        while found is None:  # a new right image and subject until the statement has the wanted truth
-            right_row = rng.choice([r for r in range(len(scenes)) if r != left_row] or [left_row])
-            sentence, value = _statement(kind, scenes[left_row], scenes[right_row], rng)
-            if statement_truth(kind, value, scenes[left_row], scenes[right_row]) == wanted:
-                found = (right_row, sentence)
+        while found is None:  # a type, then right images and subjects until the statement has the wanted truth
+            kind = rng.choice(STATEMENT_TYPES)
+            wanted = made[kind] % 2 == 0  # true and false alternate within each statement type
+            for _ in range(_TRIES):  # bounded: in a small split some (type, truth) may be impossible for this image
+                right_row = rng.choice([r for r in range(len(scenes)) if r != left_row] or [left_row])
+                sentence, value = _statement(kind, scenes[left_row], scenes[right_row], rng)
+                if statement_truth(kind, value, scenes[left_row], scenes[right_row]) == wanted:
+                    found = (right_row, sentence)
+                    break
+        made[kind] += 1
         columns["left"].append(left_row)
         columns["right"].append(found[0])
         columns["sentence"].append(found[1])
