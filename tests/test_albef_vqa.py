@@ -176,7 +176,9 @@ def test_bad_answer_grouping_is_refused():
 def test_momentum_copies_follow_the_official_ema_as_a_training_duty(tmp_path):
     data = Batches([training_batch(seed) for seed in range(2)])
     model = build()
-    plain = Trainer(model=model, args=arguments(tmp_path, "adamw_torch"), train_dataset=data, data_collator=first_item)
+    plain = Trainer(
+        model=model, args=arguments(tmp_path, "adamw_torch_fused"), train_dataset=data, data_collator=first_item
+    )
     with pytest.raises(RuntimeError, match=REFUSAL):
         plain.train()
     assert plain.state.global_step == 1
@@ -185,7 +187,7 @@ def test_momentum_copies_follow_the_official_ema_as_a_training_duty(tmp_path):
     pairs = list(model.momentum_parameter_pairs())
     assert len(pairs) == sum(1 for name, _ in model.named_parameters() if "_m." not in name)
     momentum_before = [m.detach().clone() for _, m in pairs]
-    args = arguments(tmp_path, "adamw_torch", alignment=True)
+    args = arguments(tmp_path, "adamw_torch_fused", alignment=True)
     AlignmentTrainer(model=model, args=args, train_dataset=data, data_collator=first_item).train()
     # two optimizer steps, each followed by one EMA step: θ_m ← 0.995 θ_m + 0.005 θ (the online weights moved)
     assert all(not m.requires_grad for _, m in pairs)

@@ -166,7 +166,7 @@ def test_initialisation_from_pretraining_doubles_layers_and_keeps_construction_m
 def test_momentum_copies_follow_the_ema_as_a_training_duty(tmp_path):
     data = Batches([batch(seed=seed) for seed in range(2)])
     plain = Trainer(
-        model=build(), args=arguments(tmp_path, "adamw_torch"), train_dataset=data, data_collator=first_item
+        model=build(), args=arguments(tmp_path, "adamw_torch_fused"), train_dataset=data, data_collator=first_item
     )
     with pytest.raises(RuntimeError, match=REFUSAL):
         plain.train()
@@ -174,7 +174,7 @@ def test_momentum_copies_follow_the_ema_as_a_training_duty(tmp_path):
     pairs = list(model.momentum_parameter_pairs())
     assert len(pairs) == sum(1 for name, _ in model.named_parameters() if "_m." not in name)
     before = [m.detach().clone() for _, m in pairs]
-    args = arguments(tmp_path, "adamw_torch", alignment=True)
+    args = arguments(tmp_path, "adamw_torch_fused", alignment=True)
     AlignmentTrainer(model=model, args=args, train_dataset=data, data_collator=first_item).train()
     moved = [not torch.equal(m, b) for (_, m), b in zip(pairs, before, strict=True)]
     assert sum(moved) > len(pairs) // 2
