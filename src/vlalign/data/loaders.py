@@ -75,6 +75,15 @@ OnImageIdConflict = Literal["raise", "warn", "merge"]
 _MAX_LISTED = 3  # problems quoted in error and warning messages
 
 
+def require_string_fields(entry: dict, keys: Sequence[str], where: str, entry_format: str) -> None:
+    """Refuse an annotation entry whose `keys` are missing or not strings, naming the entry (`where`), the key, what
+    it holds, and the expected format (`entry_format`)."""
+    for key in keys:
+        if not isinstance(entry.get(key), str):
+            found = "missing" if key not in entry else f"{type(entry[key]).__name__} {entry[key]!r}"
+            raise ValueError(f"{where}: {key!r} must be a string, it is {found}. {entry_format}")
+
+
 class ProblemListsReport:
     """`num_skipped`, `ok` and `describe_problems` of a task loader's report (VQA, visual entailment), a frozen
     dataclass with `num_samples`, `num_kept` and one tuple of `(reference, reason)` pairs per kind of problem, named

@@ -41,6 +41,7 @@ from .loaders import (
     _require_columns,
     _split_rows,
     _validate_on_error,
+    require_string_fields,
 )
 from .ve import VeLoadReport
 
@@ -91,10 +92,7 @@ def _check_entry(entry: object, where: str) -> None:
     if not (isinstance(images, list) and len(images) == 2 and all(isinstance(name, str) for name in images)):
         found = "missing" if "images" not in entry else repr(images)
         raise ValueError(f"{where}: 'images' must be a list of two file names, it is {found}. {_ENTRY_FORMAT}")
-    for key in ("sentence", "label"):
-        if not isinstance(entry.get(key), str):
-            found = "missing" if key not in entry else f"{type(entry[key]).__name__} {entry[key]!r}"
-            raise ValueError(f"{where}: {key!r} must be a string, it is {found}. {_ENTRY_FORMAT}")
+    require_string_fields(entry, ("sentence", "label"), where, _ENTRY_FORMAT)
 
 
 def _row_problem(sentence: str, label: str) -> str | None:

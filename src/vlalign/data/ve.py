@@ -43,6 +43,7 @@ from .loaders import (
     _require_columns,
     _split_rows,
     _validate_on_error,
+    require_string_fields,
 )
 
 __all__ = ["VE_LABELS", "VeCollator", "VeLoadReport", "load_ve_dataset", "load_ve_json", "ve_features"]
@@ -92,10 +93,7 @@ class VeLoadReport(ProblemListsReport):
 def _check_entry(entry: object, where: str) -> None:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object, got {type(entry).__name__}. {_ENTRY_FORMAT}")
-    for key in ("image", "sentence", "label"):
-        if not isinstance(entry.get(key), str):
-            found = "missing" if key not in entry else f"{type(entry[key]).__name__} {entry[key]!r}"
-            raise ValueError(f"{where}: {key!r} must be a string, it is {found}. {_ENTRY_FORMAT}")
+    require_string_fields(entry, ("image", "sentence", "label"), where, _ENTRY_FORMAT)
 
 
 def _row_problem(sentence: str, label: str) -> str | None:

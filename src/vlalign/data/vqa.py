@@ -45,6 +45,7 @@ from .loaders import (
     _require_columns,
     _split_rows,
     _validate_on_error,
+    require_string_fields,
 )
 
 __all__ = [
@@ -199,10 +200,7 @@ def _entry_answers(entry: Mapping[str, Any], where: str) -> list[str] | None:
 def _check_entry(entry: Any, where: str) -> None:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object, got {type(entry).__name__}. {_ENTRY_FORMAT}")
-    for key in ("image", "question"):
-        if not isinstance(entry.get(key), str):
-            found = "missing" if key not in entry else f"{type(entry[key]).__name__} {entry[key]!r}"
-            raise ValueError(f"{where}: {key!r} must be a string, it is {found}. {_ENTRY_FORMAT}")
+    require_string_fields(entry, ("image", "question"), where, _ENTRY_FORMAT)
     if entry.get("dataset", "vqa") not in SOURCES:
         raise ValueError(f"{where}: 'dataset' is {entry['dataset']!r}; it must be 'vqa' or 'vg'. {_ENTRY_FORMAT}")
     question_id = entry.get("question_id")
