@@ -331,6 +331,45 @@ class ZeroShotImageClassificationEvaluator(_RankingEvaluator):
         return {**result, "num_images": len(data), "num_classes": len(class_names), **perf}
 
 
+class _PairClassificationEvaluator(_RankingEvaluator):
+    """Base of the evaluators of image-text classification heads (SNLI-VE, NLVR2): accuracy as vlalign's
+    `topk_accuracy` at K=1, bootstrap intervals from the per-row ranks, and accuracy per class."""
+
+    def __init__(self, task: str, default_metric_name: str | None = None):
+        super().__init__(task, default_metric_name=default_metric_name or path("topk_accuracy"))
+
+    def predictions_processor(self, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
+        """Class scores [pairs, classes] and labels as the metric's rows."""
+        return {"predictions": logits.tolist(), "references": labels}
+
+    def accuracy_results(
+        self,
+        metric,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        id2label: dict[int, str],
+        perf: dict[str, float],
+        strategy: str,
+        confidence_level: float,
+        n_resamples: int,
+        random_state: int | None,
+    ) -> dict[str, Any]:
+        """`accuracy` (percent, or the bootstrap dict), `per_class_accuracy` (label name → percent, for the classes
+        present), `num_pairs` and the timings `perf`."""
+        result = self.compute_metric(
+            metric, self.predictions_processor(logits, labels.tolist()), strategy, confidence_level, n_resamples,
+            random_state, metric_kwargs={"ks": [1]}, ranks=lambda: [label_ranks(logits, labels)],
+            keys={"top1_accuracy": [(0, 1)]},
+        )  # fmt: skip
+        hits = logits.argmax(-1) == labels
+        per_class = {
+            id2label[index]: 100.0 * hits[labels == index].double().mean().item()
+            for index in sorted(id2label)
+            if bool((labels == index).any())
+        }
+        return {"accuracy": result["top1_accuracy"], "per_class_accuracy": per_class, "num_pairs": len(labels), **perf}
+
+
 __all__ = [
     "DEFAULT_TEMPLATES",
     "ImageTextRetrievalEvaluator",

@@ -20,24 +20,18 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from ..metrics import path
-from ..metrics.topk_accuracy.topk_accuracy import label_ranks
 from ..models.pipeline_nlvr import NLVR_ID2LABEL, TASK
-from .evaluators import _RankingEvaluator
+from .evaluators import _PairClassificationEvaluator
 from .nlvr import reasoning_logits
 
 __all__ = ["VisualReasoningEvaluator"]
 
 
-class VisualReasoningEvaluator(_RankingEvaluator):
+class VisualReasoningEvaluator(_PairClassificationEvaluator):
     """Accuracy (percent) of an NLVR2 model over (left image, right image, sentence, label) rows; per class too."""
 
     def __init__(self, task: str = TASK, default_metric_name: str | None = None):
-        super().__init__(task, default_metric_name=default_metric_name or path("topk_accuracy"))
-
-    def predictions_processor(self, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
-        """Class scores [pairs, 2] and labels as the metric's rows."""
-        return {"predictions": logits.tolist(), "references": labels}
+        super().__init__(task, default_metric_name)
 
     def compute(
         self,
@@ -80,15 +74,6 @@ class VisualReasoningEvaluator(_RankingEvaluator):
         start = perf_counter()
         logits = reasoning_logits(model, processor, rows, batch_size, show_progress=False)
         perf = self._compute_time_perf(start, perf_counter(), len(data))
-        result = self.compute_metric(
-            metric, self.predictions_processor(logits, labels.tolist()), strategy, confidence_level, n_resamples,
-            random_state, metric_kwargs={"ks": [1]}, ranks=lambda: [label_ranks(logits, labels)],
-            keys={"top1_accuracy": [(0, 1)]},
-        )  # fmt: skip
-        hits = logits.argmax(-1) == labels
-        per_class = {
-            name: 100.0 * hits[labels == index].double().mean().item()
-            for index, name in NLVR_ID2LABEL.items()
-            if bool((labels == index).any())
-        }
-        return {"accuracy": result["top1_accuracy"], "per_class_accuracy": per_class, "num_pairs": len(data), **perf}
+        return self.accuracy_results(
+            metric, logits, labels, NLVR_ID2LABEL, perf, strategy, confidence_level, n_resamples, random_state
+        )

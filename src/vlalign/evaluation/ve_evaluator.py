@@ -21,24 +21,18 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from ..metrics import path
-from ..metrics.topk_accuracy.topk_accuracy import label_ranks
 from ..models.pipeline_ve import TASK
-from .evaluators import _RankingEvaluator
+from .evaluators import _PairClassificationEvaluator
 from .ve import entailment_logits
 
 __all__ = ["VisualEntailmentEvaluator"]
 
 
-class VisualEntailmentEvaluator(_RankingEvaluator):
+class VisualEntailmentEvaluator(_PairClassificationEvaluator):
     """Accuracy (percent) of an entailment model over (image, hypothesis, label) rows; `per_class_accuracy` too."""
 
     def __init__(self, task: str = TASK, default_metric_name: str | None = None):
-        super().__init__(task, default_metric_name=default_metric_name or path("topk_accuracy"))
-
-    def predictions_processor(self, logits: torch.Tensor, labels: list[int]) -> dict[str, list]:
-        """Label scores [pairs, 3] and labels as the metric's rows."""
-        return {"predictions": logits.tolist(), "references": labels}
+        super().__init__(task, default_metric_name)
 
     def compute(
         self,
@@ -78,15 +72,6 @@ class VisualEntailmentEvaluator(_RankingEvaluator):
         start = perf_counter()
         logits = entailment_logits(model, processor, pairs, batch_size, show_progress=False)
         perf = self._compute_time_perf(start, perf_counter(), len(data))
-        result = self.compute_metric(
-            metric, self.predictions_processor(logits, labels.tolist()), strategy, confidence_level, n_resamples,
-            random_state, metric_kwargs={"ks": [1]}, ranks=lambda: [label_ranks(logits, labels)],
-            keys={"top1_accuracy": [(0, 1)]},
-        )  # fmt: skip
-        hits = logits.argmax(-1) == labels
-        per_class = {
-            model.config.id2label[index]: 100.0 * hits[labels == index].double().mean().item()
-            for index in sorted(model.config.id2label)
-            if bool((labels == index).any())
-        }
-        return {"accuracy": result["top1_accuracy"], "per_class_accuracy": per_class, "num_pairs": len(data), **perf}
+        return self.accuracy_results(
+            metric, logits, labels, model.config.id2label, perf, strategy, confidence_level, n_resamples, random_state
+        )
